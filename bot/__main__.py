@@ -1,0 +1,43 @@
+"""`python -m bot`: run the bridge until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from pydantic import ValidationError
+
+from bot import logs
+from bot.settings import Settings, describe_error
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as error:
+        print(f"joinbridge: configuration error: {describe_error(error)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def _serve(settings: Settings) -> int:
+    from bot.app import run_bridge  # imports aiogram: after settings are known good
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return await run_bridge(settings, stop)
+
+
+def main() -> int:
+    settings = load_settings()
+    logs.configure(
+        settings.log_level,
+        [settings.bot_token.get_secret_value(), settings.adtarget_api_key.get_secret_value()],
+    )
+    return asyncio.run(_serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

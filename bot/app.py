@@ -1,0 +1,166 @@
+"""The factory and lifecycle: build bot, dispatcher and services in one visible
+place, run the poller and the courier, and shut down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from aiogram import Bot, Dispatcher
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+
+from bot.adtarget import AdTargetClient
+from bot.courier import Courier, CourierConfig
+from bot.invites import InviteMinter
+from bot.joins import JoinRecorder, ReportingPolicy
+from bot.onboarding import Onboarding
+from bot.poller import BadBotToken, Poller, PollerConfig
+from bot.settings import Settings
+from handlers import get_routers
+from storage.db import Database, open_database
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_TOKEN = 3
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def instance_lock(database_path: Path) -> Iterator[None]:
+    """One bridge per database: two would both poll (409) and both send."""
+    database_path.parent.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = open(f"{database_path}.lock", "a")  # noqa: SIM115 - held for the run
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlreadyRunning(str(database_path)) from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+@dataclass
+class Bridge:
+    """Everything one running bridge is made of."""
+
+    settings: Settings
+    db: Database
+    bot: Bot
+    dispatcher: Dispatcher
+    adtarget: AdTargetClient
+    courier: Courier
+    joins: JoinRecorder
+    minter: InviteMinter
+    poller: Poller
+
+    async def close(self) -> None:
+        await self.adtarget.aclose()
+        await self.bot.session.close()
+        await self.db.close()
+
+
+async def build(settings: Settings) -> Bridge:
+    db = await open_database(settings.database_path)
+    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    bot = Bot(settings.bot_token.get_secret_value(), session=session)
+    adtarget = AdTargetClient(
+        settings.adtarget_api_url, settings.adtarget_api_key, timeout=settings.adtarget_timeout
+    )
+    courier = Courier(
+        db,
+        adtarget,
+        CourierConfig(
+            concurrency=settings.courier_concurrency,
+            rate_per_minute=settings.adtarget_rate_per_minute,
+            burst=settings.adtarget_burst,
+            request_timeout=settings.adtarget_timeout,
+            backoff_base=settings.backoff_base,
+            backoff_cap=settings.backoff_cap,
+            retry_window=settings.retry_window,
+            idempotency_window=settings.idempotency_window,
+            auth_probe_interval=settings.auth_probe_interval,
+            billing_probe_interval=settings.billing_probe_interval,
+            shutdown_grace=settings.shutdown_grace,
+        ),
+    )
+    joins = JoinRecorder(
+        db,
+        ReportingPolicy(
+            default_event=settings.default_event,
+            site_id=settings.adtarget_site_id,
+            send_organic=settings.send_organic,
+        ),
+        courier.wake,
+    )
+    minter = InviteMinter(bot, db, ttl=settings.invite_ttl)
+    dispatcher = Dispatcher()
+    dispatcher.include_routers(*get_routers())
+    # Handlers receive these as typed parameters (aiogram workflow data).
+    dispatcher.workflow_data.update(
+        settings=settings, joins=joins, minter=minter, onboarding=Onboarding(db), db=db
+    )
+    poller = Poller(
+        bot,
+        dispatcher,
+        db,
+        PollerConfig(
+            timeout=settings.poll_timeout,
+            limit=settings.poll_limit,
+            update_retry_base=settings.update_retry_base,
+        ),
+    )
+    return Bridge(settings, db, bot, dispatcher, adtarget, courier, joins, minter, poller)
+
+
+async def run_bridge(settings: Settings, stop: asyncio.Event) -> int:
+    """Run until `stop` is set (or the token is rejected); return the exit status."""
+    try:
+        with instance_lock(settings.database_path):
+            return await _run_locked(settings, stop)
+    except AlreadyRunning as error:
+        log.error("another Joinbridge process is already using the database %s", error)
+        return EXIT_FAILED
+
+
+async def _run_locked(settings: Settings, stop: asyncio.Event) -> int:
+    bridge = await build(settings)
+    log.info("Joinbridge started (database %s)", settings.database_path)
+    courier = asyncio.create_task(bridge.courier.run(stop), name="courier")
+    poller = asyncio.create_task(bridge.poller.run(stop), name="poller")
+    status = EXIT_OK
+    try:
+        done, _ = await asyncio.wait({courier, poller}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            error = task.exception()
+            if isinstance(error, BadBotToken):
+                log.error(
+                    "Telegram rejected the bot token (401 Unauthorized): check BOT_TOKEN"
+                    " (from @BotFather); stopping"
+                )
+                status = EXIT_BAD_TOKEN
+            elif error is not None:
+                log.error("%s stopped: %r", task.get_name(), error, exc_info=error)
+                status = EXIT_FAILED
+    finally:
+        stop.set()
+        await asyncio.gather(courier, poller, return_exceptions=True)
+        await bridge.close()
+        log.info("Joinbridge stopped")
+    return status

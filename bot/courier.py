@@ -1,0 +1,369 @@
+"""The courier: drains the outbox to AdTarget.
+
+Woken by new rows (not a multi-second poll), paced by a token bucket, a few
+sends in flight at once. Every outcome is written back to the row before the
+next claim, so a crash at any point leaves the row either delivered or due to
+be sent again with the same Idempotency-Key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bot.adtarget import AdTargetClient
+from bot.delivery import Outcome, Verdict, backoff_delay, classify_answer, classify_exception
+from bot.pacing import TokenBucket
+from storage import outbox, state
+from storage.db import Database
+from storage.outbox import OutboxRow
+
+log = logging.getLogger(__name__)
+
+PAUSE_KEY = "courier_paused"
+RESCUE_EVERY = 60.0
+IDLE_WAIT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class CourierConfig:
+    concurrency: int = 4
+    rate_per_minute: float = 300.0
+    burst: int = 50
+    request_timeout: float = 10.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    retry_window: float = 23 * 3600.0
+    idempotency_window: float = 24 * 3600.0
+    auth_probe_interval: float = 300.0
+    billing_probe_interval: float = 1800.0
+    shutdown_grace: float = 5.0
+
+    @property
+    def lease(self) -> float:
+        # Long enough that a send still in flight is never rescued under it.
+        return self.request_timeout * 2 + 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    reason: str
+    since: float
+    manual: bool = False
+
+
+class Courier:
+    def __init__(self, db: Database, client: AdTargetClient, config: CourierConfig) -> None:
+        self._db = db
+        self._client = client
+        self._config = config
+        self._bucket = TokenBucket(config.rate_per_minute / 60.0, config.burst)
+        self._wake = asyncio.Event()
+        self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self._pause: Pause | None = None
+        self._probe_at = 0.0
+        self.sent = 0
+        self.delivered = 0
+
+    @property
+    def pause(self) -> Pause | None:
+        return self._pause
+
+    def wake(self) -> None:
+        """New rows are committed: look now rather than at the next timer."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        rescued = await outbox.rescue_claimed(self._db, expired_only=False)
+        if rescued:
+            log.warning("outbox: %d row(s) claimed before a crash are due again", rescued)
+        await self._load_pause()
+        last_rescue = time.monotonic()
+        try:
+            while not stop.is_set():
+                if time.monotonic() - last_rescue > RESCUE_EVERY:
+                    await outbox.rescue_claimed(self._db, expired_only=True)
+                    last_rescue = time.monotonic()
+                wait = await self._dispatch_due()
+                if wait > 0:
+                    await self._sleep(stop, wait)
+        finally:
+            await self._finish_in_flight()
+
+    async def _dispatch_due(self) -> float:
+        """Start sends for due rows; return how long to sleep before looking again."""
+        self._wake.clear()
+        now = time.time()
+        if self._pause is not None:
+            if self._pause.manual:
+                return IDLE_WAIT
+            if now < self._probe_at or self._in_flight:
+                return min(max(self._probe_at - now, 0.2), IDLE_WAIT)
+            # Probe with a single row; its outcome decides whether we resume.
+            self._probe_at = now + self._probe_interval()
+            rows = await outbox.claim(self._db, limit=1, lease=self._config.lease)
+            if rows:
+                log.info("courier paused (%s): probing with row %d", self._pause.reason, rows[0].id)
+                self._start(rows[0])
+            return 0.2 if rows else IDLE_WAIT
+        free = self._config.concurrency - len(self._in_flight)
+        if free <= 0:
+            return IDLE_WAIT  # a finishing send sets the wake event
+        rows = await outbox.claim(self._db, limit=free, lease=self._config.lease)
+        for row in rows:
+            self._start(row)
+        if rows:
+            return 0.0
+        due = await outbox.next_due_at(self._db)
+        if due is None:
+            return IDLE_WAIT
+        return min(max(due - time.time(), 0.0), IDLE_WAIT)
+
+    def _start(self, row: OutboxRow) -> None:
+        task = asyncio.create_task(self._deliver(row), name=f"courier-row-{row.id}")
+        self._in_flight[row.id] = task
+        task.add_done_callback(functools.partial(self._done, row.id))
+
+    def _done(self, row_id: int, _task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(row_id, None)
+        self._wake.set()
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _finish_in_flight(self) -> None:
+        """Let sends in flight finish within the grace period, hand back the rest."""
+        if not self._in_flight:
+            return
+        tasks = list(self._in_flight.values())
+        ids = list(self._in_flight)
+        _, pending = await asyncio.wait(tasks, timeout=self._config.shutdown_grace)
+        for task in pending:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*pending, return_exceptions=True)
+        # A cancelled send may or may not have reached AdTarget: the row goes back
+        # to pending and the same Idempotency-Key makes the resend safe.
+        await outbox.hand_back(self._db, ids)
+        if pending:
+            log.info("courier: %d send(s) handed back at shutdown", len(pending))
+
+    async def _deliver(self, row: OutboxRow) -> None:
+        try:
+            if await self._already_delivered(row):
+                return
+            await self._bucket.acquire()
+            self.sent += 1
+            started = time.monotonic()
+            try:
+                answer = await self._client.post(
+                    row.path, row.body, idempotency_key=row.idempotency_key, headers=row.headers
+                )
+            except Exception as error:
+                outcome = classify_exception(error)
+                answer_body: Any = None
+                replay = False
+            else:
+                outcome = classify_answer(answer)
+                answer_body, replay = answer.body, answer.replay
+            elapsed_ms = (time.monotonic() - started) * 1000
+            await self._apply(row, outcome, answer_body, replay, elapsed_ms)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug or a database error: leave the row claimed; the lease rescue
+            # sends it again later rather than losing it.
+            log.exception("outbox row %d: delivery failed unexpectedly", row.id)
+
+    async def _apply(
+        self, row: OutboxRow, outcome: Outcome, body: Any, replay: bool, elapsed_ms: float
+    ) -> None:
+        verdict = outcome.verdict
+        if verdict is Verdict.DELIVERED:
+            fields = body if isinstance(body, dict) else {}
+            await outbox.mark_delivered(
+                self._db,
+                row.id,
+                conversion_id=_opt_str(fields.get("conversionId")),
+                dispatched=fields.get("dispatched")
+                if isinstance(fields.get("dispatched"), bool)
+                else None,
+                warning=_opt_str(fields.get("warning")),
+                replayed=replay,
+            )
+            self.delivered += 1
+            log.info(
+                "outbox row %d delivered in %.0f ms (conversion %s%s)%s",
+                row.id,
+                elapsed_ms,
+                fields.get("conversionId"),
+                ", replay" if replay else "",
+                f"; AdTarget warns: {fields['warning']}" if fields.get("warning") else "",
+            )
+            if self._pause is not None:
+                await self._resume("AdTarget accepted a probe")
+            return
+        if verdict is Verdict.RATE_LIMITED:
+            wait = outcome.retry_after if outcome.retry_after is not None else 60.0
+            self._bucket.hold(wait)
+            log.warning("outbox row %d: %s; waiting %.0f s", row.id, outcome.reason, wait)
+            await outbox.reschedule(
+                self._db,
+                row.id,
+                attempt=row.attempts,
+                next_attempt_at=time.time() + wait,
+                error=outcome.reason,
+            )
+            return
+        if verdict in (Verdict.PAUSE_AUTH, Verdict.PAUSE_BILLING):
+            await outbox.hand_back(self._db, [row.id])
+            await self._enter_pause(outcome)
+            return
+        if verdict is Verdict.PARK:
+            log.error("outbox row %d parked: %s", row.id, outcome.reason)
+            await outbox.park(self._db, row.id, attempt=row.attempts, reason=outcome.reason)
+            return
+        await self._retry_later(row, outcome)
+
+    async def _retry_later(self, row: OutboxRow, outcome: Outcome) -> None:
+        now = time.time()
+        delay = backoff_delay(
+            row.attempts, base=self._config.backoff_base, cap=self._config.backoff_cap
+        )
+        if outcome.retry_after is not None:
+            delay = max(delay, outcome.retry_after)
+        first = row.first_attempt_at or now
+        if now + delay - first > self._config.retry_window:
+            reason = (
+                f"gave up after {row.attempts} attempts over {(now - first) / 3600:.1f} h;"
+                f" last error: {outcome.reason}"
+            )
+            log.error("outbox row %d parked: %s", row.id, reason)
+            await outbox.park(self._db, row.id, attempt=row.attempts, reason=reason)
+            return
+        log.warning(
+            "outbox row %d attempt %d failed: %s; retrying in %.1f s",
+            row.id,
+            row.attempts,
+            outcome.reason,
+            delay,
+        )
+        await outbox.reschedule(
+            self._db,
+            row.id,
+            attempt=row.attempts,
+            next_attempt_at=now + delay,
+            error=outcome.reason,
+        )
+
+    async def _already_delivered(self, row: OutboxRow) -> bool:
+        """Past the idempotency window a resend could duplicate: ask AdTarget first."""
+        if row.kind != "conversion" or row.first_attempt_at is None or row.attempts <= 1:
+            return False
+        if time.time() - row.first_attempt_at < self._config.idempotency_window:
+            return False
+        if row.telegram_user_id is None:
+            return False
+        await self._bucket.acquire()
+        try:
+            answer = await self._client.get(f"/leads/{row.telegram_user_id}")
+        except Exception as error:
+            log.warning("outbox row %d: lead check failed (%s); sending", row.id, error)
+            return False
+        if answer.status != 200 or not isinstance(answer.body, dict):
+            return False
+        match = find_matching_conversion(answer.body, row)
+        if match is None:
+            return False
+        log.info(
+            "outbox row %d: AdTarget already holds conversion %s; not sending again",
+            row.id,
+            match,
+        )
+        await outbox.mark_delivered(
+            self._db, row.id, conversion_id=match, dispatched=None, warning=None, replayed=True
+        )
+        return True
+
+    def _probe_interval(self) -> float:
+        if self._pause and self._pause.reason.startswith("HTTP 402"):
+            return self._config.billing_probe_interval
+        return self._config.auth_probe_interval
+
+    async def _enter_pause(self, outcome: Outcome) -> None:
+        if self._pause is None:
+            log.error(
+                "courier paused: AdTarget answered %s. Rows stay queued; probing every %.0f s",
+                outcome.reason,
+                self._config.billing_probe_interval
+                if outcome.verdict is Verdict.PAUSE_BILLING
+                else self._config.auth_probe_interval,
+            )
+        self._pause = Pause(outcome.reason, time.time())
+        self._probe_at = time.time() + self._probe_interval()
+        await state.put(
+            self._db, PAUSE_KEY, json.dumps({"reason": outcome.reason, "since": self._pause.since})
+        )
+
+    async def _resume(self, why: str) -> None:
+        log.info("courier resumed: %s", why)
+        self._pause = None
+        await state.put(self._db, PAUSE_KEY, None)
+        self._wake.set()
+
+    async def _load_pause(self) -> None:
+        saved = await state.get(self._db, PAUSE_KEY)
+        if saved is None:
+            return
+        data = json.loads(saved)
+        self._pause = Pause(str(data["reason"]), float(data["since"]), bool(data.get("manual")))
+        # After a restart the key may have been fixed: probe at once.
+        self._probe_at = 0.0
+        log.warning("courier starts paused (%s); probing now", self._pause.reason)
+
+
+def find_matching_conversion(lead: dict[str, Any], row: OutboxRow) -> str | None:
+    """A conversion AdTarget holds for this row's channel and event at or after its time."""
+    channel = row.body.get("channelId")
+    event = row.body.get("eventType")
+    since_ms = row.event_time_ms or 0
+    for conversion in lead.get("conversions") or []:
+        if not isinstance(conversion, dict):
+            continue
+        if str(conversion.get("channelId")) != str(channel):
+            continue
+        if conversion.get("eventType") != event:
+            continue
+        at = _parse_time_ms(conversion.get("attributedAt"))
+        if at is not None and at >= since_ms:
+            return _opt_str(conversion.get("conversionId")) or "unknown"
+    return None
+
+
+def _parse_time_ms(value: Any) -> int | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # Tolerate seconds or milliseconds: the public reference does not say.
+        return int(value if value > 10**11 else value * 1000)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return int(parsed.timestamp() * 1000)
+    return None
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,76 @@
+"""What an AdTarget answer means for an outbox row, and how long to back off.
+
+Pure functions: the courier applies them, the unit tests pin them.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass
+
+import httpx
+
+from bot.adtarget import ApiAnswer
+
+# Codes AdTarget documents as "do not retry": the row waits for a human.
+_PARK_CODES = {"INVALID_PAYLOAD", "CHANNEL_NOT_FOUND"}
+
+
+class Verdict(enum.Enum):
+    DELIVERED = "delivered"
+    RETRY = "retry"  # transient: back off and send again
+    RATE_LIMITED = "rate_limited"  # wait Retry-After, then send again
+    PARK = "park"  # will not succeed as is: keep it visible for an admin
+    PAUSE_AUTH = "pause_auth"  # 401: stop sending anything, probe now and then
+    PAUSE_BILLING = "pause_billing"  # 402: stop sending, probe slowly
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    verdict: Verdict
+    reason: str
+    retry_after: float | None = None
+
+
+def classify_answer(answer: ApiAnswer) -> Outcome:
+    status = answer.status
+    reason = answer.describe()
+    if 200 <= status < 300:
+        return Outcome(Verdict.DELIVERED, reason)
+    if status == 429:
+        return Outcome(Verdict.RATE_LIMITED, reason, answer.retry_after)
+    if status == 401:
+        return Outcome(Verdict.PAUSE_AUTH, reason)
+    if status == 402:
+        return Outcome(Verdict.PAUSE_BILLING, reason)
+    if status >= 500 or status in (408, 425):
+        return Outcome(Verdict.RETRY, reason, answer.retry_after)
+    if answer.error_code in _PARK_CODES:
+        return Outcome(Verdict.PARK, reason)
+    # Any other 4xx (an unknown route, 403, 413, ...) will not fix itself by
+    # being sent again; parking keeps it visible and retryable by an admin.
+    return Outcome(Verdict.PARK, reason)
+
+
+def classify_exception(error: Exception) -> Outcome:
+    """Timeouts and connection errors: AdTarget may or may not have processed it,
+    so the row is sent again with the same Idempotency-Key."""
+    if isinstance(error, httpx.TimeoutException):
+        return Outcome(Verdict.RETRY, f"timeout ({type(error).__name__})")
+    if isinstance(error, httpx.TransportError):
+        return Outcome(Verdict.RETRY, f"connection error ({type(error).__name__}: {error})")
+    return Outcome(Verdict.RETRY, f"unexpected error ({type(error).__name__}: {error})")
+
+
+def backoff_delay(
+    attempt: int, *, base: float, cap: float, rng: random.Random | None = None
+) -> float:
+    """Exponential backoff with jitter: base, 2*base, 4*base ... capped at `cap`.
+
+    The jitter spreads the retries of many rows over the second half of the
+    interval, so a recovering AdTarget is not hit by them all at once.
+    """
+    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    draw = (rng or random).random()
+    return float(ceiling / 2 + draw * ceiling / 2)

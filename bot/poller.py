@@ -1,0 +1,260 @@
+"""Long polling that never loses an update.
+
+aiogram's `start_polling` confirms a batch before (or regardless of whether)
+its handlers succeed, retries a 401 forever and lets a network error in its
+first getMe end the process. This loop keeps aiogram's Bot, methods and
+Dispatcher, and changes the order: each getUpdates batch is committed to the
+`updates` table first, then fed to the dispatcher; only then does the next
+getUpdates carry the higher offset that confirms it to Telegram. A handler that
+raises leaves its update stored as `failed`, logged and counted, and retried
+with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiogram import Bot, Dispatcher
+from aiogram.exceptions import (
+    TelegramConflictError,
+    TelegramRetryAfter,
+    TelegramUnauthorizedError,
+)
+from aiogram.methods import DeleteWebhook, GetMe, GetUpdates
+from aiogram.types import Update
+
+from storage import updates as inbox
+from storage.db import Database
+
+log = logging.getLogger(__name__)
+
+ALLOWED_UPDATES = [
+    "message",
+    "callback_query",
+    "chat_member",
+    "my_chat_member",
+    "chat_join_request",
+]
+
+
+class BadBotToken(RuntimeError):
+    """Telegram answered 401: the token is wrong or revoked. Retrying cannot help."""
+
+
+@dataclass(slots=True)
+class PollerStats:
+    received: int = 0
+    handled: int = 0
+    failed: int = 0
+    last_poll_ok_at: float | None = None
+    consecutive_errors: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PollerConfig:
+    timeout: int = 30
+    limit: int = 100
+    backoff_base: float = 1.0
+    backoff_cap: float = 30.0
+    update_retry_base: float = 5.0
+    update_retry_cap: float = 3600.0
+
+
+class Poller:
+    def __init__(
+        self,
+        bot: Bot,
+        dispatcher: Dispatcher,
+        db: Database,
+        config: PollerConfig,
+        workflow: dict[str, Any] | None = None,
+    ) -> None:
+        self._bot = bot
+        self._dp = dispatcher
+        self._db = db
+        self._config = config
+        self._workflow = workflow or {}
+        self._offset: int | None = None
+        self.stats = PollerStats()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        me = await self._call_until_ok(GetMe(), stop, "getMe")
+        if me is None:
+            return
+        log.info("logged in as @%s (id %d)", me.username, me.id)
+        # Keep pending updates: they are joins we have not seen yet.
+        if (
+            await self._call_until_ok(
+                DeleteWebhook(drop_pending_updates=False), stop, "deleteWebhook"
+            )
+            is None
+        ):
+            return
+        await self._retry_stored(stop, everything=True)
+        next_retry_pass = time.monotonic() + self._config.update_retry_base
+        while not stop.is_set():
+            batch = await self._call_until_ok(
+                GetUpdates(
+                    offset=self._offset,
+                    limit=self._config.limit,
+                    timeout=self._config.timeout,
+                    allowed_updates=ALLOWED_UPDATES,
+                ),
+                stop,
+                "getUpdates",
+                request_timeout=self._config.timeout + 15,
+            )
+            if batch is None:
+                return
+            self.stats.last_poll_ok_at = time.time()
+            if batch:
+                await self._handle_batch(batch)
+                # The next getUpdates confirms this batch; it is all stored by now.
+                self._offset = batch[-1].update_id + 1
+            if time.monotonic() >= next_retry_pass:
+                await self._retry_stored(stop, everything=False)
+                next_retry_pass = time.monotonic() + self._config.update_retry_base
+
+    async def _handle_batch(self, batch: list[Update]) -> None:
+        rows = [
+            (u.update_id, u.event_type, u.model_dump_json(exclude_unset=True, by_alias=True))
+            for u in batch
+        ]
+        already_done = await inbox.store_batch(self._db, rows)
+        self.stats.received += len(batch)
+        done: list[int] = []
+        for update in batch:
+            if update.update_id in already_done:
+                log.info("update %d was already handled; skipped", update.update_id)
+                continue
+            if await self._feed(update, attempts=0):
+                done.append(update.update_id)
+        await inbox.mark_done(self._db, done)
+
+    async def _feed(self, update: Update, *, attempts: int) -> bool:
+        kind = update.event_type
+        self.stats.kinds[kind] = self.stats.kinds.get(kind, 0) + 1
+        try:
+            await self._dp.feed_update(self._bot, update, **self._workflow)
+        except Exception as error:
+            delay = min(self._config.update_retry_cap, self._config.update_retry_base * 2**attempts)
+            total = await inbox.mark_failed(
+                self._db,
+                update.update_id,
+                error=f"{type(error).__name__}: {error}",
+                retry_at=time.time() + delay,
+            )
+            self.stats.failed += 1
+            log.error(
+                "update %d (%s) failed (attempt %d): %s: %s; kept, retrying in %.0f s",
+                update.update_id,
+                kind,
+                total,
+                type(error).__name__,
+                error,
+                delay,
+                exc_info=error,
+            )
+            return False
+        self.stats.handled += 1
+        return True
+
+    async def _retry_stored(self, stop: asyncio.Event, *, everything: bool) -> None:
+        """Feed stored updates again: failed ones whose time came, and at start also
+        those a crash left between storing and handling."""
+        now = float("inf") if everything else time.time()
+        while not stop.is_set():
+            due = await inbox.due_for_retry(self._db, now=now)
+            if not due:
+                return
+            done = []
+            for stored in due:
+                update = Update.model_validate(stored.raw, context={"bot": self._bot})
+                if await self._feed(update, attempts=stored.attempts):
+                    log.info("update %d handled on retry", stored.update_id)
+                    done.append(stored.update_id)
+            await inbox.mark_done(self._db, done)
+            if len(done) < len(due):
+                return  # the rest failed again and wait for their next turn
+
+    async def _call_until_ok(
+        self,
+        method: Any,
+        stop: asyncio.Event,
+        name: str,
+        request_timeout: int | None = None,
+    ) -> Any:
+        """Call a Bot API method until it answers; None when asked to stop.
+
+        Network trouble, 5xx, 409 and 429 are waited out with clear log lines;
+        401 raises BadBotToken.
+        """
+        while not stop.is_set():
+            call = asyncio.ensure_future(self._bot(method, request_timeout=request_timeout))
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({call, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not call.done():
+                # Stopping: abandon the long poll. Nothing it may have fetched was
+                # confirmed, so Telegram hands it out again next time.
+                call.cancel()
+                await asyncio.gather(call, return_exceptions=True)
+                return None
+            try:
+                result = call.result()
+            except TelegramUnauthorizedError as error:
+                raise BadBotToken(str(error)) from None
+            except TelegramRetryAfter as error:
+                log.warning("Telegram: %s flood control, waiting %d s", name, error.retry_after)
+                await _sleep_or_stop(stop, float(error.retry_after))
+                continue
+            except TelegramConflictError as error:
+                delay = self._next_backoff()
+                log.error(
+                    "Telegram 409 on %s: another process is polling with this bot token, or a"
+                    " webhook is set (%s). Stop the other instance; retrying in %.0f s",
+                    name,
+                    error.message,
+                    delay,
+                )
+                await _sleep_or_stop(stop, delay)
+                continue
+            except Exception as error:
+                delay = self._next_backoff()
+                log.warning(
+                    "Telegram unreachable on %s (%s: %s); retrying in %.1f s",
+                    name,
+                    type(error).__name__,
+                    error,
+                    delay,
+                )
+                await _sleep_or_stop(stop, delay)
+                continue
+            if self.stats.consecutive_errors:
+                log.info(
+                    "Telegram reachable again after %d failed call(s)",
+                    self.stats.consecutive_errors,
+                )
+                self.stats.consecutive_errors = 0
+            return result
+        return None
+
+    def _next_backoff(self) -> float:
+        self.stats.consecutive_errors += 1
+        ceiling = min(
+            self._config.backoff_cap,
+            self._config.backoff_base * 2 ** (self.stats.consecutive_errors - 1),
+        )
+        return float(ceiling / 2 + random.random() * ceiling / 2)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

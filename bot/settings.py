@@ -1,0 +1,108 @@
+"""Configuration from the environment and `.env`, validated once at start.
+
+Every key is listed with its default in `.env.example`. A missing or invalid
+value is reported as one line naming the variable (see `describe_error`), never
+as a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bot.events import EventType
+
+_TOKEN_SHAPE = re.compile(r"^\d+:[\w-]+$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    bot_token: SecretStr
+    telegram_api_url: str = "https://api.telegram.org"
+    adtarget_api_key: SecretStr
+    adtarget_api_url: str = "https://adtarget.io"
+    adtarget_site_id: str | None = None
+    database_path: Path = Path("data/joinbridge.db")
+    admin_ids: Annotated[tuple[int, ...], NoDecode] = ()
+    default_event_type: Literal["Lead", "Subscribe"] = "Lead"
+    send_organic: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Invite links the bot mints for visitors.
+    invite_ttl: int = Field(default=7 * 24 * 3600, gt=0, description="seconds")
+
+    # Polling.
+    poll_timeout: int = Field(default=30, ge=0, le=50)
+    poll_limit: int = Field(default=100, ge=1, le=100)
+    update_retry_base: float = Field(default=5.0, gt=0)
+
+    # Courier: pacing under AdTarget's limit of 300 requests/min, burst 50.
+    adtarget_rate_per_minute: float = Field(default=300.0, gt=0)
+    adtarget_burst: int = Field(default=50, ge=1)
+    adtarget_timeout: float = Field(default=10.0, gt=0)
+    courier_concurrency: int = Field(default=4, ge=1, le=64)
+    backoff_base: float = Field(default=1.0, gt=0)
+    backoff_cap: float = Field(default=60.0, gt=0)
+    # Retries stop short of AdTarget's 24 h idempotency window, then the row is parked.
+    retry_window: float = Field(default=23 * 3600.0, gt=0)
+    idempotency_window: float = Field(default=24 * 3600.0, gt=0)
+    auth_probe_interval: float = Field(default=300.0, gt=0)
+    billing_probe_interval: float = Field(default=1800.0, gt=0)
+    shutdown_grace: float = Field(default=5.0, ge=0)
+
+    @field_validator("bot_token")
+    @classmethod
+    def _token_shape(cls, value: SecretStr) -> SecretStr:
+        # aiogram refuses other shapes; say so here, without echoing the token.
+        if not _TOKEN_SHAPE.match(value.get_secret_value()):
+            raise ValueError("must look like 123456789:AA... (the token BotFather gave you)")
+        return value
+
+    @field_validator("adtarget_api_key")
+    @classmethod
+    def _key_present(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("telegram_api_url", "adtarget_api_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _admin_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            bad = [p for p in parts if not re.fullmatch(r"-?\d+", p)]
+            if bad:
+                raise ValueError(f"must be comma-separated Telegram user ids, got {bad[0]!r}")
+            return tuple(int(p) for p in parts)
+        return value
+
+    @property
+    def default_event(self) -> EventType:
+        return EventType.parse(self.default_event_type)
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line per problem: `VARIABLE: what is wrong`, with no secret values."""
+    lines = []
+    for item in error.errors():
+        name = "_".join(str(part) for part in item["loc"][:1]).upper() or "SETTINGS"
+        if item["type"] == "missing":
+            why = "is required but not set (put it in the environment or in .env)"
+        else:
+            why = f"is invalid: {item['msg'].removeprefix('Value error, ')}"
+        lines.append(f"{name} {why}")
+    return "; ".join(lines)

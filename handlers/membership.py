@@ -1,0 +1,27 @@
+"""my_chat_member: the bot itself promoted, demoted or removed in a channel."""
+
+from __future__ import annotations
+
+from aiogram import F, Router
+from aiogram.types import ChatMemberAdministrator, ChatMemberOwner, ChatMemberUpdated
+
+from bot.onboarding import Onboarding
+from handlers.joins import chat_ref
+
+
+async def on_bot_status(event: ChatMemberUpdated, onboarding: Onboarding) -> None:
+    member = event.new_chat_member
+    is_admin = isinstance(member, ChatMemberAdministrator | ChatMemberOwner)
+    can_invite = isinstance(member, ChatMemberOwner) or (
+        isinstance(member, ChatMemberAdministrator) and member.can_invite_users
+    )
+    await onboarding.bot_status_changed(
+        chat_ref(event.chat), is_admin=is_admin, can_invite_users=can_invite
+    )
+
+
+def make_router() -> Router:
+    router = Router(name="membership")
+    router.my_chat_member.filter(F.chat.type.in_({"channel", "supergroup"}))
+    router.my_chat_member.register(on_bot_status)
+    return router

@@ -1,0 +1,131 @@
+"""The SQLite connection: pragmas, migrations and serialised transactions.
+
+The bridge keeps one writer connection. aiosqlite runs it on its own thread;
+the asyncio lock makes every transaction (and every read) one unit, so two tasks
+never interleave statements inside each other's transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 5000
+
+
+class Database:
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self._conn = conn
+        self._lock = asyncio.Lock()
+        self.path = path
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """`BEGIN IMMEDIATE` … `COMMIT`, rolled back on any exception."""
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                await self._conn.rollback()
+                raise
+            await self._conn.commit()
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection for reads outside a transaction (autocommit)."""
+        async with self._lock:
+            yield self._conn
+
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        async with self.reader() as conn:
+            rows = await conn.execute_fetchall(sql, tuple(params))
+        return list(rows)
+
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._conn.close()
+
+
+async def open_database(path: Path) -> Database:
+    """Open (creating folders and file), set pragmas, apply pending migrations."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    await conn.execute("PRAGMA journal_mode = WAL")
+    # NORMAL in WAL mode is durable across process crashes; only an OS crash or
+    # power loss can drop the last commits.
+    await conn.execute("PRAGMA synchronous = NORMAL")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    db = Database(conn, path)
+    await migrate(db)
+    return db
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    found = []
+    for entry in resources.files("storage.migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:3].isdigit():
+            found.append((int(name[:3]), name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+async def migrate(db: Database) -> int:
+    """Apply every numbered migration newer than the recorded version; return it."""
+    async with db.transaction() as conn:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+    current = await schema_version(db)
+    for version, name, sql in _migrations():
+        if version <= current:
+            continue
+        async with db.transaction() as conn:
+            # executescript would COMMIT our transaction; run statement by statement.
+            for statement in _split_sql(sql):
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (version, name, time.time()),
+            )
+        log.info("database migrated to version %d (%s)", version, name)
+        current = version
+    return current
+
+
+async def schema_version(db: Database) -> int:
+    row = await db.fetchone("SELECT coalesce(max(version), 0) FROM schema_migrations")
+    return int(row[0]) if row else 0
+
+
+def _split_sql(script: str) -> list[str]:
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("--") or not stripped:
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:60]}")
+    return statements

@@ -1,0 +1,87 @@
+"""Invite links the bot minted, and the lookup from a join's link back to them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import aiosqlite
+
+
+@dataclass(frozen=True, slots=True)
+class InviteLink:
+    id: int
+    url: str
+    chat_id: int
+    kind: str  # 'visitor' | 'campaign'
+    name: str
+    visit_id: int | None
+    campaign: str | None
+    creates_join_request: bool
+    expire_date: int | None
+
+
+_COLUMNS = "id, url, chat_id, kind, name, visit_id, campaign, creates_join_request, expire_date"
+
+
+async def insert(
+    conn: aiosqlite.Connection,
+    *,
+    url: str,
+    chat_id: int,
+    kind: str,
+    name: str,
+    visit_id: int | None,
+    campaign: str | None,
+    creates_join_request: bool,
+    expire_date: int | None,
+) -> InviteLink:
+    async with conn.execute(
+        "INSERT INTO invite_links (url, chat_id, kind, name, visit_id, campaign,"
+        " creates_join_request, expire_date, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " RETURNING id",
+        (
+            url,
+            chat_id,
+            kind,
+            name,
+            visit_id,
+            campaign,
+            int(creates_join_request),
+            expire_date,
+            time.time(),
+        ),
+    ) as cursor:
+        row = await cursor.fetchone()
+    assert row is not None
+    return InviteLink(
+        int(row[0]), url, chat_id, kind, name, visit_id, campaign, creates_join_request, expire_date
+    )
+
+
+async def find_by_url(conn: aiosqlite.Connection, chat_id: int, url: str) -> InviteLink | None:
+    """A link we minted for this chat, by the URL Telegram reported on the join."""
+    async with conn.execute(
+        f"SELECT {_COLUMNS} FROM invite_links WHERE url = ? AND chat_id = ?", (url, chat_id)
+    ) as cursor:
+        row = await cursor.fetchone()
+    if row is None:
+        return None
+    return InviteLink(
+        id=row["id"],
+        url=row["url"],
+        chat_id=row["chat_id"],
+        kind=row["kind"],
+        name=row["name"],
+        visit_id=row["visit_id"],
+        campaign=row["campaign"],
+        creates_join_request=bool(row["creates_join_request"]),
+        expire_date=row["expire_date"],
+    )
+
+
+async def mark_used(conn: aiosqlite.Connection, link_id: int) -> None:
+    await conn.execute(
+        "UPDATE invite_links SET used_at = coalesce(used_at, ?) WHERE id = ?",
+        (time.time(), link_id),
+    )

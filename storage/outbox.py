@@ -1,0 +1,251 @@
+"""The outbox: every request towards AdTarget, durable until delivered or parked.
+
+States: pending -> sending (claimed, attempt counted, leased) -> delivered, or
+back to pending with a later `next_attempt_at`, or parked with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from storage.db import Database
+
+MAX_ERRORS_KEPT = 20
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    kind: str
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    idempotency_key: str
+    telegram_user_id: int | None
+    chat_id: int | None
+    event_type: str | None
+    event_time_ms: int | None
+    attempts: int
+    first_attempt_at: float | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxCounts:
+    pending: int
+    sending: int
+    delivered: int
+    parked: int
+    oldest_pending_at: float | None
+
+
+_COLUMNS = (
+    "id, kind, path, body, headers, idempotency_key, telegram_user_id, chat_id, event_type,"
+    " event_time_ms, attempts, first_attempt_at, created_at"
+)
+
+
+def _row(row: sqlite3.Row) -> OutboxRow:
+    return OutboxRow(
+        id=row["id"],
+        kind=row["kind"],
+        path=row["path"],
+        body=json.loads(row["body"]),
+        headers=json.loads(row["headers"]) if row["headers"] else {},
+        idempotency_key=row["idempotency_key"],
+        telegram_user_id=row["telegram_user_id"],
+        chat_id=row["chat_id"],
+        event_type=row["event_type"],
+        event_time_ms=row["event_time_ms"],
+        attempts=row["attempts"],
+        first_attempt_at=row["first_attempt_at"],
+        created_at=row["created_at"],
+    )
+
+
+async def enqueue(
+    conn: aiosqlite.Connection,
+    *,
+    kind: str,
+    path: str,
+    body: dict[str, Any],
+    idempotency_key: str,
+    headers: dict[str, str] | None = None,
+    join_id: int | None = None,
+    telegram_user_id: int | None = None,
+    chat_id: int | None = None,
+    event_type: str | None = None,
+    event_time_ms: int | None = None,
+) -> int:
+    now = time.time()
+    async with conn.execute(
+        "INSERT INTO outbox (kind, path, body, headers, idempotency_key, join_id,"
+        " telegram_user_id, chat_id, event_type, event_time_ms, next_attempt_at, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (
+            kind,
+            path,
+            json.dumps(body, separators=(",", ":")),
+            json.dumps(headers) if headers else None,
+            idempotency_key,
+            join_id,
+            telegram_user_id,
+            chat_id,
+            event_type,
+            event_time_ms,
+            now,
+            now,
+        ),
+    ) as cursor:
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def claim(
+    db: Database, *, limit: int, lease: float, now: float | None = None
+) -> list[OutboxRow]:
+    """Take up to `limit` due rows: mark them sending, count the attempt, lease them."""
+    now = time.time() if now is None else now
+    async with db.transaction() as conn:
+        rows = await conn.execute_fetchall(
+            f"UPDATE outbox SET state = 'sending', attempts = attempts + 1, lease_until = ?,"
+            f" first_attempt_at = coalesce(first_attempt_at, ?)"
+            f" WHERE id IN (SELECT id FROM outbox WHERE state = 'pending'"
+            f" AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?)"
+            f" RETURNING {_COLUMNS}",
+            (now + lease, now, now, limit),
+        )
+    return sorted((_row(r) for r in rows), key=lambda r: r.id)
+
+
+def _error_entry(attempt: int, error: str, now: float) -> str:
+    return json.dumps({"at": round(now, 3), "attempt": attempt, "error": error})
+
+
+_APPEND_ERROR = (
+    "errors = json_insert(CASE WHEN json_array_length(errors) >= ?"
+    " THEN json_remove(errors, '$[0]') ELSE errors END, '$[#]', json(?))"
+)
+
+
+async def mark_delivered(
+    db: Database,
+    row_id: int,
+    *,
+    conversion_id: str | None,
+    dispatched: bool | None,
+    warning: str | None,
+    replayed: bool,
+) -> None:
+    async with db.transaction() as conn:
+        await conn.execute(
+            "UPDATE outbox SET state = 'delivered', delivered_at = ?, lease_until = NULL,"
+            " conversion_id = ?, dispatched = ?, warning = ?, replayed = ? WHERE id = ?",
+            (
+                time.time(),
+                conversion_id,
+                None if dispatched is None else int(dispatched),
+                warning,
+                int(replayed),
+                row_id,
+            ),
+        )
+
+
+async def reschedule(
+    db: Database, row_id: int, *, attempt: int, next_attempt_at: float, error: str
+) -> None:
+    """Back to pending, to be tried again at `next_attempt_at`."""
+    now = time.time()
+    async with db.transaction() as conn:
+        await conn.execute(
+            f"UPDATE outbox SET state = 'pending', lease_until = NULL, next_attempt_at = ?,"
+            f" last_error = ?, {_APPEND_ERROR} WHERE id = ?",
+            (next_attempt_at, error, MAX_ERRORS_KEPT, _error_entry(attempt, error, now), row_id),
+        )
+
+
+async def hand_back(db: Database, row_ids: list[int]) -> None:
+    """Return claimed rows untouched (shutdown, or the courier paused before sending)."""
+    if not row_ids:
+        return
+    marks = ", ".join("?" for _ in row_ids)
+    async with db.transaction() as conn:
+        await conn.execute(
+            f"UPDATE outbox SET state = 'pending', lease_until = NULL,"
+            f" attempts = max(attempts - 1, 0) WHERE state = 'sending' AND id IN ({marks})",
+            row_ids,
+        )
+
+
+async def park(db: Database, row_id: int, *, attempt: int, reason: str) -> None:
+    now = time.time()
+    async with db.transaction() as conn:
+        await conn.execute(
+            f"UPDATE outbox SET state = 'parked', lease_until = NULL, parked_reason = ?,"
+            f" last_error = ?, {_APPEND_ERROR} WHERE id = ?",
+            (reason, reason, MAX_ERRORS_KEPT, _error_entry(attempt, reason, now), row_id),
+        )
+
+
+async def rescue_claimed(db: Database, *, now: float | None = None, expired_only: bool) -> int:
+    """Rows left in `sending` by a process that died go back to pending.
+
+    At start every claimed row is orphaned (the instance lock guarantees no
+    other process owns them); while running, only rows whose lease expired.
+    """
+    now = time.time() if now is None else now
+    sql = "UPDATE outbox SET state = 'pending', lease_until = NULL, next_attempt_at = ?"
+    sql += " WHERE state = 'sending'"
+    params: tuple[float, ...] = (now,)
+    if expired_only:
+        sql += " AND lease_until < ?"
+        params = (now, now)
+    async with db.transaction() as conn:
+        cursor = await conn.execute(sql, params)
+        return cursor.rowcount
+
+
+async def retry_parked(db: Database, row_id: int | None = None) -> int:
+    """Re-queue one parked row, or all of them; the attempt count starts afresh."""
+    where = "state = 'parked'" + (" AND id = ?" if row_id is not None else "")
+    params: tuple[Any, ...] = (time.time(),) + ((row_id,) if row_id is not None else ())
+    async with db.transaction() as conn:
+        cursor = await conn.execute(
+            f"UPDATE outbox SET state = 'pending', next_attempt_at = ?, parked_reason = NULL,"
+            f" attempts = 0 WHERE {where}",
+            params,
+        )
+        return cursor.rowcount
+
+
+async def next_due_at(db: Database) -> float | None:
+    row = await db.fetchone("SELECT min(next_attempt_at) FROM outbox WHERE state = 'pending'")
+    return float(row[0]) if row and row[0] is not None else None
+
+
+async def counts(db: Database) -> OutboxCounts:
+    rows = await db.fetchall("SELECT state, count(*) FROM outbox GROUP BY state")
+    by_state = {r[0]: int(r[1]) for r in rows}
+    oldest = await db.fetchone(
+        "SELECT min(created_at) FROM outbox WHERE state IN ('pending', 'sending')"
+    )
+    return OutboxCounts(
+        pending=by_state.get("pending", 0),
+        sending=by_state.get("sending", 0),
+        delivered=by_state.get("delivered", 0),
+        parked=by_state.get("parked", 0),
+        oldest_pending_at=float(oldest[0]) if oldest and oldest[0] is not None else None,
+    )
+
+
+async def get(db: Database, row_id: int) -> dict[str, Any] | None:
+    row = await db.fetchone("SELECT * FROM outbox WHERE id = ?", (row_id,))
+    return dict(row) if row else None

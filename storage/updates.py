@@ -1,0 +1,90 @@
+"""The update inbox: raw Telegram updates stored before they are confirmed."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from storage.db import Database
+
+# Telegram keeps unconfirmed updates for 24 h; a done row older than twice that
+# can no longer come back, so it is only dead weight.
+DONE_KEPT_SECONDS = 48 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUpdate:
+    update_id: int
+    raw: dict[str, Any]
+    attempts: int
+
+
+async def store_batch(db: Database, batch: list[tuple[int, str, str]]) -> set[int]:
+    """Store (update_id, kind, raw_json) rows in one transaction.
+
+    Returns the ids that were already done: a redelivered batch skips them.
+    """
+    if not batch:
+        return set()
+    now = time.time()
+    ids = [u[0] for u in batch]
+    marks = ", ".join("?" for _ in ids)
+    async with db.transaction() as conn:
+        done = await conn.execute_fetchall(
+            f"SELECT update_id FROM updates WHERE state = 'done' AND update_id IN ({marks})", ids
+        )
+        await conn.executemany(
+            "INSERT OR IGNORE INTO updates (update_id, kind, raw, received_at) VALUES (?, ?, ?, ?)",
+            [(uid, kind, raw, now) for uid, kind, raw in batch],
+        )
+    return {int(r[0]) for r in done}
+
+
+async def mark_done(db: Database, update_ids: list[int]) -> None:
+    if not update_ids:
+        return
+    now = time.time()
+    async with db.transaction() as conn:
+        await conn.executemany(
+            "UPDATE updates SET state = 'done', done_at = ?, last_error = NULL,"
+            " next_retry_at = NULL WHERE update_id = ?",
+            [(now, uid) for uid in update_ids],
+        )
+
+
+async def mark_failed(db: Database, update_id: int, *, error: str, retry_at: float) -> int:
+    """Count a failed handling; returns the attempts so far."""
+    async with db.transaction() as conn:
+        rows = await conn.execute_fetchall(
+            "UPDATE updates SET state = 'failed', attempts = attempts + 1, last_error = ?,"
+            " next_retry_at = ? WHERE update_id = ? RETURNING attempts",
+            (error[:500], retry_at, update_id),
+        )
+    rows = list(rows)
+    return int(rows[0][0]) if rows else 0
+
+
+async def due_for_retry(db: Database, *, now: float, limit: int = 100) -> list[StoredUpdate]:
+    """Failed updates whose retry time came, and `new` ones a crash left unhandled."""
+    rows = await db.fetchall(
+        "SELECT update_id, raw, attempts FROM updates WHERE state != 'done'"
+        " AND coalesce(next_retry_at, 0) <= ? ORDER BY update_id LIMIT ?",
+        (now, limit),
+    )
+    return [StoredUpdate(int(r[0]), json.loads(r[1]), int(r[2])) for r in rows]
+
+
+async def failed_count(db: Database) -> int:
+    row = await db.fetchone("SELECT count(*) FROM updates WHERE state = 'failed'")
+    return int(row[0]) if row else 0
+
+
+async def prune_done(db: Database, *, now: float | None = None) -> int:
+    cutoff = (time.time() if now is None else now) - DONE_KEPT_SECONDS
+    async with db.transaction() as conn:
+        cursor = await conn.execute(
+            "DELETE FROM updates WHERE state = 'done' AND done_at < ?", (cutoff,)
+        )
+        return cursor.rowcount

@@ -1,0 +1,66 @@
+"""Visits: a landing-page visitor's attribution, one row per tempId."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, fields
+
+import aiosqlite
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """What a landing page knows of a visitor. Empty strings count as absent."""
+
+    temp_id: str
+    client_session_id: str | None = None
+    external_user_id: str | None = None
+    href: str | None = None
+    referrer: str | None = None
+    fbc: str | None = None
+    fbp: str | None = None
+    gclid: str | None = None
+    ttclid: str | None = None
+    sccid: str | None = None
+    client_ip: str | None = None
+    user_agent: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    utm_content: str | None = None
+    utm_term: str | None = None
+
+
+ATTRIBUTION_COLUMNS = tuple(f.name for f in fields(Attribution))
+_UPDATABLE = ATTRIBUTION_COLUMNS[1:]
+
+
+def _attribution(row: sqlite3.Row) -> Attribution:
+    return Attribution(**{name: row[name] for name in ATTRIBUTION_COLUMNS})
+
+
+async def upsert(conn: aiosqlite.Connection, visit: Attribution) -> int:
+    """Store a visit; a repeat visit keeps old values where the new ones are empty."""
+    values = asdict(visit)
+    now = time.time()
+    columns = ", ".join(ATTRIBUTION_COLUMNS)
+    marks = ", ".join("?" for _ in ATTRIBUTION_COLUMNS)
+    updates = ", ".join(f"{c} = coalesce(nullif(excluded.{c}, ''), {c})" for c in _UPDATABLE)
+    sql = (
+        f"INSERT INTO visits ({columns}, created_at, updated_at) VALUES ({marks}, ?, ?)"
+        f" ON CONFLICT (temp_id) DO UPDATE SET {updates}, updated_at = excluded.updated_at"
+        " RETURNING id"
+    )
+    params = [values[c] or None for c in ATTRIBUTION_COLUMNS]
+    async with conn.execute(sql, (*params, now, now)) as cursor:
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def get_by_id(conn: aiosqlite.Connection, visit_id: int) -> Attribution | None:
+    columns = ", ".join(ATTRIBUTION_COLUMNS)
+    async with conn.execute(f"SELECT {columns} FROM visits WHERE id = ?", (visit_id,)) as cursor:
+        row = await cursor.fetchone()
+    return _attribution(row) if row else None

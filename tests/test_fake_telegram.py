@@ -1,0 +1,311 @@
+"""The Telegram fake, driven through a real aiogram Bot over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiogram import Bot, Dispatcher
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import (
+    TelegramBadRequest,
+    TelegramConflictError,
+    TelegramRetryAfter,
+    TelegramUnauthorizedError,
+)
+from aiogram.types import BotCommand, ChatMemberUpdated
+
+from tests.fakes.telegram import FakeTelegram
+
+CHANNEL = -1001234567890
+FOREIGN_URL = "https://t.me/+AbCdEfGhIjKlMnOp"
+
+
+def make_bot(fake: FakeTelegram, token: str | None = None) -> Bot:
+    session = AiohttpSession(api=TelegramAPIServer.from_base(fake.url))
+    return Bot(token or fake.token, session=session)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTelegram]:
+    server = FakeTelegram()
+    await server.start()
+    server.add_channel(CHANNEL, "Test channel", "test_channel")
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def bot(fake: FakeTelegram) -> AsyncIterator[Bot]:
+    client = make_bot(fake)
+    yield client
+    await client.session.close()
+
+
+async def test_get_me(fake: FakeTelegram, bot: Bot) -> None:
+    me = await bot.get_me()
+    assert (me.id, me.username, me.is_bot) == (123456, "joinbridge_test_bot", True)
+    assert [c.method for c in fake.calls] == ["getMe"]
+
+
+async def test_long_poll_wakes_on_enqueue_and_offset_confirms(fake: FakeTelegram, bot: Bot) -> None:
+    poll = asyncio.create_task(bot.get_updates(timeout=10, allowed_updates=["message"]))
+    await fake.wait_for_call("getUpdates")
+    started = time.monotonic()
+    update_id = fake.message(42, 42, "/start ref")
+    assert update_id is not None
+    updates = await poll
+    assert time.monotonic() - started < 2
+    assert [u.update_id for u in updates] == [update_id]
+    message = updates[0].message
+    assert message is not None
+    assert message.text == "/start ref"
+    assert message.entities is not None
+    assert message.entities[0].type == "bot_command"
+    assert fake.allowed_updates == ["message"]
+
+    # Unconfirmed: served again. Confirming with offset = id + 1 forgets it.
+    assert [u.update_id for u in await bot.get_updates(timeout=0)] == [update_id]
+    assert await bot.get_updates(offset=update_id + 1, timeout=0) == []
+    await fake.wait_confirmed(update_id)
+    assert fake.confirmed_offset == update_id + 1
+    assert fake.pending == []
+    assert fake.updates_served == 2
+    # allowed_updates was omitted by the later calls: the setting stays.
+    assert fake.allowed_updates == ["message"]
+
+
+async def test_allowed_updates_filter_at_enqueue(fake: FakeTelegram, bot: Bot) -> None:
+    assert fake.join(CHANNEL, 7) is None  # never polled: chat_member is opt-in
+    await bot.get_updates(timeout=0, allowed_updates=["message", "my_chat_member"])
+    assert fake.join(CHANNEL, 8) is None
+    await bot.get_updates(timeout=0, allowed_updates=["chat_member"])
+    assert fake.join(CHANNEL, 9) is not None
+    updates = await bot.get_updates(timeout=0)
+    assert len(updates) == 1
+    assert updates[0].chat_member is not None
+    assert updates[0].chat_member.new_chat_member.user.id == 9
+    # Dropped updates are gone, but the joins happened: getChatMember knows.
+    member = await bot.get_chat_member(CHANNEL, 8)
+    assert member.status == "member"
+    assert (await bot.get_chat_member(CHANNEL, 12345)).status == "left"
+
+
+async def join_update(bot: Bot, offset: int | None = None) -> ChatMemberUpdated:
+    updates = await bot.get_updates(offset=offset, timeout=1)
+    assert updates
+    assert updates[-1].chat_member is not None
+    return updates[-1].chat_member
+
+
+async def test_own_link_is_full_and_foreign_link_masked(fake: FakeTelegram, bot: Bot) -> None:
+    await bot.get_updates(timeout=0, allowed_updates=["chat_member"])
+    link = await bot.create_chat_invite_link(CHANNEL, name="campaign-1", member_limit=5)
+    assert link.invite_link.startswith("https://t.me/+")
+    assert len(link.invite_link) == 30
+    assert link.creator.id == 123456
+    assert not link.is_revoked
+    assert fake.links[link.invite_link]["chat_id"] == CHANNEL
+
+    first = fake.join(CHANNEL, 42, link.invite_link)
+    event = await join_update(bot)
+    assert event.invite_link is not None
+    assert event.invite_link.invite_link == link.invite_link
+    assert (event.invite_link.name, event.invite_link.member_limit) == ("campaign-1", 5)
+    assert event.from_user.id == 42
+    assert event.via_join_request is None
+
+    assert first is not None
+    fake.join(CHANNEL, 43, FOREIGN_URL)
+    event = await join_update(bot, offset=first + 1)
+    assert event.invite_link is not None
+    assert event.invite_link.invite_link == "https://t.me/+AbCdEfGh…"
+    assert event.invite_link.creator.id != 123456
+
+
+async def test_invite_link_errors_and_revoke(fake: FakeTelegram, bot: Bot) -> None:
+    with pytest.raises(TelegramBadRequest, match="name is too long"):
+        await bot.create_chat_invite_link(CHANNEL, name="x" * 33)
+    with pytest.raises(TelegramBadRequest, match="administrator approval"):
+        await bot.create_chat_invite_link(CHANNEL, member_limit=1, creates_join_request=True)
+    with pytest.raises(TelegramBadRequest, match="chat not found"):
+        await bot.create_chat_invite_link(-100999)
+    fake.add_channel(-100555, "No rights", bot_rights={"can_invite_users": False})
+    with pytest.raises(TelegramBadRequest, match="not enough rights"):
+        await bot.create_chat_invite_link(-100555)
+
+    link = await bot.create_chat_invite_link("@test_channel", member_limit=1)
+    edited = await bot.edit_chat_invite_link(CHANNEL, link.invite_link, name="renamed")
+    assert edited.name == "renamed"
+    assert edited.member_limit is None
+    revoked = await bot.revoke_chat_invite_link(CHANNEL, link.invite_link)
+    assert revoked.is_revoked
+    with pytest.raises(ValueError, match="revoked"):
+        fake.join(CHANNEL, 5, link.invite_link)
+
+
+async def test_rate_limit_raises_retry_after(fake: FakeTelegram, bot: Bot) -> None:
+    fake.limit_method("createChatInviteLink", per_minute=2)
+    await bot.create_chat_invite_link(CHANNEL)
+    await bot.create_chat_invite_link(CHANNEL)
+    with pytest.raises(TelegramRetryAfter) as limited:
+        await bot.create_chat_invite_link(CHANNEL)
+    assert 55 <= limited.value.retry_after <= 60
+
+    fake.fail_next("getMe", 429, "Too Many Requests: retry after 7", retry_after=7)
+    with pytest.raises(TelegramRetryAfter) as failed:
+        await bot.get_me()
+    assert failed.value.retry_after == 7
+    assert (await bot.get_me()).id == 123456  # the fault was used up
+
+
+async def test_wire_format_of_errors(fake: FakeTelegram) -> None:
+    fake.limit_method("getMe", per_minute=0)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{fake.url}/bot{fake.token}/getMe") as resp:
+            assert resp.status == 429
+            body = await resp.json()
+        assert body == {
+            "ok": False,
+            "error_code": 429,
+            "description": "Too Many Requests: retry after 60",
+            "parameters": {"retry_after": 60},
+        }
+        async with http.post(f"{fake.url}/bot{fake.token}/noSuchMethod", json={}) as resp:
+            assert resp.status == 404
+            assert (await resp.json())["description"] == "Not Found: method not found"
+        payload = {"chat_id": CHANNEL, "user_id": 123456}
+        async with http.post(f"{fake.url}/bot{fake.token}/getChatMember", json=payload) as resp:
+            assert (await resp.json())["result"]["status"] == "administrator"
+    assert fake.calls_to("getchatmember")[0].params == payload
+
+
+async def test_unauthorized(fake: FakeTelegram, bot: Bot) -> None:
+    stranger = make_bot(fake, token="999:wrong-token")
+    try:
+        with pytest.raises(TelegramUnauthorizedError):
+            await stranger.get_me()
+    finally:
+        await stranger.session.close()
+    fake.reject_token()
+    with pytest.raises(TelegramUnauthorizedError):
+        await bot.get_me()
+    fake.reject_token(False)
+    await bot.get_me()
+
+
+async def test_webhook_conflict(fake: FakeTelegram, bot: Bot) -> None:
+    fake.set_webhook("https://example.com/hook")
+    with pytest.raises(TelegramConflictError, match="webhook is active"):
+        await bot.get_updates(timeout=0)
+    assert (await bot.get_webhook_info()).url == "https://example.com/hook"
+    assert await bot.delete_webhook(drop_pending_updates=False)
+    assert await bot.get_updates(timeout=0) == []
+
+
+async def test_newer_poll_ends_older_one(fake: FakeTelegram, bot: Bot) -> None:
+    older = asyncio.create_task(bot.get_updates(timeout=10))
+    await fake.wait_for_call("getUpdates")
+    assert await bot.get_updates(timeout=0) == []
+    with pytest.raises(TelegramConflictError, match="terminated by other getUpdates"):
+        await older
+
+
+async def test_approve_join_request_emits_member_update(fake: FakeTelegram, bot: Bot) -> None:
+    await bot.get_updates(timeout=0, allowed_updates=["chat_member", "chat_join_request"])
+    link = await bot.create_chat_invite_link(CHANNEL, creates_join_request=True)
+    request_id = fake.join_request(CHANNEL, 77, link.invite_link)
+    assert request_id is not None
+    [update] = await bot.get_updates(timeout=0)
+    assert update.chat_join_request is not None
+    assert update.chat_join_request.user_chat_id == 77
+
+    assert await bot.approve_chat_join_request(CHANNEL, 77)
+    event = await join_update(bot, offset=request_id + 1)
+    assert event.via_join_request is True
+    assert event.from_user.id == 123456
+    assert event.invite_link is not None
+    assert event.invite_link.invite_link == link.invite_link
+    assert event.new_chat_member.user.id == 77
+
+    with pytest.raises(TelegramBadRequest, match="HIDE_REQUESTER_MISSING"):
+        await bot.approve_chat_join_request(CHANNEL, 77)
+
+
+async def test_approve_without_member_update(fake: FakeTelegram, bot: Bot) -> None:
+    fake.emit_member_update_on_approve = False
+    await bot.get_updates(timeout=0, allowed_updates=["chat_member", "chat_join_request"])
+    request_id = fake.join_request(CHANNEL, 78, None)
+    assert request_id is not None
+    assert await bot.approve_chat_join_request(CHANNEL, 78)
+    assert await bot.get_updates(offset=request_id + 1, timeout=0) == []
+    assert (await bot.get_chat_member(CHANNEL, 78)).status == "member"
+
+
+async def test_membership_and_chat_queries(fake: FakeTelegram, bot: Bot) -> None:
+    fake.join(CHANNEL, 5)
+    assert await bot.get_chat_member_count(CHANNEL) == 3  # owner, bot, user 5
+    fake.leave(CHANNEL, 5)
+    assert (await bot.get_chat_member(CHANNEL, 5)).status == "left"
+    chat = await bot.get_chat(CHANNEL)
+    assert (chat.id, chat.title, chat.type) == (CHANNEL, "Test channel", "channel")
+    admins = await bot.get_chat_administrators(CHANNEL)
+    assert {a.user.id for a in admins} == {1, 123456}
+    assert fake.bot_status_change(CHANNEL, "left") is not None  # my_chat_member is default
+    [update] = await bot.get_updates(timeout=0)
+    assert update.my_chat_member is not None
+    assert update.my_chat_member.old_chat_member.status == "administrator"
+
+
+async def test_messages_and_commands(fake: FakeTelegram, bot: Bot) -> None:
+    sent = await bot.send_message(42, "hello")
+    assert fake.sent_messages[0]["text"] == "hello"
+    assert sent.chat.id == 42
+    edited = await bot.edit_message_text("bye", chat_id=42, message_id=sent.message_id)
+    assert not isinstance(edited, bool)
+    assert edited.text == "bye"
+    with pytest.raises(TelegramBadRequest, match="not modified"):
+        await bot.edit_message_text("bye", chat_id=42, message_id=sent.message_id)
+    await bot.send_message(42, "123")  # numeric text must stay text
+    assert fake.sent_messages[1]["text"] == "123"
+
+    assert await bot.set_my_commands([BotCommand(command="start", description="Start")])
+    assert [c.command for c in await bot.get_my_commands()] == ["start"]
+    assert await bot.delete_my_commands()
+    assert await bot.get_my_commands() == []
+
+
+async def test_stop_ends_pending_poll(fake: FakeTelegram, bot: Bot) -> None:
+    poll = asyncio.create_task(bot.get_updates(timeout=30))
+    await fake.wait_for_call("getUpdates")
+    started = time.monotonic()
+    await fake.stop()
+    assert await poll == []
+    assert time.monotonic() - started < 2
+
+
+async def test_dispatcher_polling_end_to_end(fake: FakeTelegram, bot: Bot) -> None:
+    dp = Dispatcher()
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    @dp.chat_member()
+    async def on_member(event: ChatMemberUpdated) -> None:
+        seen.append(event.new_chat_member.user.id)
+        done.set()
+
+    polling = asyncio.create_task(
+        dp.start_polling(bot, handle_signals=False, close_bot_session=False, polling_timeout=1)
+    )
+    await fake.wait_for_call("getUpdates")
+    update_id = fake.join(CHANNEL, 501)
+    assert update_id is not None  # derived allowed_updates include chat_member
+    await asyncio.wait_for(done.wait(), 5)
+    await fake.wait_confirmed(update_id)
+    await dp.stop_polling()
+    await polling
+    assert seen == [501]
