@@ -8,7 +8,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -129,18 +129,27 @@ async def build(settings: Settings) -> Bridge:
     return Bridge(settings, db, bot, dispatcher, adtarget, courier, joins, minter, poller)
 
 
-async def run_bridge(settings: Settings, stop: asyncio.Event) -> int:
-    """Run until `stop` is set (or the token is rejected); return the exit status."""
+async def run_bridge(
+    settings: Settings, stop: asyncio.Event, on_ready: Callable[[Bridge], None] | None = None
+) -> int:
+    """Run until `stop` is set (or the token is rejected); return the exit status.
+
+    `on_ready` receives the built bridge (tests use it to reach the services).
+    """
     try:
         with instance_lock(settings.database_path):
-            return await _run_locked(settings, stop)
+            return await _run_locked(settings, stop, on_ready)
     except AlreadyRunning as error:
         log.error("another Joinbridge process is already using the database %s", error)
         return EXIT_FAILED
 
 
-async def _run_locked(settings: Settings, stop: asyncio.Event) -> int:
+async def _run_locked(
+    settings: Settings, stop: asyncio.Event, on_ready: Callable[[Bridge], None] | None
+) -> int:
     bridge = await build(settings)
+    if on_ready is not None:
+        on_ready(bridge)
     log.info("Joinbridge started (database %s)", settings.database_path)
     courier = asyncio.create_task(bridge.courier.run(stop), name="courier")
     poller = asyncio.create_task(bridge.poller.run(stop), name="poller")

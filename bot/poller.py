@@ -115,7 +115,22 @@ class Poller:
                 return
             self.stats.last_poll_ok_at = time.time()
             if batch:
-                await self._handle_batch(batch)
+                try:
+                    await self._handle_batch(batch)
+                except Exception as error:
+                    # Nothing is confirmed: the same offset fetches this batch again.
+                    delay = self._next_backoff()
+                    log.error(
+                        "could not store updates %d-%d (%s: %s); not confirming them,"
+                        " retrying in %.1f s",
+                        batch[0].update_id,
+                        batch[-1].update_id,
+                        type(error).__name__,
+                        error,
+                        delay,
+                    )
+                    await _sleep_or_stop(stop, delay)
+                    continue
                 # The next getUpdates confirms this batch; it is all stored by now.
                 self._offset = batch[-1].update_id + 1
             if time.monotonic() >= next_retry_pass:

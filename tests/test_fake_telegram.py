@@ -309,3 +309,30 @@ async def test_dispatcher_polling_end_to_end(fake: FakeTelegram, bot: Bot) -> No
     await dp.stop_polling()
     await polling
     assert seen == [501]
+
+
+async def test_member_limit_slot_freed_by_leave(fake: FakeTelegram, bot: Bot) -> None:
+    link = await bot.create_chat_invite_link(CHANNEL, member_limit=1)
+    fake.join(CHANNEL, 1001, link.invite_link)
+    with pytest.raises(ValueError, match="member_limit"):
+        fake.join(CHANNEL, 1002, link.invite_link)
+    fake.leave(CHANNEL, 1001)
+    fake.join(CHANNEL, 1002, link.invite_link)
+    assert (await bot.get_chat_member(CHANNEL, 1002)).status == "member"
+
+
+async def test_multipart_body_is_accepted(fake: FakeTelegram) -> None:
+    form = aiohttp.FormData()
+    form.add_field("chat_id", str(CHANNEL))
+    form.add_field("name", "123")
+    form.add_field("doc", b"file bytes", filename="a.txt")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{fake.url}/bot{fake.token}/createChatInviteLink", data=form) as resp,
+    ):
+        body = await resp.json()
+    assert body["ok"] is True
+    assert body["result"]["name"] == "123"
+    [call] = fake.calls_to("createChatInviteLink")
+    assert call.params["chat_id"] == CHANNEL
+    assert call.raw["doc"] == "file bytes"

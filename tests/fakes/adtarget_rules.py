@@ -2,8 +2,8 @@
 
 The fake is deliberately stricter than "whatever works": each check mirrors a
 line of /work/shared/adtarget-api.md, so a bridge bug (a float user id, a
-lower-case currency, seconds instead of milliseconds past year 9999, a null
-where a string belongs) fails loudly in tests instead of in production.
+lower-case currency, a float eventTime, a null where a string belongs) fails
+loudly in tests instead of in production.
 Every failure names the field: "<field>: <why>".
 """
 
@@ -72,9 +72,8 @@ def is_int(value: object) -> bool:
 
 
 def is_number(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return math.isfinite(value)
+    # A huge JSON integer would overflow math.isfinite(); "1e400" parses to inf.
+    return is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
 def now_ms() -> int:
@@ -87,7 +86,7 @@ def iso_ms(ms: int) -> str:
 
 
 def landing_page(href: str) -> str:
-    """The documented derivation of landingPage: the href without query or fragment."""
+    """landingPage when absent ("derived from href"): here, href minus query and fragment."""
     parts = urlsplit(href)
     return f"{parts.scheme}://{parts.netloc}{parts.path or '/'}"
 

@@ -91,6 +91,7 @@ class FakeTelegram:
         self.webhook_url: str | None = None
         self.commands: dict[str, list[JSON]] = {}
         self._updates: list[JSON] = []
+        self.history: dict[int, JSON] = {}
         self._next_update_id = 1000
         self._next_message_id = 0
         self._chats: dict[int, _Chat] = {}
@@ -115,13 +116,13 @@ class FakeTelegram:
 
     # ---- server lifecycle -------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
         # A short shutdown timeout: stop() already wakes every long poll.
         self._runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         self._port = self._runner.addresses[0][1]
 
@@ -440,9 +441,19 @@ class FakeTelegram:
             return None
         update_id = self._next_update_id
         self._next_update_id += 1
-        self._updates.append({"update_id": update_id, kind: payload})
+        update = {"update_id": update_id, kind: payload}
+        self._updates.append(update)
+        self.history[update_id] = update
         self._notify()
         return update_id
+
+    def requeue(self, update_id: int) -> None:
+        """Serve an update again, as Telegram does when its confirmation never came
+        (a poller that died before its next getUpdates, then started without an offset)."""
+        if all(u["update_id"] != update_id for u in self._updates):
+            self._updates.append(self.history[update_id])
+            self._updates.sort(key=lambda u: int(u["update_id"]))
+        self._notify()
 
     # ---- Bot API methods: each takes the Call and returns the "result" JSON ------------
 

@@ -1,0 +1,41 @@
+"""Shared fixtures: the loopback fakes and a running bridge with one tracked channel."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.adtarget import FakeAdTarget
+from tests.fakes.telegram import FakeTelegram
+from tests.harness import CHANNEL_ID, CHANNEL_TITLE, RunningBridge, bridge_settings
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeTelegram]:
+    fake = FakeTelegram()
+    await fake.start()
+    fake.add_channel(CHANNEL_ID, CHANNEL_TITLE)
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def adtarget() -> AsyncIterator[FakeAdTarget]:
+    fake = FakeAdTarget()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def bridge(
+    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> AsyncIterator[RunningBridge]:
+    running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget))
+    await running.start()
+    await running.track_channel(telegram)
+    yield running
+    if not running.stop_event.is_set():
+        assert await running.stop() == 0

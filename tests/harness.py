@@ -1,0 +1,187 @@
+"""Running the real bridge against the loopback fakes, in-process or as `python -m bot`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bot.app import Bridge, run_bridge
+from bot.settings import Settings
+from storage.visits import Attribution
+from tests.fakes.adtarget import FakeAdTarget
+from tests.fakes.telegram import FakeTelegram
+
+ROOT = Path(__file__).resolve().parent.parent
+CHANNEL_ID = -1001234567890
+CHANNEL_TITLE = "Test Channel"
+
+# Short intervals so recovery paths run in tests in well under a second.
+FAST: dict[str, Any] = {
+    "poll_timeout": 1,
+    "backoff_base": 0.05,
+    "backoff_cap": 0.3,
+    "update_retry_base": 0.2,
+    "auth_probe_interval": 0.3,
+    "billing_probe_interval": 0.3,
+    "adtarget_timeout": 1.0,
+    "shutdown_grace": 1.0,
+}
+
+
+def bridge_env(
+    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget, **overrides: Any
+) -> dict[str, str]:
+    """The settings as environment variables, as an operator would give them."""
+    values: dict[str, Any] = {
+        "bot_token": telegram.token,
+        "telegram_api_url": telegram.url,
+        "adtarget_api_key": FakeAdTarget.API_KEY,
+        "adtarget_api_url": adtarget.url,
+        "database_path": str(tmp_path / "bridge.db"),
+        **FAST,
+        **overrides,
+    }
+    return {key.upper(): str(value) for key, value in values.items()}
+
+
+def bridge_settings(
+    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget, **overrides: Any
+) -> Settings:
+    env = bridge_env(tmp_path, telegram, adtarget, **overrides)
+    return Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+class RunningBridge:
+    """The bridge's own entry (`run_bridge`), started as a task in the test's loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop_event = asyncio.Event()
+        self._ready: asyncio.Future[Bridge] = asyncio.get_running_loop().create_future()
+        self.task: asyncio.Task[int] | None = None
+
+    async def start(self) -> Bridge:
+        self.task = asyncio.create_task(
+            run_bridge(self.settings, self.stop_event, on_ready=self._ready.set_result)
+        )
+        done, _ = await asyncio.wait(
+            {self._ready, self.task}, timeout=15, return_when=asyncio.FIRST_COMPLETED
+        )
+        if self.task in done:
+            raise RuntimeError(f"bridge ended at start with status {self.task.result()}")
+        return self._ready.result()
+
+    @property
+    def bridge(self) -> Bridge:
+        return self._ready.result()
+
+    async def stop(self, timeout: float = 10.0) -> int:
+        assert self.task is not None
+        self.stop_event.set()
+        return await asyncio.wait_for(self.task, timeout)
+
+    async def track_channel(self, telegram: FakeTelegram, chat_id: int = CHANNEL_ID) -> None:
+        """Promote the bot in the fake, as an owner would, and wait for the bridge to see it."""
+        telegram.bot_status_change(chat_id, "administrator")
+        await eventually(
+            lambda: self._channel_active(chat_id), what=f"channel {chat_id} tracked"
+        )
+
+    async def _channel_active(self, chat_id: int) -> bool:
+        row = await self.bridge.db.fetchone(
+            "SELECT active FROM channels WHERE chat_id = ?", (chat_id,)
+        )
+        return bool(row and row[0])
+
+    async def mint(self, temp_id: str, chat_id: int = CHANNEL_ID, **attribution: Any) -> str:
+        link = await self.bridge.minter.mint_for_visitor(
+            chat_id, Attribution(temp_id=temp_id, **attribution)
+        )
+        return link.url
+
+    async def scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        row = await self.bridge.db.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    async def wait_scalar(
+        self, sql: str, expected: Any, params: tuple[Any, ...] = (), timeout: float = 10.0
+    ) -> None:
+        async def matches() -> bool:
+            return bool(await self.scalar(sql, params) == expected)
+
+        await eventually(matches, timeout=timeout, what=f"{sql} == {expected!r}")
+
+
+class BridgeProcess:
+    """`python -m bot` in a child process, logs to a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": os.environ.get("HOME", "/tmp"),
+            "PYTHONPATH": str(ROOT),
+            **self.env,
+        }
+        log = self.log_path.open("ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bot",
+                cwd=self.log_path.parent,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        finally:
+            log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+
+    async def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    async def ensure_dead(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()

@@ -1,0 +1,92 @@
+"""How each AdTarget answer is classified, and the backoff schedule."""
+
+from __future__ import annotations
+
+import random
+
+import httpx
+import pytest
+
+from bot.adtarget import ApiAnswer, parse_retry_after
+from bot.delivery import Verdict, backoff_delay, classify_answer, classify_exception
+
+
+def answer(status: int, code: str | None = None, retry_after: float | None = None) -> ApiAnswer:
+    body = {"error": {"code": code, "message": "m"}} if code else {"conversionId": "c1"}
+    return ApiAnswer(status=status, body=body, retry_after=retry_after, replay=False)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "verdict"),
+    [
+        (200, None, Verdict.DELIVERED),
+        (201, None, Verdict.DELIVERED),
+        (400, "INVALID_PAYLOAD", Verdict.PARK),
+        (404, "CHANNEL_NOT_FOUND", Verdict.PARK),
+        (401, "INVALID_KEY", Verdict.PAUSE_AUTH),
+        (401, "REVOKED_KEY", Verdict.PAUSE_AUTH),
+        (402, "SUBSCRIPTION_INACTIVE", Verdict.PAUSE_BILLING),
+        (429, "RATE_LIMITED", Verdict.RATE_LIMITED),
+        (500, "INTERNAL_ERROR", Verdict.RETRY),
+        (502, None, Verdict.RETRY),
+        (503, "API_DISABLED", Verdict.RETRY),
+        (408, None, Verdict.RETRY),
+        (403, "FORBIDDEN", Verdict.PARK),
+    ],
+)
+def test_classify_answer(status: int, code: str | None, verdict: Verdict) -> None:
+    assert classify_answer(answer(status, code)).verdict is verdict
+
+
+def test_park_reason_names_status_and_code() -> None:
+    outcome = classify_answer(
+        ApiAnswer(
+            400,
+            {"error": {"code": "INVALID_PAYLOAD", "message": "channelId: required"}},
+            None,
+            False,
+        )
+    )
+    assert outcome.reason == "HTTP 400 INVALID_PAYLOAD: channelId: required"
+
+
+def test_rate_limited_carries_retry_after() -> None:
+    outcome = classify_answer(answer(429, "RATE_LIMITED", retry_after=7))
+    assert outcome.retry_after == 7
+
+
+def test_non_json_5xx_is_retried() -> None:
+    outcome = classify_answer(ApiAnswer(502, None, None, False))
+    assert outcome.verdict is Verdict.RETRY
+    assert outcome.reason == "HTTP 502"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        httpx.ReadTimeout("slow"),
+        httpx.ConnectTimeout("slow"),
+        httpx.ConnectError("refused"),
+        httpx.RemoteProtocolError("dropped"),
+    ],
+)
+def test_transport_errors_are_retried(error: Exception) -> None:
+    assert classify_exception(error).verdict is Verdict.RETRY
+
+
+def test_backoff_doubles_from_base_and_is_capped() -> None:
+    rng = random.Random(1)
+    for attempt, ceiling in [(1, 1), (2, 2), (3, 4), (4, 8), (7, 60), (30, 60)]:
+        delays = [backoff_delay(attempt, base=1, cap=60, rng=rng) for _ in range(200)]
+        assert min(delays) >= ceiling / 2
+        assert max(delays) <= ceiling
+        # Jitter: the delays are spread, not all equal.
+        assert max(delays) - min(delays) > ceiling / 10
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("5", 5.0), (" 12 ", 12.0), ("0", 0.0), (None, None), ("Wed, 21 Oct 2015 07:28:00 GMT", None)],
+)
+def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(header) == seconds

@@ -1,0 +1,96 @@
+"""Settings: defaults, parsing, and one clear line per bad variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from bot.settings import Settings, describe_error
+
+TOKEN = "123456:ABC-def_ghi"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in list(os.environ):
+        if key.startswith(("BOT_", "ADTARGET_", "TELEGRAM_", "DATABASE_", "ADMIN_")):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("ADTARGET_API_KEY", "atk_live_x")
+    settings = Settings()
+    assert settings.telegram_api_url == "https://api.telegram.org"
+    assert settings.adtarget_api_url == "https://adtarget.io"
+    assert settings.database_path == Path("data/joinbridge.db")
+    assert settings.default_event_type == "Lead"
+    assert settings.admin_ids == ()
+    assert settings.send_organic is False
+
+
+def test_admin_ids_and_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("ADTARGET_API_KEY", "k")
+    monkeypatch.setenv("ADMIN_IDS", " 1, 22 ,333")
+    monkeypatch.setenv("ADTARGET_API_URL", "http://127.0.0.1:9/")
+    settings = Settings()
+    assert settings.admin_ids == (1, 22, 333)
+    assert settings.adtarget_api_url == "http://127.0.0.1:9"
+
+
+def test_secret_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("ADTARGET_API_KEY", "atk_live_secretvalue")
+    text = repr(Settings())
+    assert TOKEN not in text
+    assert "secretvalue" not in text
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "BOT_TOKEN is required"),
+        ({"BOT_TOKEN": "nope"}, "BOT_TOKEN is invalid"),
+        ({"DEFAULT_EVENT_TYPE": "Purchase"}, "DEFAULT_EVENT_TYPE is invalid"),
+        ({"ADMIN_IDS": "12,abc"}, "ADMIN_IDS is invalid: must be comma-separated"),
+        ({"ADTARGET_API_URL": "adtarget.io"}, "ADTARGET_API_URL is invalid"),
+    ],
+)
+def test_errors_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    base = {"BOT_TOKEN": TOKEN, "ADTARGET_API_KEY": "k"}
+    if not env:
+        base.pop("BOT_TOKEN")
+    for key, value in {**base, **env}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    message = describe_error(caught.value)
+    assert expected in message
+    assert "nope" not in message  # the bad token itself is never echoed
+
+
+def test_missing_setting_exits_2_without_traceback(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert "BOT_TOKEN is required" in result.stderr

@@ -1,0 +1,180 @@
+"""SQLite storage: migrations, the outbox's state machine, join natural keys, the inbox."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from storage import channels, invite_links, joins, outbox, updates, visits
+from storage.db import Database, migrate, open_database, schema_version
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await open_database(tmp_path / "nested" / "bridge.db")
+    yield database
+    await database.close()
+
+
+async def test_migrations_recorded_and_idempotent(db: Database) -> None:
+    version = await schema_version(db)
+    assert version >= 1
+    assert await migrate(db) == version
+    pragmas = await db.fetchall("PRAGMA journal_mode")
+    assert pragmas[0][0] == "wal"
+    assert (await db.fetchall("PRAGMA foreign_keys"))[0][0] == 1
+
+
+async def _queue(db: Database, key: str) -> int:
+    async with db.transaction() as conn:
+        return await outbox.enqueue(
+            conn, kind="conversion", path="/events/conversion", body={"a": 1}, idempotency_key=key
+        )
+
+
+async def test_claim_counts_attempt_and_leases(db: Database) -> None:
+    first = await _queue(db, "k1")
+    await _queue(db, "k2")
+    claimed = await outbox.claim(db, limit=1, lease=30)
+    assert [r.id for r in claimed] == [first]
+    assert claimed[0].attempts == 1
+    assert claimed[0].first_attempt_at is not None
+    # A claimed row is not handed out twice.
+    again = await outbox.claim(db, limit=5, lease=30)
+    assert [r.id for r in again] == [first + 1]
+    assert await outbox.claim(db, limit=5, lease=30) == []
+
+
+async def test_reschedule_keeps_errors_list(db: Database) -> None:
+    row_id = await _queue(db, "k")
+    for attempt in range(1, 25):
+        (row,) = await outbox.claim(db, limit=1, lease=30, now=time.time() + 10 * attempt)
+        await outbox.reschedule(
+            db, row.id, attempt=row.attempts, next_attempt_at=0, error=f"HTTP 503 #{attempt}"
+        )
+    stored = await outbox.get(db, row_id)
+    assert stored is not None
+    errors = json.loads(stored["errors"])
+    assert len(errors) == outbox.MAX_ERRORS_KEPT
+    assert errors[-1]["error"] == "HTTP 503 #24"
+    assert errors[-1]["attempt"] == 24
+    assert stored["state"] == "pending"
+    assert stored["attempts"] == 24
+
+
+async def test_park_and_retry(db: Database) -> None:
+    row_id = await _queue(db, "k")
+    (row,) = await outbox.claim(db, limit=1, lease=30)
+    await outbox.park(db, row.id, attempt=1, reason="HTTP 400 INVALID_PAYLOAD: x")
+    counts = await outbox.counts(db)
+    assert (counts.parked, counts.pending) == (1, 0)
+    assert await outbox.claim(db, limit=5, lease=30) == []
+    assert await outbox.retry_parked(db, row_id) == 1
+    assert [r.id for r in await outbox.claim(db, limit=5, lease=30)] == [row_id]
+
+
+async def test_rescue_after_crash_and_expired_lease(db: Database) -> None:
+    a = await _queue(db, "a")
+    await outbox.claim(db, limit=1, lease=1000)
+    assert await outbox.rescue_claimed(db, expired_only=True) == 0
+    assert await outbox.rescue_claimed(db, expired_only=False) == 1
+    (row,) = await outbox.claim(db, limit=1, lease=-1.0)  # a lease already over
+    assert row.id == a
+    assert row.attempts == 2
+    assert await outbox.rescue_claimed(db, expired_only=True) == 1
+
+
+async def test_hand_back_does_not_count_the_attempt(db: Database) -> None:
+    row_id = await _queue(db, "a")
+    await outbox.claim(db, limit=1, lease=30)
+    await outbox.hand_back(db, [row_id])
+    (row,) = await outbox.claim(db, limit=1, lease=30)
+    assert row.attempts == 1
+
+
+async def test_idempotency_key_unique(db: Database) -> None:
+    await _queue(db, "same")
+    with pytest.raises(Exception, match="UNIQUE"):
+        await _queue(db, "same")
+    assert (await outbox.counts(db)).pending == 1
+
+
+async def test_join_natural_keys(db: Database) -> None:
+    async with db.transaction() as conn:
+        await channels.upsert(
+            conn,
+            -1001,
+            title="T",
+            username=None,
+            chat_type="channel",
+            active=True,
+            can_invite_users=True,
+        )
+        visit_id = await visits.upsert(conn, visits.Attribution(temp_id="t1", fbc="fb.1.1.x"))
+        link = await invite_links.insert(
+            conn,
+            url="https://t.me/+abc",
+            chat_id=-1001,
+            kind="visitor",
+            name="jb-x",
+            visit_id=visit_id,
+            campaign=None,
+            creates_join_request=False,
+            expire_date=None,
+        )
+        common = {"chat_id": -1001, "user_id": 7, "via_join_request": False, "update_id": 1}
+        first = await joins.insert(
+            conn, kind="attributed", link_id=link.id, link_url=link.url, joined_at=10, **common
+        )
+        # Same chat, user and link: the same join, whatever the date says.
+        dup = await joins.insert(
+            conn, kind="attributed", link_id=link.id, link_url=link.url, joined_at=11, **common
+        )
+        organic = await joins.insert(
+            conn, kind="organic", link_id=None, link_url=None, joined_at=20, **common
+        )
+        organic_dup = await joins.insert(
+            conn, kind="organic", link_id=None, link_url=None, joined_at=20, **common
+        )
+        assert await joins.record_leave(conn, chat_id=-1001, user_id=7, left_at=30, update_id=2)
+        assert not await joins.record_leave(
+            conn, chat_id=-1001, user_id=7, left_at=30, update_id=2
+        )
+    assert first is not None
+    assert dup is None
+    assert organic is not None
+    assert organic_dup is None
+    rows = await db.fetchall("SELECT left_at FROM joins ORDER BY id")
+    assert [r[0] for r in rows] == [30, 30]
+
+
+async def test_repeat_visit_keeps_old_values_where_new_are_empty(db: Database) -> None:
+    async with db.transaction() as conn:
+        first = await visits.upsert(
+            conn, visits.Attribution(temp_id="t", fbc="fb.1.1.a", client_ip="1.1.1.1")
+        )
+        second = await visits.upsert(
+            conn, visits.Attribution(temp_id="t", fbc="", fbp="fb.1.2.b", client_ip="2.2.2.2")
+        )
+        visit = await visits.get_by_id(conn, first)
+    assert first == second
+    assert visit is not None
+    assert (visit.fbc, visit.fbp, visit.client_ip) == ("fb.1.1.a", "fb.1.2.b", "2.2.2.2")
+
+
+async def test_inbox_batches_failures_and_redelivery(db: Database) -> None:
+    batch = [(1, "chat_member", '{"update_id": 1}'), (2, "message", '{"update_id": 2}')]
+    assert await updates.store_batch(db, batch) == set()
+    await updates.mark_done(db, [1])
+    await updates.mark_failed(db, 2, error="boom", retry_at=time.time() + 100)
+    assert await updates.failed_count(db) == 1
+    assert await updates.due_for_retry(db, now=time.time()) == []
+    due = await updates.due_for_retry(db, now=time.time() + 200)
+    assert [(u.update_id, u.attempts) for u in due] == [(2, 1)]
+    # The same batch again: update 1 is known as done.
+    assert await updates.store_batch(db, batch) == {1}
+    assert await updates.prune_done(db, now=time.time() + updates.DONE_KEPT_SECONDS + 1) == 1
