@@ -107,9 +107,7 @@ class RunningBridge:
     async def track_channel(self, telegram: FakeTelegram, chat_id: int = CHANNEL_ID) -> None:
         """Promote the bot in the fake, as an owner would, and wait for the bridge to see it."""
         telegram.bot_status_change(chat_id, "administrator")
-        await eventually(
-            lambda: self._channel_active(chat_id), what=f"channel {chat_id} tracked"
-        )
+        await eventually(lambda: self._channel_active(chat_id), what=f"channel {chat_id} tracked")
 
     async def _channel_active(self, chat_id: int) -> bool:
         row = await self.bridge.db.fetchone(
@@ -147,7 +145,7 @@ class BridgeProcess:
     async def start(self) -> None:
         env = {
             "PATH": os.environ.get("PATH", ""),
-            "HOME": os.environ.get("HOME", "/tmp"),
+            "HOME": os.environ.get("HOME", str(self.log_path.parent)),
             "PYTHONPATH": str(ROOT),
             **self.env,
         }

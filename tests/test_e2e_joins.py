@@ -50,7 +50,11 @@ async def test_attributed_join_is_one_conversion_with_every_field(
         "eventSourceUrl": VISIT["href"],
         "externalUserId": VISIT["external_user_id"],
     }
-    sent = {k: v for k, v in conversion.items() if k not in ("conversionId", "idempotencyKey", "createdAt")}
+    sent = {
+        k: v
+        for k, v in conversion.items()
+        if k not in ("conversionId", "idempotencyKey", "createdAt")
+    }
     assert sent == expected
     assert conversion["idempotencyKey"]
     (request,) = adtarget.received_on("/api/v1/events/conversion")

@@ -141,9 +141,7 @@ async def test_join_natural_keys(db: Database) -> None:
             conn, kind="organic", link_id=None, link_url=None, joined_at=20, **common
         )
         assert await joins.record_leave(conn, chat_id=-1001, user_id=7, left_at=30, update_id=2)
-        assert not await joins.record_leave(
-            conn, chat_id=-1001, user_id=7, left_at=30, update_id=2
-        )
+        assert not await joins.record_leave(conn, chat_id=-1001, user_id=7, left_at=30, update_id=2)
     assert first is not None
     assert dup is None
     assert organic is not None

@@ -42,6 +42,7 @@ class Received:
     status: int = 0
     replay: bool = False
     at: float = 0.0  # time.monotonic() on arrival
+    answer_headers: dict[str, str] = field(default_factory=dict)  # lower-cased
 
 
 class _ApiError(Exception):
@@ -172,7 +173,7 @@ class FakeAdTarget:
     async def wait_for_conversions(
         self,
         n: int,
-        timeout: float = 10.0,  # noqa: ASYNC109
+        timeout: float = 10.0,
     ) -> list[dict[str, Any]]:
         try:
             async with asyncio.timeout(timeout):
@@ -248,6 +249,7 @@ class FakeAdTarget:
             return web.Response()  # nothing reaches the client: the transport is closed
         await self._nap(self.latency)
         rec.status = answer.status
+        rec.answer_headers = {k.lower(): v for k, v in (answer.headers or {}).items()}
         return web.Response(
             status=answer.status,
             text=answer.text,

@@ -146,7 +146,7 @@ class FakeTelegram:
         self,
         method: str,
         predicate: Callable[[Call], bool] | None = None,
-        timeout: float = 5.0,  # noqa: ASYNC109 - part of the requested public API
+        timeout: float = 5.0,
     ) -> Call:
         """The earliest recorded call that matches, waiting for one if there is none yet."""
 
@@ -164,7 +164,7 @@ class FakeTelegram:
     async def wait_confirmed(
         self,
         update_id: int,
-        timeout: float = 5.0,  # noqa: ASYNC109 - part of the requested public API
+        timeout: float = 5.0,
     ) -> None:
         if not await self._wait_until(lambda: self.confirmed_offset > update_id, timeout):
             raise TimeoutError(f"update {update_id} not confirmed within {timeout}s")
