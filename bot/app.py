@@ -120,6 +120,7 @@ async def build(settings: Settings) -> Bridge:
         bot,
         dispatcher,
         db,
+        joins,
         PollerConfig(
             timeout=settings.poll_timeout,
             limit=settings.poll_limit,
@@ -151,11 +152,14 @@ async def _run_locked(
     if on_ready is not None:
         on_ready(bridge)
     log.info("Joinbridge started (database %s)", settings.database_path)
-    courier = asyncio.create_task(bridge.courier.run(stop), name="courier")
-    poller = asyncio.create_task(bridge.poller.run(stop), name="poller")
+    tasks = {asyncio.create_task(bridge.poller.run(stop), name="poller")}
+    if settings.courier_enabled:
+        tasks.add(asyncio.create_task(bridge.courier.run(stop), name="courier"))
+    else:
+        log.warning("COURIER_ENABLED=false: conversions are queued, not sent")
     status = EXIT_OK
     try:
-        done, _ = await asyncio.wait({courier, poller}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             error = task.exception()
             if isinstance(error, BadBotToken):
@@ -169,7 +173,7 @@ async def _run_locked(
                 status = EXIT_FAILED
     finally:
         stop.set()
-        await asyncio.gather(courier, poller, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await bridge.close()
         log.info("Joinbridge stopped")
     return status

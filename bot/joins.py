@@ -1,15 +1,25 @@
-"""Joins and leaves: match the link, record the join and its outbox row together."""
+"""Joins and leaves: match the link, record the join and its outbox row together.
+
+Handlers return `JoinSeen` / `LeaveSeen` (plain data); the poller hands a whole
+getUpdates batch of them to `JoinRecorder.persist`, inside the same transaction
+that marks those updates done. A few statements per batch rather than a dozen
+per join is what lets ingest keep up with thousands of joins a second.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import aiosqlite
 
 from bot.conversions import CONVERSION_PATH, conversion_body, conversion_key
 from bot.events import EventType
 from storage import channels, invite_links, joins, outbox, visits
+from storage.channels import Channel
 from storage.db import Database
+from storage.invite_links import InviteLink
 
 log = logging.getLogger(__name__)
 
@@ -24,21 +34,32 @@ class ChatRef:
 
 @dataclass(frozen=True, slots=True)
 class JoinSeen:
-    """A join as the handler read it off a chat_member (or join-request) update."""
+    """A join as a handler read it off a chat_member (or join-request) update."""
 
     chat: ChatRef
     user_id: int
     link_url: str | None
-    joined_at: int
+    joined_at: int  # Telegram's date, seconds
     via_join_request: bool = False
     update_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveSeen:
+    chat: ChatRef
+    user_id: int
+    left_at: int
+    update_id: int | None = None
+
+
+Seen = JoinSeen | LeaveSeen
 
 
 @dataclass(frozen=True, slots=True)
 class JoinRecorded:
     kind: str  # attributed | campaign | organic
     join_id: int | None  # None: this join was already recorded
-    outbox_id: int | None
+    reported: bool  # an outbox row was queued for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,41 +69,95 @@ class ReportingPolicy:
     send_organic: bool = False
 
 
+def join_kind(link: InviteLink | None) -> str:
+    if link is None:
+        return "organic"
+    return "campaign" if link.kind == "campaign" else "attributed"
+
+
 class JoinRecorder:
-    def __init__(self, db: Database, policy: ReportingPolicy, wake_courier: Callable[[], None]):
+    def __init__(
+        self, db: Database, policy: ReportingPolicy, wake_courier: Callable[[], None]
+    ) -> None:
         self._db = db
         self._policy = policy
-        self._wake = wake_courier
+        self.wake_courier = wake_courier
 
-    async def record_join(self, seen: JoinSeen) -> JoinRecorded:
+    async def record(self, items: Sequence[Seen]) -> list[JoinRecorded]:
+        """Persist in a transaction of its own (callers outside the poller)."""
         async with self._db.transaction() as conn:
-            channel = await channels.ensure_known(
-                conn,
-                seen.chat.id,
-                title=seen.chat.title,
-                username=seen.chat.username,
-                chat_type=seen.chat.type,
-            )
-            link = (
-                await invite_links.find_by_url(conn, seen.chat.id, seen.link_url)
-                if seen.link_url
-                else None
-            )
-            if link is None:
-                kind = "organic"
-            else:
-                kind = "campaign" if link.kind == "campaign" else "attributed"
-            join_id = await joins.insert(
-                conn,
-                chat_id=seen.chat.id,
-                user_id=seen.user_id,
-                kind=kind,
-                link_id=link.id if link else None,
-                link_url=seen.link_url,
-                via_join_request=seen.via_join_request,
-                joined_at=seen.joined_at,
-                update_id=seen.update_id,
-            )
+            recorded = await self.persist(conn, items)
+        self.after_commit(recorded)
+        return recorded
+
+    def after_commit(self, recorded: Sequence[JoinRecorded]) -> None:
+        if any(r.reported for r in recorded):
+            self.wake_courier()
+
+    async def persist(
+        self, conn: aiosqlite.Connection, items: Sequence[Seen]
+    ) -> list[JoinRecorded]:
+        """Write joins, their outbox rows and leaves in the caller's transaction."""
+        seen_joins = [i for i in items if isinstance(i, JoinSeen)]
+        leaves = [i for i in items if isinstance(i, LeaveSeen)]
+        known = await channels.ensure_known(
+            conn, [(i.chat.id, i.chat.title, i.chat.username, i.chat.type) for i in items]
+        )
+        links = await invite_links.find_by_urls(
+            conn, sorted({j.link_url for j in seen_joins if j.link_url})
+        )
+        # A URL only counts for the chat it was minted in.
+        matched = [
+            link if (link := links.get(j.link_url or "")) and link.chat_id == j.chat.id else None
+            for j in seen_joins
+        ]
+        new_ids = await joins.insert_many(
+            conn,
+            [
+                joins.NewJoin(
+                    chat_id=j.chat.id,
+                    user_id=j.user_id,
+                    kind=join_kind(link),
+                    link_id=link.id if link else None,
+                    link_url=j.link_url,
+                    via_join_request=j.via_join_request,
+                    joined_at=j.joined_at,
+                    update_id=j.update_id,
+                )
+                for j, link in zip(seen_joins, matched, strict=True)
+            ],
+        )
+        recorded = await self._queue_conversions(conn, seen_joins, matched, new_ids, known)
+        await invite_links.mark_used(
+            conn, [link.id for i, link in enumerate(matched) if link and i in new_ids]
+        )
+        await joins.record_leaves(
+            conn,
+            [joins.NewLeave(x.chat.id, x.user_id, x.left_at, x.update_id) for x in leaves],
+        )
+        for leave in leaves:
+            log.info("update %s: user %d left %d", leave.update_id, leave.user_id, leave.chat.id)
+        return recorded
+
+    async def _queue_conversions(
+        self,
+        conn: aiosqlite.Connection,
+        seen_joins: list[JoinSeen],
+        matched: list[InviteLink | None],
+        new_ids: dict[int, int],
+        known: dict[int, Channel],
+    ) -> list[JoinRecorded]:
+        visit_ids = sorted(
+            {link.visit_id for link in matched if link is not None and link.visit_id is not None}
+        )
+        attributions = await visits.get_many(conn, visit_ids)
+        rows: list[outbox.NewRow] = []
+        recorded: list[JoinRecorded] = []
+        for index, (seen, link) in enumerate(zip(seen_joins, matched, strict=True)):
+            kind = join_kind(link)
+            join_id = new_ids.get(index)
+            report = join_id is not None and (kind != "organic" or self._policy.send_organic)
+            recorded.append(JoinRecorded(kind, join_id, report))
             if join_id is None:
                 log.info(
                     "update %s: join of user %d in %d already recorded; nothing to send",
@@ -90,35 +165,38 @@ class JoinRecorder:
                     seen.user_id,
                     seen.chat.id,
                 )
-                return JoinRecorded(kind, None, None)
-            outbox_id = None
-            if link is not None:
-                await invite_links.mark_used(conn, link.id)
-            if kind != "organic" or self._policy.send_organic:
-                visit = (
-                    await visits.get_by_id(conn, link.visit_id)
-                    if link is not None and link.visit_id is not None
-                    else None
-                )
-                event = (
-                    EventType.parse(channel.event_type)
-                    if channel.event_type
-                    else self._policy.default_event
-                )
-                body = conversion_body(
-                    telegram_user_id=seen.user_id,
-                    channel_id=channel.report_id,
-                    event=event,
-                    joined_at=seen.joined_at,
-                    visit=visit,
-                    campaign=link.campaign if link is not None else None,
-                    site_id=self._policy.site_id,
-                )
-                outbox_id = await outbox.enqueue(
-                    conn,
+                continue
+            log.info(
+                "update %s: %s join %d of user %d in %d%s",
+                seen.update_id,
+                kind,
+                join_id,
+                seen.user_id,
+                seen.chat.id,
+                ", conversion queued" if report else "",
+            )
+            if not report:
+                continue
+            channel = known[seen.chat.id]
+            event = (
+                EventType.parse(channel.event_type)
+                if channel.event_type
+                else self._policy.default_event
+            )
+            visit = attributions.get(link.visit_id) if link and link.visit_id else None
+            rows.append(
+                outbox.NewRow(
                     kind="conversion",
                     path=CONVERSION_PATH,
-                    body=body,
+                    body=conversion_body(
+                        telegram_user_id=seen.user_id,
+                        channel_id=channel.report_id,
+                        event=event,
+                        joined_at=seen.joined_at,
+                        visit=visit,
+                        campaign=link.campaign if link else None,
+                        site_id=self._policy.site_id,
+                    ),
                     idempotency_key=conversion_key(
                         seen.chat.id, seen.user_id, link.id if link else None, seen.joined_at
                     ),
@@ -128,29 +206,6 @@ class JoinRecorder:
                     event_type=str(event),
                     event_time_ms=seen.joined_at * 1000,
                 )
-        log.info(
-            "update %s: %s join %d of user %d in %d%s",
-            seen.update_id,
-            kind,
-            join_id,
-            seen.user_id,
-            seen.chat.id,
-            f", outbox row {outbox_id}" if outbox_id else "",
-        )
-        if outbox_id is not None:
-            self._wake()
-        return JoinRecorded(kind, join_id, outbox_id)
-
-    async def record_leave(
-        self, chat: ChatRef, user_id: int, left_at: int, update_id: int | None
-    ) -> bool:
-        async with self._db.transaction() as conn:
-            await channels.ensure_known(
-                conn, chat.id, title=chat.title, username=chat.username, chat_type=chat.type
             )
-            recorded = await joins.record_leave(
-                conn, chat_id=chat.id, user_id=user_id, left_at=left_at, update_id=update_id
-            )
-        if recorded:
-            log.info("update %s: user %d left %d", update_id, user_id, chat.id)
+        await outbox.enqueue_many(conn, rows)
         return recorded

@@ -29,6 +29,7 @@ from aiogram.exceptions import (
 from aiogram.methods import DeleteWebhook, GetMe, GetUpdates
 from aiogram.types import Update
 
+from bot.joins import JoinRecorder, JoinSeen, LeaveSeen
 from storage import updates as inbox
 from storage.db import Database
 
@@ -73,12 +74,14 @@ class Poller:
         bot: Bot,
         dispatcher: Dispatcher,
         db: Database,
+        recorder: JoinRecorder,
         config: PollerConfig,
         workflow: dict[str, Any] | None = None,
     ) -> None:
         self._bot = bot
         self._dp = dispatcher
         self._db = db
+        self._recorder = recorder
         self._config = config
         self._workflow = workflow or {}
         self._offset: int | None = None
@@ -144,60 +147,89 @@ class Poller:
         ]
         already_done = await inbox.store_batch(self._db, rows)
         self.stats.received += len(batch)
-        done: list[int] = []
-        for update in batch:
-            if update.update_id in already_done:
-                log.info("update %d was already handled; skipped", update.update_id)
-                continue
-            if await self._feed(update, attempts=0):
-                done.append(update.update_id)
-        await inbox.mark_done(self._db, done)
+        for update_id in sorted(already_done):
+            log.info("update %d was already handled; skipped", update_id)
+        await self._process([(u, 0) for u in batch if u.update_id not in already_done])
 
-    async def _feed(self, update: Update, *, attempts: int) -> bool:
-        kind = update.event_type
-        self.stats.kinds[kind] = self.stats.kinds.get(kind, 0) + 1
+    async def _process(self, updates: list[tuple[Update, int]]) -> None:
+        """Feed updates to the handlers, then persist what they returned and mark the
+        updates done, all in one transaction; failures stay stored for retry."""
+        handled: list[tuple[Update, Any]] = []
+        failed: list[tuple[Update, BaseException]] = []
+        for update, _ in updates:
+            self.stats.kinds[update.event_type] = self.stats.kinds.get(update.event_type, 0) + 1
+            try:
+                result = await self._dp.feed_update(self._bot, update, **self._workflow)
+            except Exception as error:  # any handler failure keeps the update
+                failed.append((update, error))
+            else:
+                handled.append((update, result))
         try:
-            await self._dp.feed_update(self._bot, update, **self._workflow)
-        except Exception as error:
-            delay = min(self._config.update_retry_cap, self._config.update_retry_base * 2**attempts)
-            total = await inbox.mark_failed(
-                self._db,
-                update.update_id,
-                error=f"{type(error).__name__}: {error}",
-                retry_at=time.time() + delay,
-            )
-            self.stats.failed += 1
-            log.error(
-                "update %d (%s) failed (attempt %d): %s: %s; kept, retrying in %.0f s",
-                update.update_id,
-                kind,
-                total,
-                type(error).__name__,
-                error,
-                delay,
-                exc_info=error,
-            )
-            return False
-        self.stats.handled += 1
-        return True
+            await self._persist(handled)
+        except Exception as batch_error:
+            if len(handled) == 1:
+                failed.append((handled[0][0], batch_error))
+            elif handled:
+                # Isolate the update that cannot be written; the others go through.
+                for one in handled:
+                    try:
+                        await self._persist([one])
+                    except Exception as one_error:
+                        failed.append((one[0], one_error))
+        attempts_of = {u.update_id: a for u, a in updates}
+        for update, failure in failed:
+            await self._fail(update, attempts_of.get(update.update_id, 0), failure)
+
+    async def _persist(self, handled: list[tuple[Update, Any]]) -> None:
+        seen = [result for _, result in handled if isinstance(result, JoinSeen | LeaveSeen)]
+        async with self._db.transaction() as conn:
+            recorded = await self._recorder.persist(conn, seen)
+            await inbox.mark_done_in(conn, [u.update_id for u, _ in handled])
+        self._recorder.after_commit(recorded)
+        self.stats.handled += len(handled)
+
+    async def _fail(self, update: Update, attempts: int, error: BaseException) -> None:
+        delay = min(self._config.update_retry_cap, self._config.update_retry_base * 2**attempts)
+        total = await inbox.mark_failed(
+            self._db,
+            update.update_id,
+            error=f"{type(error).__name__}: {error}",
+            retry_at=time.time() + delay,
+        )
+        self.stats.failed += 1
+        log.error(
+            "update %d (%s) failed (attempt %d): %s: %s; kept, retrying in %.0f s",
+            update.update_id,
+            update.event_type,
+            total,
+            type(error).__name__,
+            error,
+            delay,
+            exc_info=error,
+        )
 
     async def _retry_stored(self, stop: asyncio.Event, *, everything: bool) -> None:
         """Feed stored updates again: failed ones whose time came, and at start also
         those a crash left between storing and handling."""
         now = float("inf") if everything else time.time()
+        seen: set[int] = set()
         while not stop.is_set():
-            due = await inbox.due_for_retry(self._db, now=now)
+            due = [
+                u for u in await inbox.due_for_retry(self._db, now=now) if u.update_id not in seen
+            ]
             if not due:
                 return
-            done = []
+            seen.update(u.update_id for u in due)
             for stored in due:
-                update = Update.model_validate(stored.raw, context={"bot": self._bot})
-                if await self._feed(update, attempts=stored.attempts):
-                    log.info("update %d handled on retry", stored.update_id)
-                    done.append(stored.update_id)
-            await inbox.mark_done(self._db, done)
-            if len(done) < len(due):
-                return  # the rest failed again and wait for their next turn
+                log.info(
+                    "update %d: handling again (attempt %d)", stored.update_id, stored.attempts + 1
+                )
+            await self._process(
+                [
+                    (Update.model_validate(s.raw, context={"bot": self._bot}), s.attempts)
+                    for s in due
+                ]
+            )
 
     async def _call_until_ok(
         self,

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     adtarget_rate_per_minute: float = Field(default=300.0, gt=0)
     adtarget_burst: int = Field(default=50, ge=1)
     adtarget_timeout: float = Field(default=10.0, gt=0)
+    # false: rows are recorded and kept queued, nothing is sent (a dry run).
+    courier_enabled: bool = True
     courier_concurrency: int = Field(default=4, ge=1, le=64)
     backoff_base: float = Field(default=1.0, gt=0)
     backoff_cap: float = Field(default=60.0, gt=0)

@@ -1,4 +1,8 @@
-"""chat_member updates in tracked channels: joins and leaves."""
+"""chat_member updates in tracked channels: joins and leaves.
+
+The handlers only read the update; they return plain data that the poller
+persists for the whole getUpdates batch in one transaction.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +10,30 @@ from aiogram import F, Router
 from aiogram.filters import JOIN_TRANSITION, LEAVE_TRANSITION, ChatMemberUpdatedFilter
 from aiogram.types import Chat, ChatMemberUpdated, Update
 
-from bot.joins import ChatRef, JoinRecorder, JoinSeen
+from bot.joins import ChatRef, JoinSeen, LeaveSeen
 
 
 def chat_ref(chat: Chat) -> ChatRef:
     return ChatRef(id=chat.id, title=chat.title or "", username=chat.username, type=chat.type)
 
 
-async def on_join(event: ChatMemberUpdated, event_update: Update, joins: JoinRecorder) -> None:
-    await joins.record_join(
-        JoinSeen(
-            chat=chat_ref(event.chat),
-            user_id=event.new_chat_member.user.id,
-            link_url=event.invite_link.invite_link if event.invite_link else None,
-            joined_at=int(event.date.timestamp()),
-            via_join_request=bool(event.via_join_request),
-            update_id=event_update.update_id,
-        )
+async def on_join(event: ChatMemberUpdated, event_update: Update) -> JoinSeen:
+    return JoinSeen(
+        chat=chat_ref(event.chat),
+        user_id=event.new_chat_member.user.id,
+        link_url=event.invite_link.invite_link if event.invite_link else None,
+        joined_at=int(event.date.timestamp()),
+        via_join_request=bool(event.via_join_request),
+        update_id=event_update.update_id,
     )
 
 
-async def on_leave(event: ChatMemberUpdated, event_update: Update, joins: JoinRecorder) -> None:
-    await joins.record_leave(
-        chat_ref(event.chat),
-        event.old_chat_member.user.id,
-        int(event.date.timestamp()),
-        event_update.update_id,
+async def on_leave(event: ChatMemberUpdated, event_update: Update) -> LeaveSeen:
+    return LeaveSeen(
+        chat=chat_ref(event.chat),
+        user_id=event.old_chat_member.user.id,
+        left_at=int(event.date.timestamp()),
+        update_id=event_update.update_id,
     )
 
 

@@ -69,22 +69,27 @@ async def upsert(
 
 
 async def ensure_known(
-    conn: aiosqlite.Connection, chat_id: int, *, title: str, username: str | None, chat_type: str
-) -> Channel:
-    """The channel row, creating it for a chat we get member updates from.
+    conn: aiosqlite.Connection, chats: list[tuple[int, str, str | None, str]]
+) -> dict[int, Channel]:
+    """The channel rows for (chat_id, title, username, type), creating unknown ones.
 
     Telegram sends chat_member updates only to admins, so such a chat is one the
     bot administers even if its my_chat_member update came before we ran.
     """
+    if not chats:
+        return {}
     now = time.time()
-    await conn.execute(
+    await conn.executemany(
         "INSERT INTO channels (chat_id, title, username, chat_type, created_at, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (chat_id) DO NOTHING",
-        (chat_id, title, username, chat_type, now, now),
+        [(chat_id, title, username, kind, now, now) for chat_id, title, username, kind in chats],
     )
-    found = await get_in(conn, chat_id)
-    assert found is not None
-    return found
+    ids = sorted({chat[0] for chat in chats})
+    marks = ", ".join("?" for _ in ids)
+    rows = await conn.execute_fetchall(
+        f"SELECT {_COLUMNS} FROM channels WHERE chat_id IN ({marks})", ids
+    )
+    return {int(row["chat_id"]): _channel(row) for row in rows}
 
 
 async def get_in(conn: aiosqlite.Connection, chat_id: int) -> Channel | None:

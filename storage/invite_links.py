@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -59,14 +60,18 @@ async def insert(
     )
 
 
-async def find_by_url(conn: aiosqlite.Connection, chat_id: int, url: str) -> InviteLink | None:
-    """A link we minted for this chat, by the URL Telegram reported on the join."""
-    async with conn.execute(
-        f"SELECT {_COLUMNS} FROM invite_links WHERE url = ? AND chat_id = ?", (url, chat_id)
-    ) as cursor:
-        row = await cursor.fetchone()
-    if row is None:
-        return None
+async def find_by_urls(conn: aiosqlite.Connection, urls: list[str]) -> dict[str, InviteLink]:
+    """Links we minted, by the URLs Telegram reported on joins (absent: not ours)."""
+    if not urls:
+        return {}
+    marks = ", ".join("?" for _ in urls)
+    rows = await conn.execute_fetchall(
+        f"SELECT {_COLUMNS} FROM invite_links WHERE url IN ({marks})", urls
+    )
+    return {row["url"]: _link(row) for row in rows}
+
+
+def _link(row: sqlite3.Row) -> InviteLink:
     return InviteLink(
         id=row["id"],
         url=row["url"],
@@ -80,8 +85,9 @@ async def find_by_url(conn: aiosqlite.Connection, chat_id: int, url: str) -> Inv
     )
 
 
-async def mark_used(conn: aiosqlite.Connection, link_id: int) -> None:
-    await conn.execute(
+async def mark_used(conn: aiosqlite.Connection, link_ids: list[int]) -> None:
+    now = time.time()
+    await conn.executemany(
         "UPDATE invite_links SET used_at = coalesce(used_at, ?) WHERE id = ?",
-        (time.time(), link_id),
+        [(now, link_id) for link_id in link_ids],
     )

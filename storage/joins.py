@@ -1,59 +1,91 @@
-"""Joins and leaves as Telegram reported them."""
+"""Joins and leaves as Telegram reported them, written a getUpdates batch at a time."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import aiosqlite
 
 
-async def insert(
-    conn: aiosqlite.Connection,
-    *,
-    chat_id: int,
-    user_id: int,
-    kind: str,
-    link_id: int | None,
-    link_url: str | None,
-    via_join_request: bool,
-    joined_at: int,
-    update_id: int | None,
-) -> int | None:
-    """The new join's id, or None when this join is already recorded."""
-    async with conn.execute(
+@dataclass(frozen=True, slots=True)
+class NewJoin:
+    chat_id: int
+    user_id: int
+    kind: str  # attributed | campaign | organic
+    link_id: int | None
+    link_url: str | None
+    via_join_request: bool
+    joined_at: int
+    update_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewLeave:
+    chat_id: int
+    user_id: int
+    left_at: int
+    update_id: int | None
+
+
+async def insert_many(conn: aiosqlite.Connection, rows: list[NewJoin]) -> dict[int, int]:
+    """Insert joins, ignoring ones already recorded (natural keys).
+
+    Returns {index in `rows`: new join id} for the rows that were new. Runs in
+    the caller's BEGIN IMMEDIATE transaction, so ids above the previous maximum
+    are exactly this call's rows.
+    """
+    if not rows:
+        return {}
+    async with conn.execute("SELECT coalesce(max(id), 0) FROM joins") as cursor:
+        before = int((await cursor.fetchone() or (0,))[0])
+    now = time.time()
+    await conn.executemany(
         "INSERT OR IGNORE INTO joins (chat_id, user_id, kind, link_id, link_url,"
-        " via_join_request, joined_at, update_id, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        (
-            chat_id,
-            user_id,
-            kind,
-            link_id,
-            link_url,
-            int(via_join_request),
-            joined_at,
-            update_id,
-            time.time(),
-        ),
-    ) as cursor:
-        row = await cursor.fetchone()
-    return int(row[0]) if row else None
-
-
-async def record_leave(
-    conn: aiosqlite.Connection, *, chat_id: int, user_id: int, left_at: int, update_id: int | None
-) -> bool:
-    """Record a leave and close the member's open joins; False for a repeat."""
-    async with conn.execute(
-        "INSERT OR IGNORE INTO leaves (chat_id, user_id, left_at, update_id)"
-        " VALUES (?, ?, ?, ?) RETURNING id",
-        (chat_id, user_id, left_at, update_id),
-    ) as cursor:
-        inserted = await cursor.fetchone() is not None
-    if inserted:
-        await conn.execute(
-            "UPDATE joins SET left_at = ? WHERE chat_id = ? AND user_id = ?"
-            " AND left_at IS NULL AND joined_at <= ?",
-            (left_at, chat_id, user_id, left_at),
+        " via_join_request, joined_at, update_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                r.chat_id,
+                r.user_id,
+                r.kind,
+                r.link_id,
+                r.link_url,
+                int(r.via_join_request),
+                r.joined_at,
+                r.update_id,
+                now,
+            )
+            for r in rows
+        ],
+    )
+    created = await conn.execute_fetchall(
+        "SELECT id, chat_id, user_id, link_id, joined_at FROM joins WHERE id > ?", (before,)
+    )
+    by_key = {
+        (r["chat_id"], r["user_id"], r["link_id"], None if r["link_id"] else r["joined_at"]): int(
+            r["id"]
         )
-    return inserted
+        for r in created
+    }
+    new: dict[int, int] = {}
+    for index, r in enumerate(rows):
+        key = (r.chat_id, r.user_id, r.link_id, None if r.link_id else r.joined_at)
+        join_id = by_key.pop(key, None)  # pop: a duplicate inside the batch is not new twice
+        if join_id is not None:
+            new[index] = join_id
+    return new
+
+
+async def record_leaves(conn: aiosqlite.Connection, rows: list[NewLeave]) -> None:
+    """Record leaves and close the member's open joins; repeats are no-ops."""
+    if not rows:
+        return
+    await conn.executemany(
+        "INSERT OR IGNORE INTO leaves (chat_id, user_id, left_at, update_id) VALUES (?, ?, ?, ?)",
+        [(r.chat_id, r.user_id, r.left_at, r.update_id) for r in rows],
+    )
+    await conn.executemany(
+        "UPDATE joins SET left_at = ? WHERE chat_id = ? AND user_id = ?"
+        " AND left_at IS NULL AND joined_at <= ?",
+        [(r.left_at, r.chat_id, r.user_id, r.left_at) for r in rows],
+    )

@@ -69,43 +69,58 @@ def _row(row: sqlite3.Row) -> OutboxRow:
     )
 
 
-async def enqueue(
-    conn: aiosqlite.Connection,
-    *,
-    kind: str,
-    path: str,
-    body: dict[str, Any],
-    idempotency_key: str,
-    headers: dict[str, str] | None = None,
-    join_id: int | None = None,
-    telegram_user_id: int | None = None,
-    chat_id: int | None = None,
-    event_type: str | None = None,
-    event_time_ms: int | None = None,
-) -> int:
-    now = time.time()
-    async with conn.execute(
-        "INSERT INTO outbox (kind, path, body, headers, idempotency_key, join_id,"
-        " telegram_user_id, chat_id, event_type, event_time_ms, next_attempt_at, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        (
-            kind,
-            path,
-            json.dumps(body, separators=(",", ":")),
-            json.dumps(headers) if headers else None,
-            idempotency_key,
-            join_id,
-            telegram_user_id,
-            chat_id,
-            event_type,
-            event_time_ms,
-            now,
-            now,
-        ),
-    ) as cursor:
-        row = await cursor.fetchone()
-    assert row is not None
-    return int(row[0])
+@dataclass(frozen=True, slots=True)
+class NewRow:
+    """A request to queue for AdTarget."""
+
+    kind: str
+    path: str
+    body: dict[str, Any]
+    idempotency_key: str
+    headers: dict[str, str] | None = None
+    join_id: int | None = None
+    telegram_user_id: int | None = None
+    chat_id: int | None = None
+    event_type: str | None = None
+    event_time_ms: int | None = None
+
+
+_INSERT = (
+    "INSERT OR IGNORE INTO outbox (kind, path, body, headers, idempotency_key, join_id,"
+    " telegram_user_id, chat_id, event_type, event_time_ms, next_attempt_at, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _params(row: NewRow, now: float) -> tuple[Any, ...]:
+    return (
+        row.kind,
+        row.path,
+        json.dumps(row.body, separators=(",", ":")),
+        json.dumps(row.headers) if row.headers else None,
+        row.idempotency_key,
+        row.join_id,
+        row.telegram_user_id,
+        row.chat_id,
+        row.event_type,
+        row.event_time_ms,
+        now,
+        now,
+    )
+
+
+async def enqueue(conn: aiosqlite.Connection, row: NewRow) -> int | None:
+    """Queue one row; None when a row with its idempotency key already exists."""
+    async with conn.execute(_INSERT + " RETURNING id", _params(row, time.time())) as cursor:
+        found = await cursor.fetchone()
+    return int(found[0]) if found else None
+
+
+async def enqueue_many(conn: aiosqlite.Connection, rows: list[NewRow]) -> None:
+    """Queue rows in the caller's transaction; repeats of a key are ignored."""
+    if rows:
+        now = time.time()
+        await conn.executemany(_INSERT, [_params(row, now) for row in rows])
 
 
 async def claim(

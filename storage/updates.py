@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import aiosqlite
+
 from storage.db import Database
 
 # Telegram keeps unconfirmed updates for 24 h; a done row older than twice that
@@ -43,10 +45,14 @@ async def store_batch(db: Database, batch: list[tuple[int, str, str]]) -> set[in
 
 
 async def mark_done(db: Database, update_ids: list[int]) -> None:
-    if not update_ids:
-        return
-    now = time.time()
     async with db.transaction() as conn:
+        await mark_done_in(conn, update_ids)
+
+
+async def mark_done_in(conn: aiosqlite.Connection, update_ids: list[int]) -> None:
+    """Mark updates handled, inside the transaction that wrote their effects."""
+    if update_ids:
+        now = time.time()
         await conn.executemany(
             "UPDATE updates SET state = 'done', done_at = ?, last_error = NULL,"
             " next_retry_at = NULL WHERE update_id = ?",

@@ -60,7 +60,15 @@ async def upsert(conn: aiosqlite.Connection, visit: Attribution) -> int:
 
 
 async def get_by_id(conn: aiosqlite.Connection, visit_id: int) -> Attribution | None:
+    return (await get_many(conn, [visit_id])).get(visit_id)
+
+
+async def get_many(conn: aiosqlite.Connection, visit_ids: list[int]) -> dict[int, Attribution]:
+    if not visit_ids:
+        return {}
     columns = ", ".join(ATTRIBUTION_COLUMNS)
-    async with conn.execute(f"SELECT {columns} FROM visits WHERE id = ?", (visit_id,)) as cursor:
-        row = await cursor.fetchone()
-    return _attribution(row) if row else None
+    marks = ", ".join("?" for _ in visit_ids)
+    rows = await conn.execute_fetchall(
+        f"SELECT id, {columns} FROM visits WHERE id IN ({marks})", visit_ids
+    )
+    return {int(row["id"]): _attribution(row) for row in rows}
