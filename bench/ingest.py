@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import os
+import pstats
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +35,7 @@ async def mint_many(running: RunningBridge, count: int) -> list[str]:
     return urls
 
 
-async def one_run(joins: int) -> float:
+async def one_run(joins: int, profile: bool = False) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         telegram, adtarget = FakeTelegram(), FakeAdTarget()
         await telegram.start()
@@ -47,12 +50,20 @@ async def one_run(joins: int) -> float:
             await running.track_channel(telegram)
             urls = await mint_many(running, joins)
             db_path = settings.database_path
+            profiler = cProfile.Profile() if profile else None
             started = time.monotonic()
+            if profiler:
+                profiler.enable()
             for i, url in enumerate(urls):
                 telegram.join(CHANNEL_ID, 10_000_000 + i, url, date=1_764_100_000 + i)
             finished = await wait_for(
                 lambda: count_rows(db_path, "SELECT count(*) FROM outbox") >= joins, timeout=300
             )
+            if profiler:
+                profiler.disable()
+                pstats.Stats(profiler).sort_stats(
+                    os.environ.get("BENCH_SORT", "tottime")
+                ).print_stats(os.environ.get("BENCH_FILTER", ""), 30)
             return joins / (finished - started)
         finally:
             await running.stop()
@@ -64,8 +75,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--joins", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="cProfile the measured window")
     args = parser.parse_args()
-    rates = [await one_run(args.joins) for _ in range(args.runs)]
+    rates = [await one_run(args.joins, args.profile) for _ in range(args.runs)]
     median, low, high = summary(rates)
     print(f"ingest: {median:,.0f} joins/s median (min {low:,.0f}, max {high:,.0f}),")
     print(f"        {args.joins} joins x {args.runs} runs; target >= 3,000 joins/s")

@@ -110,7 +110,9 @@ async def build(settings: Settings) -> Bridge:
         courier.wake,
     )
     minter = InviteMinter(bot, db, ttl=settings.invite_ttl)
-    dispatcher = Dispatcher()
+    # No conversation state is kept between messages: without FSM every update
+    # skips a storage lookup and two middlewares.
+    dispatcher = Dispatcher(disable_fsm=True)
     dispatcher.include_routers(*get_routers())
     # Handlers receive these as typed parameters (aiogram workflow data).
     dispatcher.workflow_data.update(

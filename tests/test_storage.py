@@ -134,6 +134,7 @@ async def test_join_natural_keys(db: Database) -> None:
             creates_join_request=False,
             expire_date=None,
         )
+
         def join(kind: str, link_id: int | None, joined_at: int) -> joins.NewJoin:
             return joins.NewJoin(
                 chat_id=-1001,
