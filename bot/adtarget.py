@@ -85,7 +85,11 @@ class AdTargetClient:
         headers: dict[str, str] | None = None,
     ) -> ApiAnswer:
         """POST `path` (relative to /api/v1). Transport errors propagate."""
-        request_headers = {"Idempotency-Key": idempotency_key, **(headers or {})}
+        request_headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": idempotency_key,
+            **(headers or {}),
+        }
         response = await self._http.post(
             path, content=json.dumps(body, separators=(",", ":")), headers=request_headers
         )
