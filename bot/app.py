@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import ipaddress
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -16,14 +17,20 @@ from typing import IO
 from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
+from aiohttp import web
 
 from bot.adtarget import AdTargetClient
 from bot.courier import Courier, CourierConfig
+from bot.invite_pool import InvitePool
 from bot.invites import InviteMinter
+from bot.join_requests import JoinRequestDesk
 from bot.joins import JoinRecorder, ReportingPolicy
 from bot.onboarding import Onboarding
 from bot.poller import BadBotToken, Poller, PollerConfig
 from bot.settings import Settings
+from bot.tracker import Tracker, TrackerConfig
+from bot.tracker_health import Health
+from bot.visits import VisitRecorder
 from handlers import get_routers
 from storage.db import Database, open_database
 
@@ -68,7 +75,13 @@ class Bridge:
     courier: Courier
     joins: JoinRecorder
     minter: InviteMinter
+    pool: InvitePool
+    join_requests: JoinRequestDesk
+    visits: VisitRecorder
     poller: Poller
+    health: Health
+    tracker: Tracker
+    tracker_url: str = ""
 
     async def close(self) -> None:
         await self.adtarget.aclose()
@@ -83,23 +96,7 @@ async def build(settings: Settings) -> Bridge:
     adtarget = AdTargetClient(
         settings.adtarget_api_url, settings.adtarget_api_key, timeout=settings.adtarget_timeout
     )
-    courier = Courier(
-        db,
-        adtarget,
-        CourierConfig(
-            concurrency=settings.courier_concurrency,
-            rate_per_minute=settings.adtarget_rate_per_minute,
-            burst=settings.adtarget_burst,
-            request_timeout=settings.adtarget_timeout,
-            backoff_base=settings.backoff_base,
-            backoff_cap=settings.backoff_cap,
-            retry_window=settings.retry_window,
-            idempotency_window=settings.idempotency_window,
-            auth_probe_interval=settings.auth_probe_interval,
-            billing_probe_interval=settings.billing_probe_interval,
-            shutdown_grace=settings.shutdown_grace,
-        ),
-    )
+    courier = Courier(db, adtarget, courier_config(settings))
     joins = JoinRecorder(
         db,
         ReportingPolicy(
@@ -110,6 +107,10 @@ async def build(settings: Settings) -> Bridge:
         courier.wake,
     )
     minter = InviteMinter(bot, db, ttl=settings.invite_ttl)
+    pool = InvitePool(bot, minter, db, size=settings.invite_pool_size)
+    joins.on_attributed_join = pool.wake  # revoke the used link soon after the join
+    desk = JoinRequestDesk(bot, db, joins, approve=settings.approve_join_requests)
+    visits = VisitRecorder(db, courier.wake)
     # No conversation state is kept between messages: without FSM every update
     # skips a storage lookup and two middlewares.
     dispatcher = Dispatcher(disable_fsm=True)
@@ -122,14 +123,73 @@ async def build(settings: Settings) -> Bridge:
         bot,
         dispatcher,
         db,
-        joins,
+        [joins, desk],
         PollerConfig(
             timeout=settings.poll_timeout,
             limit=settings.poll_limit,
             update_retry_base=settings.update_retry_base,
         ),
     )
-    return Bridge(settings, db, bot, dispatcher, adtarget, courier, joins, minter, poller)
+    health = Health(db, poller.stats, courier, pool, courier_enabled=settings.courier_enabled)
+    tracker = Tracker(
+        db,
+        visits,
+        pool,
+        health,
+        TrackerConfig(
+            trusted_proxies=tuple(
+                ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies
+            ),
+            allowed_origins=settings.tracker_allowed_origins,
+            token=settings.tracker_token.get_secret_value() if settings.tracker_token else None,
+            rate_per_minute=settings.tracker_rate_per_minute,
+            burst=settings.tracker_burst,
+        ),
+    )
+    return Bridge(
+        settings,
+        db,
+        bot,
+        dispatcher,
+        adtarget,
+        courier,
+        joins,
+        minter,
+        pool,
+        desk,
+        visits,
+        poller,
+        health,
+        tracker,
+    )
+
+
+def courier_config(settings: Settings) -> CourierConfig:
+    return CourierConfig(
+        concurrency=settings.courier_concurrency,
+        rate_per_minute=settings.adtarget_rate_per_minute,
+        burst=settings.adtarget_burst,
+        request_timeout=settings.adtarget_timeout,
+        backoff_base=settings.backoff_base,
+        backoff_cap=settings.backoff_cap,
+        retry_window=settings.retry_window,
+        idempotency_window=settings.idempotency_window,
+        auth_probe_interval=settings.auth_probe_interval,
+        billing_probe_interval=settings.billing_probe_interval,
+        shutdown_grace=settings.shutdown_grace,
+    )
+
+
+async def start_tracker(bridge: Bridge) -> web.AppRunner:
+    """Serve the tracker; in-flight requests get a few seconds to finish at stop."""
+    runner = web.AppRunner(bridge.tracker.app(), access_log=None, shutdown_timeout=3.0)
+    await runner.setup()
+    site = web.TCPSite(runner, bridge.settings.tracker_host, bridge.settings.tracker_port)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    bridge.tracker_url = f"http://{host}:{port}"
+    log.info("tracker listening on %s", bridge.tracker_url)
+    return runner
 
 
 async def run_bridge(
@@ -151,10 +211,25 @@ async def _run_locked(
     settings: Settings, stop: asyncio.Event, on_ready: Callable[[Bridge], None] | None
 ) -> int:
     bridge = await build(settings)
+    try:
+        runner = await start_tracker(bridge)
+    except OSError as error:
+        log.error(
+            "tracker cannot listen on %s:%d (%s): set TRACKER_HOST / TRACKER_PORT",
+            settings.tracker_host,
+            settings.tracker_port,
+            error.strerror or error,
+        )
+        await bridge.close()
+        return EXIT_FAILED
     if on_ready is not None:
         on_ready(bridge)
     log.info("Joinbridge started (database %s)", settings.database_path)
-    tasks = {asyncio.create_task(bridge.poller.run(stop), name="poller")}
+    tasks = {
+        asyncio.create_task(bridge.poller.run(stop), name="poller"),
+        asyncio.create_task(bridge.pool.run(stop), name="invite-pool"),
+        asyncio.create_task(bridge.join_requests.run(stop), name="join-requests"),
+    }
     if settings.courier_enabled:
         tasks.add(asyncio.create_task(bridge.courier.run(stop), name="courier"))
     else:
@@ -163,18 +238,19 @@ async def _run_locked(
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            error = task.exception()
-            if isinstance(error, BadBotToken):
+            failure = task.exception()
+            if isinstance(failure, BadBotToken):
                 log.error(
                     "Telegram rejected the bot token (401 Unauthorized): check BOT_TOKEN"
                     " (from @BotFather); stopping"
                 )
                 status = EXIT_BAD_TOKEN
-            elif error is not None:
-                log.error("%s stopped: %r", task.get_name(), error, exc_info=error)
+            elif failure is not None:
+                log.error("%s stopped: %r", task.get_name(), failure, exc_info=failure)
                 status = EXIT_FAILED
     finally:
         stop.set()
+        await runner.cleanup()
         await asyncio.gather(*tasks, return_exceptions=True)
         await bridge.close()
         log.info("Joinbridge stopped")

@@ -23,6 +23,9 @@ from storage.invite_links import InviteLink
 
 log = logging.getLogger(__name__)
 
+# How far apart an approval and Telegram's own report of that join may be.
+ECHO_WINDOW = 300
+
 
 @dataclass(frozen=True, slots=True)
 class ChatRef:
@@ -82,6 +85,11 @@ class JoinRecorder:
         self._db = db
         self._policy = policy
         self.wake_courier = wake_courier
+        # Set by the invite pool: used personal links are revoked after the join.
+        self.on_attributed_join: Callable[[], None] = lambda: None
+
+    def wants(self, result: object) -> bool:
+        return isinstance(result, JoinSeen | LeaveSeen)
 
     async def record(self, items: Sequence[Seen]) -> list[JoinRecorded]:
         """Persist in a transaction of its own (callers outside the poller)."""
@@ -91,17 +99,20 @@ class JoinRecorder:
         return recorded
 
     def after_commit(self, recorded: Sequence[JoinRecorded]) -> None:
+        if any(r.join_id is not None and r.kind != "organic" for r in recorded):
+            self.on_attributed_join()
         if any(r.reported for r in recorded):
             self.wake_courier()
 
     async def persist(
-        self, conn: aiosqlite.Connection, items: Sequence[Seen]
+        self, conn: aiosqlite.Connection, items: Sequence[object]
     ) -> list[JoinRecorded]:
         """Write joins, their outbox rows and leaves in the caller's transaction."""
         seen_joins = [i for i in items if isinstance(i, JoinSeen)]
         leaves = [i for i in items if isinstance(i, LeaveSeen)]
+        chats = [i.chat for i in seen_joins] + [i.chat for i in leaves]
         known = await channels.ensure_known(
-            conn, [(i.chat.id, i.chat.title, i.chat.username, i.chat.type) for i in items]
+            conn, [(c.id, c.title, c.username, c.type) for c in chats]
         )
         links = await invite_links.find_by_urls(
             conn, sorted({j.link_url for j in seen_joins if j.link_url})
@@ -111,22 +122,24 @@ class JoinRecorder:
             link if (link := links.get(j.link_url or "")) and link.chat_id == j.chat.id else None
             for j in seen_joins
         ]
-        new_ids = await joins.insert_many(
-            conn,
-            [
-                joins.NewJoin(
-                    chat_id=j.chat.id,
-                    user_id=j.user_id,
-                    kind=join_kind(link),
-                    link_id=link.id if link else None,
-                    link_url=j.link_url,
-                    via_join_request=j.via_join_request,
-                    joined_at=j.joined_at,
-                    update_id=j.update_id,
-                )
-                for j, link in zip(seen_joins, matched, strict=True)
-            ],
-        )
+        echoes = await self._echoes(conn, seen_joins, matched)
+        rows = [
+            joins.NewJoin(
+                chat_id=j.chat.id,
+                user_id=j.user_id,
+                kind=join_kind(link),
+                link_id=link.id if link else None,
+                link_url=j.link_url,
+                via_join_request=j.via_join_request,
+                joined_at=j.joined_at,
+                update_id=j.update_id,
+            )
+            for index, (j, link) in enumerate(zip(seen_joins, matched, strict=True))
+            if index not in echoes
+        ]
+        kept = [index for index in range(len(seen_joins)) if index not in echoes]
+        inserted = await joins.insert_many(conn, rows)
+        new_ids = {kept[position]: join_id for position, join_id in inserted.items()}
         recorded = await self._queue_conversions(conn, seen_joins, matched, new_ids, known)
         await invite_links.mark_used(
             conn, [link.id for i, link in enumerate(matched) if link and i in new_ids]
@@ -138,6 +151,38 @@ class JoinRecorder:
         for leave in leaves:
             log.info("update %s: user %d left %d", leave.update_id, leave.user_id, leave.chat.id)
         return recorded
+
+    async def _echoes(
+        self,
+        conn: aiosqlite.Connection,
+        seen_joins: list[JoinSeen],
+        matched: list[InviteLink | None],
+    ) -> set[int]:
+        """Indices of link-less joins that repeat a join recorded moments before.
+
+        An approved join request is recorded as the join when the approval
+        succeeds; Telegram's chat_member update that follows may lack the link,
+        and must not count as a second (organic) join.
+        """
+        candidates = [
+            i
+            for i, (j, link) in enumerate(zip(seen_joins, matched, strict=True))
+            if link is None and j.via_join_request
+        ]
+        if not candidates:
+            return set()
+        since = min(seen_joins[i].joined_at for i in candidates) - ECHO_WINDOW
+        recent = await joins.recent_joins(
+            conn, [(seen_joins[i].chat.id, seen_joins[i].user_id) for i in candidates], since=since
+        )
+        return {
+            i
+            for i in candidates
+            if any(
+                abs(at - seen_joins[i].joined_at) <= ECHO_WINDOW
+                for at in recent.get((seen_joins[i].chat.id, seen_joins[i].user_id), [])
+            )
+        }
 
     async def _queue_conversions(
         self,

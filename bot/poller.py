@@ -17,9 +17,11 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import aiosqlite
 from aiogram import Bot, Dispatcher
 from aiogram.exceptions import (
     TelegramConflictError,
@@ -29,7 +31,6 @@ from aiogram.exceptions import (
 from aiogram.methods import DeleteWebhook, GetMe, GetUpdates
 from aiogram.types import Update
 
-from bot.joins import JoinRecorder, JoinSeen, LeaveSeen
 from storage import updates as inbox
 from storage.db import Database
 
@@ -42,6 +43,17 @@ ALLOWED_UPDATES = [
     "my_chat_member",
     "chat_join_request",
 ]
+
+
+class BatchSink(Protocol):
+    """Persists what handlers returned, inside the transaction that marks their
+    updates done; `after_commit` runs once that transaction committed."""
+
+    def wants(self, result: object) -> bool: ...
+
+    async def persist(self, conn: aiosqlite.Connection, items: Sequence[Any]) -> Any: ...
+
+    def after_commit(self, persisted: Any) -> None: ...
 
 
 class BadBotToken(RuntimeError):
@@ -74,14 +86,14 @@ class Poller:
         bot: Bot,
         dispatcher: Dispatcher,
         db: Database,
-        recorder: JoinRecorder,
+        sinks: Sequence[BatchSink],
         config: PollerConfig,
         workflow: dict[str, Any] | None = None,
     ) -> None:
         self._bot = bot
         self._dp = dispatcher
         self._db = db
-        self._recorder = recorder
+        self._sinks = list(sinks)
         self._config = config
         self._workflow = workflow or {}
         self._offset: int | None = None
@@ -181,11 +193,16 @@ class Poller:
             await self._fail(update, attempts_of.get(update.update_id, 0), failure)
 
     async def _persist(self, handled: list[tuple[Update, Any]]) -> None:
-        seen = [result for _, result in handled if isinstance(result, JoinSeen | LeaveSeen)]
+        results = [result for _, result in handled]
+        persisted: list[tuple[BatchSink, Any]] = []
         async with self._db.transaction() as conn:
-            recorded = await self._recorder.persist(conn, seen)
+            for sink in self._sinks:
+                items = [r for r in results if sink.wants(r)]
+                if items:
+                    persisted.append((sink, await sink.persist(conn, items)))
             await inbox.mark_done_in(conn, [u.update_id for u, _ in handled])
-        self._recorder.after_commit(recorded)
+        for sink, outcome in persisted:
+            sink.after_commit(outcome)
         self.stats.handled += len(handled)
 
     async def _fail(self, update: Update, attempts: int, error: BaseException) -> None:

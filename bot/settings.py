@@ -7,6 +7,7 @@ as a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -36,7 +37,18 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Invite links the bot mints for visitors.
-    invite_ttl: int = Field(default=7 * 24 * 3600, gt=0, description="seconds")
+    invite_ttl: int = Field(default=7 * 24 * 3600, ge=120, description="seconds")
+    invite_pool_size: int = Field(default=20, ge=0, le=1000)
+    approve_join_requests: bool = True
+
+    # The tracker: the landing page's side (visits, invite links, health).
+    tracker_host: str = "127.0.0.1"
+    tracker_port: int = Field(default=8080, ge=0, le=65535)
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    tracker_allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    tracker_token: SecretStr | None = None
+    tracker_rate_per_minute: float = Field(default=120.0, gt=0)
+    tracker_burst: int = Field(default=30, ge=1)
 
     # Polling.
     poll_timeout: int = Field(default=30, ge=0, le=50)
@@ -80,6 +92,30 @@ class Settings(BaseSettings):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            items = tuple(p.strip() for p in value.split(",") if p.strip())
+            for item in items:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(f"{item!r} is not an IP address or network") from None
+            return items
+        return value
+
+    @field_validator("tracker_allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            items = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+            bad = [o for o in items if o != "*" and not re.match(r"^https?://[^/\s]+$", o)]
+            if bad:
+                raise ValueError(f"{bad[0]!r} is not an origin like https://example.com")
+            return items
+        return value
 
     @field_validator("admin_ids", mode="before")
     @classmethod

@@ -6,6 +6,6 @@ from aiogram import Router
 
 
 def get_routers() -> list[Router]:
-    from handlers import joins, membership
+    from handlers import join_requests, joins, membership
 
-    return [joins.make_router(), membership.make_router()]
+    return [joins.make_router(), join_requests.make_router(), membership.make_router()]

@@ -130,3 +130,18 @@ async def set_adtarget_id(db: Database, chat_id: int, adtarget_channel_id: str |
             "UPDATE channels SET adtarget_channel_id = ?, updated_at = ? WHERE chat_id = ?",
             (adtarget_channel_id, time.time(), chat_id),
         )
+
+
+async def resolve(db: Database, text: str) -> Channel | None:
+    """A channel by its Telegram id (-100…), @username or AdTarget channel id."""
+    text = text.strip()
+    param: int | str
+    if text.lstrip("-").isdigit():
+        sql, param = f"SELECT {_COLUMNS} FROM channels WHERE chat_id = ?", int(text)
+    elif text.startswith("@"):
+        sql = f"SELECT {_COLUMNS} FROM channels WHERE lower(username) = lower(?)"
+        param = text[1:]
+    else:
+        sql, param = f"SELECT {_COLUMNS} FROM channels WHERE adtarget_channel_id = ?", text
+    row = await db.fetchone(sql, (param,))
+    return _channel(row) if row else None

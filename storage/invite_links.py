@@ -22,7 +22,7 @@ class InviteLink:
     expire_date: int | None
 
 
-_COLUMNS = "id, url, chat_id, kind, name, visit_id, campaign, creates_join_request, expire_date"
+LINK_COLUMNS = "id, url, chat_id, kind, name, visit_id, campaign, creates_join_request, expire_date"
 
 
 async def insert(
@@ -66,12 +66,12 @@ async def find_by_urls(conn: aiosqlite.Connection, urls: list[str]) -> dict[str,
         return {}
     marks = ", ".join("?" for _ in urls)
     rows = await conn.execute_fetchall(
-        f"SELECT {_COLUMNS} FROM invite_links WHERE url IN ({marks})", urls
+        f"SELECT {LINK_COLUMNS} FROM invite_links WHERE url IN ({marks})", urls
     )
-    return {row["url"]: _link(row) for row in rows}
+    return {row["url"]: link_from_row(row) for row in rows}
 
 
-def _link(row: sqlite3.Row) -> InviteLink:
+def link_from_row(row: sqlite3.Row) -> InviteLink:
     return InviteLink(
         id=row["id"],
         url=row["url"],

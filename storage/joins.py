@@ -89,3 +89,23 @@ async def record_leaves(conn: aiosqlite.Connection, rows: list[NewLeave]) -> Non
         " AND left_at IS NULL AND joined_at <= ?",
         [(r.left_at, r.chat_id, r.user_id, r.left_at) for r in rows],
     )
+
+
+async def recent_joins(
+    conn: aiosqlite.Connection, chat_users: list[tuple[int, int]], *, since: int
+) -> dict[tuple[int, int], list[int]]:
+    """Join times per (chat, user) at or after `since`."""
+    if not chat_users:
+        return {}
+    pairs = sorted(set(chat_users))
+    marks = ", ".join("(?, ?)" for _ in pairs)
+    flat = [value for pair in pairs for value in pair]
+    rows = await conn.execute_fetchall(
+        f"SELECT chat_id, user_id, joined_at FROM joins WHERE (chat_id, user_id) IN"
+        f" (VALUES {marks}) AND joined_at >= ?",
+        [*flat, since],
+    )
+    found: dict[tuple[int, int], list[int]] = {}
+    for row in rows:
+        found.setdefault((int(row[0]), int(row[1])), []).append(int(row[2]))
+    return found

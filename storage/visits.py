@@ -72,3 +72,21 @@ async def get_many(conn: aiosqlite.Connection, visit_ids: list[int]) -> dict[int
         f"SELECT id, {columns} FROM visits WHERE id IN ({marks})", visit_ids
     )
     return {int(row["id"]): _attribution(row) for row in rows}
+
+
+async def ensure(conn: aiosqlite.Connection, visit: Attribution) -> int:
+    """The visit's id; a visitor never seen is stored from what this request carries,
+    a known one is left as its own visit calls made it."""
+    rows = list(
+        await conn.execute_fetchall("SELECT id FROM visits WHERE temp_id = ?", (visit.temp_id,))
+    )
+    if rows:
+        return int(rows[0][0])
+    return await upsert(conn, visit)
+
+
+async def set_fbp(conn: aiosqlite.Connection, temp_id: str, fbp: str) -> bool:
+    cursor = await conn.execute(
+        "UPDATE visits SET fbp = ?, updated_at = ? WHERE temp_id = ?", (fbp, time.time(), temp_id)
+    )
+    return cursor.rowcount > 0

@@ -31,6 +31,8 @@ FAST: dict[str, Any] = {
     "billing_probe_interval": 0.3,
     "adtarget_timeout": 1.0,
     "shutdown_grace": 1.0,
+    "tracker_port": 0,
+    "invite_pool_size": 3,
 }
 
 

@@ -1,0 +1,180 @@
+"""Join-request mode: attribution recorded at request time, the approval is the join.
+
+With APPROVE_JOIN_REQUESTS the bot approves each request through one of our
+links; a successful approval is recorded as the (attributed) join at once, so a
+chat_member update that Telegram never sends costs nothing, and one it does
+send is recognised as the same join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiosqlite
+from aiogram import Bot
+from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramRetryAfter
+
+from bot.joins import ChatRef, JoinRecorder, JoinSeen
+from storage import channels, invite_links, join_requests
+from storage.db import Database
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequestSeen:
+    chat: ChatRef
+    user_id: int
+    link_url: str | None
+    requested_at: int
+    update_id: int | None = None
+
+
+class JoinRequestDesk:
+    def __init__(
+        self,
+        bot: Bot,
+        db: Database,
+        recorder: JoinRecorder,
+        *,
+        approve: bool,
+        retry_base: float = 2.0,
+        retry_cap: float = 300.0,
+    ) -> None:
+        self._bot = bot
+        self._db = db
+        self._recorder = recorder
+        self._approve = approve
+        self._retry_base = retry_base
+        self._retry_cap = retry_cap
+        self._wake = asyncio.Event()
+        self.approved = 0
+
+    def wants(self, result: object) -> bool:
+        return isinstance(result, JoinRequestSeen)
+
+    async def persist(self, conn: aiosqlite.Connection, items: Sequence[object]) -> int:
+        seen = [i for i in items if isinstance(i, JoinRequestSeen)]
+        await channels.ensure_known(
+            conn, [(s.chat.id, s.chat.title, s.chat.username, s.chat.type) for s in seen]
+        )
+        links = await invite_links.find_by_urls(
+            conn, sorted({s.link_url for s in seen if s.link_url})
+        )
+        rows = []
+        for s in seen:
+            link = links.get(s.link_url or "")
+            ours = link is not None and link.chat_id == s.chat.id
+            # Only requests through our links are ours to approve; others are
+            # left to the channel's admins.
+            state = "pending" if ours and self._approve else "manual"
+            rows.append(
+                join_requests.NewRequest(
+                    chat_id=s.chat.id,
+                    user_id=s.user_id,
+                    link_id=link.id if ours and link else None,
+                    link_url=s.link_url,
+                    requested_at=s.requested_at,
+                    update_id=s.update_id,
+                    state=state,
+                )
+            )
+            log.info(
+                "update %s: join request of user %d in %d (%s)",
+                s.update_id,
+                s.user_id,
+                s.chat.id,
+                "to approve" if state == "pending" else "left to admins",
+            )
+        await join_requests.insert_many(conn, rows)
+        return len(rows)
+
+    def after_commit(self, persisted: object) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._wake.clear()
+            wait = IDLE_WAIT
+            try:
+                for request in await join_requests.due(self._db, now=time.time()):
+                    if stop.is_set():
+                        return
+                    pause = await self._decide(request)
+                    if pause:
+                        wait = pause
+                        break
+                due = await join_requests.next_due_at(self._db)
+                if due is not None:
+                    wait = min(wait, max(due - time.time(), 0.05))
+            except Exception:
+                log.exception("join request approvals failed; trying again shortly")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_either(self._wake, stop), timeout=wait)
+
+    async def _decide(self, request: join_requests.DueRequest) -> float:
+        """Approve one request; returns seconds to pause on a Telegram 429, else 0."""
+        try:
+            await self._bot.approve_chat_join_request(
+                chat_id=request.chat_id, user_id=request.user_id
+            )
+        except TelegramRetryAfter as error:
+            return float(error.retry_after)
+        except TelegramBadRequest as error:
+            # The request is gone (withdrawn, expired, handled by an admin): final.
+            log.warning(
+                "join request %d of user %d not approved: %s",
+                request.id,
+                request.user_id,
+                error.message,
+            )
+            await join_requests.mark_failed(
+                self._db, request.id, error=error.message, retry_at=None
+            )
+            return 0.0
+        except (TelegramAPIError, OSError, TimeoutError) as error:
+            delay = min(self._retry_cap, self._retry_base * 2**request.attempts)
+            log.warning(
+                "approving join request %d failed: %s; retrying in %.0f s", request.id, error, delay
+            )
+            await join_requests.mark_failed(
+                self._db, request.id, error=str(error), retry_at=time.time() + delay
+            )
+            return 0.0
+        channel = await channels.get(self._db, request.chat_id)
+        chat = ChatRef(
+            request.chat_id,
+            channel.title if channel else "",
+            channel.username if channel else None,
+            "channel",
+        )
+        joined = JoinSeen(
+            chat=chat,
+            user_id=request.user_id,
+            link_url=request.link_url,
+            joined_at=int(time.time()),
+            via_join_request=True,
+        )
+        async with self._db.transaction() as conn:
+            await join_requests.mark_approved(conn, request.id)
+            recorded = await self._recorder.persist(conn, [joined])
+        self._recorder.after_commit(recorded)
+        self.approved += 1
+        log.info("join request %d of user %d approved", request.id, request.user_id)
+        return 0.0
+
+
+async def _either(event: asyncio.Event, stop: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,0 +1,103 @@
+"""Pre-minted invite links waiting for a visitor, their assignment and revocation."""
+
+from __future__ import annotations
+
+import time
+
+import aiosqlite
+
+from storage.db import Database
+from storage.invite_links import LINK_COLUMNS, InviteLink, link_from_row
+
+# Pool links this close to expiry are not handed out: a visitor needs time to join.
+_USABLE = "visit_id IS NULL AND kind = 'visitor' AND discarded_at IS NULL AND revoked_at IS NULL"
+
+
+async def add(
+    db: Database,
+    *,
+    url: str,
+    chat_id: int,
+    name: str,
+    creates_join_request: bool,
+    expire_date: int,
+) -> None:
+    async with db.transaction() as conn:
+        await conn.execute(
+            "INSERT INTO invite_links (url, chat_id, kind, name, creates_join_request,"
+            " expire_date, created_at) VALUES (?, ?, 'visitor', ?, ?, ?, ?)",
+            (url, chat_id, name, int(creates_join_request), expire_date, time.time()),
+        )
+
+
+async def sizes(db: Database, *, usable_after: float) -> dict[tuple[int, bool], int]:
+    """Usable pool links per (chat, join-request mode)."""
+    rows = await db.fetchall(
+        f"SELECT chat_id, creates_join_request, count(*) FROM invite_links"
+        f" WHERE {_USABLE} AND expire_date > ? GROUP BY chat_id, creates_join_request",
+        (usable_after,),
+    )
+    return {(int(r[0]), bool(r[1])): int(r[2]) for r in rows}
+
+
+async def find_assigned(
+    conn: aiosqlite.Connection, *, visit_id: int, chat_id: int, usable_after: float
+) -> InviteLink | None:
+    """The visitor's link in this channel while it can still be used."""
+    rows = await conn.execute_fetchall(
+        f"SELECT {LINK_COLUMNS} FROM invite_links WHERE visit_id = ? AND chat_id = ?"
+        " AND kind = 'visitor' AND used_at IS NULL AND revoked_at IS NULL AND expire_date > ?"
+        " ORDER BY id DESC LIMIT 1",
+        (visit_id, chat_id, usable_after),
+    )
+    rows = list(rows)
+    return link_from_row(rows[0]) if rows else None
+
+
+async def take(
+    conn: aiosqlite.Connection,
+    *,
+    chat_id: int,
+    creates_join_request: bool,
+    visit_id: int,
+    usable_after: float,
+) -> InviteLink | None:
+    """Assign the pool link that expires soonest (but not too soon) to a visit."""
+    rows = await conn.execute_fetchall(
+        f"UPDATE invite_links SET visit_id = ?, assigned_at = ? WHERE id = ("
+        f" SELECT id FROM invite_links WHERE {_USABLE} AND chat_id = ?"
+        f" AND creates_join_request = ? AND expire_date > ? ORDER BY expire_date, id LIMIT 1)"
+        f" RETURNING {LINK_COLUMNS}",
+        (visit_id, time.time(), chat_id, int(creates_join_request), usable_after),
+    )
+    rows = list(rows)
+    return link_from_row(rows[0]) if rows else None
+
+
+async def discard_stale(db: Database, *, usable_after: float) -> int:
+    """Drop pool links near expiry, and those minted for the channel's other mode."""
+    async with db.transaction() as conn:
+        cursor = await conn.execute(
+            f"UPDATE invite_links SET discarded_at = ? WHERE {_USABLE} AND (expire_date <= ?"
+            " OR creates_join_request != (SELECT mode = 'request' FROM channels"
+            " WHERE channels.chat_id = invite_links.chat_id))",
+            (time.time(), usable_after),
+        )
+        return cursor.rowcount
+
+
+async def to_revoke(db: Database, *, limit: int) -> list[tuple[int, int, str]]:
+    """(link id, chat id, url) of personal links used by their visitor, not yet revoked."""
+    rows = await db.fetchall(
+        "SELECT id, chat_id, url FROM invite_links WHERE used_at IS NOT NULL"
+        " AND revoked_at IS NULL AND kind = 'visitor' ORDER BY used_at LIMIT ?",
+        (limit,),
+    )
+    return [(int(r[0]), int(r[1]), str(r[2])) for r in rows]
+
+
+async def mark_revoked(db: Database, link_id: int) -> None:
+    async with db.transaction() as conn:
+        await conn.execute(
+            "UPDATE invite_links SET revoked_at = ? WHERE id = ?", (time.time(), link_id)
+        )

@@ -1,0 +1,78 @@
+"""Join requests through our join-request links, and their approval."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import aiosqlite
+
+from storage.db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    chat_id: int
+    user_id: int
+    link_id: int | None
+    link_url: str | None
+    requested_at: int
+    update_id: int | None
+    state: str  # 'pending' (the bot approves) or 'manual' (an admin does)
+
+
+@dataclass(frozen=True, slots=True)
+class DueRequest:
+    id: int
+    chat_id: int
+    user_id: int
+    link_url: str | None
+    attempts: int
+
+
+async def insert_many(conn: aiosqlite.Connection, rows: list[NewRequest]) -> None:
+    now = time.time()
+    await conn.executemany(
+        "INSERT OR IGNORE INTO join_requests (chat_id, user_id, link_id, link_url,"
+        " requested_at, update_id, state, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (r.chat_id, r.user_id, r.link_id, r.link_url, r.requested_at, r.update_id, r.state, now)
+            for r in rows
+        ],
+    )
+
+
+async def due(db: Database, *, now: float, limit: int = 50) -> list[DueRequest]:
+    rows = await db.fetchall(
+        "SELECT id, chat_id, user_id, link_url, attempts FROM join_requests"
+        " WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+        (now, limit),
+    )
+    return [DueRequest(int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4])) for r in rows]
+
+
+async def next_due_at(db: Database) -> float | None:
+    row = await db.fetchone(
+        "SELECT min(next_attempt_at) FROM join_requests WHERE state = 'pending'"
+    )
+    return float(row[0]) if row and row[0] is not None else None
+
+
+async def mark_approved(conn: aiosqlite.Connection, request_id: int) -> None:
+    await conn.execute(
+        "UPDATE join_requests SET state = 'approved', decided_at = ?, attempts = attempts + 1"
+        " WHERE id = ?",
+        (time.time(), request_id),
+    )
+
+
+async def mark_failed(db: Database, request_id: int, *, error: str, retry_at: float | None) -> None:
+    """A failed approval: retried at `retry_at`, or final when it is None."""
+    async with db.transaction() as conn:
+        await conn.execute(
+            "UPDATE join_requests SET attempts = attempts + 1, last_error = ?,"
+            " state = CASE WHEN ? IS NULL THEN 'failed' ELSE state END,"
+            " next_attempt_at = coalesce(?, next_attempt_at),"
+            " decided_at = CASE WHEN ? IS NULL THEN ? ELSE decided_at END WHERE id = ?",
+            (error[:500], retry_at, retry_at, retry_at, time.time(), request_id),
+        )
