@@ -117,7 +117,7 @@ async def build(settings: Settings) -> Bridge:
     dispatcher.include_routers(*get_routers())
     # Handlers receive these as typed parameters (aiogram workflow data).
     dispatcher.workflow_data.update(
-        settings=settings, joins=joins, minter=minter, onboarding=Onboarding(db), db=db
+        settings=settings, joins=joins, minter=minter, onboarding=Onboarding(db, pool.wake), db=db
     )
     poller = Poller(
         bot,

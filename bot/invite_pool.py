@@ -101,7 +101,7 @@ class InvitePool:
             raise PoolEmpty(self.telegram_wait())
         log.warning("invite pool of %d is empty: minting on demand", channel.chat_id)
         try:
-            return await self._minter.mint_for_visitor(channel.chat_id, visit)
+            return await self._minter.mint_for_visitor(channel.chat_id, visit, record_visit=False)
         except TelegramRetryAfter as error:
             self._hold(error.retry_after)
             raise PoolEmpty(float(error.retry_after)) from None

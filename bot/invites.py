@@ -66,14 +66,20 @@ class InviteMinter:
         )
         return CreatedLink(created.invite_link, name, expire_date, request_mode)
 
-    async def mint_for_visitor(self, chat_id: int, visit: Attribution) -> InviteLink:
-        """Create a link now and store it with the visitor's attribution."""
+    async def mint_for_visitor(
+        self, chat_id: int, visit: Attribution, *, record_visit: bool = True
+    ) -> InviteLink:
+        """Create a link now and store it with the visitor's attribution.
+
+        With `record_visit` false a known visitor's stored attribution is kept
+        as it is (the invite call's own IP and User-Agent only fill in for a
+        visitor never seen)."""
         channel = await channels.get(self._db, chat_id)
         if channel is None or not channel.active:
             raise ChannelNotTracked(chat_id)
         created = await self.create(channel)
         async with self._db.transaction() as conn:
-            visit_id = await visits.upsert(conn, visit)
+            visit_id = await (visits.upsert if record_visit else visits.ensure)(conn, visit)
             link = await invite_links.insert(
                 conn,
                 url=created.url,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from bot.joins import ChatRef
 from storage import channels
@@ -12,8 +13,10 @@ log = logging.getLogger(__name__)
 
 
 class Onboarding:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, on_change: Callable[[], None] = lambda: None) -> None:
         self._db = db
+        # The invite pool listens: a newly tracked channel needs its pool filled.
+        self._on_change = on_change
 
     async def bot_status_changed(
         self, chat: ChatRef, *, is_admin: bool, can_invite_users: bool
@@ -28,6 +31,7 @@ class Onboarding:
                 active=is_admin,
                 can_invite_users=can_invite_users,
             )
+        self._on_change()
         if not is_admin:
             log.warning("bot is no longer admin of %d (%s): channel inactive", chat.id, chat.title)
         elif not can_invite_users:

@@ -298,7 +298,11 @@ class Tracker:
         channel_id = query.get("channelId", "").strip()
         if not channel_id:
             raise InputError("channelId", "required")
-        temp_id = query.get("tempId") or request.cookies.get(TEMP_ID_COOKIE)
+        temp_id = _uuid_or_none(query.get("tempId"))
+        if query.get("tempId") and temp_id is None:
+            raise InputError("tempId", "must be a UUID")
+        # A mangled cookie is treated as absent rather than failing the click.
+        temp_id = temp_id or _uuid_or_none(request.cookies.get(TEMP_ID_COOKIE))
         ip, ua = self._client(request, None, None)
         answer: VisitAnswer | None = None
         if temp_id:
@@ -315,7 +319,7 @@ class Tracker:
         url = await self._invite_url(channel_id, visitor)
         if isinstance(url, web.Response):
             return url
-        response = web.HTTPFound(url)
+        response = web.Response(status=302, headers={"Location": url})
         if answer is not None:
             self._with_cookies(request, response, answer)
         return response
@@ -331,3 +335,12 @@ def _in_networks(ip: str, networks: tuple[Network, ...]) -> bool:
     except ValueError:
         return False
     return any(address in network for network in networks)
+
+
+def _uuid_or_none(text: str | None) -> str | None:
+    if not text:
+        return None
+    try:
+        return str(uuid.UUID(text.strip()))
+    except ValueError:
+        return None
