@@ -61,6 +61,7 @@ class InvitePool:
         self._pace = pace
         self._wake = asyncio.Event()
         self._telegram_wait_until = 0.0  # monotonic
+        self._mint_locks: dict[int, asyncio.Lock] = {}
         self.minted = 0
         self.revoked = 0
 
@@ -97,14 +98,19 @@ class InvitePool:
         self._wake.set()
         if link is not None:
             return link
-        if self.telegram_wait() > 0:
-            raise PoolEmpty(self.telegram_wait())
-        log.warning("invite pool of %d is empty: minting on demand", channel.chat_id)
-        try:
-            return await self._minter.mint_for_visitor(channel.chat_id, visit, record_visit=False)
-        except TelegramRetryAfter as error:
-            self._hold(error.retry_after)
-            raise PoolEmpty(float(error.retry_after)) from None
+        # One on-demand mint at a time per channel: a crowd arriving at an empty
+        # pool must not turn into a crowd of createChatInviteLink calls.
+        async with self._mint_locks.setdefault(channel.chat_id, asyncio.Lock()):
+            if self.telegram_wait() > 0:
+                raise PoolEmpty(self.telegram_wait())
+            log.warning("invite pool of %d is empty: minting on demand", channel.chat_id)
+            try:
+                return await self._minter.mint_for_visitor(
+                    channel.chat_id, visit, record_visit=False
+                )
+            except TelegramRetryAfter as error:
+                self._hold(error.retry_after)
+                raise PoolEmpty(float(error.retry_after)) from None
 
     def _hold(self, seconds: float) -> None:
         self._telegram_wait_until = max(self._telegram_wait_until, time.monotonic() + seconds)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 from storage import channels
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, RunningBridge, bridge_settings
+from tests.harness import CHANNEL_ID, RunningBridge, bridge_settings, eventually
 
 TEMP_ID = "3f2b8c1e-5d4a-4f6b-9c7e-2a1b0c9d8e7f"
 PAGE = "https://landing.example/offer?fbclid=IwAR2xYz_Ab-9&utm_source=meta&utm_campaign=black"
@@ -113,7 +112,7 @@ async def test_update_fbp_patches_and_forwards(
     assert patched.status_code == 200
     assert patched.json() == {"success": True}
     await bridge.wait_scalar("SELECT fbp FROM visits WHERE temp_id = ?", "fb.1.2.late", (TEMP_ID,))
-    await asyncio.wait_for(_until(lambda: adtarget.received_on("/api/v1/events/update-fbp")), 10)
+    await eventually(lambda: bool(adtarget.received_on("/api/v1/events/update-fbp")))
     unknown = await post(
         http,
         "/api/v1/events/update-fbp",
@@ -121,11 +120,6 @@ async def test_update_fbp_patches_and_forwards(
     )
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "VISIT_NOT_FOUND"
-
-
-async def _until(check: Any) -> None:
-    while not check():
-        await asyncio.sleep(0.02)
 
 
 async def test_repeat_visit_keeps_old_values_and_takes_new_ones(
