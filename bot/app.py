@@ -107,7 +107,9 @@ async def build(settings: Settings) -> Bridge:
         courier.wake,
     )
     minter = InviteMinter(bot, db, ttl=settings.invite_ttl)
-    pool = InvitePool(bot, minter, db, size=settings.invite_pool_size)
+    pool = InvitePool(
+        bot, minter, db, size=settings.invite_pool_size, pace=settings.invite_mint_interval
+    )
     joins.on_attributed_join = pool.wake  # revoke the used link soon after the join
     desk = JoinRequestDesk(bot, db, joins, approve=settings.approve_join_requests)
     visits = VisitRecorder(db, courier.wake)

@@ -38,7 +38,10 @@ class Settings(BaseSettings):
 
     # Invite links the bot mints for visitors.
     invite_ttl: int = Field(default=7 * 24 * 3600, ge=120, description="seconds")
-    invite_pool_size: int = Field(default=20, ge=0, le=1000)
+    invite_pool_size: int = Field(default=20, ge=0, le=10000)
+    # Seconds between two link creations while refilling a pool (Telegram publishes
+    # no limit for createChatInviteLink; 429s are waited out either way).
+    invite_mint_interval: float = Field(default=0.05, ge=0)
     approve_join_requests: bool = True
 
     # The tracker: the landing page's side (visits, invite links, health).

@@ -136,6 +136,7 @@ class VisitRecorder:
                     body=body,
                     headers=headers or None,
                     idempotency_key=f"jb-visit-{visit_key}",
+                    priority=1,
                 ),
             )
         self._wake()
@@ -159,6 +160,7 @@ class VisitRecorder:
                     path=UPDATE_FBP_PATH,
                     body={"tempId": temp_id, "fbp": fbp},
                     idempotency_key=f"jb-fbp-{uuid.uuid4()}",
+                    priority=1,
                 ),
             )
         self._wake()

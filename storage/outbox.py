@@ -83,12 +83,13 @@ class NewRow:
     chat_id: int | None = None
     event_type: str | None = None
     event_time_ms: int | None = None
+    priority: int = 0  # lower goes first: 0 conversions, 1 visit forwards
 
 
 _INSERT = (
     "INSERT OR IGNORE INTO outbox (kind, path, body, headers, idempotency_key, join_id,"
-    " telegram_user_id, chat_id, event_type, event_time_ms, next_attempt_at, created_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " telegram_user_id, chat_id, event_type, event_time_ms, priority, next_attempt_at,"
+    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -104,6 +105,7 @@ def _params(row: NewRow, now: float) -> tuple[Any, ...]:
         row.chat_id,
         row.event_type,
         row.event_time_ms,
+        row.priority,
         now,
         now,
     )
@@ -133,7 +135,7 @@ async def claim(
             f"UPDATE outbox SET state = 'sending', attempts = attempts + 1, lease_until = ?,"
             f" first_attempt_at = coalesce(first_attempt_at, ?)"
             f" WHERE id IN (SELECT id FROM outbox WHERE state = 'pending'"
-            f" AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?)"
+            f" AND next_attempt_at <= ? ORDER BY priority, next_attempt_at, id LIMIT ?)"
             f" RETURNING {_COLUMNS}",
             (now + lease, now, now, limit),
         )

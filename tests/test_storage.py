@@ -189,3 +189,20 @@ async def test_inbox_batches_failures_and_redelivery(db: Database) -> None:
     # The same batch again: update 1 is known as done.
     assert await updates.store_batch(db, batch) == {1}
     assert await updates.prune_done(db, now=time.time() + updates.DONE_KEPT_SECONDS + 1) == 1
+
+
+async def test_conversions_are_claimed_before_visit_forwards(db: Database) -> None:
+    async with db.transaction() as conn:
+        for i in range(3):
+            await outbox.enqueue(
+                conn,
+                outbox.NewRow(
+                    kind="visit", path="/v", body={}, idempotency_key=f"v{i}", priority=1
+                ),
+            )
+        await outbox.enqueue(
+            conn, outbox.NewRow(kind="conversion", path="/c", body={}, idempotency_key="c")
+        )
+    claimed = await outbox.claim(db, limit=2, lease=30)
+    # The conversion queued last still goes first; then the oldest visit.
+    assert {r.idempotency_key for r in claimed} == {"c", "v0"}
