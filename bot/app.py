@@ -84,6 +84,7 @@ class Bridge:
     tracker_url: str = ""
 
     async def close(self) -> None:
+        await self.visits.aclose()
         await self.adtarget.aclose()
         await self.bot.session.close()
         await self.db.close()
@@ -231,6 +232,7 @@ async def _run_locked(
         asyncio.create_task(bridge.poller.run(stop), name="poller"),
         asyncio.create_task(bridge.pool.run(stop), name="invite-pool"),
         asyncio.create_task(bridge.join_requests.run(stop), name="join-requests"),
+        asyncio.create_task(bridge.db.checkpoints(stop), name="wal-checkpoints"),
     }
     if settings.courier_enabled:
         tasks.add(asyncio.create_task(bridge.courier.run(stop), name="courier"))

@@ -3,6 +3,8 @@ and forwarded to AdTarget through the outbox, so the answer never waits on it.""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -102,10 +104,51 @@ def attribution_of(visit: VisitInput, temp_id: str, client_session_id: str) -> A
     )
 
 
+@dataclass(slots=True)
+class _Pending:
+    attribution: Attribution
+    row: outbox.NewRow
+    done: asyncio.Future[None]
+
+
 class VisitRecorder:
+    """Stores visits with group commit: the visits that arrive while a transaction
+    is being written go together into the next one, so a busy landing page costs
+    a few statements per batch, not per visit."""
+
     def __init__(self, db: Database, wake_courier: Callable[[], None]) -> None:
         self._db = db
         self._wake = wake_courier
+        self._queue: list[_Pending] = []
+        self._queued = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            batch, self._queue = self._queue, []
+            if not batch:
+                continue
+            try:
+                async with self._db.transaction() as conn:
+                    await visits.upsert_many(conn, [p.attribution for p in batch])
+                    await outbox.enqueue_many(conn, [p.row for p in batch])
+            except Exception as error:
+                for p in batch:
+                    if not p.done.done():
+                        p.done.set_exception(error)
+                continue
+            for p in batch:
+                if not p.done.done():
+                    p.done.set_result(None)
+            self._wake()
+
+    async def aclose(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
 
     async def record(self, visit: VisitInput) -> VisitAnswer:
         temp_id = visit.temp_id or str(uuid.uuid4())
@@ -126,21 +169,25 @@ class VisitRecorder:
             )
             if value
         }
-        async with self._db.transaction() as conn:
-            visit_id = await visits.upsert(conn, attribution_of(visit, temp_id, client_session_id))
-            await outbox.enqueue(
-                conn,
-                outbox.NewRow(
-                    kind="visit",
-                    path=VISIT_PATH,
-                    body=body,
-                    headers=headers or None,
-                    idempotency_key=f"jb-visit-{visit_key}",
-                    priority=1,
-                ),
-            )
-        self._wake()
-        log.info("visit %d recorded (tempId %s)", visit_id, temp_id)
+        pending = _Pending(
+            attribution_of(visit, temp_id, client_session_id),
+            outbox.NewRow(
+                kind="visit",
+                path=VISIT_PATH,
+                body=body,
+                headers=headers or None,
+                idempotency_key=f"jb-visit-{visit_key}",
+                priority=1,
+            ),
+            asyncio.get_running_loop().create_future(),
+        )
+        self._queue.append(pending)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_loop(), name="visit-writer")
+        self._queued.set()
+        # Answer only once the visit is committed.
+        await pending.done
+        log.info("visit recorded (tempId %s)", temp_id)
         return VisitAnswer(
             visit_id=visit_key,
             session_id=str(uuid.uuid5(_SESSION_NAMESPACE, client_session_id)),

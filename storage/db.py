@@ -8,6 +8,7 @@ never interleave statements inside each other's transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -61,6 +62,26 @@ class Database:
         async with self._lock:
             await self._conn.close()
 
+    async def checkpoints(self, stop: asyncio.Event, every: float = 1.0) -> None:
+        """Move the WAL into the database file from a connection of its own.
+
+        The writer connection has auto-checkpoints off: a checkpoint (and its
+        fsync) inside a commit would stall whichever request made that commit.
+        A PASSIVE checkpoint here runs beside the writer without blocking it.
+        """
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            while not stop.is_set():
+                try:
+                    await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as error:
+                    log.warning("WAL checkpoint failed: %s", error)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=every)
+        finally:
+            await conn.close()
+
 
 async def open_database(path: Path) -> Database:
     """Open (creating folders and file), set pragmas, apply pending migrations."""
@@ -73,6 +94,8 @@ async def open_database(path: Path) -> Database:
     # power loss can drop the last commits.
     await conn.execute("PRAGMA synchronous = NORMAL")
     await conn.execute("PRAGMA foreign_keys = ON")
+    # Checkpoints run in Database.checkpoints(), off the writer's commit path.
+    await conn.execute("PRAGMA wal_autocheckpoint = 0")
     db = Database(conn, path)
     await migrate(db)
     return db

@@ -40,23 +40,38 @@ def _attribution(row: sqlite3.Row) -> Attribution:
     return Attribution(**{name: row[name] for name in ATTRIBUTION_COLUMNS})
 
 
-async def upsert(conn: aiosqlite.Connection, visit: Attribution) -> int:
-    """Store a visit; a repeat visit keeps old values where the new ones are empty."""
-    values = asdict(visit)
-    now = time.time()
+def _upsert_sql(returning: str = "") -> str:
     columns = ", ".join(ATTRIBUTION_COLUMNS)
     marks = ", ".join("?" for _ in ATTRIBUTION_COLUMNS)
     updates = ", ".join(f"{c} = coalesce(nullif(excluded.{c}, ''), {c})" for c in _UPDATABLE)
-    sql = (
+    return (
         f"INSERT INTO visits ({columns}, created_at, updated_at) VALUES ({marks}, ?, ?)"
         f" ON CONFLICT (temp_id) DO UPDATE SET {updates}, updated_at = excluded.updated_at"
-        " RETURNING id"
+        f"{returning}"
     )
-    params = [values[c] or None for c in ATTRIBUTION_COLUMNS]
-    async with conn.execute(sql, (*params, now, now)) as cursor:
+
+
+_UPSERT = _upsert_sql()
+_UPSERT_RETURNING = _upsert_sql(" RETURNING id")
+
+
+def _params(visit: Attribution, now: float) -> tuple[object, ...]:
+    values = asdict(visit)
+    return (*(values[c] or None for c in ATTRIBUTION_COLUMNS), now, now)
+
+
+async def upsert(conn: aiosqlite.Connection, visit: Attribution) -> int:
+    """Store a visit; a repeat visit keeps old values where the new ones are empty."""
+    async with conn.execute(_UPSERT_RETURNING, _params(visit, time.time())) as cursor:
         row = await cursor.fetchone()
     assert row is not None
     return int(row[0])
+
+
+async def upsert_many(conn: aiosqlite.Connection, batch: list[Attribution]) -> None:
+    """`upsert` for many visits in one statement, applied in order."""
+    now = time.time()
+    await conn.executemany(_UPSERT, [_params(visit, now) for visit in batch])
 
 
 async def get_by_id(conn: aiosqlite.Connection, visit_id: int) -> Attribution | None:
