@@ -27,5 +27,9 @@ unit: $(BIN)/.installed
 
 test: lint typecheck unit
 
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.tracker
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

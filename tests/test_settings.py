@@ -94,3 +94,15 @@ def test_missing_setting_exits_2_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0
     assert "BOT_TOKEN is required" in result.stderr
+
+
+def test_env_example_lists_every_setting() -> None:
+    text = (ROOT / ".env.example").read_text()
+    listed = {
+        line.lstrip("# ").split("=", 1)[0]
+        for line in text.splitlines()
+        if "=" in line and line.lstrip("# ").split("=", 1)[0].isupper()
+    }
+    expected = {name.upper() for name in Settings.model_fields}
+    assert expected - listed == set(), "settings missing from .env.example"
+    assert listed - expected == set(), ".env.example names unknown settings"
