@@ -97,25 +97,13 @@ async def one_run(seconds: float) -> dict[str, tuple[float, float]]:
         try:
             telegram.bot_status_change(CHANNEL_ID, "administrator")
             db_path = Path(env["DATABASE_PATH"])
-            await eventually(
-                lambda: pool_size(db_path) >= invites, timeout=600
-            )
+            await eventually(lambda: pool_size(db_path) >= invites + 50, timeout=600)
             base = f"http://127.0.0.1:{env['TRACKER_PORT']}"
             joins = asyncio.create_task(_joins_meanwhile(telegram))
             connector = aiohttp.TCPConnector(limit=200)
             async with aiohttp.ClientSession(connector=connector) as session:
-                invite_ms = await open_loop(
-                    session,
-                    f"{base}/api/v1/events/invite",
-                    [
-                        {
-                            "tempId": f"00000000-0000-4000-8000-{i:012d}",
-                            "channelId": str(CHANNEL_ID),
-                        }
-                        for i in range(invites)
-                    ],
-                    200,
-                )
+                # Visits first: the invite phase empties the pool, and its refill
+                # (2,000 createChatInviteLink calls) would otherwise overlap them.
                 visit_ms = await open_loop(
                     session,
                     f"{base}/api/v1/events/visit",
@@ -128,6 +116,18 @@ async def one_run(seconds: float) -> dict[str, tuple[float, float]]:
                         for i in range(int(500 * seconds))
                     ],
                     500,
+                )
+                invite_ms = await open_loop(
+                    session,
+                    f"{base}/api/v1/events/invite",
+                    [
+                        {
+                            "tempId": f"00000000-0000-4000-8000-{i:012d}",
+                            "channelId": str(CHANNEL_ID),
+                        }
+                        for i in range(invites)
+                    ],
+                    200,
                 )
             joins.cancel()
             process.terminate()
