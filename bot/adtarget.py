@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from bot.pacing import TokenBucket
+
 API_PREFIX = "/api/v1"
 
 
@@ -63,8 +65,11 @@ class AdTargetClient:
         api_key: SecretStr,
         *,
         timeout: float = 10.0,
+        pacer: TokenBucket | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        # Every request takes a token: AdTarget's limit is per key, whatever the call.
+        self.pacer = pacer or TokenBucket(300 / 60.0, 50)
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + API_PREFIX,
             headers={
@@ -85,6 +90,7 @@ class AdTargetClient:
         headers: dict[str, str] | None = None,
     ) -> ApiAnswer:
         """POST `path` (relative to /api/v1). Transport errors propagate."""
+        await self.pacer.acquire()
         request_headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": idempotency_key,
@@ -96,6 +102,7 @@ class AdTargetClient:
         return _answer(response)
 
     async def get(self, path: str) -> ApiAnswer:
+        await self.pacer.acquire()
         return _answer(await self._http.get(path))
 
     async def aclose(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import html
 import ipaddress
 import logging
 import os
@@ -17,17 +18,23 @@ from typing import IO
 from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
+from aiogram.types import BotCommand, BotCommandScopeAllPrivateChats
 from aiohttp import web
 
+from bot.admins import AdminGate
 from bot.adtarget import AdTargetClient
-from bot.courier import Courier, CourierConfig
+from bot.console import COMMANDS, Console
+from bot.courier import Courier, CourierAlerts, CourierConfig
 from bot.invite_pool import InvitePool
 from bot.invites import InviteMinter
 from bot.join_requests import JoinRequestDesk
 from bot.joins import JoinRecorder, ReportingPolicy
+from bot.notifier import Notifier
 from bot.onboarding import Onboarding
-from bot.poller import BadBotToken, Poller, PollerConfig
+from bot.pacing import TokenBucket
+from bot.poller import BadBotToken, Poller, PollerConfig, PollerStats
 from bot.settings import Settings
+from bot.sync import ChannelSync
 from bot.tracker import Tracker, TrackerConfig
 from bot.tracker_health import Health
 from bot.visits import VisitRecorder
@@ -81,6 +88,8 @@ class Bridge:
     poller: Poller
     health: Health
     tracker: Tracker
+    notifier: Notifier
+    channel_sync: ChannelSync
     tracker_url: str = ""
 
     async def close(self) -> None:
@@ -95,9 +104,14 @@ async def build(settings: Settings) -> Bridge:
     session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
     bot = Bot(settings.bot_token.get_secret_value(), session=session)
     adtarget = AdTargetClient(
-        settings.adtarget_api_url, settings.adtarget_api_key, timeout=settings.adtarget_timeout
+        settings.adtarget_api_url,
+        settings.adtarget_api_key,
+        timeout=settings.adtarget_timeout,
+        pacer=TokenBucket(settings.adtarget_rate_per_minute / 60.0, settings.adtarget_burst),
     )
-    courier = Courier(db, adtarget, courier_config(settings))
+    notifier = Notifier(bot, settings.admin_ids)
+    poll_stats = PollerStats()
+    courier = Courier(db, adtarget, courier_config(settings), courier_alerts(notifier))
     joins = JoinRecorder(
         db,
         ReportingPolicy(
@@ -112,15 +126,46 @@ async def build(settings: Settings) -> Bridge:
         bot, minter, db, size=settings.invite_pool_size, pace=settings.invite_mint_interval
     )
     joins.on_attributed_join = pool.wake  # revoke the used link soon after the join
+
+    def pool_empty(chat_id: int, title: str) -> None:
+        notifier.alert(
+            f"pool-empty:{chat_id}",
+            f"⚠️ No invite links left for <b>{html.escape(title)}</b> for 5 minutes: Telegram"
+            " is limiting link creation. Visitors get a “try again” answer meanwhile.",
+        )
+
+    pool.on_empty = pool_empty
     desk = JoinRequestDesk(bot, db, joins, approve=settings.approve_join_requests)
     visits = VisitRecorder(db, courier.wake)
+    channel_sync = ChannelSync(adtarget, db)
+    onboarding = Onboarding(
+        db,
+        notifier,
+        tracker_url=settings.public_tracker_url,
+        default_event=settings.default_event,
+        bot_name=lambda: f"@{poll_stats.username}" if poll_stats.username else "the bot",
+        on_change=pool.wake,
+    )
+    console = Console(
+        db,
+        AdminGate(bot, db, settings.admin_ids),
+        courier,
+        pool,
+        minter,
+        settings.default_event,
+    )
     # No conversation state is kept between messages: without FSM every update
     # skips a storage lookup and two middlewares.
     dispatcher = Dispatcher(disable_fsm=True)
     dispatcher.include_routers(*get_routers())
     # Handlers receive these as typed parameters (aiogram workflow data).
     dispatcher.workflow_data.update(
-        settings=settings, joins=joins, minter=minter, onboarding=Onboarding(db, pool.wake), db=db
+        settings=settings,
+        joins=joins,
+        minter=minter,
+        onboarding=onboarding,
+        console=console,
+        channel_sync=channel_sync,
     )
     poller = Poller(
         bot,
@@ -132,6 +177,7 @@ async def build(settings: Settings) -> Bridge:
             limit=settings.poll_limit,
             update_retry_base=settings.update_retry_base,
         ),
+        stats=poll_stats,
     )
     health = Health(db, poller.stats, courier, pool, courier_enabled=settings.courier_enabled)
     tracker = Tracker(
@@ -150,28 +196,49 @@ async def build(settings: Settings) -> Bridge:
         ),
     )
     return Bridge(
-        settings,
-        db,
-        bot,
-        dispatcher,
-        adtarget,
-        courier,
-        joins,
-        minter,
-        pool,
-        desk,
-        visits,
-        poller,
-        health,
-        tracker,
+        settings=settings,
+        db=db,
+        bot=bot,
+        dispatcher=dispatcher,
+        adtarget=adtarget,
+        courier=courier,
+        joins=joins,
+        minter=minter,
+        pool=pool,
+        join_requests=desk,
+        visits=visits,
+        poller=poller,
+        health=health,
+        tracker=tracker,
+        notifier=notifier,
+        channel_sync=channel_sync,
+    )
+
+
+def courier_alerts(notifier: Notifier) -> CourierAlerts:
+    def paused(reason: str) -> None:
+        notifier.alert(
+            "courier-paused",
+            f"🔴 Sending to AdTarget is paused: {html.escape(reason)}.\nJoins are still"
+            " recorded and queued. Check ADTARGET_API_KEY (401) or your AdTarget billing"
+            " (402); the bridge retries by itself.",
+        )
+
+    def parked(row_id: int, reason: str) -> None:
+        notifier.alert(
+            "rows-parked",
+            f"⚠️ AdTarget refused a conversion (row #{row_id}): {html.escape(reason)}.\n"
+            "See /outbox; /retry sends parked rows again once fixed.",
+        )
+
+    return CourierAlerts(
+        paused=paused, resumed=lambda: notifier.resolved("courier-paused"), parked=parked
     )
 
 
 def courier_config(settings: Settings) -> CourierConfig:
     return CourierConfig(
         concurrency=settings.courier_concurrency,
-        rate_per_minute=settings.adtarget_rate_per_minute,
-        burst=settings.adtarget_burst,
         request_timeout=settings.adtarget_timeout,
         backoff_base=settings.backoff_base,
         backoff_cap=settings.backoff_cap,
@@ -193,6 +260,19 @@ async def start_tracker(bridge: Bridge) -> web.AppRunner:
     bridge.tracker_url = f"http://{host}:{port}"
     log.info("tracker listening on %s", bridge.tracker_url)
     return runner
+
+
+async def _first_contact(bridge: Bridge) -> None:
+    """Once at start: the command menu and AdTarget's channel mapping. Failures are
+    logged; neither is needed for joins to be recorded and reported."""
+    try:
+        await bridge.bot.set_my_commands(
+            [BotCommand(command=name, description=text) for name, text in COMMANDS.items()],
+            scope=BotCommandScopeAllPrivateChats(),
+        )
+    except Exception as error:
+        log.warning("setMyCommands failed: %s", error)
+    await bridge.channel_sync.run_quietly()
 
 
 async def run_bridge(
@@ -233,7 +313,10 @@ async def _run_locked(
         asyncio.create_task(bridge.pool.run(stop), name="invite-pool"),
         asyncio.create_task(bridge.join_requests.run(stop), name="join-requests"),
         asyncio.create_task(bridge.db.checkpoints(stop), name="wal-checkpoints"),
+        asyncio.create_task(bridge.notifier.run(stop), name="notifier"),
     }
+    # Not among `tasks`: those run until stop, and the first to end ends the bridge.
+    first_contact = asyncio.create_task(_first_contact(bridge), name="first-contact")
     if settings.courier_enabled:
         tasks.add(asyncio.create_task(bridge.courier.run(stop), name="courier"))
     else:
@@ -254,6 +337,7 @@ async def _run_locked(
                 status = EXIT_FAILED
     finally:
         stop.set()
+        first_contact.cancel()
         await runner.cleanup()
         await asyncio.gather(*tasks, return_exceptions=True)
         await bridge.close()

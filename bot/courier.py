@@ -14,13 +14,13 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bot.adtarget import AdTargetClient
 from bot.delivery import Outcome, Verdict, backoff_delay, classify_answer, classify_exception
-from bot.pacing import TokenBucket
 from storage import outbox, state
 from storage.db import Database
 from storage.outbox import OutboxRow
@@ -35,8 +35,6 @@ IDLE_WAIT = 30.0
 @dataclass(frozen=True, slots=True)
 class CourierConfig:
     concurrency: int = 4
-    rate_per_minute: float = 300.0
-    burst: int = 50
     request_timeout: float = 10.0
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
@@ -52,6 +50,15 @@ class CourierConfig:
         return self.request_timeout * 2 + 30.0
 
 
+@dataclass(slots=True)
+class CourierAlerts:
+    """Hooks for telling admins; the defaults do nothing."""
+
+    paused: Callable[[str], None] = lambda reason: None
+    resumed: Callable[[], None] = lambda: None
+    parked: Callable[[int, str], None] = lambda row_id, reason: None
+
+
 @dataclass(frozen=True, slots=True)
 class Pause:
     reason: str
@@ -60,11 +67,17 @@ class Pause:
 
 
 class Courier:
-    def __init__(self, db: Database, client: AdTargetClient, config: CourierConfig) -> None:
+    def __init__(
+        self,
+        db: Database,
+        client: AdTargetClient,
+        config: CourierConfig,
+        alerts: CourierAlerts | None = None,
+    ) -> None:
+        self._alerts = alerts or CourierAlerts()
         self._db = db
         self._client = client
         self._config = config
-        self._bucket = TokenBucket(config.rate_per_minute / 60.0, config.burst)
         self._wake = asyncio.Event()
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._pause: Pause | None = None
@@ -164,7 +177,6 @@ class Courier:
         try:
             if await self._already_delivered(row):
                 return
-            await self._bucket.acquire()
             self.sent += 1
             started = time.monotonic()
             try:
@@ -217,7 +229,7 @@ class Courier:
             return
         if verdict is Verdict.RATE_LIMITED:
             wait = outcome.retry_after if outcome.retry_after is not None else 60.0
-            self._bucket.hold(wait)
+            self._client.pacer.hold(wait)
             log.warning("outbox row %d: %s; waiting %.0f s", row.id, outcome.reason, wait)
             await outbox.reschedule(
                 self._db,
@@ -234,6 +246,7 @@ class Courier:
         if verdict is Verdict.PARK:
             log.error("outbox row %d parked: %s", row.id, outcome.reason)
             await outbox.park(self._db, row.id, attempt=row.attempts, reason=outcome.reason)
+            self._alerts.parked(row.id, outcome.reason)
             return
         await self._retry_later(row, outcome)
 
@@ -252,6 +265,7 @@ class Courier:
             )
             log.error("outbox row %d parked: %s", row.id, reason)
             await outbox.park(self._db, row.id, attempt=row.attempts, reason=reason)
+            self._alerts.parked(row.id, reason)
             return
         log.warning(
             "outbox row %d attempt %d failed: %s; retrying in %.1f s",
@@ -276,7 +290,6 @@ class Courier:
             return False
         if row.telegram_user_id is None:
             return False
-        await self._bucket.acquire()
         try:
             answer = await self._client.get(f"/leads/{row.telegram_user_id}")
         except Exception as error:
@@ -311,6 +324,7 @@ class Courier:
                 if outcome.verdict is Verdict.PAUSE_BILLING
                 else self._config.auth_probe_interval,
             )
+        self._alerts.paused(outcome.reason)  # the notifier keeps repeats to one an hour
         self._pause = Pause(outcome.reason, time.time())
         self._probe_at = time.time() + self._probe_interval()
         await state.put(
@@ -321,7 +335,21 @@ class Courier:
         log.info("courier resumed: %s", why)
         self._pause = None
         await state.put(self._db, PAUSE_KEY, None)
+        self._alerts.resumed()
         self._wake.set()
+
+    async def pause_manually(self, who: str) -> None:
+        """An admin's /pause: nothing is sent (not even probes) until /resume."""
+        self._pause = Pause(f"paused by {who}", time.time(), manual=True)
+        await state.put(
+            self._db,
+            PAUSE_KEY,
+            json.dumps({"reason": self._pause.reason, "since": self._pause.since, "manual": True}),
+        )
+        log.warning("courier %s", self._pause.reason)
+
+    async def resume_manually(self, who: str) -> None:
+        await self._resume(f"resumed by {who}")
 
     async def _load_pause(self) -> None:
         saved = await state.get(self._db, PAUSE_KEY)

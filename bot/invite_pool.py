@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiogram import Bot
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 # at least this long to live.
 REUSE_MIN_LIFE = 60.0
 IDLE_WAIT = 60.0
+EMPTY_ALERT_AFTER = 300.0
 
 
 class PoolEmpty(Exception):
@@ -62,6 +64,9 @@ class InvitePool:
         self._wake = asyncio.Event()
         self._telegram_wait_until = 0.0  # monotonic
         self._mint_locks: dict[int, asyncio.Lock] = {}
+        self._empty_since: dict[int, float] = {}
+        # Told (chat id, title) when a pool has stayed empty for EMPTY_ALERT_AFTER.
+        self.on_empty: Callable[[int, str], None] = lambda chat_id, title: None
         self.minted = 0
         self.revoked = 0
 
@@ -151,12 +156,21 @@ class InvitePool:
             if not (channel.active and channel.can_invite_users):
                 continue
             have = sizes.get((channel.chat_id, channel.mode == "request"), 0)
+            self._watch_empty(channel, have)
             for _ in range(self.size - have):
                 if stop.is_set() or self.telegram_wait() > 0:
                     return
                 if not await self._mint_one(channel):
                     break
                 await asyncio.sleep(self._pace)
+
+    def _watch_empty(self, channel: Channel, have: int) -> None:
+        if have or not self.size:
+            self._empty_since.pop(channel.chat_id, None)
+            return
+        since = self._empty_since.setdefault(channel.chat_id, time.monotonic())
+        if time.monotonic() - since >= EMPTY_ALERT_AFTER:
+            self.on_empty(channel.chat_id, channel.title)
 
     async def _mint_one(self, channel: Channel) -> bool:
         try:

@@ -93,3 +93,28 @@ class InviteMinter:
             )
         log.info("invite link %d minted in %d for visit %d", link.id, chat_id, visit_id)
         return link
+
+    async def mint_campaign(self, channel: Channel, campaign: str) -> InviteLink:
+        """A named link for a post, a partner or a QR code: many members, no expiry;
+        joins through it are reported with the campaign, without visit signals."""
+        request_mode = channel.mode == "request"
+        name = f"jb-c {campaign}"[:32]
+        created = await self._bot.create_chat_invite_link(
+            chat_id=channel.chat_id,
+            name=name,
+            creates_join_request=True if request_mode else None,
+        )
+        async with self._db.transaction() as conn:
+            link = await invite_links.insert(
+                conn,
+                url=created.invite_link,
+                chat_id=channel.chat_id,
+                kind="campaign",
+                name=name,
+                visit_id=None,
+                campaign=campaign,
+                creates_join_request=request_mode,
+                expire_date=None,
+            )
+        log.info("campaign link %d (%s) minted in %d", link.id, campaign, channel.chat_id)
+        return link

@@ -72,6 +72,18 @@ class ReportingPolicy:
     send_organic: bool = False
 
 
+def effective_event(channel: Channel, default: EventType) -> EventType:
+    """The channel's own setting (/event), else AdTarget's for the channel, else
+    DEFAULT_EVENT_TYPE."""
+    for text in (channel.event_type, channel.adtarget_event_type):
+        if text:
+            try:
+                return EventType.parse(text)
+            except ValueError:
+                log.warning("channel %d: ignoring event type %r", channel.chat_id, text)
+    return default
+
+
 def join_kind(link: InviteLink | None) -> str:
     if link is None:
         return "organic"
@@ -223,11 +235,7 @@ class JoinRecorder:
             if not report:
                 continue
             channel = known[seen.chat.id]
-            event = (
-                EventType.parse(channel.event_type)
-                if channel.event_type
-                else self._policy.default_event
-            )
+            event = effective_event(channel, self._policy.default_event)
             visit = attributions.get(link.visit_id) if link and link.visit_id else None
             rows.append(
                 outbox.NewRow(

@@ -67,6 +67,7 @@ class PollerStats:
     failed: int = 0
     last_poll_ok_at: float | None = None
     consecutive_errors: int = 0
+    username: str | None = None  # the bot's, from getMe
     kinds: dict[str, int] = field(default_factory=dict)
 
 
@@ -89,6 +90,7 @@ class Poller:
         sinks: Sequence[BatchSink],
         config: PollerConfig,
         workflow: dict[str, Any] | None = None,
+        stats: PollerStats | None = None,
     ) -> None:
         self._bot = bot
         self._dp = dispatcher
@@ -97,13 +99,14 @@ class Poller:
         self._config = config
         self._workflow = workflow or {}
         self._offset: int | None = None
-        self.stats = PollerStats()
+        self.stats = stats or PollerStats()
 
     async def run(self, stop: asyncio.Event) -> None:
         me = await self._call_until_ok(GetMe(), stop, "getMe")
         if me is None:
             return
         log.info("logged in as @%s (id %d)", me.username, me.id)
+        self.stats.username = me.username
         # Keep pending updates: they are joins we have not seen yet.
         if (
             await self._call_until_ok(

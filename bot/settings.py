@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # The tracker: the landing page's side (visits, invite links, health).
     tracker_host: str = "127.0.0.1"
     tracker_port: int = Field(default=8080, ge=0, le=65535)
+    # The tracker's address as landing pages reach it (behind your proxy), for the
+    # snippet the bot hands out; default http://TRACKER_HOST:TRACKER_PORT.
+    tracker_public_url: str | None = None
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
     tracker_allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
     tracker_token: SecretStr | None = None
@@ -89,6 +92,11 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("tracker_public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return None if value is None or not value.strip() else cls._url(value.strip())
+
     @field_validator("telegram_api_url", "adtarget_api_url")
     @classmethod
     def _url(cls, value: str) -> str:
@@ -130,6 +138,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"must be comma-separated Telegram user ids, got {bad[0]!r}")
             return tuple(int(p) for p in parts)
         return value
+
+    @property
+    def public_tracker_url(self) -> str:
+        return self.tracker_public_url or f"http://{self.tracker_host}:{self.tracker_port}"
 
     @property
     def default_event(self) -> EventType:

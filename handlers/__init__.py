@@ -6,6 +6,11 @@ from aiogram import Router
 
 
 def get_routers() -> list[Router]:
-    from handlers import join_requests, joins, membership
+    from handlers import admin, join_requests, joins, membership
 
-    return [joins.make_router(), join_requests.make_router(), membership.make_router()]
+    return [
+        joins.make_router(),
+        join_requests.make_router(),
+        membership.make_router(),
+        admin.make_router(),
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiogram import F, Router
 from aiogram.types import ChatMemberAdministrator, ChatMemberOwner, ChatMemberUpdated
 
-from bot.onboarding import Onboarding
+from bot.onboarding import BotMembership, Onboarding
 from handlers.joins import chat_ref
 
 
@@ -16,7 +16,12 @@ async def on_bot_status(event: ChatMemberUpdated, onboarding: Onboarding) -> Non
         isinstance(member, ChatMemberAdministrator) and member.can_invite_users
     )
     await onboarding.bot_status_changed(
-        chat_ref(event.chat), is_admin=is_admin, can_invite_users=can_invite
+        BotMembership(
+            chat=chat_ref(event.chat),
+            is_admin=is_admin,
+            can_invite_users=can_invite,
+            changed_by=event.from_user.id if event.from_user else None,
+        )
     )
 
 

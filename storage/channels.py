@@ -21,6 +21,8 @@ class Channel:
     event_type: str | None
     mode: str
     adtarget_channel_id: str | None
+    adtarget_event_type: str | None = None
+    promoted_by: int | None = None
 
     @property
     def report_id(self) -> str:
@@ -29,7 +31,8 @@ class Channel:
 
 
 _COLUMNS = (
-    "chat_id, title, username, active, can_invite_users, event_type, mode, adtarget_channel_id"
+    "chat_id, title, username, active, can_invite_users, event_type, mode, adtarget_channel_id,"
+    " adtarget_event_type, promoted_by"
 )
 
 
@@ -43,6 +46,8 @@ def _channel(row: sqlite3.Row) -> Channel:
         event_type=row["event_type"],
         mode=row["mode"],
         adtarget_channel_id=row["adtarget_channel_id"],
+        adtarget_event_type=row["adtarget_event_type"],
+        promoted_by=row["promoted_by"],
     )
 
 
@@ -55,16 +60,28 @@ async def upsert(
     chat_type: str,
     active: bool,
     can_invite_users: bool,
+    promoted_by: int | None = None,
 ) -> None:
     now = time.time()
     await conn.execute(
         "INSERT INTO channels (chat_id, title, username, chat_type, active, can_invite_users,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        " promoted_by, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (chat_id) DO UPDATE SET title = excluded.title,"
         " username = excluded.username, chat_type = excluded.chat_type,"
         " active = excluded.active, can_invite_users = excluded.can_invite_users,"
+        " promoted_by = coalesce(excluded.promoted_by, promoted_by),"
         " updated_at = excluded.updated_at",
-        (chat_id, title, username, chat_type, int(active), int(can_invite_users), now, now),
+        (
+            chat_id,
+            title,
+            username,
+            chat_type,
+            int(active),
+            int(can_invite_users),
+            promoted_by,
+            now,
+            now,
+        ),
     )
 
 
@@ -124,11 +141,17 @@ async def set_mode(db: Database, chat_id: int, mode: str) -> None:
         )
 
 
-async def set_adtarget_id(db: Database, chat_id: int, adtarget_channel_id: str | None) -> None:
+async def set_adtarget_id(
+    db: Database,
+    chat_id: int,
+    adtarget_channel_id: str | None,
+    adtarget_event_type: str | None = None,
+) -> None:
     async with db.transaction() as conn:
         await conn.execute(
-            "UPDATE channels SET adtarget_channel_id = ?, updated_at = ? WHERE chat_id = ?",
-            (adtarget_channel_id, time.time(), chat_id),
+            "UPDATE channels SET adtarget_channel_id = ?, adtarget_event_type = ?,"
+            " updated_at = ? WHERE chat_id = ?",
+            (adtarget_channel_id, adtarget_event_type, time.time(), chat_id),
         )
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import aiosqlite
 
+from storage.db import Database
+
 
 @dataclass(frozen=True, slots=True)
 class InviteLink:
@@ -91,3 +93,18 @@ async def mark_used(conn: aiosqlite.Connection, link_ids: list[int]) -> None:
         "UPDATE invite_links SET used_at = coalesce(used_at, ?) WHERE id = ?",
         [(now, link_id) for link_id in link_ids],
     )
+
+
+async def campaign_links(db: Database, chat_ids: list[int]) -> list[tuple[InviteLink, int, int]]:
+    """Campaign links in these channels with (joins, members still present)."""
+    if not chat_ids:
+        return []
+    marks = ", ".join("?" for _ in chat_ids)
+    rows = await db.fetchall(
+        f"SELECT {', '.join('l.' + c.strip() for c in LINK_COLUMNS.split(','))},"
+        " count(j.id) AS joins, count(j.id) FILTER (WHERE j.left_at IS NULL) AS present"
+        f" FROM invite_links l LEFT JOIN joins j ON j.link_id = l.id"
+        f" WHERE l.kind = 'campaign' AND l.chat_id IN ({marks}) GROUP BY l.id ORDER BY l.id",
+        chat_ids,
+    )
+    return [(link_from_row(r), int(r["joins"]), int(r["present"])) for r in rows]

@@ -266,3 +266,13 @@ async def counts(db: Database) -> OutboxCounts:
 async def get(db: Database, row_id: int) -> dict[str, Any] | None:
     row = await db.fetchone("SELECT * FROM outbox WHERE id = ?", (row_id,))
     return dict(row) if row else None
+
+
+async def parked(db: Database, *, limit: int) -> list[tuple[int, str]]:
+    """(row id, reason) of parked rows, newest first."""
+    rows = await db.fetchall(
+        "SELECT id, coalesce(parked_reason, last_error, '') FROM outbox WHERE state = 'parked'"
+        " ORDER BY id DESC LIMIT ?",
+        (limit,),
+    )
+    return [(int(r[0]), str(r[1])) for r in rows]

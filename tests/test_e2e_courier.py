@@ -13,7 +13,7 @@ import pytest
 
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, RunningBridge, bridge_settings
+from tests.harness import CHANNEL_ID, RunningBridge, bridge_settings, eventually
 
 CONVERSION = "/api/v1/events/conversion"
 
@@ -94,11 +94,13 @@ async def test_429_retry_after_is_honoured(
 ) -> None:
     # AdTarget allows one request a second; the bridge's own pacing is set far
     # looser, so its second send draws a real 429 with Retry-After.
-    adtarget.set_rate(rate_per_minute=60, burst=1)
     running = await start_bridge(
         tmp_path, telegram, adtarget, adtarget_rate_per_minute=6000, adtarget_burst=50
     )
     custom_bridge.append(running)
+    # After the start-up GET /channels, so that call does not spend the one token.
+    await eventually(lambda: bool(adtarget.received_on("/api/v1/channels")))
+    adtarget.set_rate(rate_per_minute=60, burst=1)
     await join_through_minted_link(running, telegram, 7000004)
     await join_through_minted_link(running, telegram, 7000005)
     await adtarget.wait_for_conversions(2)

@@ -1,0 +1,332 @@
+"""The admin commands' logic: each returns the HTML reply (and buttons) to send.
+
+Handlers parse the command and call one method here; nothing in this module
+talks to Telegram except through the services it is given.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+from dataclasses import dataclass
+
+from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
+
+from bot.admins import AdminGate, describe, pick_channel
+from bot.courier import Courier
+from bot.events import EventType
+from bot.invite_pool import InvitePool
+from bot.invites import InviteMinter
+from bot.joins import effective_event
+from bot.stats import PERIODS, period_start, render
+from storage import channels, invite_links, outbox
+from storage.channels import Channel
+from storage.db import Database
+from storage.stats import channel_stats
+
+log = logging.getLogger(__name__)
+
+REFUSAL = "Sorry, this bot only answers the admins of the channels it tracks."
+OWNERS_ONLY = "Only the bridge's admins (ADMIN_IDS) can do that."
+
+HELP = """<b>Joinbridge</b> reports the people who join your channels through your landing \
+page to AdTarget, so your ads learn which clicks became subscribers.
+
+<b>Commands</b>
+/stats [channel] [today|7d|30d|all] — visits, links, joins, conversions
+/channels — tracked channels, mode, event, rights
+/event &lt;channel&gt; &lt;Lead|Subscribe|CompleteRegistration|Custom:Name&gt;
+/mode &lt;channel&gt; &lt;link|request&gt; — single-use links or join requests
+/link &lt;channel&gt; &lt;campaign&gt; — a named link for a post, partner or QR code
+/links — campaign links and their joins
+/outbox — what waits to be sent to AdTarget
+/retry &lt;id|all&gt; — send parked rows again
+/pause, /resume — stop or restart sending to AdTarget
+/sync — fetch the channel mapping from AdTarget
+
+A channel is named by @username, its -100… id, or the start of its title."""
+
+COMMANDS = {
+    "start": "What this bot does",
+    "help": "Commands",
+    "stats": "Visits, joins and conversions",
+    "channels": "Tracked channels",
+    "event": "Set a channel's event type",
+    "mode": "Personal links or join requests",
+    "link": "Create a campaign link",
+    "links": "Campaign links and their joins",
+    "outbox": "What waits to be sent",
+    "retry": "Send parked rows again",
+    "pause": "Stop sending to AdTarget",
+    "resume": "Start sending again",
+    "sync": "Fetch channels from AdTarget",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    text: str
+    buttons: InlineKeyboardMarkup | None = None
+
+
+class Console:
+    def __init__(
+        self,
+        db: Database,
+        gate: AdminGate,
+        courier: Courier,
+        pool: InvitePool,
+        minter: InviteMinter,
+        default_event: EventType,
+    ) -> None:
+        self._db = db
+        self._gate = gate
+        self._courier = courier
+        self._pool = pool
+        self._minter = minter
+        self._default_event = default_event
+
+    async def allowed(self, user_id: int) -> list[Channel] | None:
+        """The user's channels; None when the user may not use the bot at all."""
+        mine = await self._gate.channels_for(user_id)
+        if mine or self._gate.is_owner(user_id):
+            return mine
+        return None
+
+    async def stats(self, user_id: int, args: list[str]) -> Reply:
+        mine = await self.allowed(user_id)
+        if mine is None:
+            return Reply(REFUSAL)
+        period = "7d"
+        if args and args[-1].lower() in PERIODS:
+            period = args.pop().lower()
+        target: Channel | None = None
+        if args:
+            found = pick_channel(" ".join(args), mine)
+            if isinstance(found, str):
+                return Reply(found)
+            target = found
+        elif len(mine) == 1 and not self._gate.is_owner(user_id):
+            target = mine[0]
+        return await self.stats_view(user_id, target.chat_id if target else None, period)
+
+    async def stats_view(self, user_id: int, chat_id: int | None, period: str) -> Reply:
+        """One stats screen; also what the inline buttons switch between."""
+        mine = await self.allowed(user_id)
+        if mine is None or period not in PERIODS:
+            return Reply(REFUSAL)
+        ids = {c.chat_id for c in mine}
+        if chat_id is not None and chat_id not in ids:
+            return Reply(REFUSAL)
+        # "All channels" is the sum over the user's own channels only.
+        if chat_id is None and not self._gate.is_owner(user_id):
+            if len(mine) != 1:
+                return Reply("Choose a channel: " + ", ".join(describe(c) for c in mine))
+            chat_id = mine[0].chat_id
+        now = time.time()
+        figures = await channel_stats(
+            self._db, chat_id=chat_id, since=period_start(period, now), now=now
+        )
+        title = "All channels"
+        if chat_id is not None:
+            title = next(c.title for c in mine if c.chat_id == chat_id)
+        buttons = _stats_buttons(mine, chat_id, period, show_all=self._gate.is_owner(user_id))
+        return Reply(render(title, period, figures), buttons)
+
+    async def list_channels(self, user_id: int) -> Reply:
+        mine = await self.allowed(user_id)
+        if mine is None:
+            return Reply(REFUSAL)
+        if not mine:
+            return Reply(
+                "No channels yet. Add the bot to a channel as an admin with the"
+                " <b>Invite users via link</b> right."
+            )
+        states = {p.chat_id: p for p in await self._pool.states()}
+        lines = ["<b>Tracked channels</b>"]
+        for c in mine:
+            pool = states.get(c.chat_id)
+            health = (
+                "inactive (bot is not admin)"
+                if not c.active
+                else (
+                    "missing the right to invite users"
+                    if not c.can_invite_users
+                    else f"ok, {pool.size if pool else 0}/{pool.target if pool else 0} links ready"
+                )
+            )
+            event = html.escape(str(effective_event(c, self._default_event)))
+            mapped = (
+                f", AdTarget id {html.escape(c.adtarget_channel_id)}"
+                if c.adtarget_channel_id
+                else ""
+            )
+            lines.append(f"\n{describe(c)}\n  mode: {c.mode}, event: {event}{mapped}\n  {health}")
+        return Reply("\n".join(lines))
+
+    async def set_event(self, user_id: int, args: list[str]) -> Reply:
+        usage = (
+            "Usage: /event &lt;channel&gt; &lt;Lead|Subscribe|CompleteRegistration|Custom:Name&gt;"
+        )
+        channel = await self._channel_arg(user_id, args[:-1], usage, need=len(args) >= 2)
+        if isinstance(channel, Reply):
+            return channel
+        try:
+            event = EventType.parse(args[-1])
+        except ValueError as error:
+            return Reply(f"{usage}\n{html.escape(str(error))}")
+        await channels.set_event_type(self._db, channel.chat_id, str(event))
+        return Reply(
+            f"{describe(channel)}: joins from now on are reported as "
+            f"<b>{html.escape(str(event))}</b>."
+        )
+
+    async def set_mode(self, user_id: int, args: list[str]) -> Reply:
+        usage = "Usage: /mode &lt;channel&gt; &lt;link|request&gt;"
+        channel = await self._channel_arg(user_id, args[:-1], usage, need=len(args) >= 2)
+        if isinstance(channel, Reply):
+            return channel
+        mode = args[-1].lower()
+        if mode not in ("link", "request"):
+            return Reply(f"{usage}\nThe mode is “link” or “request”, not “{html.escape(mode)}”.")
+        await channels.set_mode(self._db, channel.chat_id, mode)
+        self._pool.wake()  # the pool swaps its links for the new mode
+        what = (
+            "personal single-use links"
+            if mode == "link"
+            else "join-request links (the bot approves requests through them)"
+        )
+        return Reply(f"{describe(channel)} now hands out {what}.")
+
+    async def campaign_link(self, user_id: int, args: list[str]) -> Reply:
+        usage = "Usage: /link &lt;channel&gt; &lt;campaign name&gt;"
+        if len(args) < 2:
+            return Reply(usage)
+        mine = await self.allowed(user_id)
+        if mine is None:
+            return Reply(REFUSAL)
+        found = pick_channel(args[0], mine)
+        if isinstance(found, str):
+            return Reply(f"{usage}\n{found}")
+        campaign = " ".join(args[1:]).strip()[:64]
+        link = await self._minter.mint_campaign(found, campaign)
+        return Reply(
+            f"Campaign link for {describe(found)}, “{html.escape(campaign)}”:\n"
+            f"{html.escape(link.url)}\nJoins through it are reported with the campaign."
+        )
+
+    async def list_links(self, user_id: int) -> Reply:
+        mine = await self.allowed(user_id)
+        if mine is None:
+            return Reply(REFUSAL)
+        rows = await invite_links.campaign_links(self._db, [c.chat_id for c in mine])
+        if not rows:
+            return Reply(
+                "No campaign links yet. Create one with /link &lt;channel&gt; &lt;campaign&gt;."
+            )
+        titles = {c.chat_id: c.title for c in mine}
+        lines = ["<b>Campaign links</b>"]
+        for link, joins, present in rows:
+            name = html.escape(link.campaign or link.name)
+            lines.append(
+                f"\n{name} — {html.escape(titles[link.chat_id])}\n"
+                f"  {html.escape(link.url)}\n  joins: {joins}, still there: {present}"
+            )
+        return Reply("\n".join(lines))
+
+    async def outbox_status(self, user_id: int) -> Reply:
+        if not self._gate.is_owner(user_id):
+            return Reply(OWNERS_ONLY if await self.allowed(user_id) is not None else REFUSAL)
+        counts = await outbox.counts(self._db)
+        pause = self._courier.pause
+        state = f"paused: {html.escape(pause.reason)}" if pause else "running"
+        oldest = (
+            "–"
+            if counts.oldest_pending_at is None
+            else _age(time.time() - counts.oldest_pending_at)
+        )
+        lines = [
+            "<b>Outbox</b>",
+            f"<pre>pending    {counts.pending:>8,}\nin flight  {counts.sending:>8,}\n"
+            f"parked     {counts.parked:>8,}\ndelivered  {counts.delivered:>8,}\n"
+            f"oldest     {oldest:>8}</pre>",
+            f"Courier: {state}",
+        ]
+        for row_id, reason in await outbox.parked(self._db, limit=10):
+            lines.append(f"• #{row_id}: {html.escape(reason)}")
+        if counts.parked:
+            lines.append("Send them again with /retry &lt;id&gt; or /retry all.")
+        return Reply("\n".join(lines))
+
+    async def retry(self, user_id: int, args: list[str]) -> Reply:
+        if not self._gate.is_owner(user_id):
+            return Reply(OWNERS_ONLY)
+        if len(args) != 1 or not (args[0] == "all" or args[0].lstrip("#").isdigit()):
+            return Reply("Usage: /retry &lt;id|all&gt; (ids as /outbox lists them)")
+        row_id = None if args[0] == "all" else int(args[0].lstrip("#"))
+        count = await outbox.retry_parked(self._db, row_id)
+        self._courier.wake()
+        if not count:
+            return Reply("Nothing to retry: no such parked row.")
+        return Reply(f"{count} parked row(s) queued again.")
+
+    async def pause(self, user_id: int, who: str) -> Reply:
+        if not self._gate.is_owner(user_id):
+            return Reply(OWNERS_ONLY)
+        await self._courier.pause_manually(who)
+        return Reply(
+            "Sending to AdTarget is paused; joins keep being recorded. /resume to continue."
+        )
+
+    async def resume(self, user_id: int, who: str) -> Reply:
+        if not self._gate.is_owner(user_id):
+            return Reply(OWNERS_ONLY)
+        await self._courier.resume_manually(who)
+        return Reply("Sending to AdTarget resumed.")
+
+    async def _channel_arg(
+        self, user_id: int, words: list[str], usage: str, *, need: bool
+    ) -> Channel | Reply:
+        mine = await self.allowed(user_id)
+        if mine is None:
+            return Reply(REFUSAL)
+        if not need:
+            return Reply(usage)
+        found = pick_channel(" ".join(words), mine)
+        return Reply(f"{usage}\n{found}") if isinstance(found, str) else found
+
+
+def _stats_buttons(
+    mine: list[Channel], chat_id: int | None, period: str, *, show_all: bool
+) -> InlineKeyboardMarkup:
+    scope = "all" if chat_id is None else str(chat_id)
+    periods = [
+        InlineKeyboardButton(
+            text=("• " if p == period else "") + p, callback_data=f"st:{scope}:{p}"
+        )
+        for p in PERIODS
+    ]
+    rows = [periods]
+    if len(mine) > 1:
+        choices: list[tuple[int | None, str]] = [(None, "All")] if show_all else []
+        choices += [(c.chat_id, c.title[:16]) for c in mine[:7]]
+        rows += [
+            [
+                InlineKeyboardButton(
+                    text=("• " if cid == chat_id else "") + label,
+                    callback_data=f"st:{'all' if cid is None else cid}:{period}",
+                )
+                for cid, label in choices[i : i + 4]
+            ]
+            for i in range(0, len(choices), 4)
+        ]
+    return InlineKeyboardMarkup(inline_keyboard=rows)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,248 @@
+"""Figures for /stats: visits, links, joins, conversions and leaves over a period.
+
+Every query reads one index of migration 004 and never a table row. "All
+channels" walks the same indexes once per channel (`chat_id IN (SELECT chat_id
+FROM channels)`), so it needs no indexes of its own. Joins carry their
+attribution (utm_source, utm_campaign, campaign), copied at join time, so the
+counts per kind and the top sources come from one scan, in the index's order.
+
+The queries run on read connections of their own, two at once: in WAL mode
+readers never block the writer, so a /stats over a million joins neither waits
+for the bridge's connection nor holds it (and its ingest) for the duration. The
+two halves may see commits a moment apart; for statistics that is immaterial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from storage.db import BUSY_TIMEOUT_MS, Database
+
+T = TypeVar("T")
+
+TOP_SOURCES = 5
+NO_SOURCE = "(none)"  # attributed joins whose visit carried no utm_source
+CAMPAIGN_PREFIX = "campaign:"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    source: str  # utm_source, or "campaign:<name>" for campaign links
+    campaign: str | None  # utm_campaign (None for campaign links)
+    joins: int
+    present: int  # of those joins, members still in the channel
+
+    @property
+    def retention(self) -> float:
+        return self.present / self.joins if self.joins else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRow:
+    chat_id: int | None  # None: all channels
+    since: float | None  # None: all time
+    now: float
+    visits: int
+    links_issued: int
+    joins_attributed: int
+    joins_campaign: int
+    joins_organic: int
+    conversions_delivered: int
+    conversions_pending: int  # pending + sending
+    conversions_parked: int
+    leaves: int
+    net_present: int  # attributed joins of the period still in the channel
+    top_sources: tuple[SourceRow, ...]
+
+    @property
+    def joins(self) -> int:
+        return self.joins_attributed + self.joins_campaign + self.joins_organic
+
+    @property
+    def attribution_rate(self) -> float | None:
+        """Share of joins that came through our links (None: no joins)."""
+        total = self.joins
+        return (self.joins_attributed + self.joins_campaign) / total if total else None
+
+
+async def channel_stats(
+    db: Database, *, chat_id: int | None, since: float | None, now: float
+) -> StatsRow:
+    """Figures for one channel (or all, `chat_id=None`) from `since` (None: all time).
+
+    `now` is the moment the figures describe; rows stamped after it (clock skew
+    between Telegram and us) still count, so no recent join is ever hidden.
+    """
+    joins, other = await asyncio.gather(
+        asyncio.to_thread(_read, db.path, _joins, chat_id, since),
+        asyncio.to_thread(_read, db.path, _other, chat_id, since),
+    )
+    return StatsRow(
+        chat_id=chat_id,
+        since=since,
+        now=now,
+        visits=other.visits,
+        links_issued=other.links,
+        joins_attributed=joins.attributed,
+        joins_campaign=joins.campaign,
+        joins_organic=joins.organic,
+        conversions_delivered=other.delivered,
+        conversions_pending=other.pending,
+        conversions_parked=other.parked,
+        leaves=other.leaves,
+        net_present=joins.present,
+        top_sources=joins.sources,
+    )
+
+
+def _read(
+    path: Path,
+    query: Callable[[sqlite3.Connection, int | None, float | None], T],
+    chat_id: int | None,
+    since: float | None,
+) -> T:
+    """Run `query` on a read-only connection of its own (in a worker thread)."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        return query(conn, chat_id, since)
+    finally:
+        conn.close()
+
+
+_ALL_CHATS = "chat_id IN (SELECT chat_id FROM channels)"
+
+
+def _where(
+    chat_id: int | None, since: float | None, time_expr: str, *extra: str
+) -> tuple[str, list[object]]:
+    """A WHERE clause: fixed terms, the channel (or every channel), the period."""
+    terms = list(extra)
+    params: list[object] = []
+    if chat_id is None:
+        terms.append(_ALL_CHATS)
+    else:
+        terms.append("chat_id = ?")
+        params.append(chat_id)
+    if since is not None:
+        terms.append(f"{time_expr} >= ?")
+        params.append(since)
+    return " WHERE " + " AND ".join(terms), params
+
+
+def _count(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> int:
+    row = conn.execute(sql, tuple(params)).fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Joins:
+    attributed: int
+    campaign: int
+    organic: int
+    present: int
+    sources: tuple[SourceRow, ...]
+
+
+def _joins(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -> _Joins:
+    """Joins per kind, attributed ones still present, and the top sources.
+
+    Grouped per channel in the order of joins_sources, so the scan needs no sort;
+    the few groups are then merged across channels here.
+    """
+    where, params = _where(chat_id, since, "joined_at")
+    rows = conn.execute(
+        "SELECT kind, utm_source, utm_campaign, campaign, count(*), count(left_at)"
+        f" FROM joins INDEXED BY joins_sources{where}"
+        " GROUP BY chat_id, kind, utm_source, utm_campaign, campaign",
+        params,
+    ).fetchall()
+    per_kind = {"attributed": 0, "campaign": 0, "organic": 0}
+    present = 0
+    sources: dict[tuple[str, str | None], list[int]] = {}
+    for kind, utm_source, utm_campaign, campaign, joined, left in rows:
+        per_kind[kind] = per_kind.get(kind, 0) + joined
+        if kind == "attributed":
+            present += joined - left
+            key = (utm_source or NO_SOURCE, utm_campaign)
+        elif kind == "campaign":
+            key = (f"{CAMPAIGN_PREFIX}{campaign or ''}", None)
+        else:
+            continue
+        counts = sources.setdefault(key, [0, 0])
+        counts[0] += joined
+        counts[1] += joined - left
+    ranked = sorted(sources.items(), key=lambda item: (-item[1][0], item[0][0], item[0][1] or ""))
+    return _Joins(
+        attributed=per_kind["attributed"],
+        campaign=per_kind["campaign"],
+        organic=per_kind["organic"],
+        present=present,
+        sources=tuple(
+            SourceRow(source=source, campaign=campaign, joins=joined, present=kept)
+            for (source, campaign), (joined, kept) in ranked[:TOP_SOURCES]
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Other:
+    visits: int
+    links: int
+    delivered: int
+    pending: int
+    parked: int
+    leaves: int
+
+
+# The expression and terms of the partial index invite_links_issued, verbatim.
+_ISSUED_AT = "coalesce(assigned_at, created_at)"
+_ISSUED = ("kind = 'visitor'", "visit_id IS NOT NULL")
+
+
+def _other(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -> _Other:
+    visits, links = _links(conn, chat_id, since)
+    # event_time_ms is the join's time (joined_at * 1000): compare in milliseconds so
+    # the index range applies. One range count per state.
+    ms = None if since is None else since * 1000
+    states = {}
+    for name, state in (
+        ("delivered", "= 'delivered'"),
+        ("pending", "IN ('pending', 'sending')"),
+        ("parked", "= 'parked'"),
+    ):
+        where, params = _where(
+            chat_id, ms, "event_time_ms", "kind = 'conversion'", f"state {state}"
+        )
+        states[name] = _count(
+            conn, f"SELECT count(*) FROM outbox INDEXED BY outbox_conversions{where}", params
+        )
+    where, params = _where(chat_id, since, "left_at")
+    leaves = _count(conn, f"SELECT count(*) FROM leaves INDEXED BY leaves_chat_time{where}", params)
+    return _Other(visits=visits, links=links, leaves=leaves, **states)
+
+
+def _links(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -> tuple[int, int]:
+    """(visits, links issued): distinct visitors given a link there, or all visits."""
+    where, params = _where(chat_id, since, _ISSUED_AT, *_ISSUED)
+    table = "invite_links INDEXED BY invite_links_issued"
+    if chat_id is not None:
+        row = conn.execute(
+            f"SELECT count(DISTINCT visit_id), count(*) FROM {table}{where}", params
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+    links = _count(conn, f"SELECT count(*) FROM {table}{where}", params)
+    if since is None:
+        visits = _count(conn, "SELECT count(*) FROM visits", ())
+    else:
+        visits = _count(
+            conn,
+            "SELECT count(*) FROM visits INDEXED BY visits_created WHERE created_at >= ?",
+            (since,),
+        )
+    return visits, links
