@@ -15,7 +15,7 @@ PERIOD_LABELS = {
 }
 DAY = 86400
 
-WIDTH = 24  # the figures table: label, value right-aligned
+WIDTH = 26  # the figures table: label, value right-aligned under "joins" below
 SOURCE_WIDTH = 18  # the top-sources table: source/campaign, joins, retention
 MISSING = "–"
 

@@ -18,6 +18,12 @@ class NewJoin:
     via_join_request: bool
     joined_at: int
     update_id: int | None
+    # Attribution copied onto the join for /stats (top sources without table joins):
+    # the visit's utm_source / utm_campaign for attributed joins, the link's campaign
+    # name for campaign joins.
+    utm_source: str | None = None
+    utm_campaign: str | None = None
+    campaign: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +48,8 @@ async def insert_many(conn: aiosqlite.Connection, rows: list[NewJoin]) -> dict[i
     now = time.time()
     await conn.executemany(
         "INSERT OR IGNORE INTO joins (chat_id, user_id, kind, link_id, link_url,"
-        " via_join_request, joined_at, update_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " via_join_request, joined_at, update_id, created_at, utm_source, utm_campaign, campaign)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 r.chat_id,
@@ -54,6 +61,9 @@ async def insert_many(conn: aiosqlite.Connection, rows: list[NewJoin]) -> dict[i
                 r.joined_at,
                 r.update_id,
                 now,
+                r.utm_source,
+                r.utm_campaign,
+                r.campaign,
             )
             for r in rows
         ],

@@ -210,21 +210,24 @@ def _other(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -
     # event_time_ms is the join's time (joined_at * 1000): compare in milliseconds so
     # the index range applies. One range count per state.
     ms = None if since is None else since * 1000
-    states = {}
-    for name, state in (
-        ("delivered", "= 'delivered'"),
-        ("pending", "IN ('pending', 'sending')"),
-        ("parked", "= 'parked'"),
-    ):
-        where, params = _where(
-            chat_id, ms, "event_time_ms", "kind = 'conversion'", f"state {state}"
-        )
-        states[name] = _count(
+
+    def conversions(state: str) -> int:
+        where, params = _where(chat_id, ms, "event_time_ms", "kind = 'conversion'", state)
+        return _count(
             conn, f"SELECT count(*) FROM outbox INDEXED BY outbox_conversions{where}", params
         )
+
     where, params = _where(chat_id, since, "left_at")
-    leaves = _count(conn, f"SELECT count(*) FROM leaves INDEXED BY leaves_chat_time{where}", params)
-    return _Other(visits=visits, links=links, leaves=leaves, **states)
+    return _Other(
+        visits=visits,
+        links=links,
+        delivered=conversions("state = 'delivered'"),
+        pending=conversions("state IN ('pending', 'sending')"),
+        parked=conversions("state = 'parked'"),
+        leaves=_count(
+            conn, f"SELECT count(*) FROM leaves INDEXED BY leaves_chat_time{where}", params
+        ),
+    )
 
 
 def _links(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -> tuple[int, int]:

@@ -1,0 +1,360 @@
+"""/stats: exact figures per channel and period over a seeded database, and the message."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.stats import PERIODS, period_start, render
+from storage import channels, joins, outbox
+from storage.db import Database, open_database
+from storage.stats import SourceRow, StatsRow, channel_stats
+
+DAY = 86400
+NOW = 1_760_054_400 + 12 * 3600  # 12:00 UTC
+T = NOW - 3600  # today, 11:00
+Y = NOW - 13 * 3600  # yesterday, 23:00: in 7d, not today
+D3 = NOW - 3 * DAY
+D20 = NOW - 20 * DAY
+D100 = NOW - 100 * DAY
+
+A = -1001000000001
+B = -1001000000002
+
+# visit id: (created_at, utm_source, utm_campaign)
+VISITS = {
+    1: (T, "facebook", "spring"),
+    2: (T, "facebook", "spring"),
+    3: (D20, "google", None),  # visited 20 days ago, given a link in A today
+    5: (Y, "tiktok", "x"),
+    6: (D3, "facebook", "spring"),
+    7: (D20, None, None),
+    8: (D100, "facebook", "spring"),
+    9: (T, "facebook", "spring"),
+    10: (D20, "tiktok", "x"),
+    11: (D100, "bing", "z"),
+}
+# link id: (chat, kind, visit, campaign, created_at, assigned_at)
+LINKS = {
+    1: (A, "visitor", 1, None, D3, T),  # a pool link, given today
+    2: (A, "visitor", 2, None, T, None),
+    3: (A, "visitor", 3, None, T, None),  # never used
+    4: (A, "visitor", 1, None, T, None),  # visitor 1's second link in A
+    5: (A, "visitor", 5, None, Y, None),
+    6: (A, "visitor", 6, None, D3, None),
+    7: (A, "visitor", 7, None, D20, None),
+    8: (A, "visitor", 8, None, D100, None),
+    9: (B, "visitor", 9, None, T, None),
+    10: (B, "visitor", 1, None, T, None),  # visitor 1 in B too
+    11: (B, "visitor", 10, None, D20, None),
+    12: (A, "visitor", 6, None, D100, D3),  # minted long ago, given 3 days ago
+    13: (B, "visitor", 11, None, D100, None),
+    20: (A, "visitor", None, None, T, None),  # in the pool, never given: not issued
+    30: (A, "campaign", None, "promo", D100, None),
+    31: (B, "campaign", None, "autumn", D100, None),
+}
+# (chat, user, link, joined_at, conversion state or None)
+JOINS = [
+    (A, 1, 1, T, "delivered"),
+    (A, 2, 2, T, "pending"),
+    (A, 4, 30, T, "sending"),
+    (A, 5, None, T, None),
+    (A, 6, 5, Y, "parked"),
+    (A, 7, 6, D3, "delivered"),
+    (A, 8, None, D3, None),
+    (A, 9, 7, D20, "delivered"),
+    (A, 10, 30, D20, "delivered"),
+    (A, 11, 8, D100, "delivered"),
+    (A, 12, None, D100, None),
+    (B, 1, 9, T, "delivered"),
+    (B, 20, None, D3, None),
+    (B, 21, 11, D20, "pending"),
+    (B, 22, 31, D100, "delivered"),
+    (B, 23, 13, D100, "delivered"),
+]
+LEAVES = [
+    (A, 2, T + 60),
+    (A, 7, D3 + 3600),
+    (A, 8, T + 120),
+    (A, 11, D20 + 3600),
+    (B, 22, D100 + DAY),
+]
+
+# (visits, links, attributed, campaign, organic, delivered, pending, parked, leaves, net)
+EXPECTED: dict[tuple[int | None, str], tuple[int, ...]] = {
+    (A, "today"): (3, 4, 2, 1, 1, 1, 2, 0, 2, 1),
+    (A, "7d"): (5, 7, 4, 1, 2, 2, 2, 1, 3, 2),
+    (A, "30d"): (6, 8, 5, 2, 2, 4, 2, 1, 4, 3),
+    (A, "all"): (7, 9, 6, 2, 3, 5, 2, 1, 4, 3),
+    (B, "today"): (2, 2, 1, 0, 0, 1, 0, 0, 0, 1),
+    (B, "7d"): (2, 2, 1, 0, 1, 1, 0, 0, 0, 1),
+    (B, "30d"): (3, 3, 2, 0, 1, 1, 1, 0, 0, 2),
+    (B, "all"): (4, 4, 3, 1, 1, 3, 1, 0, 1, 3),
+    (None, "today"): (3, 6, 3, 1, 1, 2, 2, 0, 2, 2),
+    (None, "7d"): (5, 9, 5, 1, 3, 3, 2, 1, 3, 3),
+    (None, "30d"): (8, 11, 7, 2, 3, 5, 3, 1, 4, 5),
+    (None, "all"): (10, 13, 9, 3, 4, 8, 3, 1, 5, 6),
+}
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await open_database(tmp_path / "bridge.db")
+    yield database
+    await database.close()
+
+
+async def _seed(db: Database) -> None:
+    async with db.transaction() as conn:
+        await channels.ensure_known(conn, [(A, "Channel A", None, "channel")])
+        await channels.ensure_known(conn, [(B, "Channel B", None, "channel")])
+        await conn.executemany(
+            "INSERT INTO visits (id, temp_id, utm_source, utm_campaign, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(i, f"tmp-{i}", src, camp, at, at) for i, (at, src, camp) in VISITS.items()],
+        )
+        await conn.executemany(
+            "INSERT INTO invite_links (id, url, chat_id, kind, name, visit_id, campaign,"
+            " created_at, assigned_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (i, f"https://t.me/+{i}", chat, kind, f"link {i}", visit, campaign, made, given)
+                for i, (chat, kind, visit, campaign, made, given) in LINKS.items()
+            ],
+        )
+        rows = []
+        for chat, user, link, at, _ in JOINS:
+            kind = "organic" if link is None else LINKS[link][1]
+            kind = "attributed" if kind == "visitor" else kind
+            visit = VISITS[LINKS[link][2] or 0] if link and kind == "attributed" else None
+            rows.append(
+                joins.NewJoin(
+                    chat_id=chat,
+                    user_id=user,
+                    kind=kind,
+                    link_id=link,
+                    link_url=None,
+                    via_join_request=False,
+                    joined_at=at,
+                    update_id=None,
+                    utm_source=visit[1] if visit else None,
+                    utm_campaign=visit[2] if visit else None,
+                    campaign=LINKS[link][3] if link and kind == "campaign" else None,
+                )
+            )
+        ids = await joins.insert_many(conn, rows)
+        assert len(ids) == len(JOINS)
+        await outbox.enqueue_many(
+            conn,
+            [
+                outbox.NewRow(
+                    kind="conversion",
+                    path="/events/conversion",
+                    body={},
+                    idempotency_key=f"conv-{index}",
+                    join_id=ids[index],
+                    telegram_user_id=user,
+                    chat_id=chat,
+                    event_time_ms=at * 1000,
+                )
+                for index, (chat, user, _, at, state) in enumerate(JOINS)
+                if state
+            ]
+            # Not a conversion: never counted.
+            + [outbox.NewRow(kind="visit", path="/v", body={}, idempotency_key="v", chat_id=A)],
+        )
+        await conn.executemany(
+            "UPDATE outbox SET state = ? WHERE idempotency_key = ?",
+            [(state, f"conv-{index}") for index, (*_, state) in enumerate(JOINS) if state],
+        )
+        await joins.record_leaves(
+            conn, [joins.NewLeave(chat, user, at, None) for chat, user, at in LEAVES]
+        )
+
+
+def _figures(row: StatsRow) -> tuple[int, ...]:
+    return (
+        row.visits,
+        row.links_issued,
+        row.joins_attributed,
+        row.joins_campaign,
+        row.joins_organic,
+        row.conversions_delivered,
+        row.conversions_pending,
+        row.conversions_parked,
+        row.leaves,
+        row.net_present,
+    )
+
+
+async def test_figures_per_channel_and_period(db: Database) -> None:
+    await _seed(db)
+    for (chat, period), expected in EXPECTED.items():
+        row = await channel_stats(db, chat_id=chat, since=period_start(period, NOW), now=NOW)
+        assert _figures(row) == expected, (chat, period)
+        total = expected[2] + expected[3] + expected[4]
+        assert row.joins == total
+        assert row.attribution_rate == pytest.approx((expected[2] + expected[3]) / total)
+
+
+async def test_top_sources(db: Database) -> None:
+    await _seed(db)
+
+    async def top(chat: int | None, period: str) -> tuple[SourceRow, ...]:
+        row = await channel_stats(db, chat_id=chat, since=period_start(period, NOW), now=NOW)
+        return row.top_sources
+
+    assert await top(A, "today") == (
+        SourceRow("facebook", "spring", 2, 1),
+        SourceRow("campaign:promo", None, 1, 1),
+    )
+    assert await top(A, "7d") == (
+        SourceRow("facebook", "spring", 3, 1),
+        SourceRow("campaign:promo", None, 1, 1),
+        SourceRow("tiktok", "x", 1, 1),
+    )
+    assert await top(A, "30d") == (
+        SourceRow("facebook", "spring", 3, 1),
+        SourceRow("campaign:promo", None, 2, 2),
+        SourceRow("(none)", None, 1, 1),
+        SourceRow("tiktok", "x", 1, 1),
+    )
+    assert await top(B, "all") == (
+        SourceRow("bing", "z", 1, 1),
+        SourceRow("campaign:autumn", None, 1, 0),
+        SourceRow("facebook", "spring", 1, 1),
+        SourceRow("tiktok", "x", 1, 1),
+    )
+    # Six sources over both channels: the top five, merged across channels.
+    assert await top(None, "all") == (
+        SourceRow("facebook", "spring", 5, 2),
+        SourceRow("campaign:promo", None, 2, 2),
+        SourceRow("tiktok", "x", 2, 2),
+        SourceRow("(none)", None, 1, 1),
+        SourceRow("bing", "z", 1, 1),
+    )
+    assert (await top(None, "all"))[0].retention == pytest.approx(0.4)
+
+
+async def test_empty_database(db: Database) -> None:
+    for chat in (A, None):
+        for period in PERIODS:
+            row = await channel_stats(db, chat_id=chat, since=period_start(period, NOW), now=NOW)
+            assert _figures(row) == (0,) * 10
+            assert row.joins == 0
+            assert row.attribution_rate is None
+            assert row.top_sources == ()
+    text = render("Nothing yet", "all", row)
+    assert "Attribution" + " " * 14 + "–" in text
+    assert "Top sources: none yet" in text
+
+
+def test_period_start() -> None:
+    assert period_start("today", NOW) == NOW - 12 * 3600
+    assert period_start("today", 1_760_054_400) == 1_760_054_400
+    assert period_start("7d", NOW) == NOW - 7 * DAY
+    assert period_start("30d", NOW) == NOW - 30 * DAY
+    assert period_start("all", NOW) is None
+    with pytest.raises(ValueError, match="unknown period"):
+        period_start("1y", NOW)
+
+
+async def test_render(db: Database) -> None:
+    await _seed(db)
+    row = await channel_stats(db, chat_id=A, since=period_start("30d", NOW), now=NOW)
+    text = render("Cats & <Dogs>", "30d", row)
+    assert text == (
+        "<b>Cats &amp; &lt;Dogs&gt;</b> · last 30 days\n"
+        "<pre>"
+        "Visits                   6\n"
+        "Links issued             8\n"
+        "Joins                    9\n"
+        "  attributed             5\n"
+        "  campaign               2\n"
+        "  organic                2\n"
+        "Attribution            78%\n"
+        "Conversions\n"
+        "  delivered              4\n"
+        "  pending                2\n"
+        "  parked                 1\n"
+        "Leaves                   4\n"
+        "Net present              3\n"
+        "\n"
+        "Top sources          joins  kept\n"
+        "facebook/spring          3   33%\n"
+        "campaign:promo           2  100%\n"
+        "(none)                   1  100%\n"
+        "tiktok/x                 1  100%"
+        "</pre>"
+    )
+    table = text.split("\n", 1)[1].removeprefix("<pre>").removesuffix("</pre>")
+    assert max(len(line) for line in table.split("\n")) <= 34
+
+
+def test_render_escapes_and_clips_sources() -> None:
+    row = StatsRow(
+        chat_id=A,
+        since=None,
+        now=NOW,
+        visits=1_234_567,
+        links_issued=0,
+        joins_attributed=0,
+        joins_campaign=0,
+        joins_organic=0,
+        conversions_delivered=0,
+        conversions_pending=0,
+        conversions_parked=0,
+        leaves=0,
+        net_present=0,
+        top_sources=(SourceRow("<script>&a-very-long-source", "spring", 10, 0),),
+    )
+    text = render("T", "all", row)
+    assert "Visits" + " " * 11 + "1,234,567\n" in text
+    assert "Attribution" + " " * 14 + "–\n" in text
+    assert "&lt;script&gt;&amp;a-very-l…      10    0%" in text
+    assert "<script>" not in text
+
+
+async def test_migration_fills_attribution_of_earlier_joins(tmp_path: Path) -> None:
+    """Joins recorded before migration 004 get their utm / campaign copied over."""
+    path = tmp_path / "old.db"
+    migrations = Path(__file__).parent.parent / "storage" / "migrations"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE schema_migrations"
+            " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        for version in (1, 2, 3):
+            (script,) = migrations.glob(f"{version:03d}_*.sql")
+            conn.executescript(script.read_text(encoding="utf-8"))
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, script.name))
+        conn.execute(
+            "INSERT INTO channels (chat_id, created_at, updated_at) VALUES (?, 0, 0)", (A,)
+        )
+        conn.execute(
+            "INSERT INTO visits (id, temp_id, utm_source, utm_campaign, created_at, updated_at)"
+            " VALUES (1, 't', 'facebook', 'spring', ?, ?)",
+            (T, T),
+        )
+        conn.executemany(
+            "INSERT INTO invite_links (id, url, chat_id, kind, name, visit_id, campaign,"
+            " created_at) VALUES (?, ?, ?, ?, 'n', ?, ?, ?)",
+            [(1, "u1", A, "visitor", 1, None, T), (2, "u2", A, "campaign", None, "promo", T)],
+        )
+        conn.executemany(
+            "INSERT INTO joins (chat_id, user_id, kind, link_id, joined_at, created_at)"
+            " VALUES (?, ?, ?, ?, ?, 0)",
+            [(A, 1, "attributed", 1, T), (A, 2, "campaign", 2, T), (A, 3, "organic", None, T)],
+        )
+    db = await open_database(path)
+    try:
+        row = await channel_stats(db, chat_id=A, since=None, now=NOW)
+    finally:
+        await db.close()
+    assert row.top_sources == (
+        SourceRow("campaign:promo", None, 1, 1),
+        SourceRow("facebook", "spring", 1, 1),
+    )
+    assert (row.joins_attributed, row.joins_campaign, row.joins_organic) == (1, 1, 1)
