@@ -184,7 +184,12 @@ async def measure(path: Path, *, runs: int, now: float) -> list[tuple[str, str, 
     return results
 
 
-async def main() -> None:
+async def create(path: Path) -> None:
+    db = await open_database(path)  # creates the file and applies the migrations
+    await db.close()
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--joins", type=int, default=1_000_000)
     parser.add_argument("--visits", type=int, default=1_000_000)
@@ -195,15 +200,14 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path: Path = args.db or Path(tmp) / "stats.db"
         if not path.exists():
-            db = await open_database(path)  # creates the file and applies migrations
-            await db.close()
+            asyncio.run(create(path))
             started = time.monotonic()
             seed(path, joins=args.joins, visits=args.visits, now=now)
             seconds = time.monotonic() - started
             print(f"seeded {args.joins:,} joins and {args.visits:,} visits in {seconds:.1f} s")
         else:
             now = _seeded_now(path)
-        results = await measure(path, runs=args.runs, now=now)
+        results = asyncio.run(measure(path, runs=args.runs, now=now))
     print(f"\n{'scope':<13} {'period':<6} {'median':>8} {'min':>8} {'max':>8}  target")
     for scope, period, timings in results:
         median, low, high = summary(timings)
@@ -223,4 +227,4 @@ def _seeded_now(path: Path) -> float:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
