@@ -21,6 +21,7 @@ from typing import Any
 
 from bot.adtarget import AdTargetClient
 from bot.delivery import Outcome, Verdict, backoff_delay, classify_answer, classify_exception
+from bot.waiting import wait_any
 from storage import outbox, state
 from storage.db import Database
 from storage.outbox import OutboxRow
@@ -106,7 +107,7 @@ class Courier:
                     last_rescue = time.monotonic()
                 wait = await self._dispatch_due()
                 if wait > 0:
-                    await self._sleep(stop, wait)
+                    await wait_any(self._wake, stop, timeout=wait)
         finally:
             await self._finish_in_flight()
 
@@ -147,14 +148,6 @@ class Courier:
     def _done(self, row_id: int, _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(row_id, None)
         self._wake.set()
-
-    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
-        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
 
     async def _finish_in_flight(self) -> None:
         """Let sends in flight finish within the grace period, hand back the rest."""

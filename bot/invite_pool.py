@@ -10,7 +10,6 @@ leave would free the slot for someone else).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramRetryAfter
 
 from bot.invites import InviteMinter
+from bot.waiting import wait_any
 from storage import channels, invite_pool, visits
 from storage.channels import Channel
 from storage.db import Database
@@ -143,8 +143,7 @@ class InvitePool:
             except Exception:
                 log.exception("invite pool upkeep failed; trying again shortly")
             wait = self.telegram_wait() or IDLE_WAIT
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_first(self._wake.wait(), stop.wait()), timeout=wait)
+            await wait_any(self._wake, stop, timeout=wait)
 
     async def _refill(self, stop: asyncio.Event) -> None:
         usable_after = time.time() + self.min_life
@@ -214,12 +213,3 @@ class InvitePool:
             self.revoked += 1
             log.info("invite link %d revoked after its join", link_id)
             await asyncio.sleep(self._pace)
-
-
-async def _first(*aws: object) -> None:
-    tasks = [asyncio.ensure_future(a) for a in aws]  # type: ignore[call-overload]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -9,7 +9,6 @@ send is recognised as the same join.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramRetryAfter
 
 from bot.joins import ChatRef, JoinRecorder, JoinSeen
+from bot.waiting import wait_any
 from storage import channels, invite_links, join_requests
 from storage.db import Database
 
@@ -116,8 +116,7 @@ class JoinRequestDesk:
                     wait = min(wait, max(due - time.time(), 0.05))
             except Exception:
                 log.exception("join request approvals failed; trying again shortly")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_either(self._wake, stop), timeout=wait)
+            await wait_any(self._wake, stop, timeout=wait)
 
     async def _decide(self, request: join_requests.DueRequest) -> float:
         """Approve one request; returns seconds to pause on a Telegram 429, else 0."""
@@ -169,12 +168,3 @@ class JoinRequestDesk:
         self.approved += 1
         log.info("join request %d of user %d approved", request.id, request.user_id)
         return 0.0
-
-
-async def _either(event: asyncio.Event, stop: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

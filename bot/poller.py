@@ -13,7 +13,6 @@ with backoff.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -31,6 +30,7 @@ from aiogram.exceptions import (
 from aiogram.methods import DeleteWebhook, GetMe, GetUpdates
 from aiogram.types import Update
 
+from bot.waiting import wait_any
 from storage import updates as inbox
 from storage.db import Database
 
@@ -147,7 +147,7 @@ class Poller:
                         error,
                         delay,
                     )
-                    await _sleep_or_stop(stop, delay)
+                    await wait_any(stop, timeout=delay)
                     continue
                 # The next getUpdates confirms this batch; it is all stored by now.
                 self._offset = batch[-1].update_id + 1
@@ -280,7 +280,7 @@ class Poller:
                 raise BadBotToken(str(error)) from None
             except TelegramRetryAfter as error:
                 log.warning("Telegram: %s flood control, waiting %d s", name, error.retry_after)
-                await _sleep_or_stop(stop, float(error.retry_after))
+                await wait_any(stop, timeout=float(error.retry_after))
                 continue
             except TelegramConflictError as error:
                 delay = self._next_backoff()
@@ -291,7 +291,7 @@ class Poller:
                     error.message,
                     delay,
                 )
-                await _sleep_or_stop(stop, delay)
+                await wait_any(stop, timeout=delay)
                 continue
             except Exception as error:
                 delay = self._next_backoff()
@@ -302,7 +302,7 @@ class Poller:
                     error,
                     delay,
                 )
-                await _sleep_or_stop(stop, delay)
+                await wait_any(stop, timeout=delay)
                 continue
             if self.stats.consecutive_errors:
                 log.info(
@@ -320,8 +320,3 @@ class Poller:
             self._config.backoff_base * 2 ** (self.stats.consecutive_errors - 1),
         )
         return float(ceiling / 2 + random.random() * ceiling / 2)
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -1,8 +1,8 @@
 """Figures for /stats: visits, links, joins, conversions and leaves over a period.
 
 Every query reads one index of migration 004 and never a table row. "All
-channels" walks the same indexes once per channel (`chat_id IN (SELECT chat_id
-FROM channels)`), so it needs no indexes of its own. Joins carry their
+channels" uses the same indexes: walked channel by channel for a period
+(`chat_id IN (SELECT chat_id FROM channels)`), scanned whole for all time. Joins carry their
 attribution (utm_source, utm_campaign, campaign), copied at join time, so the
 counts per kind and the top sources come from one scan, in the index's order.
 
@@ -107,7 +107,8 @@ def _read(
     since: float | None,
 ) -> T:
     """Run `query` on a read-only connection of its own (in a worker thread)."""
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    uri = f"{path.resolve().as_uri()}?mode=rw"  # never create a missing database
+    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     try:
         conn.execute("PRAGMA query_only = ON")
         return query(conn, chat_id, since)
@@ -115,24 +116,37 @@ def _read(
         conn.close()
 
 
+# Every channel, as one seek per channel: a period is then a range in each. (All
+# rows belong to known channels: joins and links by foreign key, and conversions
+# and leaves are only recorded for channels the bridge registered first.)
 _ALL_CHATS = "chat_id IN (SELECT chat_id FROM channels)"
 
 
 def _where(
-    chat_id: int | None, since: float | None, time_expr: str, *extra: str
+    chat_id: int | None,
+    since: float | None,
+    time_expr: str,
+    *extra: str,
+    scan_all: bool = True,
 ) -> tuple[str, list[object]]:
-    """A WHERE clause: fixed terms, the channel (or every channel), the period."""
+    """A WHERE clause: fixed terms, the channel (or every channel), the period.
+
+    With `scan_all`, all channels over all time take no channel term: a plain scan
+    of the whole index is cheaper than walking it channel by channel. (Not for an
+    index whose next column after chat_id is an equality term, like a state.)
+    """
     terms = list(extra)
     params: list[object] = []
     if chat_id is None:
-        terms.append(_ALL_CHATS)
+        if since is not None or not scan_all:
+            terms.append(_ALL_CHATS)
     else:
         terms.append("chat_id = ?")
         params.append(chat_id)
     if since is not None:
         terms.append(f"{time_expr} >= ?")
         params.append(since)
-    return " WHERE " + " AND ".join(terms), params
+    return (" WHERE " + " AND ".join(terms) if terms else ""), params
 
 
 def _count(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> int:
@@ -212,7 +226,9 @@ def _other(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -
     ms = None if since is None else since * 1000
 
     def conversions(state: str) -> int:
-        where, params = _where(chat_id, ms, "event_time_ms", "kind = 'conversion'", state)
+        where, params = _where(
+            chat_id, ms, "event_time_ms", "kind = 'conversion'", state, scan_all=False
+        )
         return _count(
             conn, f"SELECT count(*) FROM outbox INDEXED BY outbox_conversions{where}", params
         )

@@ -139,6 +139,7 @@ async def test_stats_counts_each_period_and_buttons_edit_the_message(
         assert figure(text, "  attributed") == 1
         assert figure(text, "  organic") == joins - 1
         assert figure(text, "  delivered") == 1
+        assert re.search(r"^meta\s+1\s+100%", text, re.MULTILINE), text
     # The inline buttons switch the period by editing the same message.
     message = next(m for m in reversed(telegram.sent_messages) if m["chat"]["id"] == OWNER)
     assert "reply_markup" in message
