@@ -30,6 +30,7 @@ test: lint typecheck unit
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.tracker
+	$(BIN)/python -m bench.stats
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -6,24 +6,27 @@ import logging
 import sys
 
 
-class RedactSecrets(logging.Filter):
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
+class RedactingFormatter(logging.Formatter):
+    """Formats as usual, then replaces any secret in the whole text, tracebacks
+    included (a URL in an exception can carry the bot token)."""
+
+    def __init__(self, fmt: str, secrets: list[str]) -> None:
+        super().__init__(fmt)
         self._secrets = [s for s in secrets if len(s) >= 6]
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(secret in message for secret in self._secrets):
-            for secret in self._secrets:
-                message = message.replace(secret, "[redacted]")
-            record.msg, record.args = message, None
-        return True
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "[redacted]")
+        return text
 
 
 def configure(level: str, secrets: list[str]) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactSecrets(secrets))
+    handler.setFormatter(
+        RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", secrets)
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -31,3 +34,4 @@ def configure(level: str, secrets: list[str]) -> None:
     if level != "DEBUG":
         logging.getLogger("aiogram.event").setLevel(logging.WARNING)
         logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
