@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CODE := bot handlers storage
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit bench soak clean
 
 # The venv is rebuilt only when pyproject.toml changes.
 $(BIN)/.installed: pyproject.toml
@@ -31,6 +31,10 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.tracker
 	$(BIN)/python -m bench.stats
+
+# 30 minutes of mixed traffic with faults and a SIGKILL; not part of `make test`.
+soak: $(BIN)/.installed
+	$(BIN)/python -m bench.soak --minutes 30
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

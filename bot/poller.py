@@ -56,6 +56,9 @@ class BatchSink(Protocol):
     def after_commit(self, persisted: Any) -> None: ...
 
 
+PRUNE_EVERY = 3600.0
+
+
 class BadBotToken(RuntimeError):
     """Telegram answered 401: the token is wrong or revoked. Retrying cannot help."""
 
@@ -117,6 +120,7 @@ class Poller:
             return
         await self._retry_stored(stop, everything=True)
         next_retry_pass = time.monotonic() + self._config.update_retry_base
+        next_prune = time.monotonic()
         while not stop.is_set():
             batch = await self._call_until_ok(
                 GetUpdates(
@@ -154,6 +158,12 @@ class Poller:
             if time.monotonic() >= next_retry_pass:
                 await self._retry_stored(stop, everything=False)
                 next_retry_pass = time.monotonic() + self._config.update_retry_base
+            if time.monotonic() >= next_prune:
+                # Handled updates only matter while Telegram could still resend them.
+                pruned = await inbox.prune_done(self._db)
+                if pruned:
+                    log.info("%d handled update(s) older than 48 h forgotten", pruned)
+                next_prune = time.monotonic() + PRUNE_EVERY
 
     async def _handle_batch(self, batch: list[Update]) -> None:
         rows = [

@@ -139,9 +139,10 @@ class RunningBridge:
 class BridgeProcess:
     """`python -m bot` in a child process, logs to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, module: str = "bot") -> None:
         self.env = env
         self.log_path = log_path
+        self.module = module  # benchmarks also run bench.naive_bot this way
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -156,7 +157,7 @@ class BridgeProcess:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "bot",
+                self.module,
                 cwd=self.log_path.parent,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -181,7 +182,23 @@ class BridgeProcess:
         assert self.proc is not None
         return await asyncio.wait_for(self.proc.wait(), timeout)
 
+    def peak_rss_mb(self) -> float:
+        """The process's peak resident memory so far (Linux VmHWM)."""
+        assert self.proc is not None
+        return _status_kb(self.proc.pid, "VmHWM") / 1024
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None
+        return _status_kb(self.proc.pid, "VmRSS") / 1024
+
     async def ensure_dead(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
