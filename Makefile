@@ -28,9 +28,7 @@ unit: $(BIN)/.installed
 test: lint typecheck unit
 
 bench: $(BIN)/.installed
-	$(BIN)/python -m bench.ingest
-	$(BIN)/python -m bench.tracker
-	$(BIN)/python -m bench.stats
+	$(BIN)/python -m bench.suite
 
 # 30 minutes of mixed traffic with faults and a SIGKILL; not part of `make test`.
 soak: $(BIN)/.installed

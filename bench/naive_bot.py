@@ -26,7 +26,9 @@ def main() -> None:
     key = os.environ["ADTARGET_API_KEY"]
     session = AiohttpSession(api=TelegramAPIServer.from_base(os.environ["TELEGRAM_API_URL"]))
     bot = Bot(os.environ["BOT_TOKEN"], session=session)
-    client = httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    # A generous timeout: with handle_as_tasks every join of a batch POSTs at once,
+    # and waits for a pooled connection; a short one would just lose joins here.
+    client = httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=120)
     router = Router()
 
     @router.chat_member(ChatMemberUpdatedFilter(JOIN_TRANSITION))
