@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 import statistics
 import time
@@ -29,3 +30,27 @@ async def wait_for(check: Callable[[], bool], timeout: float, interval: float = 
             raise TimeoutError("benchmark condition not reached")
         await asyncio.sleep(interval)
     return time.monotonic()
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+
+def pool_size(db_path: Path) -> int:
+    """Unassigned pool links; 0 before the database exists or is migrated."""
+    if not db_path.exists():
+        return 0
+    try:
+        return count_rows(
+            db_path,
+            "SELECT count(*) FROM invite_links WHERE visit_id IS NULL AND discarded_at IS NULL",
+        )
+    except sqlite3.OperationalError:
+        return 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -19,8 +19,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import count_rows
-from bench.tracker import _free_port, percentile, pool_size
+from bench.common import count_rows, free_port, percentile, pool_size
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, CHANNEL_TITLE, ROOT, BridgeProcess, bridge_env, eventually
@@ -56,7 +55,7 @@ async def stage(
         await telegram.start()
         await adtarget.start()
         telegram.add_channel(CHANNEL_ID, CHANNEL_TITLE)
-        port = _free_port()
+        port = free_port()
         env = bridge_env(
             Path(tmp),
             telegram,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.tracker import _free_port
+from bench.common import free_port
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, CHANNEL_TITLE, BridgeProcess, bridge_env, eventually
@@ -115,7 +115,7 @@ async def main() -> None:
         await telegram.start()
         await adtarget.start()
         telegram.add_channel(CHANNEL_ID, CHANNEL_TITLE)
-        port = _free_port()
+        port = free_port()
         env = bridge_env(
             Path(tmp),
             telegram,

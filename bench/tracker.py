@@ -13,23 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sqlite3
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 
-from bench.common import summary
-from tests.fakes.adtarget import FakeAdTarget
+from bench.common import percentile, summary
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, CHANNEL_TITLE, BridgeProcess, bridge_env, eventually
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+from tests.harness import CHANNEL_ID
 
 
 async def open_loop(
@@ -60,53 +51,20 @@ async def open_loop(
     return latencies
 
 
-def pool_size(db_path: Path) -> int:
-    if not db_path.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM invite_links WHERE visit_id IS NULL AND discarded_at IS NULL"
-            ).fetchone()
-    except sqlite3.OperationalError:
-        return 0  # not migrated yet
-    return int(row[0])
-
-
 async def one_run(seconds: float) -> dict[str, tuple[float, float]]:
+    from bench.flows import stage  # flows builds on this module's open loop
+
     invites = int(200 * seconds)
-    with tempfile.TemporaryDirectory() as tmp:
-        telegram, adtarget = FakeTelegram(), FakeAdTarget()
-        await telegram.start()
-        await adtarget.start()
-        telegram.add_channel(CHANNEL_ID, CHANNEL_TITLE)
-        env = bridge_env(
-            Path(tmp),
-            telegram,
-            adtarget,
-            log_level="WARNING",
-            tracker_port=0,
-            invite_pool_size=invites + 50,
-            invite_mint_interval=0,
-            tracker_rate_per_minute=10_000_000,
-            tracker_burst=100_000,
-        )
-        env["TRACKER_PORT"] = str(_free_port())
-        process = BridgeProcess(env, Path(tmp) / "bridge.log")
-        await process.start()
+    async with stage("bot", pool=invites + 50) as s:
+        joins = asyncio.create_task(_joins_meanwhile(s.telegram))
+        connector = aiohttp.TCPConnector(limit=200)
         try:
-            telegram.bot_status_change(CHANNEL_ID, "administrator")
-            db_path = Path(env["DATABASE_PATH"])
-            await eventually(lambda: pool_size(db_path) >= invites + 50, timeout=600)
-            base = f"http://127.0.0.1:{env['TRACKER_PORT']}"
-            joins = asyncio.create_task(_joins_meanwhile(telegram))
-            connector = aiohttp.TCPConnector(limit=200)
             async with aiohttp.ClientSession(connector=connector) as session:
                 # Visits first: the invite phase empties the pool, and its refill
-                # (2,000 createChatInviteLink calls) would otherwise overlap them.
+                # (thousands of createChatInviteLink calls) would overlap them.
                 visit_ms = await open_loop(
                     session,
-                    f"{base}/api/v1/events/visit",
+                    f"{s.tracker}/api/v1/events/visit",
                     [
                         {
                             "tempId": f"10000000-0000-4000-8000-{i:012d}",
@@ -119,7 +77,7 @@ async def one_run(seconds: float) -> dict[str, tuple[float, float]]:
                 )
                 invite_ms = await open_loop(
                     session,
-                    f"{base}/api/v1/events/invite",
+                    f"{s.tracker}/api/v1/events/invite",
                     [
                         {
                             "tempId": f"00000000-0000-4000-8000-{i:012d}",
@@ -129,13 +87,8 @@ async def one_run(seconds: float) -> dict[str, tuple[float, float]]:
                     ],
                     200,
                 )
-            joins.cancel()
-            process.terminate()
-            await process.wait(20)
         finally:
-            await process.ensure_dead()
-            await telegram.stop()
-            await adtarget.stop()
+            joins.cancel()
     return {
         "invite": (statistics.median(invite_ms), percentile(invite_ms, 0.99)),
         "visit": (statistics.median(visit_ms), percentile(visit_ms, 0.99)),
@@ -148,14 +101,6 @@ async def _joins_meanwhile(telegram: FakeTelegram) -> None:
         telegram.join(CHANNEL_ID, user)
         user += 1
         await asyncio.sleep(1.0)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def main() -> None:
