@@ -123,7 +123,7 @@ async def test_pacing_queues_a_burst_instead_of_drawing_429s(
 ) -> None:
     adtarget.set_rate(rate_per_minute=600, burst=3)  # 10/s after a burst of 3
     running = await start_bridge(
-        tmp_path, telegram, adtarget, adtarget_rate_per_minute=540, adtarget_burst=3
+        tmp_path, telegram, adtarget, adtarget_rate_per_minute=450, adtarget_burst=3
     )
     custom_bridge.append(running)
     for user_id in range(7000100, 7000112):
@@ -131,7 +131,8 @@ async def test_pacing_queues_a_burst_instead_of_drawing_429s(
     await adtarget.wait_for_conversions(12, timeout=15)
     assert adtarget.status_counts().get(429, 0) == 0
     times = [r.at for r in adtarget.received_on(CONVERSION)]
-    # 12 sends at 9/s after a burst of 3 need at least ~1 s.
+    # 12 sends at 7.5/s after a burst of 3 need at least ~1.2 s; the 25 % margin
+    # under the fake's 10/s keeps scheduling jitter on a busy machine from a 429.
     assert times[-1] - times[0] >= 0.9
 
 
