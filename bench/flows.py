@@ -78,7 +78,12 @@ async def stage(
             if module == "bot":
                 telegram.bot_status_change(CHANNEL_ID, "administrator")
                 await eventually(lambda: pool_size(db) >= pool, timeout=600, interval=0.05)
-            yield Stage(telegram, adtarget, process, env, db, f"http://127.0.0.1:{port}", started)
+            current = Stage(
+                telegram, adtarget, process, env, db, f"http://127.0.0.1:{port}", started
+            )
+            yield current
+            # A caller may have replaced the process (the soak restarts it).
+            process = current.process
         finally:
             if process.proc is not None and process.proc.returncode is None:
                 process.terminate()

@@ -18,17 +18,16 @@ import contextlib
 import random
 import sqlite3
 import statistics
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 
-from bench.common import free_port
+from bench.flows import stage
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, CHANNEL_TITLE, BridgeProcess, bridge_env, eventually
+from tests.harness import CHANNEL_ID, BridgeProcess, eventually
 
 CONVERSION = "/api/v1/events/conversion"
 WARM_UP = 300.0
@@ -110,67 +109,41 @@ async def main() -> None:
     parser.add_argument("--minutes", type=float, default=30)
     args = parser.parse_args()
     total = args.minutes * 60
-    with tempfile.TemporaryDirectory() as tmp:
-        telegram, adtarget = FakeTelegram(), FakeAdTarget()
-        await telegram.start()
-        await adtarget.start()
-        telegram.add_channel(CHANNEL_ID, CHANNEL_TITLE)
-        port = free_port()
-        env = bridge_env(
-            Path(tmp),
-            telegram,
-            adtarget,
-            log_level="WARNING",
-            tracker_port=port,
-            adtarget_timeout=5,
-            backoff_cap=10,
-            tracker_rate_per_minute=100_000,
-            tracker_burst=10_000,
-            invite_pool_size=50,
-        )
-        env["TRACKER_PORT"] = str(port)
-        db = Path(env["DATABASE_PATH"])
-        base = f"http://127.0.0.1:{port}"
-        counts: Counter[str] = Counter()
-        stop = asyncio.Event()
-        memory: list[list[tuple[float, float]]] = [[], []]
+    counts: Counter[str] = Counter()
+    stop = asyncio.Event()
+    memory: list[list[tuple[float, float]]] = [[], []]
+    async with stage("bot", pool=50, adtarget_timeout=5, backoff_cap=10) as s:
         started = time.monotonic()
-        process = BridgeProcess(env, Path(tmp) / "soak-1.log")
-        await process.start()
-        telegram.bot_status_change(CHANNEL_ID, "administrator")
-        await eventually(lambda: bool(telegram.calls_to("getUpdates")), timeout=60)
         await asyncio.sleep(2)
-        load = asyncio.create_task(traffic(base, telegram, stop, counts))
-        chaos = asyncio.create_task(faults(adtarget, stop, every=180))
+        load = asyncio.create_task(traffic(s.tracker, s.telegram, stop, counts))
+        chaos = asyncio.create_task(faults(s.adtarget, stop, every=180))
         life, life_start, killed = 0, time.monotonic(), False
         while time.monotonic() - started < total:
             await asyncio.sleep(10)
             if time.monotonic() - life_start > WARM_UP:
-                memory[life].append((time.monotonic(), process.rss_mb()))
+                memory[life].append((time.monotonic(), s.process.rss_mb()))
             if not killed and time.monotonic() - started > total / 2:
                 print(f"  [{time.strftime('%H:%M:%S')}] SIGKILL and restart", flush=True)
-                process.kill()
-                await process.wait(10)
-                process = BridgeProcess(env, Path(tmp) / "soak-2.log")
-                await process.start()
+                s.process.kill()
+                await s.process.wait(10)
+                s.process = BridgeProcess(s.env, s.db.parent / "soak-2.log")
+                await s.process.start()
                 life, life_start, killed = 1, time.monotonic(), True
         stop.set()
         await asyncio.gather(load, chaos, return_exceptions=True)
-        adtarget.clear_faults()
+        s.adtarget.clear_faults()
         drain_sql = "SELECT count(*) FROM outbox WHERE kind = 'conversion' AND state != 'delivered'"
-        await eventually(lambda: query(db, drain_sql)[0][0] == 0, timeout=600, interval=1)
-        process.terminate()
-        exit_status = await process.wait(20)
+        await eventually(lambda: query(s.db, drain_sql)[0][0] == 0, timeout=600, interval=1)
+        s.process.terminate()
+        exit_status = await s.process.wait(20)
         attributed = {
-            int(r[0]) for r in query(db, "SELECT user_id FROM joins WHERE kind = 'attributed'")
+            int(r[0]) for r in query(s.db, "SELECT user_id FROM joins WHERE kind = 'attributed'")
         }
-        sent = Counter(int(c["telegramUserId"]) for c in adtarget.conversions)
+        sent = Counter(int(c["telegramUserId"]) for c in s.adtarget.conversions)
         duplicates = [u for u, n in sent.items() if n > 1]
         missing = attributed - set(sent)
-        parked = query(db, "SELECT count(*) FROM outbox WHERE state = 'parked'")[0][0]
-        integrity = query(db, "PRAGMA integrity_check")[0][0]
-        await telegram.stop()
-        await adtarget.stop()
+        parked = query(s.db, "SELECT count(*) FROM outbox WHERE state = 'parked'")[0][0]
+        integrity = query(s.db, "PRAGMA integrity_check")[0][0]
     print(f"soak: {args.minutes:.0f} min, {dict(counts)}")
     print(
         f"  attributed joins recorded {len(attributed)},"
