@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import fcntl
 import html
-import ipaddress
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -186,9 +185,7 @@ async def build(settings: Settings) -> Bridge:
         pool,
         health,
         TrackerConfig(
-            trusted_proxies=tuple(
-                ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies
-            ),
+            trusted_proxies=settings.trusted_proxies,
             allowed_origins=settings.tracker_allowed_origins,
             token=settings.tracker_token.get_secret_value() if settings.tracker_token else None,
             rate_per_minute=settings.tracker_rate_per_minute,

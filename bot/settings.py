@@ -7,7 +7,6 @@ as a traceback.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -16,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.events import EventType
+from bot.tracker_input import IPNetwork, parse_trusted_proxies
 
 _TOKEN_SHAPE = re.compile(r"^\d+:[\w-]+$")
 
@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     # The tracker's address as landing pages reach it (behind your proxy), for the
     # snippet the bot hands out; default http://TRACKER_HOST:TRACKER_PORT.
     tracker_public_url: str | None = None
-    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
     tracker_allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
     tracker_token: SecretStr | None = None
     tracker_rate_per_minute: float = Field(default=120.0, gt=0)
@@ -107,15 +107,8 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _proxies(cls, value: object) -> object:
-        if isinstance(value, str):
-            items = tuple(p.strip() for p in value.split(",") if p.strip())
-            for item in items:
-                try:
-                    ipaddress.ip_network(item, strict=False)
-                except ValueError:
-                    raise ValueError(f"{item!r} is not an IP address or network") from None
-            return items
-        return value
+        # The tracker's own parser: one place decides what a proxy entry may be.
+        return tuple(parse_trusted_proxies(value)) if isinstance(value, str) else value
 
     @field_validator("tracker_allowed_origins", mode="before")
     @classmethod

@@ -62,6 +62,7 @@ def test_secret_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"DEFAULT_EVENT_TYPE": "Purchase"}, "DEFAULT_EVENT_TYPE is invalid"),
         ({"ADMIN_IDS": "12,abc"}, "ADMIN_IDS is invalid: must be comma-separated"),
         ({"ADTARGET_API_URL": "adtarget.io"}, "ADTARGET_API_URL is invalid"),
+        ({"TRUSTED_PROXIES": "10.0.0.0/8, localhost"}, "TRUSTED_PROXIES is invalid"),
     ],
 )
 def test_errors_name_the_variable(
