@@ -1,0 +1,74 @@
+"""`python -m bot [command]`: the bridge itself, and the one-shot tools beside it.
+
+Each command lives in its own module, imported only when asked for, so that
+`python -m bot doctor` does not pay for what `python -m bot` needs and a typo
+in one tool cannot break the others. A command module exposes
+`add_arguments(parser)` and `run(args) -> int` (the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol, cast
+
+# name -> (module, one-line help). `run` is the default when no command is given.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("bot.cli_run", "run the bridge until SIGTERM or SIGINT (the default)"),
+    "sandbox": ("bot.cli_sandbox", "try the bridge against built-in simulators, no token needed"),
+    "doctor": ("bot.cli_doctor", "check a real setup: token, AdTarget key, channels, database"),
+    "backup": ("bot.cli_backup", "write a consistent copy of the database, even while it runs"),
+    "forget": ("bot.cli_forget", "erase one Telegram user's joins and visits"),
+    "lead": ("bot.cli_leads", "show what AdTarget and the bridge hold for one Telegram user"),
+    "fire": ("bot.cli_leads", "queue a follow-up event for an existing lead"),
+    "value": ("bot.cli_leads", "queue a value for a conversion awaiting manual input"),
+}
+
+EXIT_USAGE = 2
+
+
+class CommandModule(Protocol):
+    def add_arguments(self, parser: argparse.ArgumentParser, command: str) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def _load(command: str) -> CommandModule:
+    module_name, _ = COMMANDS[command]
+    return cast(CommandModule, importlib.import_module(module_name))
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: python -m bot [command] [arguments]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += ["", "`python -m bot <command> --help` shows a command's arguments."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments:
+        arguments = ["run"]
+    command = arguments[0]
+    if command in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if command not in COMMANDS:
+        print(f"joinbridge: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return EXIT_USAGE
+    # Only the asked-for command's module is imported, so one tool never pays
+    # for another's imports (aiogram alone takes seconds).
+    module = _load(command)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m bot {command}", description=COMMANDS[command][1]
+    )
+    module.add_arguments(parser, command)
+    try:
+        args = parser.parse_args(arguments[1:])
+    except SystemExit as exit_:  # argparse already printed the usage and the reason
+        return 0 if exit_.code == 0 else EXIT_USAGE
+    args.command = command
+    return module.run(args)
