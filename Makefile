@@ -22,7 +22,9 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy $(CODE)
 
+# The browser test needs Debian's chromium; the script installs it when run as root.
 unit: $(BIN)/.installed
+	bash .ci/ensure-chromium
 	$(BIN)/pytest
 
 test: lint typecheck unit
