@@ -2,20 +2,83 @@
 
 Retrying, pacing and classification belong to the courier; this module only
 speaks the wire protocol (auth header, Idempotency-Key, error envelope).
+
+Two layers: `post` / `get` carry any stored request and return the raw
+`ApiAnswer` (the courier sends outbox rows this way and classifies the answer
+itself); the typed methods below them take and return the models of
+bot/adtarget_models.py and raise the typed errors of bot/adtarget_errors.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 
+from bot.adtarget_errors import AdTargetError, UnexpectedAnswer, Unreachable, error_from_answer
+from bot.adtarget_models import (
+    ChannelList,
+    ConversionAnswer,
+    ConversionRequest,
+    InviteAnswer,
+    InviteRequest,
+    Lead,
+    LeadEventRequest,
+    RemoteChannel,
+    SuccessAnswer,
+    UpdateFbpRequest,
+    ValueRequest,
+    VisitAnswer,
+    VisitRequest,
+)
 from bot.pacing import TokenBucket
 
 API_PREFIX = "/api/v1"
+CLIENT_IP_HEADER = "X-Adtarget-Client-IP"
+CLIENT_UA_HEADER = "X-Adtarget-Client-User-Agent"
+VISIT_PATH = "/events/visit"
+UPDATE_FBP_PATH = "/events/update-fbp"
+INVITE_PATH = "/events/invite"
+CONVERSION_PATH = "/events/conversion"
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def lead_path(telegram_user_id: int) -> str:
+    return f"/leads/{telegram_user_id}"
+
+
+def lead_events_path(telegram_user_id: int) -> str:
+    return f"/leads/{telegram_user_id}/events"
+
+
+def conversion_value_path(telegram_user_id: int, conversion_id: str) -> str:
+    # The id is AdTarget's; quoted so that a stray "/" cannot change the route.
+    return f"/leads/{telegram_user_id}/conversions/{quote(conversion_id, safe='')}/value"
+
+
+def visitor_headers(
+    body: dict[str, Any], client_ip: str | None, user_agent: str | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Move the real visitor's IP and User-Agent into AdTarget's forwarding headers.
+
+    AdTarget lets the headers win over the body's clientIp / userAgent, so an
+    explicit `client_ip` / `user_agent` wins over the body here too; what is
+    sent is then one unambiguous value per field, in the header.
+    """
+    body = dict(body)
+    body_ip, body_agent = body.pop("clientIp", None), body.pop("userAgent", None)
+    headers = {}
+    if ip := client_ip or body_ip:
+        headers[CLIENT_IP_HEADER] = str(ip)
+    if agent := user_agent or body_agent:
+        headers[CLIENT_UA_HEADER] = str(agent)
+    return body, headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +110,10 @@ class ApiAnswer:
             text += f": {self.error_message}"
         return text
 
+    def error(self) -> AdTargetError:
+        """This (non-2xx) answer as a typed error."""
+        return error_from_answer(self.status, self.body, self.retry_after)
+
 
 def parse_retry_after(value: str | None) -> float | None:
     if value is None:
@@ -70,6 +137,7 @@ class AdTargetClient:
     ) -> None:
         # Every request takes a token: AdTarget's limit is per key, whatever the call.
         self.pacer = pacer or TokenBucket(300 / 60.0, 50)
+        self.timeout = timeout
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + API_PREFIX,
             headers={
@@ -107,6 +175,125 @@ class AdTargetClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    # ---- typed writes: the models in, the answer model out, typed errors ----
+
+    async def send_visit(
+        self,
+        visit: VisitRequest,
+        *,
+        idempotency_key: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> VisitAnswer:
+        body, headers = visitor_headers(visit.body(), client_ip, user_agent)
+        return await self._write(VISIT_PATH, body, idempotency_key, headers, VisitAnswer)
+
+    async def update_fbp(
+        self,
+        update: UpdateFbpRequest,
+        *,
+        idempotency_key: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> SuccessAnswer:
+        body, headers = visitor_headers(update.body(), client_ip, user_agent)
+        return await self._write(UPDATE_FBP_PATH, body, idempotency_key, headers, SuccessAnswer)
+
+    async def create_invite(
+        self,
+        invite: InviteRequest,
+        *,
+        idempotency_key: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> InviteAnswer:
+        body, headers = visitor_headers(invite.body(), client_ip, user_agent)
+        return await self._write(INVITE_PATH, body, idempotency_key, headers, InviteAnswer)
+
+    async def send_conversion(
+        self, conversion: ConversionRequest, *, idempotency_key: str
+    ) -> ConversionAnswer:
+        return await self._write(
+            CONVERSION_PATH, conversion.body(), idempotency_key, None, ConversionAnswer
+        )
+
+    async def send_lead_event(
+        self, telegram_user_id: int, event: LeadEventRequest, *, idempotency_key: str
+    ) -> ConversionAnswer:
+        path = lead_events_path(telegram_user_id)
+        return await self._write(path, event.body(), idempotency_key, None, ConversionAnswer)
+
+    async def send_value(
+        self,
+        telegram_user_id: int,
+        conversion_id: str,
+        value: ValueRequest,
+        *,
+        idempotency_key: str,
+    ) -> SuccessAnswer:
+        path = conversion_value_path(telegram_user_id, conversion_id)
+        return await self._write(path, value.body(), idempotency_key, None, SuccessAnswer)
+
+    # ---- typed reads: direct, bounded in time ----
+
+    async def get_lead(self, telegram_user_id: int) -> Lead:
+        """What AdTarget holds for this user; LeadNotFound when nothing."""
+        return await self._read(lead_path(telegram_user_id), Lead)
+
+    async def list_channels(self) -> list[RemoteChannel]:
+        """The site's active channels."""
+        return (await self._read("/channels", ChannelList)).channels
+
+    async def _write(
+        self,
+        path: str,
+        body: dict[str, Any],
+        idempotency_key: str,
+        headers: dict[str, str] | None,
+        model: type[_Model],
+    ) -> _Model:
+        try:
+            answer = await self.post(
+                path, body, idempotency_key=idempotency_key, headers=headers or None
+            )
+        except httpx.HTTPError as error:
+            raise _unreachable(error) from error
+        return _parsed(answer, model)
+
+    async def _read(self, path: str, model: type[_Model]) -> _Model:
+        # The deadline covers the wait for a pacing token too: a reader (an
+        # admin, a script) gets an answer or a clear error, never an open wait.
+        try:
+            async with asyncio.timeout(self.timeout * 2):
+                answer = await self.get(path)
+        except TimeoutError:
+            raise Unreachable(
+                "unreachable", f"no answer within {self.timeout * 2:g} s", status=0
+            ) from None
+        except httpx.HTTPError as error:
+            raise _unreachable(error) from error
+        return _parsed(answer, model)
+
+
+def _unreachable(error: httpx.HTTPError) -> Unreachable:
+    if isinstance(error, httpx.TimeoutException):
+        return Unreachable("unreachable", f"timed out ({type(error).__name__})", status=0)
+    return Unreachable("unreachable", f"{type(error).__name__}: {error}", status=0)
+
+
+def _parsed(answer: ApiAnswer, model: type[_Model]) -> _Model:
+    if not 200 <= answer.status < 300:
+        raise answer.error()
+    try:
+        return model.model_validate(answer.body)
+    except ValidationError as error:
+        raise UnexpectedAnswer(
+            "",
+            f"the answer is not the documented {model.__name__}: "
+            f"{error.error_count()} problem(s), first: {error.errors()[0]['msg']}",
+            status=answer.status,
+        ) from None
 
 
 def _answer(response: httpx.Response) -> ApiAnswer:

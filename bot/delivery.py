@@ -12,9 +12,17 @@ from dataclasses import dataclass
 import httpx
 
 from bot.adtarget import ApiAnswer
+from bot.adtarget_errors import ErrorCode
+from bot.followups import park_reason
+from storage.outbox import OutboxRow
 
-# Codes AdTarget documents as "do not retry": the row waits for a human.
-_PARK_CODES = {"INVALID_PAYLOAD", "CHANNEL_NOT_FOUND"}
+# Codes that will not change by sending again: the row waits for a human.
+_PARK_CODES = {
+    ErrorCode.INVALID_PAYLOAD,
+    ErrorCode.CHANNEL_NOT_FOUND,
+    ErrorCode.LEAD_NOT_FOUND,  # a follow-up for a lead AdTarget does not hold
+    ErrorCode.CONVERSION_NOT_FOUND,  # a value for a conversion it does not hold
+}
 
 
 class Verdict(enum.Enum):
@@ -33,7 +41,7 @@ class Outcome:
     retry_after: float | None = None
 
 
-def classify_answer(answer: ApiAnswer) -> Outcome:
+def classify_answer(answer: ApiAnswer, row: OutboxRow | None = None) -> Outcome:
     status = answer.status
     reason = answer.describe()
     if 200 <= status < 300:
@@ -47,6 +55,8 @@ def classify_answer(answer: ApiAnswer) -> Outcome:
     if status >= 500 or status in (408, 425):
         return Outcome(Verdict.RETRY, reason, answer.retry_after)
     if answer.error_code in _PARK_CODES:
+        if row is not None:
+            reason = park_reason(answer.error_code, row.path, row.telegram_user_id, reason)
         return Outcome(Verdict.PARK, reason)
     # Any other 4xx (an unknown route, 403, 413, ...) will not fix itself by
     # being sent again; parking keeps it visible and retryable by an admin.

@@ -18,15 +18,8 @@ class ChannelSync:
         self._db = db
 
     async def run(self) -> tuple[int, list[str]]:
-        """Map our channels; returns (mapped, problems). Raises on no answer."""
-        answer = await self._client.get("/channels")
-        if answer.status != 200 or not isinstance(answer.body, dict):
-            raise RuntimeError(f"AdTarget answered {answer.describe()}")
-        remote = {
-            str(c.get("telegramChannelId")): c
-            for c in answer.body.get("channels") or []
-            if isinstance(c, dict) and c.get("telegramChannelId")
-        }
+        """Map our channels; returns (mapped, problems). Raises AdTargetError."""
+        remote = {c.telegram_channel_id: c for c in await self._client.list_channels()}
         mapped, problems = 0, []
         for channel in await channels.list_all(self._db):
             found = remote.get(str(channel.chat_id))
@@ -34,12 +27,8 @@ class ChannelSync:
                 if channel.active:
                     problems.append(f"{channel.title}: not among AdTarget's channels")
                 continue
-            event = found.get("eventType")
             await channels.set_adtarget_id(
-                self._db,
-                channel.chat_id,
-                str(found.get("channelId")),
-                event if isinstance(event, str) else None,
+                self._db, channel.chat_id, found.channel_id, found.event_type
             )
             mapped += 1
         log.info("AdTarget channels synced: %d mapped, %d not found", mapped, len(problems))

@@ -101,6 +101,24 @@ async def open_database(path: Path) -> Database:
     return db
 
 
+async def open_readonly(path: Path) -> Database:
+    """For a tool beside a running bridge: no migrations, no writes possible.
+
+    FileNotFoundError when there is no database there yet.
+    """
+    conn = await aiosqlite.connect(_readonly_uri(path), uri=True, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return Database(conn, path)
+
+
+def _readonly_uri(path: Path) -> str:
+    # A file check before SQLite's own "unable to open database file" says which.
+    if not path.is_file():
+        raise FileNotFoundError(str(path))
+    return f"{path.resolve().as_uri()}?mode=ro"
+
+
 def _migrations() -> list[tuple[int, str, str]]:
     found = []
     for entry in resources.files("storage.migrations").iterdir():
