@@ -44,6 +44,9 @@ class CourierConfig:
     auth_probe_interval: float = 300.0
     billing_probe_interval: float = 1800.0
     shutdown_grace: float = 5.0
+    # In-process writers wake the courier; a row written by another process
+    # (`python -m bot fire`) is only seen by looking, so it looks this often.
+    poll_interval: float = 2.0
 
     @property
     def lease(self) -> float:
@@ -137,8 +140,8 @@ class Courier:
             return 0.0
         due = await outbox.next_due_at(self._db)
         if due is None:
-            return IDLE_WAIT
-        return min(max(due - time.time(), 0.0), IDLE_WAIT)
+            return self._config.poll_interval
+        return min(max(due - time.time(), 0.0), self._config.poll_interval)
 
     def _start(self, row: OutboxRow) -> None:
         task = asyncio.create_task(self._deliver(row), name=f"courier-row-{row.id}")
@@ -181,7 +184,7 @@ class Courier:
                 answer_body: Any = None
                 replay = False
             else:
-                outcome = classify_answer(answer)
+                outcome = classify_answer(answer, row)
                 answer_body, replay = answer.body, answer.replay
             elapsed_ms = (time.monotonic() - started) * 1000
             await self._apply(row, outcome, answer_body, replay, elapsed_ms)
