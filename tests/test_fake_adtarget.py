@@ -374,3 +374,14 @@ async def test_wait_for_conversions_and_latency(
     assert len(await waiter) == 2
     with pytest.raises(TimeoutError):
         await fake.wait_for_conversions(3, timeout=0.1)
+
+
+async def test_a_failing_handler_answers_internal_error_in_the_envelope(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(text: str) -> int:
+        raise RuntimeError("storage exploded")
+
+    monkeypatch.setattr("tests.fakes.adtarget_rules.user_id", broken)
+    response = await client.get("/api/v1/leads/42")
+    assert _error(response) == (500, "INTERNAL_ERROR", "RuntimeError: storage exploded")

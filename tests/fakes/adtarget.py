@@ -247,6 +247,10 @@ class FakeAdTarget:
             if request.transport is not None:
                 request.transport.close()
             return web.Response()  # nothing reaches the client: the transport is closed
+        except Exception as exc:
+            # An unexpected failure in a handler still answers in AdTarget's
+            # envelope ("every error is {"error": {code, message}}"), as a 500.
+            answer = _ApiError(500, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}").answer
         await self._nap(self.latency)
         rec.status = answer.status
         rec.answer_headers = {k.lower(): v for k, v in (answer.headers or {}).items()}
