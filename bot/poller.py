@@ -4,8 +4,9 @@ aiogram's `start_polling` confirms a batch before (or regardless of whether)
 its handlers succeed, retries a 401 forever and lets a network error in its
 first getMe end the process. This loop keeps aiogram's Bot, methods and
 Dispatcher, and changes the order: each getUpdates batch is committed to the
-`updates` table first, then fed to the dispatcher; only then does the next
-getUpdates carry the higher offset that confirms it to Telegram. A handler that
+`updates` table first; only then does the next getUpdates carry the higher
+offset that confirms it to Telegram. A second task feeds the stored batches to
+the dispatcher in order and persists what the handlers returned. A handler that
 raises leaves its update stored as `failed`, logged and counted, and retried
 with backoff.
 """
@@ -57,6 +58,11 @@ class BatchSink(Protocol):
 
 
 PRUNE_EVERY = 3600.0
+# How many stored batches polling may run ahead of handling.
+HANDOFF_BATCHES = 4
+# A stored update still `new` after this long was orphaned by a failed handling
+# pass (the queue never holds one this long); the retry pass takes it up.
+STALE_NEW_AFTER = 300.0
 
 
 class BadBotToken(RuntimeError):
@@ -118,9 +124,26 @@ class Poller:
             is None
         ):
             return
-        await self._retry_stored(stop, everything=True)
-        next_retry_pass = time.monotonic() + self._config.update_retry_base
-        next_prune = time.monotonic()
+        await self._retry_stored(stop, at_start=True)
+        handoff: asyncio.Queue[list[Update] | None] = asyncio.Queue(maxsize=HANDOFF_BATCHES)
+        handling = asyncio.create_task(self._handle_loop(handoff, stop), name="update-handling")
+        try:
+            await self._poll_loop(handoff, stop)
+            # Batches already stored and queued are handled before we return; any
+            # the shutdown grace cuts short stay `new` and are handled at next start.
+            if not handling.done():
+                await handoff.put(None)
+            await handling
+        finally:
+            handling.cancel()
+
+    async def _poll_loop(
+        self, handoff: asyncio.Queue[list[Update] | None], stop: asyncio.Event
+    ) -> None:
+        """Fetch, store, hand over. A batch is confirmed (by the next getUpdates'
+        offset) once it is committed to the inbox, not once it is handled: the
+        next long poll overlaps with handling, and a crash in between loses
+        nothing because unhandled stored updates are handled at start."""
         while not stop.is_set():
             batch = await self._call_until_ok(
                 GetUpdates(
@@ -136,36 +159,32 @@ class Poller:
             if batch is None:
                 return
             self.stats.last_poll_ok_at = time.time()
-            if batch:
-                try:
-                    await self._handle_batch(batch)
-                except Exception as error:
-                    # Nothing is confirmed: the same offset fetches this batch again.
-                    delay = self._next_backoff()
-                    log.error(
-                        "could not store updates %d-%d (%s: %s); not confirming them,"
-                        " retrying in %.1f s",
-                        batch[0].update_id,
-                        batch[-1].update_id,
-                        type(error).__name__,
-                        error,
-                        delay,
-                    )
-                    await wait_any(stop, timeout=delay)
-                    continue
-                # The next getUpdates confirms this batch; it is all stored by now.
-                self._offset = batch[-1].update_id + 1
-            if time.monotonic() >= next_retry_pass:
-                await self._retry_stored(stop, everything=False)
-                next_retry_pass = time.monotonic() + self._config.update_retry_base
-            if time.monotonic() >= next_prune:
-                # Handled updates only matter while Telegram could still resend them.
-                pruned = await inbox.prune_done(self._db)
-                if pruned:
-                    log.info("%d handled update(s) older than 48 h forgotten", pruned)
-                next_prune = time.monotonic() + PRUNE_EVERY
+            if not batch:
+                continue
+            try:
+                already_done = await self._store(batch)
+            except Exception as error:
+                # Nothing is confirmed: the same offset fetches this batch again.
+                delay = self._next_backoff()
+                log.error(
+                    "could not store updates %d-%d (%s: %s); not confirming them,"
+                    " retrying in %.1f s",
+                    batch[0].update_id,
+                    batch[-1].update_id,
+                    type(error).__name__,
+                    error,
+                    delay,
+                )
+                await wait_any(stop, timeout=delay)
+                continue
+            self._offset = batch[-1].update_id + 1
+            fresh = [u for u in batch if u.update_id not in already_done]
+            if fresh:
+                # Waits while handling is HANDOFF_BATCHES behind: memory stays bounded
+                # and a slow disk slows polling instead of piling up updates.
+                await handoff.put(fresh)
 
-    async def _handle_batch(self, batch: list[Update]) -> None:
+    async def _store(self, batch: list[Update]) -> set[int]:
         rows = [
             (u.update_id, u.event_type, u.model_dump_json(exclude_unset=True, by_alias=True))
             for u in batch
@@ -174,7 +193,52 @@ class Poller:
         self.stats.received += len(batch)
         for update_id in sorted(already_done):
             log.info("update %d was already handled; skipped", update_id)
-        await self._process([(u, 0) for u in batch if u.update_id not in already_done])
+        return already_done
+
+    async def _handle_loop(
+        self, handoff: asyncio.Queue[list[Update] | None], stop: asyncio.Event
+    ) -> None:
+        """Handle stored batches in order; between them, retry failed updates
+        whose time came and prune old handled ones."""
+        next_retry_pass = time.monotonic() + self._config.update_retry_base
+        next_prune = time.monotonic()
+        getter: asyncio.Future[list[Update] | None] | None = None
+        try:
+            while True:
+                if getter is None:
+                    getter = asyncio.ensure_future(handoff.get())
+                timeout = max(min(next_retry_pass, next_prune) - time.monotonic(), 0.0)
+                await asyncio.wait({getter}, timeout=timeout)
+                if getter.done():
+                    batch, getter = getter.result(), None
+                    if batch is None:
+                        return
+                    await self._process_guarded([(u, 0) for u in batch])
+                if time.monotonic() >= next_retry_pass and not stop.is_set():
+                    await self._retry_stored(stop, at_start=False)
+                    next_retry_pass = time.monotonic() + self._config.update_retry_base
+                if time.monotonic() >= next_prune:
+                    # Handled updates only matter while Telegram could still resend them.
+                    pruned = await inbox.prune_done(self._db)
+                    if pruned:
+                        log.info("%d handled update(s) older than 48 h forgotten", pruned)
+                    next_prune = time.monotonic() + PRUNE_EVERY
+        finally:
+            if getter is not None:
+                getter.cancel()
+
+    async def _process_guarded(self, updates: list[tuple[Update, int]]) -> None:
+        try:
+            await self._process(updates)
+        except Exception:
+            # Even recording the failure failed (the disk, most likely). The updates
+            # stay stored as `new` and a later retry pass takes them up again.
+            log.exception(
+                "handling updates %d-%d failed; they stay stored and are retried in %.0f s",
+                updates[0][0].update_id,
+                updates[-1][0].update_id,
+                STALE_NEW_AFTER,
+            )
 
     async def _process(self, updates: list[tuple[Update, int]]) -> None:
         """Feed updates to the handlers, then persist what they returned and mark the
@@ -238,23 +302,21 @@ class Poller:
             exc_info=error,
         )
 
-    async def _retry_stored(self, stop: asyncio.Event, *, everything: bool) -> None:
-        """Feed stored updates again: failed ones whose time came, and at start also
-        those a crash left between storing and handling."""
-        now = float("inf") if everything else time.time()
+    async def _retry_stored(self, stop: asyncio.Event, *, at_start: bool) -> None:
+        """Feed stored updates again: failed ones whose time came (at start: all of
+        them), and those left unhandled by a crash or a failed handling pass."""
+        now = float("inf") if at_start else time.time()
+        new_before = now if at_start else now - STALE_NEW_AFTER
         seen: set[int] = set()
         while not stop.is_set():
-            due = [
-                u for u in await inbox.due_for_retry(self._db, now=now) if u.update_id not in seen
-            ]
+            stored = await inbox.due_for_retry(self._db, now=now, new_before=new_before)
+            due = [u for u in stored if u.update_id not in seen]
             if not due:
                 return
             seen.update(u.update_id for u in due)
-            for stored in due:
-                log.info(
-                    "update %d: handling again (attempt %d)", stored.update_id, stored.attempts + 1
-                )
-            await self._process(
+            for one in due:
+                log.info("update %d: handling again (attempt %d)", one.update_id, one.attempts + 1)
+            await self._process_guarded(
                 [
                     (Update.model_validate(s.raw, context={"bot": self._bot}), s.attempts)
                     for s in due

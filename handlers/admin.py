@@ -5,12 +5,13 @@ Thin: read the command, ask the console, send its reply.
 
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Router
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import CallbackQuery, Message
 
 from bot.console import HELP, Console, Reply
 from bot.sync import ChannelSync
+from handlers.filters import PRIVATE, CallbackData
 
 
 def _args(command: CommandObject) -> list[str]:
@@ -104,7 +105,7 @@ async def on_stats_button(query: CallbackQuery, console: Console) -> None:
 
 def make_router() -> Router:
     router = Router(name="admin")
-    router.message.filter(F.chat.type == "private")
+    router.message.filter(PRIVATE)
     router.message.register(on_help, CommandStart())
     router.message.register(on_help, Command("help"))
     router.message.register(on_stats, Command("stats"))
@@ -118,5 +119,5 @@ def make_router() -> Router:
     router.message.register(on_pause, Command("pause"))
     router.message.register(on_resume, Command("resume"))
     router.message.register(on_sync, Command("sync"))
-    router.callback_query.register(on_stats_button, F.data.startswith("st:"))
+    router.callback_query.register(on_stats_button, CallbackData("st:"))
     return router

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Router
 from aiogram.types import ChatJoinRequest, Update
 
 from bot.join_requests import JoinRequestSeen
+from handlers.filters import CHANNELS
 from handlers.joins import chat_ref
 
 
@@ -21,6 +22,6 @@ async def on_join_request(event: ChatJoinRequest, event_update: Update) -> JoinR
 
 def make_router() -> Router:
     router = Router(name="join_requests")
-    router.chat_join_request.filter(F.chat.type.in_({"channel", "supergroup"}))
+    router.chat_join_request.filter(CHANNELS)
     router.chat_join_request.register(on_join_request)
     return router

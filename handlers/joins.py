@@ -6,11 +6,12 @@ persists for the whole getUpdates batch in one transaction.
 
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Router
 from aiogram.filters import JOIN_TRANSITION, LEAVE_TRANSITION, ChatMemberUpdatedFilter
 from aiogram.types import Chat, ChatMemberUpdated, Update
 
 from bot.joins import ChatRef, JoinSeen, LeaveSeen
+from handlers.filters import CHANNELS
 
 
 def chat_ref(chat: Chat) -> ChatRef:
@@ -40,7 +41,7 @@ async def on_leave(event: ChatMemberUpdated, event_update: Update) -> LeaveSeen:
 def make_router() -> Router:
     # A fresh router per dispatcher: aiogram attaches a router to one parent only.
     router = Router(name="joins")
-    router.chat_member.filter(F.chat.type.in_({"channel", "supergroup"}))
+    router.chat_member.filter(CHANNELS)
     router.chat_member.register(on_join, ChatMemberUpdatedFilter(JOIN_TRANSITION))
     router.chat_member.register(on_leave, ChatMemberUpdatedFilter(LEAVE_TRANSITION))
     return router

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Router
 from aiogram.types import ChatMemberAdministrator, ChatMemberOwner, ChatMemberUpdated
 
 from bot.onboarding import BotMembership, Onboarding
+from handlers.filters import CHANNELS
 from handlers.joins import chat_ref
 
 
@@ -27,6 +28,6 @@ async def on_bot_status(event: ChatMemberUpdated, onboarding: Onboarding) -> Non
 
 def make_router() -> Router:
     router = Router(name="membership")
-    router.my_chat_member.filter(F.chat.type.in_({"channel", "supergroup"}))
+    router.my_chat_member.filter(CHANNELS)
     router.my_chat_member.register(on_bot_status)
     return router

@@ -72,12 +72,16 @@ async def mark_failed(db: Database, update_id: int, *, error: str, retry_at: flo
     return int(rows[0][0]) if rows else 0
 
 
-async def due_for_retry(db: Database, *, now: float, limit: int = 100) -> list[StoredUpdate]:
-    """Failed updates whose retry time came, and `new` ones a crash left unhandled."""
+async def due_for_retry(
+    db: Database, *, now: float, new_before: float, limit: int = 100
+) -> list[StoredUpdate]:
+    """Failed updates whose retry time came, and `new` ones stored before
+    `new_before` (left unhandled by a crash, or by a handling pass that died)."""
     rows = await db.fetchall(
-        "SELECT update_id, raw, attempts FROM updates WHERE state != 'done'"
-        " AND coalesce(next_retry_at, 0) <= ? ORDER BY update_id LIMIT ?",
-        (now, limit),
+        "SELECT update_id, raw, attempts FROM updates"
+        " WHERE (state = 'failed' AND next_retry_at <= ?) OR (state = 'new' AND received_at < ?)"
+        " ORDER BY update_id LIMIT ?",
+        (now, new_before, limit),
     )
     return [StoredUpdate(int(r[0]), json.loads(r[1]), int(r[2])) for r in rows]
 

@@ -183,9 +183,16 @@ async def test_inbox_batches_failures_and_redelivery(db: Database) -> None:
     await updates.mark_done(db, [1])
     await updates.mark_failed(db, 2, error="boom", retry_at=time.time() + 100)
     assert await updates.failed_count(db) == 1
-    assert await updates.due_for_retry(db, now=time.time()) == []
-    due = await updates.due_for_retry(db, now=time.time() + 200)
+    now = time.time()
+    assert await updates.due_for_retry(db, now=now, new_before=0) == []
+    due = await updates.due_for_retry(db, now=now + 200, new_before=0)
     assert [(u.update_id, u.attempts) for u in due] == [(2, 1)]
+    # A `new` update is only picked up once it is older than `new_before`: until
+    # then the handling pass that stored it still owns it.
+    await updates.store_batch(db, [(3, "message", '{"update_id": 3}')])
+    assert [u.update_id for u in await updates.due_for_retry(db, now=now, new_before=now)] == []
+    later = await updates.due_for_retry(db, now=now, new_before=time.time() + 1)
+    assert [u.update_id for u in later] == [3]
     # The same batch again: update 1 is known as done.
     assert await updates.store_batch(db, batch) == {1}
     assert await updates.prune_done(db, now=time.time() + updates.DONE_KEPT_SECONDS + 1) == 1
