@@ -1,0 +1,140 @@
+"""The Dockerfile, the systemd unit and the nginx example agree with the bridge's settings.
+
+Nothing here needs docker, systemd or nginx: the files are read as text, and every
+setting they name must be one `bot/settings.py` knows, with the values they rely on.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import PurePosixPath
+
+from bot.app import EXIT_BAD_TOKEN
+from bot.settings import Settings
+from tests.harness import ROOT
+
+DOCKERFILE = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+DOCKERIGNORE = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+UNIT = (ROOT / "examples" / "joinbridge.service").read_text(encoding="utf-8")
+NGINX = (ROOT / "examples" / "nginx.conf").read_text(encoding="utf-8")
+SETTINGS = {name.upper() for name in Settings.model_fields}
+EXIT_CONFIG_ERROR = 2  # bot/cli_run.py: a missing or invalid setting
+
+# NAME=value where NAME looks like one of ours: upper case with an underscore.
+_ASSIGNMENT = re.compile(r"\b([A-Z][A-Z0-9]*_[A-Z0-9_]+)=")
+
+
+def _default(name: str) -> object:
+    return Settings.model_fields[name.lower()].default
+
+
+def _docker_env() -> dict[str, str]:
+    """Every ENV in the Dockerfile, continuation lines joined."""
+    text = DOCKERFILE.replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            for pair in shlex.split(line[4:]):
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+def _unit() -> dict[str, list[str]]:
+    """The unit's directives; a key may repeat."""
+    directives: dict[str, list[str]] = {}
+    for line in UNIT.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            directives.setdefault(key, []).append(value)
+    return directives
+
+
+def test_every_setting_the_deploy_files_name_exists() -> None:
+    ours = {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR"}
+    ours |= {"PIP_DISABLE_PIP_VERSION_CHECK"}
+    for name, text in (("Dockerfile", DOCKERFILE), ("joinbridge.service", UNIT)):
+        named = set(_ASSIGNMENT.findall(text)) - ours
+        assert named, f"{name} names no setting"
+        assert named <= SETTINGS, f"{name} names unknown settings: {named - SETTINGS}"
+    named = set(_ASSIGNMENT.findall(NGINX)) | set(re.findall(r"\b[A-Z]+_[A-Z_]+\b", NGINX))
+    assert named <= SETTINGS, f"nginx.conf names unknown settings: {named - SETTINGS}"
+    assert "TRUSTED_PROXIES" in named
+
+
+def test_dockerfile_runs_the_package_as_a_user_with_the_database_on_the_volume() -> None:
+    assert re.search(r"^FROM python:3\.11-slim\b", DOCKERFILE, re.MULTILINE)
+    assert re.search(r"^RUN pip install \.\s", DOCKERFILE, re.MULTILINE)
+    assert "[dev]" not in DOCKERFILE
+    (user,) = re.findall(r"^USER (\S+)", DOCKERFILE, re.MULTILINE)
+    assert user not in ("root", "0")
+    env = _docker_env()
+    (volume,) = re.findall(r'^VOLUME \["([^"]+)"\]', DOCKERFILE, re.MULTILINE)
+    assert PurePosixPath(env["DATABASE_PATH"]).parent == PurePosixPath(volume)
+    assert f"chown {user}:{user} {volume}" in DOCKERFILE
+    # The tracker listens on every interface inside the container, on the exposed port.
+    assert env["TRACKER_HOST"] == "0.0.0.0"
+    assert re.findall(r"^EXPOSE (\d+)", DOCKERFILE, re.MULTILINE) == [env["TRACKER_PORT"]]
+    assert re.search(r'^CMD \["python", "-m", "bot"\]$', DOCKERFILE, re.MULTILINE)
+    assert "/healthz" in DOCKERFILE
+
+
+def test_dockerignore_keeps_secrets_and_databases_out_of_the_image() -> None:
+    rules = [line.strip() for line in DOCKERIGNORE if line.strip() and not line.startswith("#")]
+    # An allow-list: everything is out unless named, and neither .env nor data is named.
+    assert rules[0] == "*"
+    allowed = {rule[1:] for rule in rules if rule.startswith("!")}
+    assert allowed == {"pyproject.toml", "README.md", "bot", "handlers", "storage"}
+    for path in re.findall(r"^COPY (\S+)", DOCKERFILE, re.MULTILINE):
+        assert path in allowed, f"COPY {path} is excluded by .dockerignore"
+
+
+def test_unit_restarts_on_failure_and_stops_gracefully() -> None:
+    unit = _unit()
+    assert unit["Restart"] == ["on-failure"]
+    assert float(unit["RestartSec"][0]) > 0
+    # Neither a bad setting nor a rejected token mends itself by restarting.
+    assert set(unit["RestartPreventExitStatus"][0].split()) == {
+        str(EXIT_CONFIG_ERROR),
+        str(EXIT_BAD_TOKEN),
+    }
+    assert unit["KillSignal"] == ["SIGTERM"]
+    grace = _default("shutdown_grace")
+    assert isinstance(grace, float)
+    assert float(unit["TimeoutStopSec"][0]) >= 2 * grace + 10
+    assert unit["ExecStart"][0].endswith("python -m bot")
+    assert unit["User"][0] not in ("root", "0")
+    assert unit["EnvironmentFile"]
+
+
+def test_unit_is_hardened_and_may_write_only_the_database() -> None:
+    unit = _unit()
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "PrivateTmp": "yes",
+        "ProtectHome": "yes",
+    }.items():
+        assert unit[key] == [value], key
+    (database,) = (v.split("=", 1)[1] for v in unit["Environment"] if v.startswith("DATABASE_"))
+    assert unit["ReadWritePaths"] == [str(PurePosixPath(database).parent)]
+    assert f"/var/lib/{unit['StateDirectory'][0]}" == unit["ReadWritePaths"][0]
+
+
+def test_nginx_forwards_the_visitor_to_the_tracker() -> None:
+    upstream = re.search(r"upstream \w+ \{\s*server ([\d.]+):(\d+);", NGINX)
+    assert upstream is not None
+    assert upstream.groups() == (_default("tracker_host"), str(_default("tracker_port")))
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in NGINX
+    assert "proxy_set_header X-Real-IP $remote_addr;" in NGINX
+    assert "proxy_set_header X-Forwarded-Proto $scheme;" in NGINX
+    # The override headers are for server-side callers; a browser must not set them.
+    assert 'proxy_set_header X-Adtarget-Client-IP "";' in NGINX
+    assert 'proxy_set_header X-Adtarget-Client-User-Agent "";' in NGINX
+    # The prefix the proxy serves is the one TRACKER_PUBLIC_URL and the page use.
+    public = re.search(r"TRACKER_PUBLIC_URL=https://[^/\s]+(/\S+)", NGINX)
+    assert public is not None
+    assert f"location {public.group(1)}/ {{" in NGINX
+    assert f"{public.group(1)}/track/invite?channelId=" in NGINX
