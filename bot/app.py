@@ -32,6 +32,8 @@ from bot.notifier import Notifier
 from bot.onboarding import Onboarding
 from bot.pacing import TokenBucket
 from bot.poller import BadBotToken, Poller, PollerConfig, PollerStats
+from bot.retention import RetentionChecker
+from bot.retention_console import RetentionConsole
 from bot.settings import Settings
 from bot.sync import ChannelSync
 from bot.tracker import Tracker, TrackerConfig
@@ -89,6 +91,7 @@ class Bridge:
     tracker: Tracker
     notifier: Notifier
     channel_sync: ChannelSync
+    retention: RetentionChecker
     tracker_url: str = ""
 
     async def close(self) -> None:
@@ -124,7 +127,16 @@ async def build(settings: Settings) -> Bridge:
     pool = InvitePool(
         bot, minter, db, size=settings.invite_pool_size, pace=settings.invite_mint_interval
     )
-    joins.on_attributed_join = pool.wake  # revoke the used link soon after the join
+    rate = settings.member_check_rate
+    retention = RetentionChecker(
+        bot, db, pacer=TokenBucket(rate, max(1, int(rate))), wake_courier=courier.wake
+    )
+
+    def attributed_join() -> None:
+        pool.wake()  # revoke the used link soon after the join
+        retention.wake()  # schedule its retention check, if the channel has one
+
+    joins.on_attributed_join = attributed_join
 
     def pool_empty(chat_id: int, title: str) -> None:
         notifier.alert(
@@ -164,6 +176,7 @@ async def build(settings: Settings) -> Bridge:
         minter=minter,
         onboarding=onboarding,
         console=console,
+        retention_console=RetentionConsole(db, console),
         channel_sync=channel_sync,
     )
     poller = Poller(
@@ -209,6 +222,7 @@ async def build(settings: Settings) -> Bridge:
         tracker=tracker,
         notifier=notifier,
         channel_sync=channel_sync,
+        retention=retention,
     )
 
 
@@ -311,6 +325,7 @@ async def _run_locked(
         asyncio.create_task(bridge.join_requests.run(stop), name="join-requests"),
         asyncio.create_task(bridge.db.checkpoints(stop), name="wal-checkpoints"),
         asyncio.create_task(bridge.notifier.run(stop), name="notifier"),
+        asyncio.create_task(bridge.retention.run(stop), name="retention-checks"),
     }
     # Not among `tasks`: those run until stop, and the first to end ends the bridge.
     first_contact = asyncio.create_task(_first_contact(bridge), name="first-contact")

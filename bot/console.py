@@ -44,6 +44,7 @@ page to AdTarget, so your ads learn which clicks became subscribers.
 /retry &lt;id|all&gt; — send parked rows again
 /pause, /resume — stop or restart sending to AdTarget
 /sync — fetch the channel mapping from AdTarget
+/retention [&lt;channel&gt; &lt;days&gt; &lt;event&gt;|off] — an event for joiners who stay
 
 A channel is named by @username, its -100… id, or the start of its title."""
 
@@ -61,6 +62,7 @@ COMMANDS = {
     "pause": "Stop sending to AdTarget",
     "resume": "Start sending again",
     "sync": "Fetch channels from AdTarget",
+    "retention": "An event for joiners who stay",
 }
 
 

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     billing_probe_interval: float = Field(default=1800.0, gt=0)
     shutdown_grace: float = Field(default=5.0, ge=0)
 
+    # The retention signal (/retention): getChatMember calls per second at due time,
+    # well under Telegram's ~30 requests/s per bot shared with everything else.
+    member_check_rate: float = Field(default=20.0, gt=0, le=30)
+
     @field_validator("bot_token")
     @classmethod
     def _token_shape(cls, value: SecretStr) -> SecretStr:

@@ -6,11 +6,12 @@ from aiogram import Router
 
 
 def get_routers() -> list[Router]:
-    from handlers import admin, join_requests, joins, membership
+    from handlers import admin, join_requests, joins, membership, retention
 
     return [
         joins.make_router(),
         join_requests.make_router(),
         membership.make_router(),
+        retention.make_router(),
         admin.make_router(),
     ]

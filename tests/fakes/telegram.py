@@ -208,6 +208,11 @@ class FakeTelegram:
         queue = self._faults.setdefault(method.lower(), deque())
         queue.extend(ApiError(error_code, description, retry_after) for _ in range(count))
 
+    def clear_faults(self) -> None:
+        """Forget faults queued by fail_next and limits set by limit_method."""
+        self._faults.clear()
+        self._limits.clear()
+
     def set_webhook(self, url: str | None) -> None:
         self.webhook_url = url or None
 
@@ -363,8 +368,17 @@ class FakeTelegram:
         return self._enqueue_member_update("chat_member", chat, payload)
 
     def leave(
-        self, chat_id: int, user_id: int, *, date: int | None = None, new_status: str = "left"
+        self,
+        chat_id: int,
+        user_id: int,
+        *,
+        date: int | None = None,
+        new_status: str = "left",
+        send_update: bool = True,
     ) -> int | None:
+        """The member leaves (or is kicked). `send_update=False`: the member is gone
+        (getChatMember says so) but the chat_member update never comes, as happens
+        in large chats (tdlib/telegram-bot-api#877)."""
         chat = self._chat(chat_id)
         user = self._user(user_id)
         old = self._members.get((chat_id, user_id)) or member_json("member", user)
@@ -373,6 +387,8 @@ class FakeTelegram:
         for url, members in self._link_members.items():
             if self.links[url]["chat_id"] == chat_id:
                 members.discard(user_id)  # a leave frees the member_limit slot
+        if not send_update:
+            return None
         actor = user if new_status == "left" else self._user(ADMIN_ID, "Admin")
         payload: JSON = {
             "from": actor,

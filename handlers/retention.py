@@ -1,0 +1,26 @@
+"""/retention in private chat. Thin: read the command, ask the service, send its reply."""
+
+from __future__ import annotations
+
+from aiogram import F, Router
+from aiogram.filters import Command, CommandObject
+from aiogram.types import Message
+
+from bot.retention_console import RetentionConsole
+
+
+async def on_retention(
+    message: Message, command: CommandObject, retention_console: RetentionConsole
+) -> None:
+    assert message.from_user is not None
+    reply = await retention_console.retention(message.from_user.id, (command.args or "").split())
+    await message.answer(
+        reply.text, parse_mode="HTML", reply_markup=reply.buttons, disable_web_page_preview=True
+    )
+
+
+def make_router() -> Router:
+    router = Router(name="retention")
+    router.message.filter(F.chat.type == "private")
+    router.message.register(on_retention, Command("retention"))
+    return router

@@ -1,0 +1,244 @@
+"""The retention signal: each channel's setting, and the checks it schedules.
+
+A check is scheduled for every attributed join recorded after the channel's
+setting was turned on (`sweep`), is due `days` after the join, and ends in one
+of: `sent` (still a member; the follow-up event was queued in the same
+transaction), `left`, or `failed` (Telegram refused the question for good).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import aiosqlite
+
+from storage import joins, outbox
+from storage.db import Database
+
+DAY = 86400
+CURSOR_KEY = "retention_swept_join_id"
+STATES = ("pending", "sent", "left", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSetting:
+    chat_id: int
+    days: int | None  # None: off
+    event_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DueCheck:
+    id: int
+    join_id: int
+    chat_id: int
+    user_id: int
+    days: int
+    event_type: str
+    attempts: int
+    report_id: str  # the channelId AdTarget knows the channel by
+
+
+async def set_setting(db: Database, chat_id: int, days: int | None, event_type: str | None) -> None:
+    """Turn retention on (days and event) or off (None) for joins recorded from now on."""
+    async with db.transaction() as conn:
+        await conn.execute(
+            "UPDATE channels SET retention_signal_days = ?, retention_signal_event = ?,"
+            " retention_signal_after = (SELECT coalesce(max(id), 0) FROM joins),"
+            " updated_at = ? WHERE chat_id = ?",
+            (days, event_type if days is not None else None, time.time(), chat_id),
+        )
+
+
+async def settings(db: Database, chat_ids: list[int]) -> dict[int, RetentionSetting]:
+    if not chat_ids:
+        return {}
+    marks = ", ".join("?" for _ in chat_ids)
+    rows = await db.fetchall(
+        f"SELECT chat_id, retention_signal_days, retention_signal_event FROM channels"
+        f" WHERE chat_id IN ({marks})",
+        chat_ids,
+    )
+    return {int(r[0]): RetentionSetting(int(r[0]), r[1], r[2]) for r in rows}
+
+
+async def counts(db: Database, chat_ids: list[int]) -> dict[int, dict[str, int]]:
+    """{chat id: {state: checks}} for the given channels (states with none left out)."""
+    if not chat_ids:
+        return {}
+    marks = ", ".join("?" for _ in chat_ids)
+    rows = await db.fetchall(
+        f"SELECT chat_id, state, count(*) FROM retention_checks INDEXED BY retention_chat_state"
+        f" WHERE chat_id IN ({marks}) GROUP BY chat_id, state",
+        chat_ids,
+    )
+    found: dict[int, dict[str, int]] = {}
+    for chat_id, state, number in rows:
+        found.setdefault(int(chat_id), {})[str(state)] = int(number)
+    return found
+
+
+async def sweep(db: Database, *, now: float | None = None, batch: int = 5000) -> int:
+    """Schedule checks for attributed joins recorded since the last sweep; return how many.
+
+    Walks join ids above a stored cursor, `batch` ids per transaction, so it costs a
+    primary-key range scan however large the joins table is.
+    """
+    now = time.time() if now is None else now
+    scheduled = 0
+    while True:
+        async with db.transaction() as conn:
+            async with conn.execute(
+                "SELECT CAST(value AS INTEGER) FROM bridge_state WHERE key = ?", (CURSOR_KEY,)
+            ) as cursor:
+                found = await cursor.fetchone()
+            after = int(found[0]) if found else 0
+            async with conn.execute("SELECT coalesce(max(id), 0) FROM joins") as cursor:
+                newest = int((await cursor.fetchone() or (0,))[0])
+            if newest <= after:
+                return scheduled
+            upto = min(newest, after + batch)
+            inserted = await conn.execute(
+                "INSERT OR IGNORE INTO retention_checks (join_id, chat_id, user_id, days,"
+                " event_type, due_at, created_at)"
+                " SELECT j.id, j.chat_id, j.user_id, c.retention_signal_days,"
+                " c.retention_signal_event, j.joined_at + c.retention_signal_days * ?, ?"
+                " FROM joins j JOIN channels c ON c.chat_id = j.chat_id"
+                " WHERE j.id > ? AND j.id <= ? AND j.kind = 'attributed'"
+                " AND c.retention_signal_days IS NOT NULL AND c.retention_signal_event IS NOT NULL"
+                " AND j.id > c.retention_signal_after",
+                (DAY, now, after, upto),
+            )
+            scheduled += max(inserted.rowcount, 0)
+            await conn.execute(
+                "INSERT INTO bridge_state (key, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (CURSOR_KEY, str(upto), now),
+            )
+
+
+async def due(db: Database, *, now: float, limit: int = 100) -> list[DueCheck]:
+    """Pending checks that are due, earliest first.
+
+    A check waits while its join's conversion is still queued: a follow-up event
+    for a lead AdTarget does not hold yet would be refused (404 LEAD_NOT_FOUND).
+    """
+    rows = await db.fetchall(
+        "SELECT r.id, r.join_id, r.chat_id, r.user_id, r.days, r.event_type, r.attempts,"
+        " coalesce(c.adtarget_channel_id, CAST(r.chat_id AS TEXT))"
+        " FROM retention_checks r INDEXED BY retention_due"
+        " JOIN channels c ON c.chat_id = r.chat_id"
+        " WHERE r.state = 'pending' AND r.due_at <= ?"
+        " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.join_id = r.join_id"
+        " AND o.state != 'delivered')"
+        " ORDER BY r.due_at LIMIT ?",
+        (now, limit),
+    )
+    return [
+        DueCheck(
+            id=int(r[0]),
+            join_id=int(r[1]),
+            chat_id=int(r[2]),
+            user_id=int(r[3]),
+            days=int(r[4]),
+            event_type=str(r[5]),
+            attempts=int(r[6]),
+            report_id=str(r[7]),
+        )
+        for r in rows
+    ]
+
+
+async def next_due_at(db: Database) -> float | None:
+    """The earliest due time of any pending check (it may be waiting on its conversion)."""
+    row = await db.fetchone(
+        "SELECT min(due_at) FROM retention_checks INDEXED BY retention_due WHERE state = 'pending'"
+    )
+    return float(row[0]) if row and row[0] is not None else None
+
+
+async def record_stayed(
+    db: Database, check_id: int, *, status: str, event: outbox.NewRow, now: float | None = None
+) -> int | None:
+    """Still a member: queue the follow-up event and close the check, in one transaction.
+
+    Either both happen or neither: a crash before the commit leaves the check pending,
+    to be asked again after the restart. Only a pending check is closed, and the
+    event's Idempotency-Key is fixed by the join, so no path queues it twice.
+    """
+    now = time.time() if now is None else now
+    async with db.transaction() as conn:
+        if not await _still_pending(conn, check_id):
+            return None
+        row_id = await outbox.enqueue(conn, event)
+        if row_id is None:  # the key is already queued: point the check at that row
+            async with conn.execute(
+                "SELECT id FROM outbox WHERE idempotency_key = ?", (event.idempotency_key,)
+            ) as cursor:
+                found = await cursor.fetchone()
+            row_id = int(found[0]) if found else None
+        await conn.execute(
+            "UPDATE retention_checks SET state = 'sent', checked_at = ?, status = ?,"
+            " outbox_id = ?, detail = NULL WHERE id = ?",
+            (now, status, row_id, check_id),
+        )
+    return row_id
+
+
+async def record_left(
+    db: Database, check_id: int, *, status: str, now: float | None = None
+) -> None:
+    """Gone: close the check; a leave no update told us about is recorded on the join."""
+    now = time.time() if now is None else now
+    async with db.transaction() as conn:
+        async with conn.execute(
+            "SELECT r.chat_id, r.user_id, j.left_at FROM retention_checks r"
+            " JOIN joins j ON j.id = r.join_id WHERE r.id = ? AND r.state = 'pending'",
+            (check_id,),
+        ) as cursor:
+            found = await cursor.fetchone()
+        if found is None:
+            return
+        if found[2] is None:
+            # Counted in /stats' leaves like any leave; Telegram's date is unknown, so
+            # the time of the check stands in for it.
+            await joins.record_leaves(
+                conn, [joins.NewLeave(int(found[0]), int(found[1]), int(now), None)]
+            )
+        await conn.execute(
+            "UPDATE retention_checks SET state = 'left', checked_at = ?, status = ?,"
+            " detail = NULL WHERE id = ?",
+            (now, status, check_id),
+        )
+
+
+async def record_failed(
+    db: Database, check_id: int, *, reason: str, now: float | None = None
+) -> None:
+    """Telegram will not answer for this member (chat not found, bot not admin): final."""
+    now = time.time() if now is None else now
+    async with db.transaction() as conn:
+        await conn.execute(
+            "UPDATE retention_checks SET state = 'failed', checked_at = ?, detail = ?,"
+            " attempts = attempts + 1 WHERE id = ? AND state = 'pending'",
+            (now, reason[:500], check_id),
+        )
+
+
+async def retry_later(db: Database, check_id: int, *, at: float, error: str) -> None:
+    """A transient failure: ask again at `at`."""
+    async with db.transaction() as conn:
+        await conn.execute(
+            "UPDATE retention_checks SET due_at = ?, detail = ?, attempts = attempts + 1"
+            " WHERE id = ? AND state = 'pending'",
+            (at, error[:500], check_id),
+        )
+
+
+async def _still_pending(conn: aiosqlite.Connection, check_id: int) -> bool:
+    async with conn.execute(
+        "SELECT 1 FROM retention_checks WHERE id = ? AND state = 'pending'", (check_id,)
+    ) as cursor:
+        return await cursor.fetchone() is not None

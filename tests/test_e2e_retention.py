@@ -1,0 +1,227 @@
+"""The retention signal end to end: /retention through the fake Telegram, joins,
+getChatMember at due time, follow-up events at the fake AdTarget.
+
+Joins are sent dated days back, so their checks are due as soon as they are
+recorded (days are real days in the bridge).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.adtarget import FakeAdTarget
+from tests.fakes.telegram import FakeTelegram
+from tests.harness import CHANNEL_ID, RunningBridge, bridge_settings, eventually
+
+OWNER = 4242
+DAY = 86400
+EVENTS_PATH = "/api/v1/leads/{}/events"
+
+
+@pytest.fixture
+async def running(
+    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> AsyncIterator[RunningBridge]:
+    bridge = RunningBridge(bridge_settings(tmp_path, telegram, adtarget, admin_ids=str(OWNER)))
+    await bridge.start()
+    await bridge.track_channel(telegram)
+    yield bridge
+    if not bridge.stop_event.is_set():
+        assert await bridge.stop() == 0
+
+
+async def ask(telegram: FakeTelegram, user_id: int, text: str) -> str:
+    """Send a private message to the bot; return its answer."""
+    before = len(telegram.sent_messages)
+    telegram.message(user_id, user_id, text)
+    await eventually(
+        lambda: any(m["chat"]["id"] == user_id for m in telegram.sent_messages[before:]),
+        what=f"answer to {text!r}",
+    )
+    return next(
+        m.get("text", "") for m in telegram.sent_messages[before:] if m["chat"]["id"] == user_id
+    )
+
+
+async def attributed_join(running: RunningBridge, telegram: FakeTelegram, user_id: int) -> None:
+    """A visitor's link, joined eight days ago."""
+    url = await running.mint(f"00000000-0000-4000-8000-{user_id:012d}", fbc=f"fb.1.1.{user_id}")
+    telegram.join(CHANNEL_ID, user_id, url, date=int(time.time()) - 8 * DAY)
+
+
+def member_checks(telegram: FakeTelegram, user_id: int) -> int:
+    return len([c for c in telegram.calls_to("getChatMember") if c.params["user_id"] == user_id])
+
+
+async def check_state(running: RunningBridge, user_id: int) -> object:
+    return await running.scalar("SELECT state FROM retention_checks WHERE user_id = ?", (user_id,))
+
+
+async def test_a_member_who_stayed_gets_exactly_one_follow_up_event(
+    running: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    reply = await ask(telegram, OWNER, "/retention Test 7 Custom:Retained7d")
+    assert "Custom:Retained7d" in reply
+    assert "joins from now on" in reply
+    await attributed_join(running, telegram, 701)
+    await eventually(lambda: len(adtarget.events) == 1, what="the follow-up event")
+    (event,) = adtarget.events
+    assert event["telegramUserId"] == 701
+    assert event["channelId"] == str(CHANNEL_ID)
+    assert (event["eventType"], event["customEventName"]) == ("Custom", "Retained7d")
+    assert abs(event["eventTime"] - time.time() * 1000) < 3600 * 1000  # the check's time
+    (request,) = adtarget.received_on(EVENTS_PATH.format(701))
+    assert request.headers["idempotency-key"].startswith(f"jb-retention-{CHANNEL_ID}-701-")
+    assert len(adtarget.conversions) == 1  # the join's own conversion came first
+    await running.wait_scalar("SELECT state FROM retention_checks", "sent")
+    assert await running.stop() == 0
+    assert member_checks(telegram, 701) == 1
+    assert len(adtarget.events) == 1
+
+
+async def test_a_member_who_left_with_an_update_gets_nothing(
+    running: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    await ask(telegram, OWNER, "/retention Test 7 Subscribe")
+    await attributed_join(running, telegram, 702)
+    left_at = int(time.time()) - 2 * DAY
+    telegram.leave(CHANNEL_ID, 702, date=left_at)
+    await running.wait_scalar("SELECT state FROM retention_checks", "left")
+    assert await running.scalar("SELECT status FROM retention_checks") == "left"
+    assert await running.scalar("SELECT left_at FROM joins WHERE user_id = 702") == left_at
+    assert await running.scalar("SELECT count(*) FROM leaves") == 1
+    assert await running.stop() == 0
+    assert adtarget.events == []
+    assert adtarget.received_on(EVENTS_PATH.format(702)) == []
+
+
+async def test_a_member_who_left_without_an_update_gets_nothing(
+    running: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    await ask(telegram, OWNER, "/retention Test 7 Lead")
+    await attributed_join(running, telegram, 703)
+    telegram.leave(CHANNEL_ID, 703, send_update=False)  # Telegram never tells the bot
+    await running.wait_scalar("SELECT state FROM retention_checks", "left")
+    assert member_checks(telegram, 703) == 1
+    # The leave nobody reported is now known: on the join, and in /stats' leaves.
+    assert await running.scalar("SELECT left_at FROM joins WHERE user_id = 703") is not None
+    assert await running.scalar("SELECT count(*) FROM leaves") == 1
+    listing = await ask(telegram, OWNER, "/retention")
+    assert "7 day(s) → <b>Lead</b>" in listing
+    assert "0 stayed (event queued), 1 left" in listing
+    assert await running.stop() == 0
+    assert adtarget.events == []
+
+
+async def test_retention_off_asks_telegram_nothing(
+    running: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    await attributed_join(running, telegram, 704)  # never turned on
+    assert "joins from now on" in await ask(telegram, OWNER, "/retention Test 7 Lead")
+    off = await ask(telegram, OWNER, "/retention Test off")
+    assert "off for joins from now on" in off
+    await attributed_join(running, telegram, 705)  # turned on, then off again
+    await adtarget.wait_for_conversions(2)
+    newest = await running.scalar("SELECT max(id) FROM joins")
+    await running.wait_scalar(
+        "SELECT CAST(value AS INTEGER) >= ? FROM bridge_state WHERE key = ?",
+        1,
+        (newest, "retention_swept_join_id"),
+    )
+    assert await running.scalar("SELECT count(*) FROM retention_checks") == 0
+    assert await running.stop() == 0
+    assert member_checks(telegram, 704) == 0
+    assert member_checks(telegram, 705) == 0
+    assert adtarget.events == []
+
+
+async def test_a_restart_between_due_and_sent_does_not_send_twice(
+    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    settings = bridge_settings(tmp_path, telegram, adtarget, admin_ids=str(OWNER))
+    # First run: the check is due, but Telegram fails every getChatMember.
+    telegram.fail_next("getChatMember", 500, "Internal Server Error", count=1000)
+    first = RunningBridge(settings)
+    await first.start()
+    await first.track_channel(telegram)
+    await ask(telegram, OWNER, "/retention Test 7 Custom:Stayed")
+    await attributed_join(first, telegram, 706)
+    await first.wait_scalar("SELECT attempts > 0 FROM retention_checks", 1)
+    assert await check_state(first, 706) == "pending"
+    assert await first.stop() == 0
+    assert adtarget.events == []
+
+    # Second run: Telegram answers, AdTarget is down: the event is queued, not delivered.
+    telegram.clear_faults()
+    adtarget.fail(503, "API_DISABLED", paths=(EVENTS_PATH.format(706),))
+    second = RunningBridge(settings)
+    await second.start()
+    await second.wait_scalar("SELECT state FROM retention_checks", "sent")
+    await eventually(
+        lambda: bool(adtarget.received_on(EVENTS_PATH.format(706))), what="a refused send"
+    )
+    assert await second.stop() == 0
+    assert member_checks(telegram, 706) > 1  # the failures, then the answer
+
+    # Third run: AdTarget is back; the queued event goes out once, nobody asks again.
+    asked = member_checks(telegram, 706)
+    adtarget.clear_faults()
+    third = RunningBridge(settings)
+    await third.start()
+    await eventually(lambda: len(adtarget.events) == 1, what="the follow-up event")
+    await third.wait_scalar("SELECT state FROM outbox WHERE kind = 'lead_event'", "delivered")
+    assert await third.scalar("SELECT count(*) FROM outbox WHERE kind = 'lead_event'") == 1
+    assert await third.stop() == 0
+    assert member_checks(telegram, 706) == asked
+    assert len(adtarget.events) == 1
+    keys = {r.headers["idempotency-key"] for r in adtarget.received_on(EVENTS_PATH.format(706))}
+    assert len(keys) == 1
+
+
+async def test_telegram_429_is_waited_out(
+    running: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    await ask(telegram, OWNER, "/retention Test 7 Lead")
+    telegram.fail_next("getChatMember", 429, "Too Many Requests: retry after 1", retry_after=1)
+    await attributed_join(running, telegram, 707)
+    await eventually(lambda: len(adtarget.events) == 1, what="the follow-up event")
+    calls = [c for c in telegram.calls_to("getChatMember") if c.params["user_id"] == 707]
+    assert len(calls) == 2
+    assert calls[1].at - calls[0].at >= 0.9  # not asked again before Telegram's wait was up
+    assert await running.scalar("SELECT attempts FROM retention_checks") == 0
+
+
+async def test_a_chat_telegram_does_not_know_fails_the_check_with_its_reason(
+    running: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    await ask(telegram, OWNER, "/retention Test 7 Lead")
+    telegram.fail_next("getChatMember", 400, "Bad Request: chat not found")
+    await attributed_join(running, telegram, 708)
+    await running.wait_scalar("SELECT state FROM retention_checks", "failed")
+    assert await running.scalar("SELECT detail FROM retention_checks") == (
+        "Bad Request: chat not found"
+    )
+    assert "1 failed" in await ask(telegram, OWNER, "/retention")
+    assert await running.stop() == 0
+    assert member_checks(telegram, 708) == 1
+    assert adtarget.events == []
+
+
+async def test_the_command_refuses_bad_arguments_and_strangers(
+    running: RunningBridge, telegram: FakeTelegram
+) -> None:
+    purchase = await ask(telegram, OWNER, "/retention Test 7 Purchase")
+    assert purchase.startswith("Usage: /retention")
+    assert "cannot be Purchase" in purchase
+    days = await ask(telegram, OWNER, "/retention Test seven Lead")
+    assert "whole number from 1 to 365" in days
+    unknown = await ask(telegram, OWNER, "/retention Nope 7 Lead")
+    assert "No channel “Nope”" in unknown
+    assert "off" in await ask(telegram, OWNER, "/retention")
+    stranger = await ask(telegram, 999, "/retention Test 7 Lead")
+    assert stranger.startswith("Sorry")
+    assert await running.scalar("SELECT retention_signal_days FROM channels") is None

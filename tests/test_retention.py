@@ -1,0 +1,316 @@
+"""The retention signal's parts: storage (sweep, due, outcomes), /retention's
+argument checking, the member-status rule and the follow-up event row."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiogram.types import (
+    ChatMember,
+    ChatMemberAdministrator,
+    ChatMemberBanned,
+    ChatMemberLeft,
+    ChatMemberMember,
+    ChatMemberOwner,
+    ChatMemberRestricted,
+)
+
+from bot.events import EventType
+from bot.retention import follow_up_row, is_present
+from bot.retention_console import RetentionChange, parse_change
+from storage import channels, joins, outbox, retention
+from storage.db import Database, open_database
+from tests.fakes.telegram_models import member_json
+
+CHAT = -1001
+OTHER = -1002
+DAY = 86400
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await open_database(tmp_path / "bridge.db")
+    async with database.transaction() as conn:
+        for chat_id in (CHAT, OTHER):
+            await channels.upsert(
+                conn,
+                chat_id,
+                title=f"T{chat_id}",
+                username=None,
+                chat_type="channel",
+                active=True,
+                can_invite_users=True,
+            )
+    yield database
+    await database.close()
+
+
+async def add_join(
+    db: Database, user_id: int, *, chat_id: int = CHAT, kind: str = "attributed", at: int = 1000
+) -> int:
+    async with db.transaction() as conn:
+        new = await joins.insert_many(
+            conn,
+            [joins.NewJoin(chat_id, user_id, kind, None, None, False, at, None)],
+        )
+    return new[0]
+
+
+async def add_conversion(db: Database, join_id: int, user_id: int) -> int:
+    async with db.transaction() as conn:
+        row_id = await outbox.enqueue(
+            conn,
+            outbox.NewRow(
+                kind="conversion",
+                path="/events/conversion",
+                body={},
+                idempotency_key=f"conv-{join_id}",
+                join_id=join_id,
+                telegram_user_id=user_id,
+            ),
+        )
+    assert row_id is not None
+    return row_id
+
+
+async def scalar(db: Database, sql: str) -> object:
+    row = await db.fetchone(sql)
+    return None if row is None else row[0]
+
+
+async def checks(db: Database) -> list[tuple[int, int, int, str, float, str]]:
+    rows = await db.fetchall(
+        "SELECT join_id, user_id, days, event_type, due_at, state FROM retention_checks ORDER BY id"
+    )
+    return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+
+async def test_sweep_schedules_attributed_joins_after_the_setting_only(db: Database) -> None:
+    before = await add_join(db, 1)
+    await retention.set_setting(db, CHAT, 7, "Custom:Retained7d")
+    attributed = await add_join(db, 2, at=5000)
+    await add_join(db, 3, kind="organic")
+    await add_join(db, 4, kind="campaign")
+    await add_join(db, 5, chat_id=OTHER)  # retention off there
+    assert await retention.sweep(db) == 1
+    assert await checks(db) == [(attributed, 2, 7, "Custom:Retained7d", 5000 + 7 * DAY, "pending")]
+    assert before not in [c[0] for c in await checks(db)]
+    # The cursor moved on: sweeping again schedules nothing new.
+    assert await retention.sweep(db) == 0
+    assert len(await checks(db)) == 1
+
+
+async def test_sweep_walks_large_gaps_in_batches(db: Database) -> None:
+    await retention.set_setting(db, CHAT, 1, "Lead")
+    for user in range(10, 35):
+        await add_join(db, user)
+    assert await retention.sweep(db, batch=4) == 25
+    assert len(await checks(db)) == 25
+
+
+async def test_a_new_setting_applies_to_later_joins_only(db: Database) -> None:
+    await retention.set_setting(db, CHAT, 7, "Lead")
+    first = await add_join(db, 1)
+    await retention.sweep(db)
+    await retention.set_setting(db, CHAT, 30, "Subscribe")
+    second = await add_join(db, 2)
+    await retention.sweep(db)
+    await retention.set_setting(db, CHAT, None, None)
+    await add_join(db, 3)
+    await retention.sweep(db)
+    assert [(c[0], c[2], c[3]) for c in await checks(db)] == [
+        (first, 7, "Lead"),
+        (second, 30, "Subscribe"),
+    ]
+    settings = await retention.settings(db, [CHAT, OTHER])
+    assert settings[CHAT].days is None
+    assert settings[OTHER].days is None
+
+
+async def test_forgetting_the_newest_join_does_not_hide_the_next_one(db: Database) -> None:
+    await retention.set_setting(db, CHAT, 7, "Lead")
+    newest = await add_join(db, 1)
+    await retention.sweep(db)
+    async with db.transaction() as conn:  # what erasing a person does
+        await conn.execute("DELETE FROM retention_checks WHERE join_id = ?", (newest,))
+        await conn.execute("DELETE FROM joins WHERE id = ?", (newest,))
+    reused = await add_join(db, 2)
+    assert reused == newest  # SQLite hands the freed id out again
+    assert await retention.sweep(db) == 1
+    assert [c[1] for c in await checks(db)] == [2]
+
+
+async def test_due_waits_for_the_conversion_to_be_delivered(db: Database) -> None:
+    await retention.set_setting(db, CHAT, 1, "Lead")
+    join_id = await add_join(db, 1, at=1000)
+    conversion = await add_conversion(db, join_id, 1)
+    await retention.sweep(db)
+    assert await retention.due(db, now=1000 + DAY - 1) == []
+    assert await retention.due(db, now=1000 + DAY) == []  # conversion still pending
+    assert await retention.next_due_at(db) == 1000 + DAY
+    await outbox.mark_delivered(
+        db, conversion, conversion_id="c1", dispatched=True, warning=None, replayed=False
+    )
+    (check,) = await retention.due(db, now=1000 + DAY)
+    assert (check.join_id, check.user_id, check.days, check.report_id) == (
+        join_id,
+        1,
+        1,
+        str(CHAT),
+    )
+
+
+async def _one_due(db: Database, user_id: int = 1) -> retention.DueCheck:
+    await retention.set_setting(db, CHAT, 7, "Custom:Retained7d")
+    await add_join(db, user_id, at=1000)
+    await retention.sweep(db)
+    (check,) = await retention.due(db, now=time.time())
+    return check
+
+
+async def test_stayed_queues_one_event_and_closes_the_check(db: Database) -> None:
+    check = await _one_due(db)
+    row = follow_up_row(check, EventType.parse(check.event_type), now=2000.5)
+    row_id = await retention.record_stayed(db, check.id, status="member", event=row)
+    assert row_id is not None
+    # Asked again (a stale copy of the check): nothing new is queued.
+    assert await retention.record_stayed(db, check.id, status="member", event=row) is None
+    stored = await outbox.get(db, row_id)
+    assert stored is not None
+    assert (stored["kind"], stored["path"], stored["priority"]) == (
+        "lead_event",
+        "/leads/1/events",
+        1,
+    )
+    assert (await outbox.counts(db)).pending == 1
+    assert await retention.due(db, now=time.time()) == []
+    assert await retention.counts(db, [CHAT]) == {CHAT: {"sent": 1}}
+    found = await db.fetchone("SELECT state, status, outbox_id FROM retention_checks")
+    assert found is not None
+    assert tuple(found) == ("sent", "member", row_id)
+
+
+async def test_left_without_an_update_is_recorded_on_the_join(db: Database) -> None:
+    check = await _one_due(db)
+    await retention.record_left(db, check.id, status="left", now=5000.0)
+    assert await scalar(db, "SELECT left_at FROM joins") == 5000
+    assert await scalar(db, "SELECT count(*) FROM leaves") == 1
+    assert await retention.counts(db, [CHAT]) == {CHAT: {"left": 1}}
+
+
+async def test_a_known_leave_is_not_recorded_twice(db: Database) -> None:
+    check = await _one_due(db)
+    async with db.transaction() as conn:
+        await joins.record_leaves(conn, [joins.NewLeave(CHAT, 1, 3000, 77)])
+    await retention.record_left(db, check.id, status="kicked", now=5000.0)
+    assert await scalar(db, "SELECT left_at FROM joins") == 3000
+    assert await scalar(db, "SELECT count(*) FROM leaves") == 1
+
+
+async def test_failures_final_or_retried(db: Database) -> None:
+    check = await _one_due(db)
+    later = time.time() + 100
+    await retention.retry_later(db, check.id, at=later, error="HTTP 502")
+    assert await retention.due(db, now=time.time()) == []
+    (again,) = await retention.due(db, now=later)
+    assert again.attempts == 1
+    await retention.record_failed(db, check.id, reason="Bad Request: chat not found")
+    assert await retention.due(db, now=later) == []
+    assert await retention.next_due_at(db) is None
+    found = await db.fetchone("SELECT state, detail FROM retention_checks")
+    assert found is not None
+    assert tuple(found) == ("failed", "Bad Request: chat not found")
+
+
+def test_follow_up_row_body_and_stable_key() -> None:
+    check = retention.DueCheck(
+        id=1,
+        join_id=42,
+        chat_id=CHAT,
+        user_id=777,
+        days=7,
+        event_type="Custom:Retained7d",
+        attempts=0,
+        report_id="ch_abc",
+    )
+    event = EventType.parse(check.event_type)
+    row = follow_up_row(check, event, now=1700000000.25)
+    assert row.body == {
+        "channelId": "ch_abc",
+        "eventType": "Custom",
+        "customEventName": "Retained7d",
+        "eventTime": 1700000000250,
+    }
+    assert row.idempotency_key == f"jb-retention-{CHAT}-777-42-7d"
+    # The key does not depend on when the check ran.
+    assert follow_up_row(check, event, now=1.0).idempotency_key == row.idempotency_key
+
+
+USER = {"id": 5, "is_bot": False, "first_name": "T"}
+
+
+def wire(model: type[ChatMember], status: str, *, is_member: bool = True) -> ChatMember:
+    """A member as the Bot API sends it, parsed by aiogram's own model."""
+    return model.model_validate(member_json(status, USER, is_member=is_member))
+
+
+@pytest.mark.parametrize(
+    ("member", "present"),
+    [
+        (wire(ChatMemberOwner, "creator"), True),
+        (wire(ChatMemberAdministrator, "administrator"), True),
+        (wire(ChatMemberMember, "member"), True),
+        (wire(ChatMemberRestricted, "restricted", is_member=True), True),
+        (wire(ChatMemberRestricted, "restricted", is_member=False), False),
+        (wire(ChatMemberLeft, "left"), False),
+        (wire(ChatMemberBanned, "kicked"), False),
+    ],
+)
+def test_who_counts_as_still_there(member: ChatMember, present: bool) -> None:
+    assert is_present(member) is present
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["@chan", "7", "Custom:Retained7d"],
+            RetentionChange("@chan", 7, EventType.parse("Custom:Retained7d")),
+        ),
+        (["Test", "Channel", "30", "Lead"], RetentionChange("Test Channel", 30, EventType("Lead"))),
+        (
+            ["Crypto", "2024", "7", "Custom:Stayed", "a", "week"],
+            RetentionChange("Crypto 2024", 7, EventType("Custom", "Stayed a week")),
+        ),
+        (["Test", "Channel", "off"], RetentionChange("Test Channel", None, None)),
+        (["Test", "OFF"], RetentionChange("Test", None, None)),
+    ],
+)
+def test_parse_change_accepts(args: list[str], expected: RetentionChange) -> None:
+    assert parse_change(args) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["off"], "Name the channel"),
+        (["Test"], "Give the channel, the number of days and the event"),
+        (["7", "Lead"], "Give the channel, the number of days and the event"),
+        (["Test", "Custom:X"], "Give the channel, the number of days and the event"),
+        (["Test", "week", "Lead"], "whole number from 1 to 365, not “week”"),
+        (["Test", "0", "Lead"], "not “0”"),
+        (["Test", "366", "Lead"], "not “366”"),
+        (["Test", "-3", "Lead"], "not “-3”"),
+        (["Test", "7", "Visit"], "unknown event type"),
+        (["Test", "7", "Custom:"], "custom event name"),
+        (["Test", "7", "Purchase"], "cannot be Purchase"),
+        (["Test", "7", "<b>"], "&lt;b&gt;"),
+    ],
+)
+def test_parse_change_refuses_with_the_reason(args: list[str], says: str) -> None:
+    answer = parse_change(args)
+    assert isinstance(answer, str)
+    assert says in answer
