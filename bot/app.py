@@ -28,6 +28,8 @@ from bot.invite_pool import InvitePool
 from bot.invites import InviteMinter
 from bot.join_requests import JoinRequestDesk
 from bot.joins import JoinRecorder, ReportingPolicy
+from bot.lead_desk import LeadDesk
+from bot.leads_console import LeadsConsole
 from bot.notifier import Notifier
 from bot.onboarding import Onboarding
 from bot.pacing import TokenBucket
@@ -157,9 +159,10 @@ async def build(settings: Settings) -> Bridge:
         bot_name=lambda: f"@{poll_stats.username}" if poll_stats.username else "the bot",
         on_change=pool.wake,
     )
+    gate = AdminGate(bot, db, settings.admin_ids)
     console = Console(
         db,
-        AdminGate(bot, db, settings.admin_ids),
+        gate,
         courier,
         pool,
         minter,
@@ -176,6 +179,7 @@ async def build(settings: Settings) -> Bridge:
         minter=minter,
         onboarding=onboarding,
         console=console,
+        leads_console=LeadsConsole(db, gate, LeadDesk(db, adtarget, courier.wake)),
         retention_console=RetentionConsole(db, console),
         channel_sync=channel_sync,
     )
@@ -238,7 +242,7 @@ def courier_alerts(notifier: Notifier) -> CourierAlerts:
     def parked(row_id: int, reason: str) -> None:
         notifier.alert(
             "rows-parked",
-            f"⚠️ AdTarget refused a conversion (row #{row_id}): {html.escape(reason)}.\n"
+            f"⚠️ AdTarget refused outbox row #{row_id}: {html.escape(reason)}.\n"
             "See /outbox; /retry sends parked rows again once fixed.",
         )
 

@@ -44,6 +44,9 @@ page to AdTarget, so your ads learn which clicks became subscribers.
 /retry &lt;id|all&gt; — send parked rows again
 /pause, /resume — stop or restart sending to AdTarget
 /sync — fetch the channel mapping from AdTarget
+/lead &lt;telegram-user-id&gt; — what AdTarget and the bridge hold for one person
+/fire &lt;telegram-user-id&gt; &lt;event&gt; [value currency] — a follow-up event for a lead
+/value &lt;telegram-user-id&gt; &lt;conversion-id&gt; &lt;value&gt; &lt;currency&gt;
 /retention [&lt;channel&gt; &lt;days&gt; &lt;event&gt;|off] — an event for joiners who stay
 
 A channel is named by @username, its -100… id, or the start of its title."""
@@ -62,6 +65,9 @@ COMMANDS = {
     "pause": "Stop sending to AdTarget",
     "resume": "Start sending again",
     "sync": "Fetch channels from AdTarget",
+    "lead": "What AdTarget and the bridge hold for a user",
+    "fire": "A follow-up event for a lead",
+    "value": "A value for a conversion",
     "retention": "An event for joiners who stay",
 }
 
