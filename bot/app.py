@@ -34,6 +34,7 @@ from bot.notifier import Notifier
 from bot.onboarding import Onboarding
 from bot.pacing import TokenBucket
 from bot.poller import BadBotToken, Poller, PollerConfig, PollerStats
+from bot.privacy import PrivacyDesk, PrivacySweeper
 from bot.retention import RetentionChecker
 from bot.retention_console import RetentionConsole
 from bot.settings import Settings
@@ -94,6 +95,7 @@ class Bridge:
     notifier: Notifier
     channel_sync: ChannelSync
     retention: RetentionChecker
+    privacy: PrivacySweeper
     tracker_url: str = ""
 
     async def close(self) -> None:
@@ -182,6 +184,7 @@ async def build(settings: Settings) -> Bridge:
         leads_console=LeadsConsole(db, gate, LeadDesk(db, adtarget, courier.wake)),
         retention_console=RetentionConsole(db, console),
         channel_sync=channel_sync,
+        privacy=PrivacyDesk(db, settings.admin_ids),
     )
     poller = Poller(
         bot,
@@ -227,6 +230,7 @@ async def build(settings: Settings) -> Bridge:
         notifier=notifier,
         channel_sync=channel_sync,
         retention=retention,
+        privacy=PrivacySweeper(db, settings.retention_days),
     )
 
 
@@ -337,6 +341,8 @@ async def _run_locked(
         tasks.add(asyncio.create_task(bridge.courier.run(stop), name="courier"))
     else:
         log.warning("COURIER_ENABLED=false: conversions are queued, not sent")
+    if settings.retention_days:  # 0: personal fields are kept forever
+        tasks.add(asyncio.create_task(bridge.privacy.run(stop), name="privacy-sweep"))
     status = EXIT_OK
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

@@ -48,6 +48,7 @@ page to AdTarget, so your ads learn which clicks became subscribers.
 /fire &lt;telegram-user-id&gt; &lt;event&gt; [value currency] — a follow-up event for a lead
 /value &lt;telegram-user-id&gt; &lt;conversion-id&gt; &lt;value&gt; &lt;currency&gt;
 /retention [&lt;channel&gt; &lt;days&gt; &lt;event&gt;|off] — an event for joiners who stay
+/forget &lt;telegram-user-id&gt; — erase a person's joins and visits (ADMIN_IDS only)
 
 A channel is named by @username, its -100… id, or the start of its title."""
 
@@ -69,6 +70,7 @@ COMMANDS = {
     "fire": "A follow-up event for a lead",
     "value": "A value for a conversion",
     "retention": "An event for joiners who stay",
+    "forget": "Erase one user's data",
 }
 
 

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     default_event_type: Literal["Lead", "Subscribe"] = "Lead"
     send_organic: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # text: one readable line per event; json: one JSON object per line, ids as fields.
+    log_format: Literal["text", "json"] = "text"
+    # Visits and finished outbox rows lose their IP, User-Agent and click ids after
+    # this many days (counts stay); 0 keeps them forever.
+    retention_days: int = Field(default=90, ge=0)
 
     # Invite links the bot mints for visitors.
     invite_ttl: int = Field(default=7 * 24 * 3600, ge=120, description="seconds")

@@ -6,12 +6,13 @@ from aiogram import Router
 
 
 def get_routers() -> list[Router]:
-    from handlers import admin, join_requests, joins, leads, membership, retention
+    from handlers import admin, join_requests, joins, leads, membership, privacy, retention
 
     return [
         joins.make_router(),
         join_requests.make_router(),
         membership.make_router(),
+        privacy.make_router(),
         retention.make_router(),
         leads.make_router(),
         admin.make_router(),

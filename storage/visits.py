@@ -46,7 +46,10 @@ def _upsert_sql(returning: str = "") -> str:
     updates = ", ".join(f"{c} = coalesce(nullif(excluded.{c}, ''), {c})" for c in _UPDATABLE)
     return (
         f"INSERT INTO visits ({columns}, created_at, updated_at) VALUES ({marks}, ?, ?)"
-        f" ON CONFLICT (temp_id) DO UPDATE SET {updates}, updated_at = excluded.updated_at"
+        # A returning visitor's row is fresh again: due for scrubbing only after
+        # RETENTION_DAYS from now (storage/privacy.py).
+        f" ON CONFLICT (temp_id) DO UPDATE SET {updates}, updated_at = excluded.updated_at,"
+        f" scrubbed_at = NULL"
         f"{returning}"
     )
 
@@ -102,6 +105,7 @@ async def ensure(conn: aiosqlite.Connection, visit: Attribution) -> int:
 
 async def set_fbp(conn: aiosqlite.Connection, temp_id: str, fbp: str) -> bool:
     cursor = await conn.execute(
-        "UPDATE visits SET fbp = ?, updated_at = ? WHERE temp_id = ?", (fbp, time.time(), temp_id)
+        "UPDATE visits SET fbp = ?, updated_at = ?, scrubbed_at = NULL WHERE temp_id = ?",
+        (fbp, time.time(), temp_id),
     )
     return cursor.rowcount > 0

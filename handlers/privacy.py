@@ -1,0 +1,25 @@
+"""`/forget <telegram-user-id>` in private chat, for ADMIN_IDS.
+
+Thin: read the command, ask the privacy desk, send its reply.
+"""
+
+from __future__ import annotations
+
+from aiogram import F, Router
+from aiogram.filters import Command, CommandObject
+from aiogram.types import Message
+
+from bot.privacy import PrivacyDesk
+
+
+async def on_forget(message: Message, command: CommandObject, privacy: PrivacyDesk) -> None:
+    assert message.from_user is not None
+    reply = await privacy.forget(message.from_user.id, (command.args or "").split())
+    await message.answer(reply, parse_mode="HTML")
+
+
+def make_router() -> Router:
+    router = Router(name="privacy")
+    router.message.filter(F.chat.type == "private")
+    router.message.register(on_forget, Command("forget"))
+    return router

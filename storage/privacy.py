@@ -1,0 +1,260 @@
+"""Personal data: clearing it after RETENTION_DAYS (scrubbing), and erasing one
+person on request (forgetting).
+
+Scrubbing keeps every row, so /stats counts stay the same; it clears the
+fields that identify a visitor (IP, User-Agent, click ids, page URLs, their
+external id) from visits and from outbox rows that are done (delivered or
+parked). Rows still to be sent keep theirs: AdTarget needs them. `scrubbed_at`
+marks what is done, and the partial indexes of migration 007 hold only rows not
+yet scrubbed, so an hourly sweep reads only what it has to change.
+
+Forgetting deletes a Telegram user's joins, leaves, join requests, outbox rows
+(in any state: a conversion not yet sent must never be sent afterwards), the
+visits behind their joins' links, their stored raw updates, and their rows in
+any other table that names them, in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aiosqlite
+
+from storage.db import Database
+
+# Visit columns that identify a person. temp_id stays: it is the row's key and
+# only a random cookie value; utm_* stay: they describe the ad, not the visitor.
+VISIT_PERSONAL = (
+    "client_session_id",
+    "external_user_id",
+    "href",  # query strings carry click ids and whatever else the page passed
+    "referrer",
+    "fbc",
+    "fbp",
+    "gclid",
+    "ttclid",
+    "sccid",
+    "client_ip",
+    "user_agent",
+)
+# The same facts as AdTarget body fields (conversions, visit forwards, update-fbp,
+# follow-up events).
+BODY_PERSONAL = (
+    "clientIp",
+    "userAgent",
+    "fbc",
+    "fbp",
+    "gclid",
+    "ttclid",
+    "sccid",
+    "eventSourceUrl",
+    "externalUserId",
+    "clientSessionId",
+    "href",
+    "landingPage",
+    "referrer",
+    "country",
+    "city",
+    "region",
+    "pii",
+)
+HEADER_PERSONAL = (
+    "X-Adtarget-Client-IP",
+    "X-Adtarget-Client-User-Agent",
+    "x-adtarget-client-ip",
+    "x-adtarget-client-user-agent",
+)
+
+# Where a raw update names the person it is about (or who sent it).
+_UPDATE_USER_PATHS = (
+    "$.chat_member.new_chat_member.user.id",
+    "$.chat_member.old_chat_member.user.id",
+    "$.chat_member.from.id",
+    "$.chat_join_request.from.id",
+    "$.my_chat_member.from.id",
+    "$.message.from.id",
+    "$.callback_query.from.id",
+)
+# Columns that hold a Telegram user id, in tables this module does not know by name.
+_USER_COLUMNS = ("user_id", "telegram_user_id")
+_HANDLED = {"joins", "leaves", "join_requests", "outbox", "visits", "invite_links", "updates"}
+
+
+def _json_paths(names: Sequence[str]) -> str:
+    return ", ".join(f"'$.\"{name}\"'" for name in names)
+
+
+_SCRUB_VISITS = (
+    "UPDATE visits SET "
+    + ", ".join(f"{c} = NULL" for c in VISIT_PERSONAL)
+    + ", scrubbed_at = ? WHERE id IN (SELECT id FROM visits INDEXED BY visits_to_scrub"
+    " WHERE scrubbed_at IS NULL AND updated_at < ? LIMIT ?)"
+)
+_SCRUB_OUTBOX = (
+    f"UPDATE outbox SET body = json_remove(body, {_json_paths(BODY_PERSONAL)}),"
+    f" headers = nullif(json_remove(headers, {_json_paths(HEADER_PERSONAL)}), '{{}}'),"
+    " scrubbed_at = ? WHERE id IN (SELECT id FROM outbox INDEXED BY outbox_to_scrub"
+    " WHERE scrubbed_at IS NULL AND state IN ('delivered', 'parked') AND created_at < ?"
+    " LIMIT ?)"
+)
+
+
+async def scrub_visits(db: Database, *, before: float, limit: int) -> int:
+    """Clear the personal fields of up to `limit` visits last seen before `before`."""
+    async with db.transaction() as conn:
+        cursor = await conn.execute(_SCRUB_VISITS, (time.time(), before, limit))
+        return cursor.rowcount
+
+
+async def scrub_outbox(db: Database, *, before: float, limit: int) -> int:
+    """The same for up to `limit` delivered or parked outbox rows created before `before`."""
+    async with db.transaction() as conn:
+        cursor = await conn.execute(_SCRUB_OUTBOX, (time.time(), before, limit))
+        return cursor.rowcount
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """What forgetting one person changed: rows deleted and rows unlinked, per table."""
+
+    deleted: dict[str, int] = field(default_factory=dict)
+    unlinked: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.deleted.values()) + sum(self.unlinked.values())
+
+
+async def forget_user(db: Database, user_id: int) -> Forgotten:
+    """Erase everything the bridge holds about Telegram user `user_id`, atomically."""
+    async with db.transaction() as conn:
+        return await _forget(conn, user_id)
+
+
+async def _ids(conn: aiosqlite.Connection, sql: str, params: Sequence[object]) -> list[int]:
+    rows = await conn.execute_fetchall(sql, tuple(params))
+    return sorted({int(r[0]) for r in rows if r[0] is not None})
+
+
+async def _run(conn: aiosqlite.Connection, sql: str, params: Sequence[object]) -> int:
+    cursor = await conn.execute(sql, tuple(params))
+    return max(cursor.rowcount, 0)
+
+
+async def _forget(conn: aiosqlite.Connection, user_id: int) -> Forgotten:
+    deleted: dict[str, int] = {}
+    unlinked: dict[str, int] = {}
+    join_ids = await _ids(conn, "SELECT id FROM joins WHERE user_id = ?", (user_id,))
+    link_ids = await _ids(
+        conn,
+        "SELECT link_id FROM joins WHERE user_id = ? UNION SELECT link_id FROM join_requests"
+        " WHERE user_id = ?",
+        (user_id, user_id),
+    )
+    # A visit is its visitor's; the join (or request) tells us which visit they were.
+    visit_ids = await _ids(
+        conn,
+        "SELECT visit_id FROM invite_links WHERE id IN (SELECT value FROM json_each(?))",
+        (json.dumps(link_ids),),
+    )
+    temp_ids = [
+        str(r[0])
+        for r in await conn.execute_fetchall(
+            "SELECT temp_id FROM visits WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(visit_ids),),
+        )
+    ]
+    update_ids = await _ids(
+        conn,
+        "SELECT update_id FROM joins WHERE user_id = ? UNION SELECT update_id FROM leaves"
+        " WHERE user_id = ? UNION SELECT update_id FROM join_requests WHERE user_id = ?",
+        (user_id, user_id, user_id),
+    )
+    outbox_ids = await _ids(
+        conn,
+        "SELECT id FROM outbox WHERE telegram_user_id = ?"
+        " OR join_id IN (SELECT value FROM json_each(?))"
+        " OR (kind IN ('visit', 'update_fbp')"
+        " AND json_extract(body, '$.tempId') IN (SELECT value FROM json_each(?)))",
+        (user_id, json.dumps(join_ids), json.dumps(temp_ids)),
+    )
+    parents = {
+        "joins": json.dumps(join_ids),
+        "visits": json.dumps(visit_ids),
+        "outbox": json.dumps(outbox_ids),
+    }
+
+    # Tables added by later features: rows naming the person, or about their joins,
+    # visits or outbox rows (deleted before those, for the foreign keys).
+    for table in await _other_tables(conn):
+        columns = await _columns(conn, table)
+        terms: list[str] = []
+        params: list[object] = []
+        for column in columns & set(_USER_COLUMNS):
+            terms.append(f'"{column}" = ?')
+            params.append(user_id)
+        for column, parent in await _references(conn, table):
+            if parent in parents:
+                terms.append(f'"{column}" IN (SELECT value FROM json_each(?))')
+                params.append(parents[parent])
+        if terms:
+            count = await _run(conn, f'DELETE FROM "{table}" WHERE {" OR ".join(terms)}', params)
+            if count:
+                deleted[table] = count
+
+    deleted["outbox"] = await _run(
+        conn,
+        "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))",
+        (parents["outbox"],),
+    )
+    deleted["joins"] = await _run(conn, "DELETE FROM joins WHERE user_id = ?", (user_id,))
+    deleted["leaves"] = await _run(conn, "DELETE FROM leaves WHERE user_id = ?", (user_id,))
+    deleted["join_requests"] = await _run(
+        conn, "DELETE FROM join_requests WHERE user_id = ?", (user_id,)
+    )
+    # The links are the channel's and stay; they lose the visit. Discarded, so an
+    # unused one never goes back into the pool for someone else.
+    unlinked["invite_links"] = await _run(
+        conn,
+        "UPDATE invite_links SET visit_id = NULL, discarded_at = coalesce(discarded_at, ?)"
+        " WHERE visit_id IN (SELECT value FROM json_each(?))",
+        (time.time(), parents["visits"]),
+    )
+    deleted["visits"] = await _run(
+        conn,
+        "DELETE FROM visits WHERE id IN (SELECT value FROM json_each(?))",
+        (parents["visits"],),
+    )
+    user_terms = " OR ".join(f"json_extract(raw, '{path}') = ?" for path in _UPDATE_USER_PATHS)
+    deleted["updates"] = await _run(
+        conn,
+        f"DELETE FROM updates WHERE update_id IN (SELECT value FROM json_each(?)) OR {user_terms}",
+        (json.dumps(update_ids), *([user_id] * len(_UPDATE_USER_PATHS))),
+    )
+    if "promoted_by" in await _columns(conn, "channels"):
+        unlinked["channels"] = await _run(
+            conn, "UPDATE channels SET promoted_by = NULL WHERE promoted_by = ?", (user_id,)
+        )
+    return Forgotten(deleted, {k: v for k, v in unlinked.items() if v})
+
+
+async def _other_tables(conn: aiosqlite.Connection) -> list[str]:
+    rows = await conn.execute_fetchall(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        " ORDER BY name"
+    )
+    return [str(r[0]) for r in rows if str(r[0]) not in _HANDLED]
+
+
+async def _columns(conn: aiosqlite.Connection, table: str) -> set[str]:
+    rows = await conn.execute_fetchall(f'PRAGMA table_info("{table}")')
+    return {str(r[1]) for r in rows}
+
+
+async def _references(conn: aiosqlite.Connection, table: str) -> list[tuple[str, str]]:
+    """(column, parent table) of the table's foreign keys."""
+    rows = await conn.execute_fetchall(f'PRAGMA foreign_key_list("{table}")')
+    return [(str(r[3]), str(r[2])) for r in rows]

@@ -1,0 +1,351 @@
+"""Privacy over a real database: RETENTION_DAYS scrubbing keeps the counts and clears
+only old, finished rows; forgetting removes one person's rows and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot import cli
+from bot.events import EventType
+from bot.joins import ChatRef, JoinRecorder, JoinSeen, LeaveSeen, ReportingPolicy
+from bot.privacy import PrivacySweeper, parse_user_id
+from bot.tracker_input import VisitInput
+from bot.visits import VisitRecorder
+from storage import channels, invite_links, join_requests, updates
+from storage.db import Database, open_database
+from storage.privacy import _SCRUB_OUTBOX, _SCRUB_VISITS, forget_user
+from storage.stats import channel_stats
+
+DAY = 86400
+CHAT = ChatRef(-1001000000001, "Channel A", None, "channel")
+ALICE, BOB = 5550101, 5550102
+PAGE = "https://landing.example/offer?fbclid=AbC&utm_source=meta"
+
+VISIT = VisitInput(
+    temp_id=None,
+    client_session_id=None,
+    external_user_id="crm-1",
+    href=PAGE,
+    landing_page=None,
+    referrer="https://m.facebook.com/?q=secret",
+    client_ip="203.0.113.7",
+    user_agent="Mozilla/5.0 Test",
+    country="DE",
+    city=None,
+    region=None,
+    fbc="fb.1.1700000000000.AbC",
+    fbp="fb.1.1700000000000.42",
+    gclid="g-1",
+    ttclid=None,
+    sccid=None,
+    utm_source="meta",
+    utm_medium=None,
+    utm_campaign="spring",
+    utm_content=None,
+    utm_term=None,
+)
+PERSONAL_VISIT_COLUMNS = (
+    "external_user_id",
+    "href",
+    "referrer",
+    "client_ip",
+    "user_agent",
+    "fbc",
+    "fbp",
+    "gclid",
+)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await open_database(tmp_path / "bridge.db")
+    yield database
+    await database.close()
+
+
+async def _person(db: Database, user_id: int, temp_id: str, update_id: int) -> None:
+    """A visit (and its forward), their personal link, an update-fbp, their join with
+    its stored update and conversion, a join request, and a leave."""
+    visits = VisitRecorder(db, lambda: None)
+    await visits.record(replace(VISIT, temp_id=temp_id))
+    await visits.update_fbp(temp_id, f"fb.1.1700000000001.{user_id}")
+    await visits.aclose()
+    visit_id = await _scalar(db, "SELECT id FROM visits WHERE temp_id = ?", (temp_id,))
+    url = f"https://t.me/+link{user_id}"
+    async with db.transaction() as conn:
+        link = await invite_links.insert(
+            conn,
+            url=url,
+            chat_id=CHAT.id,
+            kind="visitor",
+            name=f"v{visit_id}",
+            visit_id=visit_id,
+            campaign=None,
+            creates_join_request=False,
+            expire_date=int(time.time()) + DAY,
+        )
+    raw = {
+        "update_id": update_id,
+        "chat_member": {
+            "chat": {"id": CHAT.id, "type": "channel", "title": CHAT.title},
+            "from": {"id": user_id, "is_bot": False, "first_name": "T"},
+            "date": int(time.time()),
+            "old_chat_member": {"status": "left", "user": {"id": user_id}},
+            "new_chat_member": {"status": "member", "user": {"id": user_id}},
+            "invite_link": {"invite_link": url},
+        },
+    }
+    await updates.store_batch(db, [(update_id, "chat_member", json.dumps(raw))])
+    await updates.mark_done(db, [update_id])
+    recorder = JoinRecorder(db, ReportingPolicy(EventType("Lead")), lambda: None)
+    now = int(time.time())
+    await recorder.record([JoinSeen(CHAT, user_id, url, now - 60, update_id=update_id)])
+    await recorder.record([LeaveSeen(CHAT, user_id, now, update_id=update_id + 1)])
+    async with db.transaction() as conn:
+        await join_requests.insert_many(
+            conn,
+            [join_requests.NewRequest(CHAT.id, user_id, link.id, url, now - 90, None, "manual")],
+        )
+
+
+async def _scalar(db: Database, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    row = await db.fetchone(sql, params)
+    return None if row is None else row[0]
+
+
+async def _seed(db: Database) -> None:
+    async with db.transaction() as conn:
+        await channels.ensure_known(conn, [(CHAT.id, CHAT.title, None, "channel")])
+    await _person(db, ALICE, "00000000-0000-4000-8000-00000000000a", 900)
+    await _person(db, BOB, "00000000-0000-4000-8000-00000000000b", 910)
+    # A visitor who never joined.
+    visits = VisitRecorder(db, lambda: None)
+    await visits.record(replace(VISIT, temp_id="00000000-0000-4000-8000-00000000000c"))
+    await visits.aclose()
+
+
+async def _age(db: Database, days: float) -> None:
+    """Make every visit and outbox row `days` old."""
+    then = time.time() - days * DAY
+    async with db.transaction() as conn:
+        await conn.execute("UPDATE visits SET created_at = ?, updated_at = ?", (then, then))
+        await conn.execute("UPDATE outbox SET created_at = ?", (then,))
+
+
+async def _stats(db: Database) -> Any:
+    row = await channel_stats(db, chat_id=None, since=None, now=time.time())
+    return replace(row, now=0)
+
+
+async def test_sweep_clears_old_finished_rows_and_keeps_counts(db: Database) -> None:
+    await _seed(db)
+    async with db.transaction() as conn:
+        # Alice's conversion was delivered, Bob's is still waiting: his keeps its signals.
+        await conn.execute(
+            "UPDATE outbox SET state = 'delivered' WHERE telegram_user_id IS NOT ?", (BOB,)
+        )
+    await _age(db, 91)
+    fresh = VisitRecorder(db, lambda: None)
+    await fresh.record(replace(VISIT, temp_id="00000000-0000-4000-8000-00000000000d"))
+    await fresh.aclose()
+    before = await _stats(db)
+
+    swept = await PrivacySweeper(db, 90, batch=2).sweep_once()
+
+    assert swept.visits == 3  # the fresh visit is not old enough
+    assert swept.outbox == 6  # 3 visit forwards, 2 update-fbp, Alice's conversion
+    rows = await db.fetchall("SELECT * FROM visits ORDER BY id")
+    for row in rows:
+        old = row["temp_id"] != "00000000-0000-4000-8000-00000000000d"
+        assert (row["scrubbed_at"] is not None) == old
+        for column in PERSONAL_VISIT_COLUMNS:
+            assert (row[column] is None) == old, column
+        assert row["utm_source"] == "meta"  # the ad, not the person: kept
+        assert row["temp_id"]
+    for row in await db.fetchall("SELECT * FROM outbox"):
+        body = json.loads(row["body"])
+        if row["kind"] == "conversion" and row["telegram_user_id"] == BOB:
+            assert row["state"] == "pending"
+            assert row["scrubbed_at"] is None
+            assert body["clientIp"] == "203.0.113.7"
+            assert body["eventSourceUrl"] == PAGE
+            continue
+        if row["scrubbed_at"] is None:  # the fresh visit's forward
+            assert body.get("tempId") == "00000000-0000-4000-8000-00000000000d"
+            continue
+        text = row["body"] + (row["headers"] or "")
+        for value in ("203.0.113.7", "Mozilla", "AbC", "fb.1.", "g-1", "crm-1", "DE"):
+            assert value not in text, (row["kind"], text)
+        assert row["headers"] is None
+        assert "tempId" in body or "telegramUserId" in body
+    assert await _stats(db) == before
+    # Idempotent and cheap: nothing left to do.
+    again = await PrivacySweeper(db, 90).sweep_once()
+    assert (again.visits, again.outbox) == (0, 0)
+
+
+async def test_a_returning_visitor_is_fresh_again(db: Database) -> None:
+    await _seed(db)
+    await _age(db, 100)
+    await PrivacySweeper(db, 90).sweep_once()
+    recorder = VisitRecorder(db, lambda: None)
+    await recorder.record(replace(VISIT, temp_id="00000000-0000-4000-8000-00000000000c"))
+    await recorder.aclose()
+    row = await db.fetchone(
+        "SELECT client_ip, scrubbed_at FROM visits WHERE temp_id = ?",
+        ("00000000-0000-4000-8000-00000000000c",),
+    )
+    assert row is not None
+    assert row["client_ip"] == "203.0.113.7"
+    assert row["scrubbed_at"] is None
+    assert (await PrivacySweeper(db, 90).sweep_once()).visits == 0
+
+
+async def test_young_rows_are_left_alone(db: Database) -> None:
+    await _seed(db)
+    async with db.transaction() as conn:
+        await conn.execute("UPDATE outbox SET state = 'delivered'")
+    await _age(db, 89)
+    swept = await PrivacySweeper(db, 90).sweep_once()
+    assert (swept.visits, swept.outbox) == (0, 0)
+    assert await _scalar(db, "SELECT count(*) FROM visits WHERE client_ip IS NULL") == 0
+
+
+async def test_sweep_reads_only_rows_not_yet_scrubbed(db: Database) -> None:
+    for sql in (_SCRUB_VISITS, _SCRUB_OUTBOX):
+        plan = " ".join(
+            str(r[3]) for r in await db.fetchall(f"EXPLAIN QUERY PLAN {sql}", (0, 0, 10))
+        )
+        assert "visits_to_scrub" in plan or "outbox_to_scrub" in plan, plan
+        assert "SCAN visits" not in plan
+        assert "SCAN outbox" not in plan
+
+
+async def _snapshot(db: Database) -> dict[str, set[tuple[Any, ...]]]:
+    tables = [
+        str(r[0])
+        for r in await db.fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+    ]
+    # Table names come from sqlite_master, not from input.
+    sql = 'SELECT * FROM "{}"'
+    return {t: {tuple(r) for r in await db.fetchall(sql.format(t))} for t in tables}
+
+
+async def test_forget_removes_that_person_and_nothing_of_another(db: Database) -> None:
+    await _seed(db)
+    before = await _snapshot(db)
+    alice_visit = await _scalar(
+        db, "SELECT id FROM visits WHERE temp_id = ?", ("00000000-0000-4000-8000-00000000000a",)
+    )
+
+    forgotten = await forget_user(db, ALICE)
+
+    after = await _snapshot(db)
+    gone = {t: before[t] - after[t] for t in before}
+    # Counts said are the rows that went.
+    for table, count in forgotten.deleted.items():
+        assert len(gone[table]) == count, table
+    assert forgotten.deleted["joins"] == 1
+    assert forgotten.deleted["leaves"] == 1
+    assert forgotten.deleted["join_requests"] == 1
+    assert forgotten.deleted["visits"] == 1
+    # Her conversion, her visit's forward and its update-fbp.
+    assert forgotten.deleted["outbox"] == 3
+    assert forgotten.deleted["updates"] == 1
+    assert forgotten.unlinked == {"invite_links": 1}
+    # Nothing of Bob's (same channel, same day) nor of the visitor who never joined.
+    for table, rows in gone.items():
+        if table == "invite_links":
+            continue
+        assert not any(BOB in row for row in rows), table
+        assert not any("00000000-0000-4000-8000-00000000000b" in str(row) for row in rows)
+    assert await _scalar(db, "SELECT count(*) FROM visits") == 2
+    assert await _scalar(db, "SELECT count(*) FROM joins WHERE user_id = ?", (BOB,)) == 1
+    # The link stays (the channel's), without the visit, and never goes back to the pool.
+    link = await db.fetchone(
+        "SELECT visit_id, discarded_at FROM invite_links WHERE url = ?",
+        (f"https://t.me/+link{ALICE}",),
+    )
+    assert link is not None
+    assert link["visit_id"] is None
+    assert link["discarded_at"] is not None
+    # Nowhere is she named any more.
+    for table, rows in after.items():
+        assert not any(ALICE in row for row in rows), table
+    assert await _scalar(db, "SELECT count(*) FROM visits WHERE id = ?", (alice_visit,)) == 0
+    assert (await forget_user(db, ALICE)).total == 0
+
+
+async def test_forget_covers_tables_added_later(db: Database) -> None:
+    """A feature's own table naming the user, or pointing at their joins, is erased too."""
+    await _seed(db)
+    async with db.transaction() as conn:
+        await conn.execute(
+            "CREATE TABLE audit_notes (id INTEGER PRIMARY KEY, telegram_user_id INTEGER, note TEXT)"
+        )
+        await conn.execute(
+            "CREATE TABLE join_marks (id INTEGER PRIMARY KEY,"
+            " join_id INTEGER NOT NULL REFERENCES joins(id))"
+        )
+        await conn.execute(
+            "INSERT INTO audit_notes (telegram_user_id, note) VALUES (?, 'a'), (?, 'b')",
+            (ALICE, BOB),
+        )
+        await conn.execute("INSERT INTO join_marks (join_id) SELECT id FROM joins")
+    forgotten = await forget_user(db, ALICE)
+    assert forgotten.deleted["audit_notes"] == 1
+    assert forgotten.deleted["join_marks"] == 1
+    assert await _scalar(db, "SELECT count(*) FROM join_marks") == 1
+
+
+def test_user_id_must_be_a_positive_number() -> None:
+    assert parse_user_id(" 42 ") == 42
+    for bad in ("abc", "-5", "0", "4.2", "", "١٢"):
+        with pytest.raises(ValueError, match=r"Telegram user id|range"):
+            parse_user_id(bad)
+
+
+def test_cli_forget_prints_the_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def seeded() -> str:
+        database = await open_database(tmp_path / "bridge.db")
+        await _seed(database)
+        await database.close()
+        return str(database.path)
+
+    path = asyncio.run(seeded())
+    assert cli.main(["forget", str(ALICE), "--database", path]) == 0
+    out = capsys.readouterr().out
+    assert f"forgot user {ALICE}:" in out
+    assert "joins: 1 row(s) deleted" in out
+    assert "outbox: 3 row(s) deleted" in out
+    assert "visits: 1 row(s) deleted" in out
+    assert "invite_links: 1 row(s) kept, reference to the person removed" in out
+    assert cli.main(["forget", str(ALICE), "--database", path]) == 0
+    assert "nothing stored about user" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["forget", "bob"], "argument telegram_user_id: 'bob' is not a Telegram user id"),
+        (["forget"], "the following arguments are required: telegram_user_id"),
+        (["forget", "5", "--database", "/nonexistent/x.db"], "database: /nonexistent/x.db"),
+    ],
+)
+def test_cli_forget_usage_mistakes_exit_2(
+    capsys: pytest.CaptureFixture[str], arguments: list[str], expected: str
+) -> None:
+    assert cli.main(arguments) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "Traceback" not in err
