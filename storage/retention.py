@@ -17,7 +17,6 @@ from storage import joins, outbox
 from storage.db import Database
 
 DAY = 86400
-CURSOR_KEY = "retention_swept_join_id"
 STATES = ("pending", "sent", "left", "failed")
 
 
@@ -89,9 +88,7 @@ async def sweep(db: Database, *, now: float | None = None, batch: int = 5000) ->
     scheduled = 0
     while True:
         async with db.transaction() as conn:
-            async with conn.execute(
-                "SELECT CAST(value AS INTEGER) FROM bridge_state WHERE key = ?", (CURSOR_KEY,)
-            ) as cursor:
+            async with conn.execute("SELECT last_join_id FROM retention_sweep") as cursor:
                 found = await cursor.fetchone()
             after = int(found[0]) if found else 0
             async with conn.execute("SELECT coalesce(max(id), 0) FROM joins") as cursor:
@@ -112,10 +109,10 @@ async def sweep(db: Database, *, now: float | None = None, batch: int = 5000) ->
             )
             scheduled += max(inserted.rowcount, 0)
             await conn.execute(
-                "INSERT INTO bridge_state (key, value, updated_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
-                " updated_at = excluded.updated_at",
-                (CURSOR_KEY, str(upto), now),
+                "INSERT INTO retention_sweep (id, last_join_id, swept_at) VALUES (1, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET last_join_id = excluded.last_join_id,"
+                " swept_at = excluded.swept_at",
+                (upto, now),
             )
 
 

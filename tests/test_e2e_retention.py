@@ -127,11 +127,7 @@ async def test_retention_off_asks_telegram_nothing(
     await attributed_join(running, telegram, 705)  # turned on, then off again
     await adtarget.wait_for_conversions(2)
     newest = await running.scalar("SELECT max(id) FROM joins")
-    await running.wait_scalar(
-        "SELECT CAST(value AS INTEGER) >= ? FROM bridge_state WHERE key = ?",
-        1,
-        (newest, "retention_swept_join_id"),
-    )
+    await running.wait_scalar("SELECT last_join_id >= ? FROM retention_sweep", 1, (newest,))
     assert await running.scalar("SELECT count(*) FROM retention_checks") == 0
     assert await running.stop() == 0
     assert member_checks(telegram, 704) == 0

@@ -32,11 +32,14 @@ CREATE INDEX retention_due ON retention_checks(due_at) WHERE state = 'pending';
 -- /retention's counts per channel and state.
 CREATE INDEX retention_chat_state ON retention_checks(chat_id, state);
 
--- The sweep's cursor: joins up to this id have been considered. Existing joins are
--- skipped (no channel had retention on before this migration).
-INSERT INTO bridge_state (key, value, updated_at)
-SELECT 'retention_swept_join_id', CAST(coalesce(max(id), 0) AS TEXT), CAST(strftime('%s', 'now') AS REAL)
-FROM joins;
+-- The sweep's cursor (one row): joins up to this id have been considered. Existing
+-- joins are skipped (no channel had retention on before this migration).
+CREATE TABLE retention_sweep (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    last_join_id INTEGER NOT NULL,
+    swept_at     REAL
+);
+INSERT INTO retention_sweep (id, last_join_id) SELECT 1, coalesce(max(id), 0) FROM joins;
 
 -- Join ids are max(id) + 1: deleting the newest join (a person forgotten on request)
 -- frees its id for the next join. Move the cursor and the channels' watermarks back
@@ -45,9 +48,8 @@ FROM joins;
 CREATE TRIGGER joins_deleted_retention_marks AFTER DELETE ON joins
 WHEN OLD.id > (SELECT coalesce(max(id), 0) FROM joins)
 BEGIN
-    UPDATE bridge_state SET value = CAST((SELECT coalesce(max(id), 0) FROM joins) AS TEXT)
-    WHERE key = 'retention_swept_join_id'
-    AND CAST(value AS INTEGER) > (SELECT coalesce(max(id), 0) FROM joins);
+    UPDATE retention_sweep SET last_join_id = (SELECT coalesce(max(id), 0) FROM joins)
+    WHERE last_join_id > (SELECT coalesce(max(id), 0) FROM joins);
     UPDATE channels SET retention_signal_after = (SELECT coalesce(max(id), 0) FROM joins)
     WHERE retention_signal_after > (SELECT coalesce(max(id), 0) FROM joins);
 END;
