@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
-    logs.configure(
-        settings.log_level,
-        [settings.bot_token.get_secret_value(), settings.adtarget_api_key.get_secret_value()],
-    )
+    secrets = [settings.bot_token.get_secret_value(), settings.adtarget_api_key.get_secret_value()]
+    if settings.tracker_token is not None:
+        secrets.append(settings.tracker_token.get_secret_value())
+    logs.configure(settings.log_level, secrets, settings.log_format)
     return asyncio.run(_serve(settings))

@@ -21,6 +21,7 @@ from typing import Any
 
 from bot.adtarget import AdTargetClient
 from bot.delivery import Outcome, Verdict, backoff_delay, classify_answer, classify_exception
+from bot.logs import ids
 from bot.waiting import wait_any
 from storage import outbox, state
 from storage.db import Database
@@ -127,7 +128,12 @@ class Courier:
             self._probe_at = now + self._probe_interval()
             rows = await outbox.claim(self._db, limit=1, lease=self._config.lease)
             if rows:
-                log.info("courier paused (%s): probing with row %d", self._pause.reason, rows[0].id)
+                log.info(
+                    "courier paused (%s): probing with row %d",
+                    self._pause.reason,
+                    rows[0].id,
+                    extra=_row_ids(rows[0]),
+                )
                 self._start(rows[0])
             return 0.2 if rows else IDLE_WAIT
         free = self._config.concurrency - len(self._in_flight)
@@ -193,7 +199,9 @@ class Courier:
         except Exception:
             # A bug or a database error: leave the row claimed; the lease rescue
             # sends it again later rather than losing it.
-            log.exception("outbox row %d: delivery failed unexpectedly", row.id)
+            log.exception(
+                "outbox row %d: delivery failed unexpectedly", row.id, extra=_row_ids(row)
+            )
 
     async def _apply(
         self, row: OutboxRow, outcome: Outcome, body: Any, replay: bool, elapsed_ms: float
@@ -219,6 +227,10 @@ class Courier:
                 fields.get("conversionId"),
                 ", replay" if replay else "",
                 f"; AdTarget warns: {fields['warning']}" if fields.get("warning") else "",
+                extra={
+                    **_row_ids(row),
+                    **ids(conversion_id=_opt_str(fields.get("conversionId"))),
+                },
             )
             if self._pause is not None:
                 await self._resume("AdTarget accepted a probe")
@@ -226,7 +238,13 @@ class Courier:
         if verdict is Verdict.RATE_LIMITED:
             wait = outcome.retry_after if outcome.retry_after is not None else 60.0
             self._client.pacer.hold(wait)
-            log.warning("outbox row %d: %s; waiting %.0f s", row.id, outcome.reason, wait)
+            log.warning(
+                "outbox row %d: %s; waiting %.0f s",
+                row.id,
+                outcome.reason,
+                wait,
+                extra=_row_ids(row),
+            )
             await outbox.reschedule(
                 self._db,
                 row.id,
@@ -240,7 +258,7 @@ class Courier:
             await self._enter_pause(outcome)
             return
         if verdict is Verdict.PARK:
-            log.error("outbox row %d parked: %s", row.id, outcome.reason)
+            log.error("outbox row %d parked: %s", row.id, outcome.reason, extra=_row_ids(row))
             await outbox.park(self._db, row.id, attempt=row.attempts, reason=outcome.reason)
             self._alerts.parked(row.id, outcome.reason)
             return
@@ -259,7 +277,7 @@ class Courier:
                 f"gave up after {row.attempts} attempts over {(now - first) / 3600:.1f} h;"
                 f" last error: {outcome.reason}"
             )
-            log.error("outbox row %d parked: %s", row.id, reason)
+            log.error("outbox row %d parked: %s", row.id, reason, extra=_row_ids(row))
             await outbox.park(self._db, row.id, attempt=row.attempts, reason=reason)
             self._alerts.parked(row.id, reason)
             return
@@ -269,6 +287,7 @@ class Courier:
             row.attempts,
             outcome.reason,
             delay,
+            extra=_row_ids(row),
         )
         await outbox.reschedule(
             self._db,
@@ -289,7 +308,9 @@ class Courier:
         try:
             answer = await self._client.get(f"/leads/{row.telegram_user_id}")
         except Exception as error:
-            log.warning("outbox row %d: lead check failed (%s); sending", row.id, error)
+            log.warning(
+                "outbox row %d: lead check failed (%s); sending", row.id, error, extra=_row_ids(row)
+            )
             return False
         if answer.status != 200 or not isinstance(answer.body, dict):
             return False
@@ -300,6 +321,7 @@ class Courier:
             "outbox row %d: AdTarget already holds conversion %s; not sending again",
             row.id,
             match,
+            extra={**_row_ids(row), **ids(conversion_id=match)},
         )
         await outbox.mark_delivered(
             self._db, row.id, conversion_id=match, dispatched=None, warning=None, replayed=True
@@ -387,6 +409,11 @@ def _parse_time_ms(value: Any) -> int | None:
             return None
         return int(parsed.timestamp() * 1000)
     return None
+
+
+def _row_ids(row: OutboxRow) -> dict[str, int | str]:
+    """The ids a log line about an outbox row carries as fields (LOG_FORMAT=json)."""
+    return ids(outbox_id=row.id, chat_id=row.chat_id, user_id=row.telegram_user_id)
 
 
 def _opt_str(value: Any) -> str | None:

@@ -19,6 +19,7 @@ from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramRetryAfter
 
 from bot.invites import InviteMinter
+from bot.logs import ids
 from bot.waiting import wait_any
 from storage import channels, invite_pool, visits
 from storage.channels import Channel
@@ -108,7 +109,11 @@ class InvitePool:
         async with self._mint_locks.setdefault(channel.chat_id, asyncio.Lock()):
             if self.telegram_wait() > 0:
                 raise PoolEmpty(self.telegram_wait())
-            log.warning("invite pool of %d is empty: minting on demand", channel.chat_id)
+            log.warning(
+                "invite pool of %d is empty: minting on demand",
+                channel.chat_id,
+                extra=ids(chat_id=channel.chat_id),
+            )
             try:
                 return await self._minter.mint_for_visitor(
                     channel.chat_id, visit, record_visit=False
@@ -178,10 +183,20 @@ class InvitePool:
             self._hold(error.retry_after)
             return False
         except TelegramBadRequest as error:
-            log.error("cannot mint invite links in %d: %s", channel.chat_id, error.message)
+            log.error(
+                "cannot mint invite links in %d: %s",
+                channel.chat_id,
+                error.message,
+                extra=ids(chat_id=channel.chat_id),
+            )
             return False
         except (TelegramAPIError, OSError, TimeoutError) as error:
-            log.warning("minting a pool link in %d failed: %s", channel.chat_id, error)
+            log.warning(
+                "minting a pool link in %d failed: %s",
+                channel.chat_id,
+                error,
+                extra=ids(chat_id=channel.chat_id),
+            )
             return False
         await invite_pool.add(
             self._db,
@@ -205,11 +220,25 @@ class InvitePool:
                 return
             except TelegramBadRequest as error:
                 # Already revoked or expired, or our rights are gone: nothing more to do.
-                log.info("invite link %d not revoked (%s); marking it done", link_id, error.message)
+                log.info(
+                    "invite link %d not revoked (%s); marking it done",
+                    link_id,
+                    error.message,
+                    extra=ids(link_id=link_id, chat_id=chat_id),
+                )
             except (TelegramAPIError, OSError, TimeoutError) as error:
-                log.warning("revoking invite link %d failed: %s; will retry", link_id, error)
+                log.warning(
+                    "revoking invite link %d failed: %s; will retry",
+                    link_id,
+                    error,
+                    extra=ids(link_id=link_id, chat_id=chat_id),
+                )
                 return
             await invite_pool.mark_revoked(self._db, link_id)
             self.revoked += 1
-            log.info("invite link %d revoked after its join", link_id)
+            log.info(
+                "invite link %d revoked after its join",
+                link_id,
+                extra=ids(link_id=link_id, chat_id=chat_id),
+            )
             await asyncio.sleep(self._pace)

@@ -19,6 +19,7 @@ from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramRetryAfter
 
 from bot.joins import ChatRef, JoinRecorder, JoinSeen
+from bot.logs import ids
 from bot.waiting import wait_any
 from storage import channels, invite_links, join_requests
 from storage.db import Database
@@ -92,6 +93,7 @@ class JoinRequestDesk:
                 s.user_id,
                 s.chat.id,
                 "to approve" if state == "pending" else "left to admins",
+                extra=ids(update_id=s.update_id, user_id=s.user_id, chat_id=s.chat.id),
             )
         await join_requests.insert_many(conn, rows)
         return len(rows)
@@ -133,6 +135,7 @@ class JoinRequestDesk:
                 request.id,
                 request.user_id,
                 error.message,
+                extra=_request_ids(request),
             )
             await join_requests.mark_failed(
                 self._db, request.id, error=error.message, retry_at=None
@@ -141,7 +144,11 @@ class JoinRequestDesk:
         except (TelegramAPIError, OSError, TimeoutError) as error:
             delay = min(self._retry_cap, self._retry_base * 2**request.attempts)
             log.warning(
-                "approving join request %d failed: %s; retrying in %.0f s", request.id, error, delay
+                "approving join request %d failed: %s; retrying in %.0f s",
+                request.id,
+                error,
+                delay,
+                extra=_request_ids(request),
             )
             await join_requests.mark_failed(
                 self._db, request.id, error=str(error), retry_at=time.time() + delay
@@ -166,5 +173,16 @@ class JoinRequestDesk:
             recorded = await self._recorder.persist(conn, [joined])
         self._recorder.after_commit(recorded)
         self.approved += 1
-        log.info("join request %d of user %d approved", request.id, request.user_id)
+        join_id = recorded[0].join_id if recorded else None
+        log.info(
+            "join request %d of user %d approved (join %s)",
+            request.id,
+            request.user_id,
+            join_id,
+            extra={**_request_ids(request), **ids(join_id=join_id)},
+        )
         return 0.0
+
+
+def _request_ids(request: join_requests.DueRequest) -> dict[str, int | str]:
+    return ids(join_request_id=request.id, user_id=request.user_id, chat_id=request.chat_id)

@@ -16,6 +16,7 @@ import aiosqlite
 
 from bot.conversions import CONVERSION_PATH, conversion_body, conversion_key
 from bot.events import EventType
+from bot.logs import ids
 from storage import channels, invite_links, joins, outbox, visits
 from storage.channels import Channel
 from storage.db import Database
@@ -80,7 +81,12 @@ def effective_event(channel: Channel, default: EventType) -> EventType:
             try:
                 return EventType.parse(text)
             except ValueError:
-                log.warning("channel %d: ignoring event type %r", channel.chat_id, text)
+                log.warning(
+                    "channel %d: ignoring event type %r",
+                    channel.chat_id,
+                    text,
+                    extra=ids(chat_id=channel.chat_id),
+                )
     return default
 
 
@@ -173,7 +179,13 @@ class JoinRecorder:
             [joins.NewLeave(x.chat.id, x.user_id, x.left_at, x.update_id) for x in leaves],
         )
         for leave in leaves:
-            log.info("update %s: user %d left %d", leave.update_id, leave.user_id, leave.chat.id)
+            log.info(
+                "update %s: user %d left %d",
+                leave.update_id,
+                leave.user_id,
+                leave.chat.id,
+                extra=ids(update_id=leave.update_id, user_id=leave.user_id, chat_id=leave.chat.id),
+            )
         return recorded
 
     async def _echoes(
@@ -230,6 +242,7 @@ class JoinRecorder:
                     seen.update_id,
                     seen.user_id,
                     seen.chat.id,
+                    extra=ids(update_id=seen.update_id, user_id=seen.user_id, chat_id=seen.chat.id),
                 )
                 continue
             log.info(
@@ -240,6 +253,13 @@ class JoinRecorder:
                 seen.user_id,
                 seen.chat.id,
                 ", conversion queued" if report else "",
+                extra=ids(
+                    update_id=seen.update_id,
+                    join_id=join_id,
+                    user_id=seen.user_id,
+                    chat_id=seen.chat.id,
+                    link_id=link.id if link else None,
+                ),
             )
             if not report:
                 continue

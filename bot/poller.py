@@ -31,6 +31,7 @@ from aiogram.exceptions import (
 from aiogram.methods import DeleteWebhook, GetMe, GetUpdates
 from aiogram.types import Update
 
+from bot.logs import ids
 from bot.waiting import wait_any
 from storage import updates as inbox
 from storage.db import Database
@@ -174,6 +175,7 @@ class Poller:
                     type(error).__name__,
                     error,
                     delay,
+                    extra=ids(update_id=batch[0].update_id, last_update_id=batch[-1].update_id),
                 )
                 await wait_any(stop, timeout=delay)
                 continue
@@ -192,7 +194,9 @@ class Poller:
         already_done = await inbox.store_batch(self._db, rows)
         self.stats.received += len(batch)
         for update_id in sorted(already_done):
-            log.info("update %d was already handled; skipped", update_id)
+            log.info(
+                "update %d was already handled; skipped", update_id, extra=ids(update_id=update_id)
+            )
         return already_done
 
     async def _handle_loop(
@@ -238,6 +242,9 @@ class Poller:
                 updates[0][0].update_id,
                 updates[-1][0].update_id,
                 STALE_NEW_AFTER,
+                extra=ids(
+                    update_id=updates[0][0].update_id, last_update_id=updates[-1][0].update_id
+                ),
             )
 
     async def _process(self, updates: list[tuple[Update, int]]) -> None:
@@ -300,6 +307,7 @@ class Poller:
             error,
             delay,
             exc_info=error,
+            extra=ids(update_id=update.update_id),
         )
 
     async def _retry_stored(self, stop: asyncio.Event, *, at_start: bool) -> None:
@@ -315,7 +323,12 @@ class Poller:
                 return
             seen.update(u.update_id for u in due)
             for one in due:
-                log.info("update %d: handling again (attempt %d)", one.update_id, one.attempts + 1)
+                log.info(
+                    "update %d: handling again (attempt %d)",
+                    one.update_id,
+                    one.attempts + 1,
+                    extra=ids(update_id=one.update_id),
+                )
             await self._process_guarded(
                 [
                     (Update.model_validate(s.raw, context={"bot": self._bot}), s.attempts)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bot.logs import ids
 from bot.tracker_input import VisitInput
 from storage import outbox, visits
 from storage.db import Database
@@ -187,7 +188,7 @@ class VisitRecorder:
         self._queued.set()
         # Answer only once the visit is committed.
         await pending.done
-        log.info("visit recorded (tempId %s)", temp_id)
+        log.info("visit recorded (tempId %s)", temp_id, extra=ids(temp_id=temp_id))
         return VisitAnswer(
             visit_id=visit_key,
             session_id=str(uuid.uuid5(_SESSION_NAMESPACE, client_session_id)),
