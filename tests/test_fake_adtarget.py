@@ -82,10 +82,16 @@ async def test_conversion_answer_shape_and_warm_lead(
 
     second = (await client.post(CONVERSION, json=LEAD_BODY)).json()
     assert second["coldLead"] is False  # same (user, channel): warm
-    assert second["capiStatus"] == "skipped"
-    assert second["dispatched"] is False
-    assert second["sends"] == []
-    assert second["warning"] == "No attribution signal matched a configured pixel"
+    # A warm lead inherits the first conversion's attribution (fbc): dispatched.
+    assert second["capiStatus"] == "pending"
+    assert second["dispatched"] is True
+    assert "warning" not in second
+
+    bare = (await client.post(CONVERSION, json={**LEAD_BODY, "telegramUserId": 77})).json()
+    assert bare["capiStatus"] == "skipped"
+    assert bare["dispatched"] is False
+    assert bare["sends"] == []
+    assert bare["warning"] == "No attribution signal matched a configured pixel"
 
     other_channel = await client.post(CONVERSION, json={**LEAD_BODY, "channelId": "ch_2"})
     assert other_channel.json()["coldLead"] is True
@@ -385,3 +391,19 @@ async def test_a_failing_handler_answers_internal_error_in_the_envelope(
     monkeypatch.setattr("tests.fakes.adtarget_rules.user_id", broken)
     response = await client.get("/api/v1/leads/42")
     assert _error(response) == (500, "INTERNAL_ERROR", "RuntimeError: storage exploded")
+
+
+async def test_a_warm_leads_follow_up_inherits_the_attribution(
+    fake: FakeAdTarget, client: httpx.AsyncClient
+) -> None:
+    first = await client.post(CONVERSION, json={**LEAD_BODY, "fbc": "fb.1.1.x"})
+    assert first.json()["dispatched"] is True
+    # No signal in the follow-up itself: the lead's earlier one is inherited.
+    follow_up = await client.post("/api/v1/leads/42/events", json={"eventType": "Subscribe"})
+    assert follow_up.json()["coldLead"] is False
+    assert follow_up.json()["dispatched"] is True
+    # A lead that never had a signal stays undispatched.
+    await client.post(CONVERSION, json={**LEAD_BODY, "telegramUserId": 43})
+    bare = await client.post("/api/v1/leads/43/events", json={"eventType": "Subscribe"})
+    assert bare.json()["dispatched"] is False
+    assert bare.json()["warning"]

@@ -108,6 +108,9 @@ class FakeAdTarget:
         self._faults: list[rules.Fault] = []
         self._replies: dict[tuple[str, str], _Answer] = {}  # (api key, Idempotency-Key)
         self._leads: dict[int, dict[str, Any]] = {}
+        # (user, channel) whose conversions carry an attribution signal: a warm
+        # lead's later conversions inherit it.
+        self._signalled: set[tuple[int, str]] = set()
         self._sessions: dict[str, str] = {}  # clientSessionId -> sessionId
         self._conversion_added = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -375,7 +378,10 @@ class FakeAdTarget:
         lead["lastSeenAt"] = stamp
         if "externalUserId" in body:
             lead["externalUserId"] = body["externalUserId"]
-        entry, answer = rules.conversion(body, channel, cold, now)
+        inherited = (user, channel) in self._signalled
+        entry, answer = rules.conversion(body, channel, cold, now, inherited_signal=inherited)
+        if rules.has_signal(body):
+            self._signalled.add((user, channel))
         lead["conversions"].append(entry)
         return _ok(answer), {"conversionId": entry["conversionId"], "createdAt": stamp}
 

@@ -235,10 +235,13 @@ def cookie(name: str, value: str, max_age: int) -> dict[str, Any]:
 
 
 def conversion(
-    body: dict[str, Any], channel: str, cold: bool, now: int
+    body: dict[str, Any], channel: str, cold: bool, now: int, *, inherited_signal: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the lead's conversion entry as GET /leads shows it, the POST answer)."""
-    dispatched = has_signal(body)
+    """(the lead's conversion entry as GET /leads shows it, the POST answer).
+
+    `inherited_signal`: a warm lead's earlier conversion on this channel carried an
+    attribution signal, which the new one inherits ("Warm lead" in the doc)."""
+    dispatched = has_signal(body) or (not cold and inherited_signal)
     entry: dict[str, Any] = {
         "conversionId": str(uuid.uuid4()),
         "channelId": channel,
