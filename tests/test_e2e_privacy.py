@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bot import cli
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, RunningBridge, bridge_settings, eventually
@@ -176,3 +177,19 @@ async def test_retention_zero_keeps_everything(
         assert "privacy-sweep" not in {t.get_name() for t in asyncio.all_tasks()}
     finally:
         assert await running.stop() == 0
+
+
+async def test_cli_forget_while_the_bridge_runs(
+    admin_bridge: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    url = await visit_link(admin_bridge, TEMP_ALICE, "203.0.113.1")
+    telegram.join(CHANNEL_ID, ALICE, url)
+    await adtarget.wait_for_conversions(1)
+    database = str(admin_bridge.settings.database_path)
+    status = await asyncio.to_thread(cli.main, ["forget", str(ALICE), "--database", database])
+    assert status == 0
+    assert await admin_bridge.scalar("SELECT count(*) FROM joins") == 0
+    assert await admin_bridge.scalar("SELECT count(*) FROM visits") == 0
+    # The bridge goes on as before.
+    telegram.join(CHANNEL_ID, BOB, await visit_link(admin_bridge, TEMP_BOB, "203.0.113.2"))
+    await admin_bridge.wait_scalar("SELECT user_id FROM joins", BOB)
