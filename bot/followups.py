@@ -19,7 +19,7 @@ from urllib.parse import unquote
 from pydantic import ValidationError
 
 from bot.adtarget import conversion_value_path, lead_events_path
-from bot.adtarget_errors import ConversionNotFound, ErrorCode, LeadNotFound
+from bot.adtarget_errors import ErrorCode
 from bot.adtarget_models import LeadEventRequest, ValueRequest, describe_invalid
 from bot.events import EventType
 from storage import outbox
@@ -211,12 +211,6 @@ def no_lead(telegram_user_id: int) -> str:
 
 def no_conversion(telegram_user_id: int, conversion_id: str) -> str:
     return f"AdTarget has no conversion {conversion_id} for user {telegram_user_id}"
-
-
-def plain_not_found(error: LeadNotFound | ConversionNotFound, user: int, cid: str = "") -> str:
-    if isinstance(error, ConversionNotFound):
-        return no_conversion(user, cid)
-    return no_lead(user)
 
 
 def park_reason(code: str | None, path: str, telegram_user_id: int | None, described: str) -> str:
