@@ -43,7 +43,9 @@ async def test_failed_handler_keeps_the_update_and_retries_it(
     assert update_id is not None
     # Confirmed to Telegram once stored; handling, and its failures, come after.
     await telegram.wait_confirmed(update_id)
-    assert await bridge.scalar("SELECT count(*) FROM updates WHERE update_id = ?", (update_id,)) == 1
+    assert (
+        await bridge.scalar("SELECT count(*) FROM updates WHERE update_id = ?", (update_id,)) == 1
+    )
     (conversion,) = await adtarget.wait_for_conversions(1)
     assert conversion["telegramUserId"] == 9000001
     await bridge.wait_scalar("SELECT state FROM updates WHERE update_id = ?", "done", (update_id,))
