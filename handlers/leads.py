@@ -3,11 +3,12 @@ console, send its reply."""
 
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
 from bot.leads_console import LeadsConsole
+from handlers.filters import PRIVATE
 
 
 def _args(command: CommandObject) -> list[str]:
@@ -38,7 +39,7 @@ async def on_value(message: Message, command: CommandObject, leads_console: Lead
 
 def make_router() -> Router:
     router = Router(name="leads")
-    router.message.filter(F.chat.type == "private")
+    router.message.filter(PRIVATE)
     router.message.register(on_lead, Command("lead"))
     router.message.register(on_fire, Command("fire"))
     router.message.register(on_value, Command("value"))

@@ -5,11 +5,12 @@ Thin: read the command, ask the privacy desk, send its reply.
 
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
 from bot.privacy import PrivacyDesk
+from handlers.filters import PRIVATE
 
 
 async def on_forget(message: Message, command: CommandObject, privacy: PrivacyDesk) -> None:
@@ -20,6 +21,6 @@ async def on_forget(message: Message, command: CommandObject, privacy: PrivacyDe
 
 def make_router() -> Router:
     router = Router(name="privacy")
-    router.message.filter(F.chat.type == "private")
+    router.message.filter(PRIVATE)
     router.message.register(on_forget, Command("forget"))
     return router

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
 from bot.retention_console import RetentionConsole
+from handlers.filters import PRIVATE
 
 
 async def on_retention(
@@ -21,6 +22,6 @@ async def on_retention(
 
 def make_router() -> Router:
     router = Router(name="retention")
-    router.message.filter(F.chat.type == "private")
+    router.message.filter(PRIVATE)
     router.message.register(on_retention, Command("retention"))
     return router
