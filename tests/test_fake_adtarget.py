@@ -388,7 +388,7 @@ async def test_a_failing_handler_answers_internal_error_in_the_envelope(
     def broken(text: str) -> int:
         raise RuntimeError("storage exploded")
 
-    monkeypatch.setattr("tests.fakes.adtarget_rules.user_id", broken)
+    monkeypatch.setattr("bot.simulators.adtarget_rules.user_id", broken)
     response = await client.get("/api/v1/leads/42")
     assert _error(response) == (500, "INTERNAL_ERROR", "RuntimeError: storage exploded")
 

@@ -1,220 +1,44 @@
-"""Wire layer of the Telegram fake (tests/fakes/telegram.py): request parsing,
-error responses and JSON builders.
+"""The Telegram simulator's wire layer moved into the package
+(bot/simulators/telegram_models.py); tests keep importing it from here."""
 
-Each builder returns the wire JSON of one Bot API object with every field that
-aiogram 3.31's pydantic models require, so aiogram validates the fake's answers
-exactly as it validates Telegram's.
-"""
-
-from __future__ import annotations
-
-import json
-import secrets
-from dataclasses import dataclass, field
-from typing import Any
-
-from aiohttp import web
-
-JSON = dict[str, Any]
-
-WEBHOOK_CONFLICT = (
-    "Conflict: can't use getUpdates method while webhook is active; "
-    "use deleteWebhook to delete the webhook first"
-)
-POLL_CONFLICT = (
-    "Conflict: terminated by other getUpdates request; "
-    "make sure that only one bot instance is running"
-)
-NO_INVITE_RIGHTS = "Bad Request: not enough rights to manage chat invite links"
-
-
-@dataclass
-class Call:
-    method: str
-    params: dict[str, Any]
-    at: float
-    # The undecoded form values: text such as "123" or "true" stays a string here.
-    raw: dict[str, str] = field(default_factory=dict)
-
-
-class ApiError(Exception):
-    def __init__(self, code: int, description: str, retry_after: int | None = None) -> None:
-        super().__init__(description)
-        self.code, self.description, self.retry_after = code, description, retry_after
-
-    def response(self) -> web.Response:
-        body: JSON = {"ok": False, "error_code": self.code, "description": self.description}
-        if self.retry_after is not None:
-            body["parameters"] = {"retry_after": self.retry_after}
-        return web.json_response(body, status=self.code)
-
-
-def decode_value(value: str) -> Any:
-    # aiogram JSON-encodes every non-string value (ints, bools, lists, objects).
-    if value[:1] in '[{"-' or value[:1].isdigit() or value in ("true", "false", "null"):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-async def read_params(request: web.Request) -> tuple[dict[str, Any], dict[str, str]]:
-    raw: dict[str, str] = dict(request.query)
-    params: dict[str, Any] = {}
-    if request.content_type == "application/json":
-        body = await request.json()
-        params = dict(body) if isinstance(body, dict) else {}
-        raw.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()})
-    elif request.can_read_body:
-        form = await request.post()  # urlencoded and multipart alike
-        for key, value in form.items():
-            if isinstance(value, str):
-                raw[key] = value
-            elif isinstance(value, web.FileField):  # uploads: keep their text, if any
-                raw[key] = value.file.read().decode(errors="replace")
-            else:
-                raw[key] = bytes(value).decode(errors="replace")
-    params.update({k: decode_value(v) for k, v in raw.items() if k not in params})
-    return params, raw
-
-
-# Rights of a freshly added channel admin bot as the Telegram apps grant them.
-DEFAULT_BOT_RIGHTS: dict[str, bool] = {
-    "can_be_edited": False,
-    "is_anonymous": False,
-    "can_manage_chat": True,
-    "can_delete_messages": True,
-    "can_manage_video_chats": True,
-    "can_restrict_members": True,
-    "can_promote_members": False,
-    "can_change_info": True,
-    "can_invite_users": True,
-    "can_post_stories": False,
-    "can_edit_stories": False,
-    "can_delete_stories": False,
-    "can_send_welcome_messages": False,
-    "can_post_messages": True,
-    "can_edit_messages": True,
-}
-
-# Fields aiogram's ChatMemberRestricted requires besides status/user/is_member.
-_RESTRICTED_FLAGS = (
-    "can_send_messages",
-    "can_send_audios",
-    "can_send_documents",
-    "can_send_photos",
-    "can_send_videos",
-    "can_send_video_notes",
-    "can_send_voice_notes",
-    "can_send_polls",
-    "can_send_other_messages",
-    "can_add_web_page_previews",
-    "can_react_to_messages",
-    "can_edit_tag",
-    "can_change_info",
-    "can_invite_users",
-    "can_pin_messages",
-    "can_manage_topics",
+from bot.simulators.telegram_models import (
+    DEFAULT_BOT_RIGHTS,
+    JSON,
+    NO_INVITE_RIGHTS,
+    OPT_IN_UPDATES,
+    POLL_CONFLICT,
+    WEBHOOK_CONFLICT,
+    ApiError,
+    Call,
+    chat_full_info_json,
+    chat_json,
+    decode_value,
+    invite_link_json,
+    mask_invite_url,
+    member_json,
+    message_json,
+    new_invite_url,
+    read_params,
+    user_json,
 )
 
-# Update kinds Telegram leaves out when allowed_updates is empty or never set.
-OPT_IN_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
-
-
-def user_json(
-    user_id: int, first_name: str = "Test", *, is_bot: bool = False, username: str | None = None
-) -> JSON:
-    user: JSON = {"id": user_id, "is_bot": is_bot, "first_name": first_name}
-    if username is not None:
-        user["username"] = username
-    return user
-
-
-def chat_json(
-    chat_id: int, chat_type: str, *, title: str | None = None, username: str | None = None
-) -> JSON:
-    chat: JSON = {"id": chat_id, "type": chat_type}
-    if chat_type == "private":
-        chat["first_name"] = title or "Test"
-    elif title is not None:
-        chat["title"] = title
-    if username is not None:
-        chat["username"] = username
-    return chat
-
-
-def chat_full_info_json(chat: JSON) -> JSON:
-    """ChatFullInfo: Chat plus the fields API 7.3+ made mandatory."""
-    gifts = {
-        "unlimited_gifts": False,
-        "limited_gifts": False,
-        "unique_gifts": False,
-        "premium_subscription": False,
-        "gifts_from_channels": False,
-    }
-    return {**chat, "accent_color_id": 0, "max_reaction_count": 11, "accepted_gift_types": gifts}
-
-
-def member_json(
-    status: str, user: JSON, *, rights: dict[str, bool] | None = None, is_member: bool = True
-) -> JSON:
-    """A ChatMember of any status; `is_member` only matters for 'restricted'."""
-    member: JSON = {"status": status, "user": user}
-    if status == "administrator":
-        member.update(DEFAULT_BOT_RIGHTS if rights is None else {**DEFAULT_BOT_RIGHTS, **rights})
-    elif status == "creator":
-        member["is_anonymous"] = False
-    elif status == "kicked":
-        member["until_date"] = 0  # 0 = banned forever
-    elif status == "restricted":
-        member.update(dict.fromkeys(_RESTRICTED_FLAGS, False))
-        member.update(is_member=is_member, until_date=0)
-    elif status not in ("member", "left"):
-        raise ValueError(f"unknown chat member status {status!r}")
-    return member
-
-
-def new_invite_url() -> str:
-    # Telegram's invite hashes are 16 URL-safe characters after "+".
-    return "https://t.me/+" + secrets.token_urlsafe(12)[:16]
-
-
-def mask_invite_url(url: str) -> str:
-    """What Telegram shows of another admin's link: the hash's second half as '…'."""
-    cut = max(url.rfind("+"), url.rfind("/")) + 1
-    secret = url[cut:]
-    return url[:cut] + secret[: len(secret) // 2] + "…"
-
-
-def invite_link_json(
-    url: str,
-    creator: JSON,
-    *,
-    name: str | None = None,
-    expire_date: int | None = None,
-    member_limit: int | None = None,
-    creates_join_request: bool = False,
-    is_revoked: bool = False,
-) -> JSON:
-    link: JSON = {
-        "invite_link": url,
-        "creator": creator,
-        "creates_join_request": creates_join_request,
-        "is_primary": False,
-        "is_revoked": is_revoked,
-    }
-    optional = {"name": name, "expire_date": expire_date, "member_limit": member_limit}
-    link.update({key: value for key, value in optional.items() if value is not None})
-    return link
-
-
-def message_json(message_id: int, chat: JSON, date: int, text: str, sender: JSON | None) -> JSON:
-    msg: JSON = {"message_id": message_id, "date": date, "chat": chat, "text": text}
-    if sender is not None:  # channel posts have no "from"
-        msg["from"] = sender
-    if text.startswith("/"):
-        # Telegram marks a leading command so aiogram's Command filter sees it.
-        length = len(text.split(maxsplit=1)[0])
-        msg["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
-    return msg
+__all__ = [
+    "DEFAULT_BOT_RIGHTS",
+    "JSON",
+    "NO_INVITE_RIGHTS",
+    "OPT_IN_UPDATES",
+    "POLL_CONFLICT",
+    "WEBHOOK_CONFLICT",
+    "ApiError",
+    "Call",
+    "chat_full_info_json",
+    "chat_json",
+    "decode_value",
+    "invite_link_json",
+    "mask_invite_url",
+    "member_json",
+    "message_json",
+    "new_invite_url",
+    "read_params",
+    "user_json",
+]
