@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import IO
 
 from aiogram import Bot, Dispatcher
-from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import BotCommand, BotCommandScopeAllPrivateChats
 from aiohttp import web
@@ -33,12 +32,14 @@ from bot.leads_console import LeadsConsole
 from bot.notifier import Notifier
 from bot.onboarding import Onboarding
 from bot.pacing import TokenBucket
-from bot.poller import BadBotToken, Poller, PollerConfig, PollerStats
+from bot.poller import Poller, PollerConfig, PollerStats
 from bot.privacy import PrivacyDesk, PrivacySweeper
 from bot.retention import RetentionChecker
 from bot.retention_console import RetentionConsole
 from bot.settings import Settings
 from bot.sync import ChannelSync
+from bot.telegram_calls import BadBotToken
+from bot.telegram_session import UpdatesSession
 from bot.tracker import Tracker, TrackerConfig
 from bot.tracker_health import Health
 from bot.visits import VisitRecorder
@@ -107,7 +108,7 @@ class Bridge:
 
 async def build(settings: Settings) -> Bridge:
     db = await open_database(settings.database_path)
-    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    session = UpdatesSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
     bot = Bot(settings.bot_token.get_secret_value(), session=session)
     adtarget = AdTargetClient(
         settings.adtarget_api_url,

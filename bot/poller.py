@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,15 +22,12 @@ from typing import Any, Protocol
 
 import aiosqlite
 from aiogram import Bot, Dispatcher
-from aiogram.exceptions import (
-    TelegramConflictError,
-    TelegramRetryAfter,
-    TelegramUnauthorizedError,
-)
 from aiogram.methods import DeleteWebhook, GetMe, GetUpdates
 from aiogram.types import Update
 
 from bot.logs import ids
+from bot.telegram_calls import PersistentCaller
+from bot.telegram_session import UpdatesSession, raw_json
 from bot.waiting import wait_any
 from storage import updates as inbox
 from storage.db import Database
@@ -64,10 +60,6 @@ HANDOFF_BATCHES = 4
 # A stored update still `new` after this long was orphaned by a failed handling
 # pass (the queue never holds one this long); the retry pass takes it up.
 STALE_NEW_AFTER = 300.0
-
-
-class BadBotToken(RuntimeError):
-    """Telegram answered 401: the token is wrong or revoked. Retrying cannot help."""
 
 
 @dataclass(slots=True)
@@ -110,16 +102,19 @@ class Poller:
         self._workflow = workflow or {}
         self._offset: int | None = None
         self.stats = stats or PollerStats()
+        self._caller = PersistentCaller(
+            bot, self.stats, backoff_base=config.backoff_base, backoff_cap=config.backoff_cap
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
-        me = await self._call_until_ok(GetMe(), stop, "getMe")
+        me = await self._caller.call_until_ok(GetMe(), stop, "getMe")
         if me is None:
             return
         log.info("logged in as @%s (id %d)", me.username, me.id)
         self.stats.username = me.username
         # Keep pending updates: they are joins we have not seen yet.
         if (
-            await self._call_until_ok(
+            await self._caller.call_until_ok(
                 DeleteWebhook(drop_pending_updates=False), stop, "deleteWebhook"
             )
             is None
@@ -146,16 +141,14 @@ class Poller:
         next long poll overlaps with handling, and a crash in between loses
         nothing because unhandled stored updates are handled at start."""
         while not stop.is_set():
-            batch = await self._call_until_ok(
-                GetUpdates(
-                    offset=self._offset,
-                    limit=self._config.limit,
-                    timeout=self._config.timeout,
-                    allowed_updates=ALLOWED_UPDATES,
-                ),
-                stop,
-                "getUpdates",
-                request_timeout=self._config.timeout + 15,
+            method = GetUpdates(
+                offset=self._offset,
+                limit=self._config.limit,
+                timeout=self._config.timeout,
+                allowed_updates=ALLOWED_UPDATES,
+            )
+            batch = await self._caller.call_until_ok(
+                method, stop, "getUpdates", request_timeout=self._config.timeout + 15
             )
             if batch is None:
                 return
@@ -163,10 +156,10 @@ class Poller:
             if not batch:
                 continue
             try:
-                already_done = await self._store(batch)
+                already_done = await self._store(batch, self._raw_of(method))
             except Exception as error:
                 # Nothing is confirmed: the same offset fetches this batch again.
-                delay = self._next_backoff()
+                delay = self._caller.next_backoff()
                 log.error(
                     "could not store updates %d-%d (%s: %s); not confirming them,"
                     " retrying in %.1f s",
@@ -186,11 +179,20 @@ class Poller:
                 # and a slow disk slows polling instead of piling up updates.
                 await handoff.put(fresh)
 
-    async def _store(self, batch: list[Update]) -> set[int]:
-        rows = [
-            (u.update_id, u.event_type, u.model_dump_json(exclude_unset=True, by_alias=True))
-            for u in batch
-        ]
+    def _raw_of(self, method: GetUpdates) -> list[dict[str, Any]] | None:
+        session = self._bot.session
+        return session.take_raw(method) if isinstance(session, UpdatesSession) else None
+
+    async def _store(self, batch: list[Update], raw: list[dict[str, Any]] | None) -> set[int]:
+        if raw is not None and [r.get("update_id") for r in raw] == [u.update_id for u in batch]:
+            # As Telegram sent them: cheaper than serialising the parsed models again.
+            pairs = zip(batch, raw, strict=True)
+            rows = [(u.update_id, u.event_type, raw_json(r)) for u, r in pairs]
+        else:
+            rows = [
+                (u.update_id, u.event_type, u.model_dump_json(exclude_unset=True, by_alias=True))
+                for u in batch
+            ]
         already_done = await inbox.store_batch(self._db, rows)
         self.stats.received += len(batch)
         for update_id in sorted(already_done):
@@ -335,73 +337,3 @@ class Poller:
                     for s in due
                 ]
             )
-
-    async def _call_until_ok(
-        self,
-        method: Any,
-        stop: asyncio.Event,
-        name: str,
-        request_timeout: int | None = None,
-    ) -> Any:
-        """Call a Bot API method until it answers; None when asked to stop.
-
-        Network trouble, 5xx, 409 and 429 are waited out with clear log lines;
-        401 raises BadBotToken.
-        """
-        while not stop.is_set():
-            call = asyncio.ensure_future(self._bot(method, request_timeout=request_timeout))
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({call, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if not call.done():
-                # Stopping: abandon the long poll. Nothing it may have fetched was
-                # confirmed, so Telegram hands it out again next time.
-                call.cancel()
-                await asyncio.gather(call, return_exceptions=True)
-                return None
-            try:
-                result = call.result()
-            except TelegramUnauthorizedError as error:
-                raise BadBotToken(str(error)) from None
-            except TelegramRetryAfter as error:
-                log.warning("Telegram: %s flood control, waiting %d s", name, error.retry_after)
-                await wait_any(stop, timeout=float(error.retry_after))
-                continue
-            except TelegramConflictError as error:
-                delay = self._next_backoff()
-                log.error(
-                    "Telegram 409 on %s: another process is polling with this bot token, or a"
-                    " webhook is set (%s). Stop the other instance; retrying in %.0f s",
-                    name,
-                    error.message,
-                    delay,
-                )
-                await wait_any(stop, timeout=delay)
-                continue
-            except Exception as error:
-                delay = self._next_backoff()
-                log.warning(
-                    "Telegram unreachable on %s (%s: %s); retrying in %.1f s",
-                    name,
-                    type(error).__name__,
-                    error,
-                    delay,
-                )
-                await wait_any(stop, timeout=delay)
-                continue
-            if self.stats.consecutive_errors:
-                log.info(
-                    "Telegram reachable again after %d failed call(s)",
-                    self.stats.consecutive_errors,
-                )
-                self.stats.consecutive_errors = 0
-            return result
-        return None
-
-    def _next_backoff(self) -> float:
-        self.stats.consecutive_errors += 1
-        ceiling = min(
-            self._config.backoff_cap,
-            self._config.backoff_base * 2 ** (self.stats.consecutive_errors - 1),
-        )
-        return float(ceiling / 2 + random.random() * ceiling / 2)

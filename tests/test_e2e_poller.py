@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from aiogram.types import TelegramObject
+from aiogram.types import TelegramObject, Update
 
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
@@ -105,3 +106,22 @@ async def test_telegram_outage_mid_run_is_waited_out(
     await telegram.wait_confirmed(url_update, timeout=10)
     await bridge.wait_scalar("SELECT count(*) FROM joins WHERE user_id = 9000003", 1)
     assert any("Telegram reachable again" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_inbox_keeps_updates_as_telegram_sent_them(
+    bridge: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    url = await bridge.mint("00000000-0000-4000-8000-000000009002", fbc="fb.1.1.r")
+    update_id = telegram.join(CHANNEL_ID, 9000002, url)
+    await adtarget.wait_for_conversions(1)
+    raw = json.loads(
+        await bridge.scalar("SELECT raw FROM updates WHERE update_id = ?", (update_id,))
+    )
+    # Telegram's own field names ("from", not aiogram's "from_user"), and enough
+    # to handle the update again after a crash.
+    assert raw["update_id"] == update_id
+    assert raw["chat_member"]["from"]["id"] == 9000002
+    assert raw["chat_member"]["invite_link"]["invite_link"] == url
+    again = Update.model_validate(raw)
+    assert again.chat_member is not None
+    assert again.chat_member.new_chat_member.status == "member"
