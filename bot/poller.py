@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Protocol
 
 import aiosqlite
@@ -70,7 +72,9 @@ class PollerStats:
     last_poll_ok_at: float | None = None
     consecutive_errors: int = 0
     username: str | None = None  # the bot's, from getMe
-    kinds: dict[str, int] = field(default_factory=dict)
+    # By kind of update, for /metrics: received counted once per batch (in C), not per update.
+    kinds: Counter[str] = field(default_factory=Counter)
+    failed_kinds: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +199,7 @@ class Poller:
             ]
         already_done = await inbox.store_batch(self._db, rows)
         self.stats.received += len(batch)
+        self.stats.kinds.update(map(itemgetter(1), rows))
         for update_id in sorted(already_done):
             log.info(
                 "update %d was already handled; skipped", update_id, extra=ids(update_id=update_id)
@@ -255,7 +260,6 @@ class Poller:
         handled: list[tuple[Update, Any]] = []
         failed: list[tuple[Update, BaseException]] = []
         for update, _ in updates:
-            self.stats.kinds[update.event_type] = self.stats.kinds.get(update.event_type, 0) + 1
             try:
                 result = await self._dp.feed_update(self._bot, update, **self._workflow)
             except Exception as error:  # any handler failure keeps the update
@@ -300,6 +304,7 @@ class Poller:
             retry_at=time.time() + delay,
         )
         self.stats.failed += 1
+        self.stats.failed_kinds[update.event_type] += 1
         log.error(
             "update %d (%s) failed (attempt %d): %s: %s; kept, retrying in %.0f s",
             update.update_id,
