@@ -55,16 +55,23 @@ class BotApiMethods(TelegramWorld):
 
     async def _api_setWebhook(self, call: Call) -> bool:
         self.set_webhook(call.raw.get("url"))
+        if isinstance(call.params.get("allowed_updates"), list):  # shared with getUpdates
+            self.allowed_updates = [str(kind) for kind in call.params["allowed_updates"]]
         self._notify()  # a pending long poll must notice the webhook
         return True
 
     async def _api_getWebhookInfo(self, call: Call) -> JSON:
         pending = len(self._updates)
-        return {
+        info: JSON = {
             "url": self.webhook_url or "",
             "has_custom_certificate": False,
             "pending_update_count": pending,
         }
+        # As telegram-bot-api does: the list (set by getUpdates or setWebhook) is
+        # shown only when it differs from the default.
+        if self.allowed_updates:
+            info["allowed_updates"] = self.allowed_updates
+        return info
 
     async def _api_getUpdates(self, call: Call) -> list[JSON]:
         if self.webhook_url:
