@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -138,6 +140,9 @@ class AdTargetClient:
         # Every request takes a token: AdTarget's limit is per key, whatever the call.
         self.pacer = pacer or TokenBucket(300 / 60.0, 50)
         self.timeout = timeout
+        # Told each request's HTTP status ("error" when no answer came) and its
+        # duration in seconds, pacing wait excluded (the bridge's /metrics).
+        self.on_answer: Callable[[str, float], None] = lambda status, seconds: None
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + API_PREFIX,
             headers={
@@ -164,14 +169,25 @@ class AdTargetClient:
             "Idempotency-Key": idempotency_key,
             **(headers or {}),
         }
-        response = await self._http.post(
-            path, content=json.dumps(body, separators=(",", ":")), headers=request_headers
+        return await self._timed(
+            self._http.post(
+                path, content=json.dumps(body, separators=(",", ":")), headers=request_headers
+            )
         )
-        return _answer(response)
 
     async def get(self, path: str) -> ApiAnswer:
         await self.pacer.acquire()
-        return _answer(await self._http.get(path))
+        return await self._timed(self._http.get(path))
+
+    async def _timed(self, request: Awaitable[httpx.Response]) -> ApiAnswer:
+        started = time.perf_counter()
+        try:
+            response = await request
+        except httpx.HTTPError:
+            self.on_answer("error", time.perf_counter() - started)
+            raise
+        self.on_answer(str(response.status_code), time.perf_counter() - started)
+        return _answer(response)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -29,6 +29,7 @@ from bot.join_requests import JoinRequestDesk
 from bot.joins import JoinRecorder, ReportingPolicy
 from bot.lead_desk import LeadDesk
 from bot.leads_console import LeadsConsole
+from bot.metrics import Metrics, Watched
 from bot.notifier import Notifier
 from bot.onboarding import Onboarding
 from bot.pacing import TokenBucket
@@ -97,6 +98,7 @@ class Bridge:
     channel_sync: ChannelSync
     retention: RetentionChecker
     privacy: PrivacySweeper
+    metrics: Metrics
     tracker_url: str = ""
 
     async def close(self) -> None:
@@ -110,12 +112,16 @@ async def build(settings: Settings) -> Bridge:
     db = await open_database(settings.database_path)
     session = UpdatesSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
     bot = Bot(settings.bot_token.get_secret_value(), session=session)
+    # This bridge's own registry: several bridges in one process keep apart.
+    metrics = Metrics()
+    session.middleware(metrics.telegram_middleware())
     adtarget = AdTargetClient(
         settings.adtarget_api_url,
         settings.adtarget_api_key,
         timeout=settings.adtarget_timeout,
         pacer=TokenBucket(settings.adtarget_rate_per_minute / 60.0, settings.adtarget_burst),
     )
+    adtarget.on_answer = metrics.adtarget_answered
     notifier = Notifier(bot, settings.admin_ids)
     poll_stats = PollerStats()
     courier = Courier(db, adtarget, courier_config(settings), courier_alerts(notifier))
@@ -212,6 +218,18 @@ async def build(settings: Settings) -> Bridge:
             rate_per_minute=settings.tracker_rate_per_minute,
             burst=settings.tracker_burst,
         ),
+        metrics=metrics.exposition if settings.metrics_enabled else None,
+    )
+    metrics.watch(
+        db,
+        Watched(
+            poller=poll_stats,
+            joins=joins,
+            courier=courier,
+            pool=pool,
+            visits=visits,
+            invites_handed_out=lambda: tracker.invites_handed_out,
+        ),
     )
     return Bridge(
         settings=settings,
@@ -232,6 +250,7 @@ async def build(settings: Settings) -> Bridge:
         channel_sync=channel_sync,
         retention=retention,
         privacy=PrivacySweeper(db, settings.retention_days),
+        metrics=metrics,
     )
 
 

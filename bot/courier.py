@@ -14,13 +14,20 @@ import functools
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from bot.adtarget import AdTargetClient
-from bot.delivery import Outcome, Verdict, backoff_delay, classify_answer, classify_exception
+from bot.delivery import (
+    Outcome,
+    Verdict,
+    backoff_delay,
+    classify_answer,
+    classify_exception,
+    find_matching_conversion,
+)
 from bot.logs import ids
 from bot.waiting import wait_any
 from storage import outbox, state
@@ -89,6 +96,8 @@ class Courier:
         self._probe_at = 0.0
         self.sent = 0
         self.delivered = 0
+        # (row kind, outcome) after each send, read by /metrics.
+        self.outcomes: Counter[tuple[str, str]] = Counter()
 
     @property
     def pause(self) -> Pause | None:
@@ -220,6 +229,7 @@ class Courier:
                 replayed=replay,
             )
             self.delivered += 1
+            self.outcomes[row.kind, "replayed" if replay else "delivered"] += 1
             log.info(
                 "outbox row %d delivered in %.0f ms (conversion %s%s)%s",
                 row.id,
@@ -238,6 +248,7 @@ class Courier:
         if verdict is Verdict.RATE_LIMITED:
             wait = outcome.retry_after if outcome.retry_after is not None else 60.0
             self._client.pacer.hold(wait)
+            self.outcomes[row.kind, "retried"] += 1
             log.warning(
                 "outbox row %d: %s; waiting %.0f s",
                 row.id,
@@ -255,11 +266,13 @@ class Courier:
             return
         if verdict in (Verdict.PAUSE_AUTH, Verdict.PAUSE_BILLING):
             await outbox.hand_back(self._db, [row.id])
+            self.outcomes[row.kind, "paused"] += 1
             await self._enter_pause(outcome)
             return
         if verdict is Verdict.PARK:
             log.error("outbox row %d parked: %s", row.id, outcome.reason, extra=_row_ids(row))
             await outbox.park(self._db, row.id, attempt=row.attempts, reason=outcome.reason)
+            self.outcomes[row.kind, "parked"] += 1
             self._alerts.parked(row.id, outcome.reason)
             return
         await self._retry_later(row, outcome)
@@ -279,6 +292,7 @@ class Courier:
             )
             log.error("outbox row %d parked: %s", row.id, reason, extra=_row_ids(row))
             await outbox.park(self._db, row.id, attempt=row.attempts, reason=reason)
+            self.outcomes[row.kind, "parked"] += 1
             self._alerts.parked(row.id, reason)
             return
         log.warning(
@@ -296,6 +310,7 @@ class Courier:
             next_attempt_at=now + delay,
             error=outcome.reason,
         )
+        self.outcomes[row.kind, "retried"] += 1
 
     async def _already_delivered(self, row: OutboxRow) -> bool:
         """Past the idempotency window a resend could duplicate: ask AdTarget first."""
@@ -326,6 +341,7 @@ class Courier:
         await outbox.mark_delivered(
             self._db, row.id, conversion_id=match, dispatched=None, warning=None, replayed=True
         )
+        self.outcomes[row.kind, "replayed"] += 1
         return True
 
     def _probe_interval(self) -> float:
@@ -378,37 +394,6 @@ class Courier:
         # After a restart the key may have been fixed: probe at once.
         self._probe_at = 0.0
         log.warning("courier starts paused (%s); probing now", self._pause.reason)
-
-
-def find_matching_conversion(lead: dict[str, Any], row: OutboxRow) -> str | None:
-    """A conversion AdTarget holds for this row's channel and event at or after its time."""
-    channel = row.body.get("channelId")
-    event = row.body.get("eventType")
-    since_ms = row.event_time_ms or 0
-    for conversion in lead.get("conversions") or []:
-        if not isinstance(conversion, dict):
-            continue
-        if str(conversion.get("channelId")) != str(channel):
-            continue
-        if conversion.get("eventType") != event:
-            continue
-        at = _parse_time_ms(conversion.get("attributedAt"))
-        if at is not None and at >= since_ms:
-            return _opt_str(conversion.get("conversionId")) or "unknown"
-    return None
-
-
-def _parse_time_ms(value: Any) -> int | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        # Tolerate seconds or milliseconds: the public reference does not say.
-        return int(value if value > 10**11 else value * 1000)
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        return int(parsed.timestamp() * 1000)
-    return None
 
 
 def _row_ids(row: OutboxRow) -> dict[str, int | str]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import enum
 import random
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import httpx
 
@@ -84,3 +86,35 @@ def backoff_delay(
     ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
     draw = (rng or random).random()
     return float(ceiling / 2 + draw * ceiling / 2)
+
+
+def find_matching_conversion(lead: dict[str, Any], row: OutboxRow) -> str | None:
+    """A conversion AdTarget holds for this row's channel and event at or after its time."""
+    channel = row.body.get("channelId")
+    event = row.body.get("eventType")
+    since_ms = row.event_time_ms or 0
+    for conversion in lead.get("conversions") or []:
+        if not isinstance(conversion, dict):
+            continue
+        if str(conversion.get("channelId")) != str(channel):
+            continue
+        if conversion.get("eventType") != event:
+            continue
+        at = _parse_time_ms(conversion.get("attributedAt"))
+        if at is not None and at >= since_ms:
+            found = conversion.get("conversionId")
+            return (None if found is None else str(found)) or "unknown"
+    return None
+
+
+def _parse_time_ms(value: Any) -> int | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # Tolerate seconds or milliseconds: the public reference does not say.
+        return int(value if value > 10**11 else value * 1000)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return int(parsed.timestamp() * 1000)
+    return None

@@ -9,6 +9,7 @@ per join is what lets ingest keep up with thousands of joins a second.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # How far apart an approval and Telegram's own report of that join may be.
 ECHO_WINDOW = 300
+# The kind of the JoinRecorded a leave is reported as.
+LEAVE = "leave"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +64,8 @@ Seen = JoinSeen | LeaveSeen
 
 @dataclass(frozen=True, slots=True)
 class JoinRecorded:
-    kind: str  # attributed | campaign | organic
-    join_id: int | None  # None: this join was already recorded
+    kind: str  # attributed | campaign | organic, or LEAVE for a leave
+    join_id: int | None  # None: this join was already recorded (or a leave)
     reported: bool  # an outbox row was queued for it
 
 
@@ -105,6 +108,8 @@ class JoinRecorder:
         self.wake_courier = wake_courier
         # Set by the invite pool: used personal links are revoked after the join.
         self.on_attributed_join: Callable[[], None] = lambda: None
+        # Committed joins by kind and leaves, read by /metrics.
+        self.counts: Counter[str] = Counter()
 
     def wants(self, result: object) -> bool:
         return isinstance(result, JoinSeen | LeaveSeen)
@@ -117,6 +122,7 @@ class JoinRecorder:
         return recorded
 
     def after_commit(self, recorded: Sequence[JoinRecorded]) -> None:
+        self.counts.update(r.kind for r in recorded if r.join_id is not None or r.kind == LEAVE)
         if any(r.join_id is not None and r.kind != "organic" for r in recorded):
             self.on_attributed_join()
         if any(r.reported for r in recorded):
@@ -186,7 +192,7 @@ class JoinRecorder:
                 leave.chat.id,
                 extra=ids(update_id=leave.update_id, user_id=leave.user_id, chat_id=leave.chat.id),
             )
-        return recorded
+        return recorded + [JoinRecorded(LEAVE, None, False) for _ in leaves]
 
     async def _echoes(
         self,

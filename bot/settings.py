@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     tracker_token: SecretStr | None = None
     tracker_rate_per_minute: float = Field(default=120.0, gt=0)
     tracker_burst: int = Field(default=30, ge=1)
+    # GET /metrics on the tracker (Prometheus text format).
+    metrics_enabled: bool = True
 
     # Polling.
     poll_timeout: int = Field(default=30, ge=0, le=50)

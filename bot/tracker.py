@@ -1,7 +1,9 @@
 """The tracker: the landing page's side of the bridge, an aiohttp app in the bot's process.
 
 AdTarget's visit / update-fbp / invite contract, answered locally; a redirect
-endpoint for a plain `<a href>` button; `/healthz`. Every bad input is a 4xx
+endpoint for a plain `<a href>` button; `/healthz`; `/metrics` (Prometheus),
+for the operator: not rate-limited, not offered to browsers (CORS), behind
+TRACKER_TOKEN when one is set. Every bad input is a 4xx
 `{"error": {"code", "message"}}`, never a 500.
 """
 
@@ -47,6 +49,9 @@ from storage.visits import Attribution
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The metrics' text and its content type (bot/metrics.py).
+Exposition = Callable[[], Awaitable[bytes]]
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -97,13 +102,16 @@ class Tracker:
         pool: InvitePool,
         health: Health,
         config: TrackerConfig,
+        metrics: Exposition | None = None,
     ) -> None:
         self._db = db
         self._visits = visits
         self._pool = pool
         self._health = health
         self._config = config
+        self._metrics = metrics  # None: METRICS_ENABLED=false, no /metrics route
         self._limiter = IpRateLimiter(config.rate_per_minute, config.burst)
+        self.invites_handed_out = 0
 
     def app(self) -> web.Application:
         # Bodies over the cap are refused by aiohttp before we read them; the
@@ -117,6 +125,8 @@ class Tracker:
         app.router.add_post("/api/v1/events/invite", self.invite)
         app.router.add_get("/track/invite", self.track_invite)
         app.router.add_get("/healthz", self.healthz)
+        if self._metrics is not None:
+            app.router.add_get("/metrics", self.metrics)
         return app
 
     # ---- middlewares ------------------------------------------------------------------
@@ -146,6 +156,8 @@ class Tracker:
 
     @web.middleware
     async def _cors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/metrics":
+            return await handler(request)
         origin = request.headers.get("Origin")
         allowed = origin is not None and (
             origin in self._config.allowed_origins or "*" in self._config.allowed_origins
@@ -170,6 +182,11 @@ class Tracker:
     async def _limits(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == "/healthz":
             return await handler(request)
+        if request.path == "/metrics":
+            # Scraped every few seconds by one server: no rate limit, but the token.
+            if not self._authorized(request):
+                return _auth_required()
+            return await handler(request)
         wait = self._limiter.take(self._client_ip(request) or "unknown")
         if wait > 0:
             return error_response(
@@ -178,14 +195,17 @@ class Tracker:
                 "too many requests from this address",
                 **{"Retry-After": str(max(1, round(wait + 0.5)))},
             )
-        if request.method == "POST" and self._config.token:
-            given = request.headers.get("Authorization", "")
-            expected = f"Bearer {self._config.token}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return error_response(
-                    401, "AUTH_REQUIRED", "Authorization: Bearer <TRACKER_TOKEN> required"
-                )
+        if request.method == "POST" and not self._authorized(request):
+            return _auth_required()
         return await handler(request)
+
+    def _authorized(self, request: web.Request) -> bool:
+        """True without TRACKER_TOKEN, else when the request carries it as a bearer token."""
+        if not self._config.token:
+            return True
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {self._config.token}"
+        return hmac.compare_digest(given.encode(), expected.encode())
 
     # ---- the visitor --------------------------------------------------------------------
 
@@ -291,6 +311,7 @@ class Tracker:
                 f"no invite link available; Telegram asks to wait {seconds} s",
                 **{"Retry-After": seconds},
             )
+        self.invites_handed_out += 1
         return link.url
 
     async def track_invite(self, request: web.Request) -> web.StreamResponse:
@@ -327,6 +348,15 @@ class Tracker:
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         report = await self._health.report()
         return web.json_response(report, status=200 if report["database"]["ok"] else 503)
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        assert self._metrics is not None  # the route exists only with metrics
+        text = await self._metrics()
+        return web.Response(body=text, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+def _auth_required() -> web.Response:
+    return error_response(401, "AUTH_REQUIRED", "Authorization: Bearer <TRACKER_TOKEN> required")
 
 
 def _in_networks(ip: str, networks: tuple[Network, ...]) -> bool:

@@ -123,6 +123,7 @@ class VisitRecorder:
         self._queue: list[_Pending] = []
         self._queued = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self.recorded = 0  # visits committed, read by /metrics
 
     async def _write_loop(self) -> None:
         while True:
@@ -140,6 +141,7 @@ class VisitRecorder:
                     if not p.done.done():
                         p.done.set_exception(error)
                 continue
+            self.recorded += len(batch)
             for p in batch:
                 if not p.done.done():
                     p.done.set_result(None)
