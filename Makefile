@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CODE := bot handlers storage
 
-.PHONY: run test lint typecheck unit bench soak clean
+.PHONY: run sandbox test lint typecheck unit bench soak clean
 
 # The venv is rebuilt only when pyproject.toml changes.
 $(BIN)/.installed: pyproject.toml
@@ -14,6 +14,10 @@ $(BIN)/.installed: pyproject.toml
 
 run: $(BIN)/.installed
 	$(BIN)/python -m bot
+
+# The bridge against its built-in Telegram and AdTarget simulators: no token, no network.
+sandbox: $(BIN)/.installed
+	$(BIN)/python -m bot sandbox
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check $(CODE) tests bench

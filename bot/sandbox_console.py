@@ -1,0 +1,177 @@
+"""The sandbox after the walkthrough: the tracker stays up for curl, and a few
+commands typed in the terminal simulate joins and show /stats."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+import uuid
+from typing import TextIO
+
+from bot.sandbox import (
+    CHANNEL_ID,
+    OWNER_ID,
+    WAIT,
+    Sandbox,
+    StepFailed,
+    block,
+    plain_text,
+    say,
+    until_stopped,
+)
+from bot.sandbox_walk import follow_join, simulate_join
+from bot.simulators.telegram import Call
+from bot.stats import PERIODS
+
+COMMANDS = """Type here (Enter alone shows /stats):
+  join <inviteLink> [telegram-user-id]  a simulated user joins through that link
+  join                                  someone joins without a link (organic)
+  leave <telegram-user-id>              that user leaves the channel
+  stats [today|7d|30d|all]              /stats as an admin sees it in Telegram
+  help                                  the curl commands and this list again
+  quit                                  stop the sandbox (Ctrl-C works too)"""
+
+
+def try_it(tracker_url: str) -> str:
+    """Copy-pasteable curl commands against this sandbox's tracker."""
+    temp_id = uuid.uuid4()
+    page = "https://landing.example/offer?fbclid=IwAR_try_me&utm_source=meta&utm_campaign=spring"
+    return f"""Try the tracker from another terminal:
+
+  # 1. a visit, as the landing page's script sends it
+  curl -s -X POST {tracker_url}/api/v1/events/visit \\
+    -H 'Content-Type: application/json' \\
+    -d '{{"tempId": "{temp_id}", "href": "{page}"}}'
+
+  # 2. that visitor's personal invite link
+  curl -s -X POST {tracker_url}/api/v1/events/invite \\
+    -H 'Content-Type: application/json' \\
+    -d '{{"tempId": "{temp_id}", "channelId": "{CHANNEL_ID}"}}'
+
+  # the button without JavaScript: the click is the visit, answered by a redirect
+  curl -si '{tracker_url}/track/invite?channelId={CHANNEL_ID}&fbclid=IwAR_no_js&utm_source=meta'
+
+  # what the bridge is doing
+  curl -s {tracker_url}/healthz
+
+Then `join <inviteLink>` below makes a simulated user join through the link."""
+
+
+class StdinLines:
+    """Lines typed on stdin. A daemon thread reads them (a terminal, pipe or file all
+    work the same), so a blocked read never holds up the stop."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+
+    def start(self) -> None:
+        if self._stream is None:
+            self._queue.put_nowait(None)
+            return
+        threading.Thread(target=self._read, name="sandbox-stdin", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._stream is not None
+        for line in self._stream:
+            if not self._hand_over(line):
+                return
+        self._hand_over(None)  # end of input
+
+    def _hand_over(self, line: str | None) -> bool:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, line)
+        except RuntimeError:  # the loop is closed: the sandbox has stopped
+            return False
+        return True
+
+    async def next(self) -> str | None:
+        """The next line without its newline; None at the end of input."""
+        line = await self._queue.get()
+        return None if line is None else line.rstrip("\r\n")
+
+
+class SandboxConsole:
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    async def run(self, stop: asyncio.Event, stream: TextIO | None = sys.stdin) -> None:
+        """Answer commands until `quit` or `stop`; at the end of input keep serving
+        the tracker until `stop` (Ctrl-C or SIGTERM)."""
+        lines = StdinLines(stream)
+        lines.start()
+        while not stop.is_set():
+            line = await until_stopped(lines.next(), stop)
+            if line is None:
+                break
+            if not await until_stopped(self.handle(line), stop):
+                return  # quit, or stopped meanwhile
+        await stop.wait()
+
+    async def handle(self, line: str) -> bool:
+        """One command; False to stop the sandbox."""
+        words = line.split()
+        command, args = (words[0].lower(), words[1:]) if words else ("stats", [])
+        try:
+            if command in ("quit", "exit"):
+                return False
+            if command == "stats":
+                await self.stats(args)
+            elif command == "join":
+                await self.join(args)
+            elif command == "leave":
+                self.leave(args)
+            elif command == "help":
+                say(try_it(self._sandbox.tracker_url))
+                say(COMMANDS)
+            else:
+                say(f"unknown command {command!r}; `help` lists them")
+        except StepFailed as problem:
+            say(f"✗ {problem}")
+        return True
+
+    async def stats(self, args: list[str]) -> None:
+        if len(args) > 1 or (args and args[0].lower() not in PERIODS):
+            raise StepFailed(f"stats: the period must be one of {', '.join(PERIODS)}")
+        command = " ".join(["/stats", *(a.lower() for a in args)])
+        telegram = self._sandbox.telegram
+        asked_at = time.monotonic()
+        # Asked as the bridge's admin in Telegram, so the answer is the bot's own.
+        telegram.message(OWNER_ID, OWNER_ID, command)
+
+        def answer(call: Call) -> bool:
+            text = call.raw.get("text", "")
+            return (
+                call.at >= asked_at and call.params.get("chat_id") == OWNER_ID and "<pre>" in text
+            )
+
+        try:
+            reply = await telegram.wait_for_call("sendMessage", answer, WAIT)
+        except TimeoutError:
+            raise StepFailed(f"no answer to {command} within {WAIT:.0f} s") from None
+        say(f"{command} (what the admin sees in Telegram):")
+        say(block(plain_text(reply.raw.get("text", ""))))
+
+    async def join(self, args: list[str]) -> None:
+        if len(args) > 2:
+            raise StepFailed("join: expected `join [inviteLink] [telegram-user-id]`")
+        link = args[0] if args else None
+        if link is not None and not link.startswith("https://t.me/"):
+            raise StepFailed(f"join: {link!r} is not an invite link (https://t.me/+…)")
+        user_id = _user_id(args[1]) if len(args) == 2 else self._sandbox.new_user_id()
+        await follow_join(self._sandbox, await simulate_join(self._sandbox, link, user_id))
+
+    def leave(self, args: list[str]) -> None:
+        if len(args) != 1:
+            raise StepFailed("leave: expected `leave <telegram-user-id>`")
+        update_id = self._sandbox.telegram.leave(CHANNEL_ID, _user_id(args[0]))
+        say(f"update {update_id}: user {args[0]} left; /stats counts the leave.")
+
+
+def _user_id(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise StepFailed(f"telegram-user-id: {text!r} is not a positive number")
+    return int(text)
