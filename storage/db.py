@@ -128,6 +128,11 @@ def _migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+def latest_version() -> int:
+    """The schema version this code migrates a database to."""
+    return max((version for version, _, _ in _migrations()), default=0)
+
+
 async def migrate(db: Database) -> int:
     """Apply every numbered migration newer than the recorded version; return it."""
     async with db.transaction() as conn:

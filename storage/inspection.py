@@ -1,0 +1,37 @@
+"""Read-only looks at a database file for `python -m bot doctor`: which schema
+version it carries and whether SQLite finds it sound. Nothing here writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storage.db import Database
+
+# SQLite's own bookkeeping tables, which any database file may hold.
+_INTERNAL_PREFIX = "sqlite_"
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaState:
+    # None: no schema_migrations table (a new empty file, or not Joinbridge's).
+    version: int | None
+    tables: int  # user tables besides schema_migrations
+
+
+async def schema_state(db: Database) -> SchemaState:
+    rows = await db.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
+    names = {str(row[0]) for row in rows if not str(row[0]).startswith(_INTERNAL_PREFIX)}
+    if "schema_migrations" not in names:
+        return SchemaState(version=None, tables=len(names))
+    row = await db.fetchone("SELECT coalesce(max(version), 0) FROM schema_migrations")
+    return SchemaState(version=int(row[0]) if row else 0, tables=len(names) - 1)
+
+
+async def quick_check(db: Database, limit: int = 5) -> list[str]:
+    """`PRAGMA quick_check`: ["ok"] for a sound file, else up to `limit` problems.
+
+    quick_check skips the index-content comparison of integrity_check, so it stays
+    fast on a large database while still catching a damaged file.
+    """
+    rows = await db.fetchall(f"PRAGMA quick_check({int(limit)})")
+    return [str(row[0]) for row in rows]
