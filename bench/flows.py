@@ -170,7 +170,11 @@ async def latency(module: str, *, rate: float, seconds: float) -> tuple[float, f
     count = int(rate * seconds)
     bridge = module == "bot"
     async with stage(module, pool=count if bridge else 0, **UNLIMITED) as s:
-        links = await invite_links(s.tracker, count) if bridge else [None] * count
+        links: list[str | None] = [None] * count
+        if bridge:
+            links = list(await invite_links(s.tracker, count))
+            # As for ingest: the link upkeep paced as in production while measured.
+            await s.restart(invite_mint_interval=DEFAULT_MINT_INTERVAL)
         sent: dict[int, float] = {}
         start = time.monotonic()
         for i, url in enumerate(links):
