@@ -21,6 +21,7 @@ from typing import Any
 
 from bot.adtarget import AdTargetClient
 from bot.delivery import (
+    CHECKABLE_KINDS,
     Outcome,
     Verdict,
     backoff_delay,
@@ -314,7 +315,7 @@ class Courier:
 
     async def _already_delivered(self, row: OutboxRow) -> bool:
         """Past the idempotency window a resend could duplicate: ask AdTarget first."""
-        if row.kind != "conversion" or row.first_attempt_at is None or row.attempts <= 1:
+        if row.kind not in CHECKABLE_KINDS or row.first_attempt_at is None or row.attempts <= 1:
             return False
         if time.time() - row.first_attempt_at < self._config.idempotency_window:
             return False

@@ -88,15 +88,29 @@ def backoff_delay(
     return float(ceiling / 2 + draw * ceiling / 2)
 
 
+# Rows whose delivery AdTarget's lead record can confirm, past the idempotency window.
+CHECKABLE_KINDS = frozenset({"conversion", "lead_event", "conversion_value"})
+
+
 def find_matching_conversion(lead: dict[str, Any], row: OutboxRow) -> str | None:
-    """A conversion AdTarget holds for this row's channel and event at or after its time."""
+    """The conversion AdTarget holds that this row already created, if any.
+
+    A conversion or follow-up event: one of the row's event type (and channel,
+    when the row names one; a follow-up may leave it to AdTarget) at or after the
+    row's event time. A value: the named conversion already carries a value.
+    """
+    conversions = [c for c in lead.get("conversions") or [] if isinstance(c, dict)]
+    if row.kind == "conversion_value":
+        wanted = row.path.rstrip("/").split("/")[-2]  # .../conversions/{id}/value
+        for conversion in conversions:
+            if str(conversion.get("conversionId")) == wanted and conversion.get("eventValue"):
+                return wanted
+        return None
     channel = row.body.get("channelId")
     event = row.body.get("eventType")
     since_ms = row.event_time_ms or 0
-    for conversion in lead.get("conversions") or []:
-        if not isinstance(conversion, dict):
-            continue
-        if str(conversion.get("channelId")) != str(channel):
+    for conversion in conversions:
+        if channel is not None and str(conversion.get("channelId")) != str(channel):
             continue
         if conversion.get("eventType") != event:
             continue

@@ -8,7 +8,14 @@ import httpx
 import pytest
 
 from bot.adtarget import ApiAnswer, parse_retry_after
-from bot.delivery import Verdict, backoff_delay, classify_answer, classify_exception
+from bot.delivery import (
+    Verdict,
+    backoff_delay,
+    classify_answer,
+    classify_exception,
+    find_matching_conversion,
+)
+from storage.outbox import OutboxRow
 
 
 def answer(status: int, code: str | None = None, retry_after: float | None = None) -> ApiAnswer:
@@ -90,3 +97,87 @@ def test_backoff_doubles_from_base_and_is_capped() -> None:
 )
 def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
     assert parse_retry_after(header) == seconds
+
+
+def _row(kind: str, path: str, body: dict[str, object], event_time_ms: int | None) -> OutboxRow:
+    return OutboxRow(
+        id=1,
+        kind=kind,
+        path=path,
+        body=body,
+        headers={},
+        idempotency_key="k",
+        telegram_user_id=42,
+        chat_id=None,
+        event_type=None,
+        event_time_ms=event_time_ms,
+        attempts=2,
+        first_attempt_at=0.0,
+        created_at=0.0,
+    )
+
+
+T = 1_764_100_000_000  # 2025-11-25T19:46:40Z in ms
+LEAD = {
+    "telegramUserId": "42",
+    "conversions": [
+        {"conversionId": "c1", "channelId": "ch1", "eventType": "Lead", "attributedAt": T + 1_000},
+        {
+            "conversionId": "c2",
+            "channelId": "ch1",
+            "eventType": "Purchase",
+            "attributedAt": "2025-11-25T19:46:45Z",
+            "eventValue": 9.5,
+        },
+        {
+            "conversionId": "c3",
+            "channelId": "ch1",
+            "eventType": "Subscribe",
+            "attributedAt": T + 6_000,
+        },
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("row", "found"),
+    [
+        # A conversion: channel, event type and time must all fit.
+        (
+            _row(
+                "conversion",
+                "/events/conversion",
+                {"channelId": "ch1", "eventType": "Lead"},
+                T + 900,
+            ),
+            "c1",
+        ),
+        (
+            _row(
+                "conversion",
+                "/events/conversion",
+                {"channelId": "ch2", "eventType": "Lead"},
+                T + 900,
+            ),
+            None,
+        ),
+        (
+            _row(
+                "conversion",
+                "/events/conversion",
+                {"channelId": "ch1", "eventType": "Lead"},
+                T + 2_000,
+            ),
+            None,
+        ),
+        # A follow-up event may leave the channel to AdTarget.
+        (_row("lead_event", "/leads/42/events", {"eventType": "Purchase"}, T + 5_000), "c2"),
+        (_row("lead_event", "/leads/42/events", {"eventType": "Purchase"}, T + 5_001), None),
+        (_row("lead_event", "/leads/42/events", {"eventType": "CompleteRegistration"}, T), None),
+        # A value: the named conversion already carries one.
+        (_row("conversion_value", "/leads/42/conversions/c2/value", {"value": 9.5}, None), "c2"),
+        (_row("conversion_value", "/leads/42/conversions/c3/value", {"value": 1}, None), None),
+    ],
+)
+def test_what_adtarget_already_holds(row: OutboxRow, found: str | None) -> None:
+    assert find_matching_conversion(LEAD, row) == found
