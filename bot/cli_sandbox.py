@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import io
 import shutil
 import signal
 import socket
@@ -109,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"joinbridge sandbox: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    # The walkthrough prints arrows and quotes: a terminal that cannot show them gets
+    # a replacement character rather than a crash.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="replace")
     from bot.sandbox import SANDBOX_TOKEN  # imports aiogram: after the arguments are good
     from bot.simulators.adtarget import FakeAdTarget
 
