@@ -224,16 +224,18 @@ async def drain(rows: int, per_minute: int, burst: int) -> tuple[float, int]:
     return sustained / per_minute, limited
 
 
-async def peak_rss(module: str, joins: int) -> float:
+async def peak_rss(module: str, joins: int, chunk: int = 100) -> float:
     """Peak RSS (MB) of the process over a run of `joins` joins, each reported."""
-    async with stage(module, send_organic=True, **UNLIMITED) as s:
+    # The bridge's courier sends 4 at a time by default, plenty for AdTarget's
+    # 300/min; here it must keep up with joins arriving as fast as they can.
+    async with stage(module, send_organic=True, courier_concurrency=8, **UNLIMITED) as s:
         # Steady traffic in chunks, each reported before the next arrives: the
-        # baseline would otherwise start every POST of a burst at once.
-        for start in range(0, joins, 250):
-            end = min(start + 250, joins)
+        # baseline would otherwise start every POST of the run at once.
+        for start in range(0, joins, chunk):
+            end = min(start + chunk, joins)
             for i in range(start, end):
                 s.telegram.join(CHANNEL_ID, 40_000_000 + i)
-            await s.adtarget.wait_for_conversions(end, timeout=120)
+            await s.adtarget.wait_for_conversions(end, timeout=300)
         return s.process.peak_rss_mb()
 
 

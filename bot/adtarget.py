@@ -135,6 +135,7 @@ class AdTargetClient:
         *,
         timeout: float = 10.0,
         pacer: TokenBucket | None = None,
+        max_connections: int = 8,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         # Every request takes a token: AdTarget's limit is per key, whatever the call.
@@ -150,7 +151,12 @@ class AdTargetClient:
                 "User-Agent": "joinbridge/0.1",
             },
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            # Sized to the courier's concurrency: httpcore checks every pooled
+            # connection (a readability syscall each) on every request, so idle
+            # spare connections cost CPU on each send.
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
             transport=transport,
         )
 

@@ -120,6 +120,8 @@ async def build(settings: Settings) -> Bridge:
         settings.adtarget_api_key,
         timeout=settings.adtarget_timeout,
         pacer=TokenBucket(settings.adtarget_rate_per_minute / 60.0, settings.adtarget_burst),
+        # The courier's sends, plus reads (lead checks, /sync, /lead) beside them.
+        max_connections=settings.courier_concurrency + 2,
     )
     adtarget.on_answer = metrics.adtarget_answered
     notifier = Notifier(bot, settings.admin_ids)
