@@ -57,91 +57,51 @@ async def main() -> None:
         figures.append(Figure(name, values, unit, target, met))
         print(f"  measured: {name}: {statistics.median(values):,.1f} {unit}", flush=True)
 
-    # One burst of joins; the baseline's POSTs all start at once (handle_as_tasks),
-    # which slows it badly as the burst grows, so both sides get the same size.
-    joins = 500 if quick else 1000
+    # ---- Quiet phase: throughput and latency figures, one measurement at a time.
+    joins = 1000 if quick else 3000
+    burst = 500 if quick else 1000
     ingest = [await flows.ingest_bridge(joins) for _ in range(runs)]
-    naive_ingest = await repeat(runs, lambda: flows.ingest_naive(joins))
+    # The baseline's POSTs all start at once (handle_as_tasks) and its rate only
+    # falls as a burst grows, so a smaller burst flatters it, not the bridge.
+    naive_ingest = await repeat(runs, lambda: flows.ingest_naive(burst))
     rates = [r for r, _ in ingest]
+    ratio = statistics.median(rates) / statistics.median(naive_ingest)
     add(
-        "ingest (bridge, courier off)",
+        f"ingest, {joins:,}-join burst (bridge, courier off)",
         rates,
         "joins/s",
         ">= 3,000 and >= baseline",
-        statistics.median(rates) >= 3000
-        and statistics.median(rates) >= statistics.median(naive_ingest),
+        statistics.median(rates) >= 3000 and ratio >= 1,
     )
-    add("ingest (naive baseline)", naive_ingest, "joins/s", "-", None)
-    add(
-        "ingest ratio bridge/baseline",
-        [statistics.median(rates) / statistics.median(naive_ingest)],
-        "x",
-        ">= 1",
-        statistics.median(rates) >= statistics.median(naive_ingest),
-    )
+    add(f"ingest, {burst:,}-join burst (naive baseline)", naive_ingest, "joins/s", "-", None)
+    add("ingest ratio bridge/baseline", [ratio], "x", ">= 1", ratio >= 1)
 
-    seconds = 4 if quick else 10
+    seconds = 4 if quick else 6
     lat = [await flows.latency("bot", rate=50, seconds=seconds) for _ in range(runs)]
     naive_lat = [
         await flows.latency("bench.naive_bot", rate=50, seconds=seconds) for _ in range(runs)
     ]
     p50, p99 = [a for a, _ in lat], [b for _, b in lat]
+    naive_p50 = [a for a, _ in naive_lat]
     add("join -> POST p50 at 50/s (bridge)", p50, "ms", "<= 50 ms", statistics.median(p50) <= 50)
     add("join -> POST p99 at 50/s (bridge)", p99, "ms", "<= 250 ms", statistics.median(p99) <= 250)
-    add("join -> POST p50 at 50/s (baseline)", [a for a, _ in naive_lat], "ms", "-", None)
+    add("join -> POST p50 at 50/s (baseline)", naive_p50, "ms", "-", None)
     add("join -> POST p99 at 50/s (baseline)", [b for _, b in naive_lat], "ms", "-", None)
     add(
         "latency ratio bridge/baseline (p50)",
-        [statistics.median(p50) / statistics.median([a for a, _ in naive_lat])],
+        [statistics.median(p50) / statistics.median(naive_p50)],
         "x",
-        "report",
-        None,
+        "<= 1 (not slower)",
+        statistics.median(p50) <= statistics.median(naive_p50),
     )
 
-    rows = 500 if quick else 2000
-    drained = [await flows.drain(rows, 1200, 50) for _ in range(runs)]
-    shares = [share * 100 for share, _ in drained]
-    limited = [float(n) for _, n in drained]
-    add(
-        f"drain {rows} rows at 1,200/min: sustained rate",
-        shares,
-        "% of limit",
-        ">= 95%",
-        statistics.median(shares) >= 95,
-    )
-    add("drain: 429s drawn", limited, "", "0", max(limited) == 0)
-
-    tracker_runs = [await tracker_bench.one_run(5 if quick else 10) for _ in range(runs)]
+    tracker_runs = [await tracker_bench.one_run(4 if quick else 8) for _ in range(runs)]
     invite99 = [r["invite"][1] for r in tracker_runs]
     visit99 = [r["visit"][1] for r in tracker_runs]
     add(
         "tracker invite p99 at 200/s", invite99, "ms", "<= 20 ms", statistics.median(invite99) <= 20
     )
     add("tracker visit p99 at 500/s", visit99, "ms", "<= 20 ms", statistics.median(visit99) <= 20)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "stats.db"
-        size = 100_000 if quick else 1_000_000
-        await stats_bench.create(db)
-        now = time.time()
-        stats_bench.seed(db, joins=size, visits=size, now=now)
-        timings = await stats_bench.measure(db, runs=max(runs, 3), now=now)
-    one = max((t for scope, _, t in timings if scope.startswith("one")), key=statistics.median)
-    every = max((t for scope, _, t in timings if scope.startswith("all")), key=statistics.median)
-    add(
-        f"/stats one channel, slowest period ({size:,} joins)",
-        one,
-        "ms",
-        "<= 300 ms",
-        statistics.median(one) <= 300,
-    )
-    add(
-        f"/stats all channels, slowest period ({size:,} joins)",
-        every,
-        "ms",
-        "<= 300 ms",
-        statistics.median(every) <= 300,
-    )
 
     floor = [await flows.aiogram_floor() for _ in range(runs)]
     boot = await repeat(runs, flows.startup)
@@ -155,20 +115,61 @@ async def main() -> None:
         statistics.median(boot) <= statistics.median(import_s) + 1,
     )
 
-    # 100,000 is the target size; the fakes in this process set the pace (about
-    # 200 joins/s end to end), so the default run uses 20,000 to stay in budget.
-    rss_joins = 5_000 if quick else 20_000
-    rss = [await flows.peak_rss("bot", rss_joins)]
-    naive_rss = [await flows.peak_rss("bench.naive_bot", rss_joins)]
+    # ---- Background block, run side by side: the long runs whose figures do not
+    # depend on having the CPU to themselves (memory, a paced drain, seeding).
+    rows = 500 if quick else 2000
+    rss_joins = 5_000 if quick else 100_000
+    stats_size = 100_000 if quick else 1_000_000
+    print(f"  background: peak RSS x2, {runs} drains, /stats seed ...", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "stats.db"
+        await stats_bench.create(db)
+        now = time.time()
+        rss_task = asyncio.create_task(flows.peak_rss("bot", rss_joins))
+        naive_rss_task = asyncio.create_task(flows.peak_rss("bench.naive_bot", rss_joins))
+        seeding = asyncio.create_task(
+            asyncio.to_thread(stats_bench.seed, db, joins=stats_size, visits=stats_size, now=now)
+        )
+        drains = await asyncio.gather(*(flows.drain(rows, 1200, 50) for _ in range(runs)))
+        rss, naive_rss, _ = await asyncio.gather(rss_task, naive_rss_task, seeding)
+        # ---- Quiet again: /stats on the seeded database.
+        timings = await stats_bench.measure(db, runs=max(runs, 3), now=now)
+
+    shares = [share * 100 for share, _ in drains]
+    limited = [float(n) for _, n in drains]
+    add(
+        f"drain {rows:,} rows at 1,200/min: sustained rate",
+        shares,
+        "% of limit",
+        ">= 95%",
+        statistics.median(shares) >= 95,
+    )
+    add("drain: 429s drawn", limited, "", "0", max(limited) == 0)
     add("aiogram import alone, RSS", [m for _, m in floor], "MB", "floor", None)
     add(
         f"peak RSS, {rss_joins:,} joins (bridge)",
-        rss,
+        [rss],
         "MB",
-        f"<= baseline + 40 ({naive_rss[0] + 40:.0f})",
-        rss[0] <= naive_rss[0] + 40,
+        f"<= baseline + 40 ({naive_rss + 40:.0f})",
+        rss <= naive_rss + 40,
     )
-    add(f"peak RSS, {rss_joins:,} joins (baseline)", naive_rss, "MB", "-", None)
+    add(f"peak RSS, {rss_joins:,} joins (baseline)", [naive_rss], "MB", "-", None)
+    one = max((t for scope, _, t in timings if scope.startswith("one")), key=statistics.median)
+    every = max((t for scope, _, t in timings if scope.startswith("all")), key=statistics.median)
+    add(
+        f"/stats one channel, slowest period ({stats_size:,} joins)",
+        one,
+        "ms",
+        "<= 300 ms",
+        statistics.median(one) <= 300,
+    )
+    add(
+        f"/stats all channels, slowest period ({stats_size:,} joins)",
+        every,
+        "ms",
+        "<= 300 ms",
+        statistics.median(every) <= 300,
+    )
     add(
         "database size per 100,000 attributed joins",
         [size / 1e6 for _, size in ingest],
@@ -184,8 +185,8 @@ async def main() -> None:
         met = "-" if figure.met is None else ("yes" if figure.met else "NO")
         print(f"{figure.name:<52} {median:>16} {spread:>22}  {target:<28} {met}")
     print(
-        f"\n{runs} runs per figure (peak RSS: 1 run each side); "
-        f"{(time.monotonic() - started) / 60:.1f} min in all"
+        f"\n{runs} runs per figure (peak RSS: 1 run each side, measured side by side with"
+        f" the drains and the /stats seeding); {(time.monotonic() - started) / 60:.1f} min in all"
     )
 
 
