@@ -48,7 +48,15 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument(
+        "--rss-joins",
+        type=int,
+        default=None,
+        help="joins in the peak-RSS runs (default 20,000; `make bench-rss`: 100,000)",
+    )
+    parser.add_argument("--rss-only", action="store_true", help="only the peak-RSS pair")
     args = parser.parse_args()
+    rss_joins = args.rss_joins or (5_000 if args.quick else 20_000)
     runs, quick = args.runs, args.quick
     started = time.monotonic()
     figures: list[Figure] = []
@@ -57,14 +65,21 @@ async def main() -> None:
         figures.append(Figure(name, values, unit, target, met))
         print(f"  measured: {name}: {statistics.median(values):,.1f} {unit}", flush=True)
 
+    if args.rss_only:
+        rss, naive_rss = await asyncio.gather(
+            flows.peak_rss("bot", rss_joins), flows.peak_rss("bench.naive_bot", rss_joins)
+        )
+        add_rss(add, rss, naive_rss, rss_joins)
+        print_table(figures, "1 run each side, side by side", started)
+        return
+
     # ---- Quiet phase: throughput and latency figures, one measurement at a time.
     joins = 1000 if quick else 3000
-    burst = 500 if quick else 1000
-    ingest = [await flows.ingest_bridge(joins) for _ in range(runs)]
+    burst = 500
+    rates, db_per_100k = await flows.ingest_bridge(joins, runs)
     # The baseline's POSTs all start at once (handle_as_tasks) and its rate only
     # falls as a burst grows, so a smaller burst flatters it, not the bridge.
     naive_ingest = await repeat(runs, lambda: flows.ingest_naive(burst))
-    rates = [r for r, _ in ingest]
     ratio = statistics.median(rates) / statistics.median(naive_ingest)
     add(
         f"ingest, {joins:,}-join burst (bridge, courier off)",
@@ -118,7 +133,6 @@ async def main() -> None:
     # ---- Background block, run side by side: the long runs whose figures do not
     # depend on having the CPU to themselves (memory, a paced drain, seeding).
     rows = 500 if quick else 2000
-    rss_joins = 5_000 if quick else 100_000
     stats_size = 100_000 if quick else 1_000_000
     print(f"  background: peak RSS x2, {runs} drains, /stats seed ...", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,14 +160,7 @@ async def main() -> None:
     )
     add("drain: 429s drawn", limited, "", "0", max(limited) == 0)
     add("aiogram import alone, RSS", [m for _, m in floor], "MB", "floor", None)
-    add(
-        f"peak RSS, {rss_joins:,} joins (bridge)",
-        [rss],
-        "MB",
-        f"<= baseline + 40 ({naive_rss + 40:.0f})",
-        rss <= naive_rss + 40,
-    )
-    add(f"peak RSS, {rss_joins:,} joins (baseline)", [naive_rss], "MB", "-", None)
+    add_rss(add, rss, naive_rss, rss_joins)
     one = max((t for scope, _, t in timings if scope.startswith("one")), key=statistics.median)
     every = max((t for scope, _, t in timings if scope.startswith("all")), key=statistics.median)
     add(
@@ -172,22 +179,44 @@ async def main() -> None:
     )
     add(
         "database size per 100,000 attributed joins",
-        [size / 1e6 for _, size in ingest],
+        [db_per_100k / 1e6],
         "MB",
         "report",
         None,
     )
 
+    print_table(
+        figures,
+        f"{runs} runs per figure; peak RSS 1 run each side, measured side by side with the"
+        " drains and the /stats seeding",
+        started,
+    )
+
+
+def add_rss(
+    add: Callable[[str, list[float], str, str, bool | None], None],
+    rss: float,
+    naive_rss: float,
+    joins: int,
+) -> None:
+    add(
+        f"peak RSS, {joins:,} joins (bridge)",
+        [rss],
+        "MB",
+        f"<= baseline + 40 ({naive_rss + 40:.0f})",
+        rss <= naive_rss + 40,
+    )
+    add(f"peak RSS, {joins:,} joins (baseline)", [naive_rss], "MB", "-", None)
+
+
+def print_table(figures: list[Figure], runs_note: str, started: float) -> None:
     print()
     print(f"{'figure':<52} {'median':>16} {'min – max':>22}  {'target':<28} met")
     for figure in figures:
         median, spread, target = figure.cells()
         met = "-" if figure.met is None else ("yes" if figure.met else "NO")
         print(f"{figure.name:<52} {median:>16} {spread:>22}  {target:<28} {met}")
-    print(
-        f"\n{runs} runs per figure (peak RSS: 1 run each side, measured side by side with"
-        f" the drains and the /stats seeding); {(time.monotonic() - started) / 60:.1f} min in all"
-    )
+    print(f"\n{runs_note}; {(time.monotonic() - started) / 60:.1f} min in all")
 
 
 if __name__ == "__main__":

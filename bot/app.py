@@ -102,6 +102,7 @@ class Bridge:
     tracker_url: str = ""
 
     async def close(self) -> None:
+        await self.metrics.aclose()
         await self.visits.aclose()
         await self.adtarget.aclose()
         await self.bot.session.close()

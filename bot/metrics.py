@@ -51,7 +51,7 @@ from bot.joins import LEAVE, JoinRecorder
 from bot.poller import PollerStats
 from bot.visits import VisitRecorder
 from storage import outbox, retention, updates
-from storage.db import Database
+from storage.db import Database, open_readonly
 from storage.outbox import OutboxCounts
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,10 @@ class Metrics:
             registry=self.registry,
         )
         self._db: Database | None = None
+        # Scrape-time counts run on a read-only connection of their own: in WAL
+        # mode it neither waits for the bridge's writer nor holds it (and ingest)
+        # while it counts a large outbox.
+        self._reads: Database | None = None
         self._watched: Watched | None = None
         self._stored = _Stored()
         self._scrape = asyncio.Lock()
@@ -174,6 +178,11 @@ class Metrics:
         self._watched = watched
         self.registry.register(_BridgeCollector(watched, lambda: self._stored))
 
+    async def aclose(self) -> None:
+        if self._reads is not None:
+            await self._reads.close()
+            self._reads = None
+
     async def exposition(self) -> bytes:
         """The text Prometheus scrapes, with the database gauges read just now."""
         async with self._scrape:  # two scrapes at once read the database once each, in turn
@@ -184,10 +193,12 @@ class Metrics:
         if self._db is None or self._watched is None:
             return
         try:
-            counts = await outbox.counts(self._db)
-            failed = await updates.failed_count(self._db)
+            if self._reads is None:
+                self._reads = await open_readonly(self._db.path)
+            counts = await outbox.counts(self._reads)
+            failed = await updates.failed_count(self._reads)
             pools = await self._watched.pool.states()
-            checks = await retention.counts(self._db, [p.chat_id for p in pools])
+            checks = await retention.counts(self._reads, [p.chat_id for p in pools])
         except Exception:
             # The counters are still worth serving; the database gauges go missing
             # and joinbridge_database_ok says why.

@@ -231,8 +231,14 @@ async def rescue_claimed(db: Database, *, now: float | None = None, expired_only
 
 
 async def retry_parked(db: Database, row_id: int | None = None) -> int:
-    """Re-queue one parked row, or all of them; the attempt count starts afresh."""
-    where = "state = 'parked'" + (" AND id = ?" if row_id is not None else "")
+    """Re-queue one parked row, or all of them; the attempt count starts afresh.
+
+    Rows past RETENTION_DAYS (scrubbed) stay parked: they lost the click ids,
+    IP and User-Agent an ad platform matches on, so sending them now would
+    report a join nobody can attribute."""
+    where = "state = 'parked' AND scrubbed_at IS NULL" + (
+        " AND id = ?" if row_id is not None else ""
+    )
     params: tuple[Any, ...] = (time.time(),) + ((row_id,) if row_id is not None else ())
     async with db.transaction() as conn:
         cursor = await conn.execute(

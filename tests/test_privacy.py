@@ -19,7 +19,7 @@ from bot.joins import ChatRef, JoinRecorder, JoinSeen, LeaveSeen, ReportingPolic
 from bot.privacy import PrivacySweeper, parse_user_id
 from bot.tracker_input import VisitInput
 from bot.visits import VisitRecorder
-from storage import channels, invite_links, join_requests, updates
+from storage import channels, invite_links, join_requests, outbox, updates
 from storage.db import Database, open_database
 from storage.privacy import _SCRUB_OUTBOX, _SCRUB_VISITS, forget_user
 from storage.stats import channel_stats
@@ -190,6 +190,18 @@ async def test_sweep_clears_old_finished_rows_and_keeps_counts(db: Database) -> 
     # Idempotent and cheap: nothing left to do.
     again = await PrivacySweeper(db, 90).sweep_once()
     assert (again.visits, again.outbox) == (0, 0)
+
+
+async def test_a_scrubbed_parked_row_is_not_retried(db: Database) -> None:
+    await _seed(db)
+    async with db.transaction() as conn:
+        await conn.execute("UPDATE outbox SET state = 'parked' WHERE kind = 'conversion'")
+    await _age(db, 91)
+    await PrivacySweeper(db, 90).sweep_once()
+    assert await _scalar(db, "SELECT count(*) FROM outbox WHERE state = 'parked'") == 2
+    # Stripped of what the platform matches on: /retry leaves them parked.
+    assert await outbox.retry_parked(db) == 0
+    assert await _scalar(db, "SELECT count(*) FROM outbox WHERE state = 'parked'") == 2
 
 
 async def test_a_returning_visitor_is_fresh_again(db: Database) -> None:
