@@ -154,7 +154,8 @@ def mapping(channel: Channel, remote: dict[str, RemoteChannel] | None) -> Check:
             (c for c in remote.values() if c.channel_id == channel.adtarget_channel_id), None
         )
     if found is None:
-        return warn(
+        # Not merely a risk: AdTarget refuses every conversion of this channel.
+        return fail(
             name,
             "not among AdTarget's channels, so AdTarget would refuse its conversions"
             " (404 CHANNEL_NOT_FOUND)",
