@@ -6,7 +6,10 @@ validate, check AdTarget's record of the lead, and write an outbox row; the
 running bridge's courier sends it within a few seconds (or whenever it next
 runs), with the row's own Idempotency-Key.
 
-Exit status: 0 queued (or shown); 1 AdTarget refused or could not be asked
+`--idempotency-key KEY` (a payment id, say) makes a retried webhook harmless: a
+repeat with the same key queues nothing and says "already queued".
+
+Exit status: 0 queued, already queued (or shown); 1 AdTarget refused or could not be asked
 (`lead`), with one line saying so; 2 bad arguments, settings or database.
 """
 
@@ -19,7 +22,7 @@ import sys
 from pathlib import Path
 
 from bot.adtarget import AdTargetClient
-from bot.followups import InvalidFollowUp
+from bot.followups import InvalidFollowUp, check_idempotency_key
 from bot.lead_desk import (
     EVENTS,
     FIRE_ARGS,
@@ -53,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("conversion_id", help="AdTarget's conversion id, as `lead` shows it")
         parser.add_argument("value", help="the value, > 0, like 19.99")
         parser.add_argument("currency", help="ISO 4217 code, like EUR")
+    if command in ("fire", "value"):
+        parser.add_argument(
+            "--idempotency-key",
+            metavar="KEY",
+            help="your own key, like the payment id (1-128 printable ASCII characters):"
+            " a repeat with the same key queues nothing",
+        )
 
 
 def _words(args: argparse.Namespace) -> list[str]:
@@ -74,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     command: str = args.command
     words = _words(args)
+    key: str | None = getattr(args, "idempotency_key", None)
     try:
         if command == "lead":
             parse_lead(words)
@@ -81,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
             parse_fire(words)
         else:
             parse_value(words)
+        if key is not None:
+            check_idempotency_key(key)
     except InvalidFollowUp as error:
         _say(command, f"{error} (usage: python -m bot {command} {_ARGS[command]})")
         return EXIT_USAGE
@@ -89,13 +102,13 @@ def run(args: argparse.Namespace) -> int:
         _say(command, f"database: {database} does not exist (DATABASE_PATH; start the bridge once)")
         return EXIT_USAGE
     try:
-        return asyncio.run(_run(settings, command, words))
+        return asyncio.run(_run(settings, command, words, key))
     except (sqlite3.Error, OSError) as error:
         _say(command, f"database {database}: {error}")
         return EXIT_USAGE
 
 
-async def _run(settings: Settings, command: str, words: list[str]) -> int:
+async def _run(settings: Settings, command: str, words: list[str], key: str | None) -> int:
     client = AdTargetClient(
         settings.adtarget_api_url, settings.adtarget_api_key, timeout=settings.adtarget_timeout
     )
@@ -107,11 +120,11 @@ async def _run(settings: Settings, command: str, words: list[str]) -> int:
             desk = LeadDesk(db, client)
             if command == "fire":
                 fire = parse_fire(words)
-                result = await desk.fire(fire)
+                result = await desk.fire(fire, idempotency_key=key)
                 what = " ".join(words[1:2]) + f" for user {fire.user}"
             else:
                 value = parse_value(words)
-                result = await desk.value(value)
+                result = await desk.value(value, idempotency_key=key)
                 amount = f"{value.request.value:g} {value.request.currency}"
                 what = f"Value {amount} for conversion {value.conversion_id} of user {value.user}"
         finally:

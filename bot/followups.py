@@ -28,6 +28,7 @@ from storage.db import Database
 KIND_EVENT = "lead_event"
 KIND_VALUE = "conversion_value"
 MAX_KEY = 128  # AdTarget's limit on Idempotency-Key
+_KEY = re.compile(r"[\x21-\x7e]+")
 _CONVERSION_ID = re.compile(r"[A-Za-z0-9_.:~-]{1,128}")
 _VALUE_PATH = re.compile(r"/leads/(\d+)/conversions/([^/]+)/value$")
 
@@ -100,11 +101,19 @@ def value_request(value: float, currency: str) -> ValueRequest:
         raise InvalidFollowUp(describe_invalid(error)) from None
 
 
+def check_idempotency_key(text: str) -> str:
+    """A caller's own key (a payment id, say): it goes out as an HTTP header as is."""
+    if not 0 < len(text) <= MAX_KEY:
+        raise InvalidFollowUp(f"idempotency key: 1-{MAX_KEY} characters, got {len(text)}")
+    if not _KEY.fullmatch(text):
+        raise InvalidFollowUp(
+            f"idempotency key: printable ASCII without spaces (a header value), not {text!r}"
+        )
+    return text
+
+
 def _key(given: str | None, prefix: str) -> str:
-    key = given if given is not None else f"{prefix}-{uuid.uuid4()}"
-    if not 0 < len(key) <= MAX_KEY:
-        raise InvalidFollowUp(f"idempotency key: 1-{MAX_KEY} characters, got {len(key)}")
-    return key
+    return check_idempotency_key(given if given is not None else f"{prefix}-{uuid.uuid4()}")
 
 
 def event_row(

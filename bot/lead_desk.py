@@ -115,12 +115,17 @@ class LeadDesk:
             lead, problem = None, f"could not ask AdTarget: {error}"
         return Look(user, lead, problem, bridge)
 
-    async def fire(self, args: FireArgs, *, chat_id: int | None = None) -> Result:
+    async def fire(
+        self, args: FireArgs, *, chat_id: int | None = None, idempotency_key: str | None = None
+    ) -> Result:
+        """`idempotency_key`: the caller's own (a payment id), so a repeat queues nothing."""
         lead, refusal, note = await self._check(args.user)
         if refusal is not None:
             return Result(refusal=refusal)
         del lead  # any lead will do: AdTarget picks the channel when none is given
-        row = followups.event_row(args.user, args.request, chat_id=chat_id)
+        row = followups.event_row(
+            args.user, args.request, chat_id=chat_id, idempotency_key=idempotency_key
+        )
         return Result(await followups.queue(self._db, row, self._wake), note)
 
     async def value(
@@ -129,8 +134,10 @@ class LeadDesk:
         *,
         channel_ids: Collection[str] | None = None,
         chat_id: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Result:
-        """`channel_ids`: AdTarget channel ids the asker may touch (None: any)."""
+        """`channel_ids`: AdTarget channel ids the asker may touch (None: any);
+        `idempotency_key` as for fire()."""
         lead, refusal, note = await self._check(args.user)
         if refusal is not None:
             return Result(refusal=refusal)
@@ -142,7 +149,13 @@ class LeadDesk:
         elif channel_ids is not None:
             # Whose conversion it is cannot be told without AdTarget's answer.
             return Result(refusal=f"{note}; nothing queued, try again later")
-        row = followups.value_row(args.user, args.conversion_id, args.request, chat_id=chat_id)
+        row = followups.value_row(
+            args.user,
+            args.conversion_id,
+            args.request,
+            chat_id=chat_id,
+            idempotency_key=idempotency_key,
+        )
         return Result(await followups.queue(self._db, row, self._wake), note)
 
     async def _check(self, user: int) -> tuple[Lead | None, str | None, str | None]:

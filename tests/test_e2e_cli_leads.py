@@ -108,6 +108,41 @@ async def test_fire_is_queued_and_reaches_adtarget_once_with_its_key(
     assert len(adtarget.received_on(f"/api/v1/leads/{JOINER}/events")) == 1
 
 
+async def test_a_repeat_with_the_same_idempotency_key_queues_nothing(
+    running: RunningBridge, env: dict[str, str], tmp_path: Path, adtarget: FakeAdTarget
+) -> None:
+    """A payment webhook retried: the payment id as the key, one Purchase at AdTarget."""
+    args = ("fire", str(JOINER), "Purchase", "19.99", "EUR", "--idempotency-key", "pay_81:x")
+    first = await bot(env, tmp_path, *args)
+    assert first.status == 0, first.err
+    assert "queued as outbox row #" in first.out
+    assert first.out.rstrip().endswith("Idempotency-Key: pay_81:x")
+    await eventually(lambda: len(adtarget.events) == 1, timeout=20, what="fire delivered")
+    again = await bot(env, tmp_path, *args)
+    assert again.status == 0, again.err
+    assert "was already queued (key pay_81:x)" in again.out
+    assert (
+        await running.scalar("SELECT count(*) FROM outbox WHERE idempotency_key = 'pay_81:x'") == 1
+    )
+    conversion_id = adtarget.conversions[0]["conversionId"]
+    value = ("value", str(JOINER), conversion_id, "5", "EUR", "--idempotency-key", "pay-82")
+    assert (await bot(env, tmp_path, *value)).status == 0
+    assert "already queued (key pay-82)" in (await bot(env, tmp_path, *value)).out
+    await eventually(lambda: len(adtarget.values) == 1, timeout=20, what="value delivered")
+    await running.wait_scalar("SELECT count(*) FROM outbox WHERE state = 'delivered'", 3)
+    assert len(adtarget.received_on(f"/api/v1/leads/{JOINER}/events")) == 1
+    assert [e["idempotencyKey"] for e in adtarget.events] == ["pay_81:x"]
+    assert (
+        len(adtarget.received_on(f"/api/v1/leads/{JOINER}/conversions/{conversion_id}/value")) == 1
+    )
+    for bad, reason in {"a b": "printable ASCII without spaces", "k" * 129: "got 129"}.items():
+        refused = await bot(env, tmp_path, "fire", str(JOINER), "Lead", "--idempotency-key", bad)
+        assert refused.status == 2
+        assert "idempotency key: " in refused.err
+        assert reason in refused.err, refused.err
+    assert await running.scalar("SELECT count(*) FROM outbox") == 3
+
+
 async def test_bad_arguments_exit_2_with_the_reason(
     running: RunningBridge, env: dict[str, str], tmp_path: Path, adtarget: FakeAdTarget
 ) -> None:
