@@ -283,9 +283,19 @@ class Poller:
             await self._fail(update, attempts_of.get(update.update_id, 0), failure)
 
     async def _persist(self, handled: list[tuple[Update, Any]]) -> None:
-        results = [result for _, result in handled]
         persisted: list[tuple[BatchSink, Any]] = []
         async with self._db.transaction() as conn:
+            # A forget that committed after the batch was stored deleted its person's
+            # updates; their handled results would bring that person back.
+            stored = await inbox.still_stored_in(conn, [u.update_id for u, _ in handled])
+            for update, _ in handled:
+                if update.update_id not in stored:
+                    log.info(
+                        "update %d was forgotten while it was handled; its result is dropped",
+                        update.update_id,
+                        extra=ids(update_id=update.update_id),
+                    )
+            results = [result for u, result in handled if u.update_id in stored]
             for sink in self._sinks:
                 items = [r for r in results if sink.wants(r)]
                 if items:

@@ -60,6 +60,18 @@ async def mark_done_in(conn: aiosqlite.Connection, update_ids: list[int]) -> Non
         )
 
 
+async def still_stored_in(conn: aiosqlite.Connection, update_ids: list[int]) -> set[int]:
+    """Which of `update_ids` are still in the inbox: a forget deletes a person's
+    updates, and what a handler made of one since must not be written back."""
+    if not update_ids:
+        return set()
+    marks = ", ".join("?" for _ in update_ids)
+    rows = await conn.execute_fetchall(
+        f"SELECT update_id FROM updates WHERE update_id IN ({marks})", update_ids
+    )
+    return {int(r[0]) for r in rows}
+
+
 async def mark_failed(db: Database, update_id: int, *, error: str, retry_at: float) -> int:
     """Count a failed handling; returns the attempts so far."""
     async with db.transaction() as conn:

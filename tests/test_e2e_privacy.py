@@ -7,11 +7,13 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from aiogram.types import ChatMemberUpdated, TelegramObject
 
 from bot import cli
 from tests.fakes.adtarget import FakeAdTarget
@@ -193,3 +195,39 @@ async def test_cli_forget_while_the_bridge_runs(
     # The bridge goes on as before.
     telegram.join(CHANNEL_ID, BOB, await visit_link(admin_bridge, TEMP_BOB, "203.0.113.2"))
     await admin_bridge.wait_scalar("SELECT user_id FROM joins", BOB)
+
+
+async def test_a_forget_between_storing_and_handling_is_not_undone(
+    admin_bridge: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    database = str(admin_bridge.settings.database_path)
+    forgot: list[int] = []
+
+    # Through aiogram's public middleware API, in front of the real join handler:
+    # Alice's join is stored and confirmed, and `python -m bot forget` commits
+    # before the handler sees it, as an owner's timing could make happen.
+    async def forget_first(
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        if isinstance(event, ChatMemberUpdated) and event.new_chat_member.user.id == ALICE:
+            args = ["forget", str(ALICE), "--database", database]
+            forgot.append(await asyncio.to_thread(cli.main, args))
+        return await handler(event, data)
+
+    admin_bridge.bridge.dispatcher.chat_member.outer_middleware(forget_first)
+    telegram.join(CHANNEL_ID, ALICE, await visit_link(admin_bridge, TEMP_ALICE, "203.0.113.1"))
+    telegram.join(CHANNEL_ID, BOB, await visit_link(admin_bridge, TEMP_BOB, "203.0.113.2"))
+    # Updates are handled in order: once Bob's conversion is out, Alice's was handled.
+    (conversion,) = await adtarget.wait_for_conversions(1)
+    assert conversion["telegramUserId"] == BOB
+    assert forgot == [0]
+    assert await admin_bridge.scalar("SELECT count(*) FROM joins WHERE user_id = ?", (ALICE,)) == 0
+    assert (
+        await admin_bridge.scalar(
+            "SELECT count(*) FROM outbox WHERE telegram_user_id = ?", (ALICE,)
+        )
+        == 0
+    )
+    assert await admin_bridge.scalar("SELECT count(*) FROM joins WHERE user_id = ?", (BOB,)) == 1
