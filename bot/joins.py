@@ -180,7 +180,7 @@ class JoinRecorder:
         await invite_links.mark_used(
             conn, [link.id for i, link in enumerate(matched) if link and i in new_ids]
         )
-        await joins.record_leaves(
+        new_leaves = await joins.record_leaves(
             conn,
             [joins.NewLeave(x.chat.id, x.user_id, x.left_at, x.update_id) for x in leaves],
         )
@@ -192,7 +192,8 @@ class JoinRecorder:
                 leave.chat.id,
                 extra=ids(update_id=leave.update_id, user_id=leave.user_id, chat_id=leave.chat.id),
             )
-        return recorded + [JoinRecorded(LEAVE, None, False) for _ in leaves]
+        # Only new leaves: a repeated one (INSERT OR IGNORE) must not count again.
+        return recorded + [JoinRecorded(LEAVE, None, False) for _ in range(new_leaves)]
 
     async def _echoes(
         self,

@@ -198,8 +198,10 @@ class Poller:
                 for u in batch
             ]
         already_done = await inbox.store_batch(self._db, rows)
-        self.stats.received += len(batch)
-        self.stats.kinds.update(map(itemgetter(1), rows))
+        # A redelivery of a handled update is not received again, for /metrics.
+        fresh = [row for row in rows if row[0] not in already_done]
+        self.stats.received += len(fresh)
+        self.stats.kinds.update(map(itemgetter(1), fresh))
         for update_id in sorted(already_done):
             log.info(
                 "update %d was already handled; skipped", update_id, extra=ids(update_id=update_id)

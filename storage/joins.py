@@ -86,19 +86,23 @@ async def insert_many(conn: aiosqlite.Connection, rows: list[NewJoin]) -> dict[i
     return new
 
 
-async def record_leaves(conn: aiosqlite.Connection, rows: list[NewLeave]) -> None:
-    """Record leaves and close the member's open joins; repeats are no-ops."""
+async def record_leaves(conn: aiosqlite.Connection, rows: list[NewLeave]) -> int:
+    """Record leaves and close the member's open joins; repeats are no-ops.
+
+    Returns how many leaves were new (a repeat is not counted twice)."""
     if not rows:
-        return
-    await conn.executemany(
+        return 0
+    cursor = await conn.executemany(
         "INSERT OR IGNORE INTO leaves (chat_id, user_id, left_at, update_id) VALUES (?, ?, ?, ?)",
         [(r.chat_id, r.user_id, r.left_at, r.update_id) for r in rows],
     )
+    inserted = max(cursor.rowcount, 0)
     await conn.executemany(
         "UPDATE joins SET left_at = ? WHERE chat_id = ? AND user_id = ?"
         " AND left_at IS NULL AND joined_at <= ?",
         [(r.left_at, r.chat_id, r.user_id, r.left_at) for r in rows],
     )
+    return inserted
 
 
 async def recent_joins(

@@ -157,6 +157,41 @@ async def test_values_move_exactly_as_joins_are_processed(
     assert value(after, "joinbridge_updates_waiting_retry") == 0
 
 
+async def test_a_repeated_leave_and_a_redelivered_update_are_not_counted_again(
+    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    settings = bridge_settings(tmp_path, telegram, adtarget)
+    first = RunningBridge(settings)
+    await first.start()
+    try:
+        await first.track_channel(telegram)
+        before = await scrape(first.bridge)
+        leave = telegram.leave(CHANNEL_ID, 7200001, date=1764100400)
+        assert leave is not None
+        # Telegram reporting the same leave again, in an update of its own.
+        again = telegram.enqueue("chat_member", telegram.history[leave]["chat_member"])
+        assert again is not None
+        done = "SELECT count(*) FROM updates WHERE state = 'done' AND update_id IN (?, ?)"
+        await first.wait_scalar(done, 2, (leave, again))
+        after = await scrape(first.bridge)
+        assert moved(before, after, "joinbridge_updates_received_total", kind="chat_member") == 2
+        assert moved(before, after, "joinbridge_leaves_total") == 1
+    finally:
+        assert await first.stop() == 0
+
+    # The confirmation was lost: Telegram serves the handled leave again to a new poller.
+    telegram.requeue(leave)
+    second = RunningBridge(settings)
+    await second.start()
+    try:
+        await telegram.wait_confirmed(leave)
+        samples = await scrape(second.bridge)
+        assert value(samples, "joinbridge_updates_received_total", kind="chat_member") == 0
+        assert value(samples, "joinbridge_leaves_total") == 0
+    finally:
+        assert await second.stop() == 0
+
+
 async def test_pool_size_gauge_equals_the_pool(bridge: RunningBridge) -> None:
     target = bridge.bridge.pool.size
 
