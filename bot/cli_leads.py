@@ -10,7 +10,8 @@ runs), with the row's own Idempotency-Key.
 repeat with the same key queues nothing and says "already queued".
 
 Exit status: 0 queued, already queued (or shown); 1 AdTarget refused or could not be asked
-(`lead`), with one line saying so; 2 bad arguments, settings or database.
+(`lead`), or the database could not be used (locked: try again), with one line
+saying so; 2 bad arguments, settings or no database.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from storage.db import Database, open_database, open_readonly
 
 EXIT_OK = 0
 EXIT_ADTARGET = 1
+EXIT_TRY_AGAIN = 1  # the database could not be used just now (locked, disk full)
 EXIT_USAGE = 2
 
 _ARGS = {"lead": LEAD_ARGS, "fire": FIRE_ARGS, "value": VALUE_ARGS}
@@ -104,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run(settings, command, words, key))
     except (sqlite3.Error, OSError) as error:
+        # "database is locked" and the like pass: 1 tells a script to try again,
+        # where 2 (bad arguments) would tell it not to.
         _say(command, f"database {database}: {error}")
-        return EXIT_USAGE
+        return EXIT_TRY_AGAIN
 
 
 async def _run(settings: Settings, command: str, words: list[str], key: str | None) -> int:

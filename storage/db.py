@@ -87,17 +87,23 @@ async def open_database(path: Path) -> Database:
     """Open (creating folders and file), set pragmas, apply pending migrations."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = await aiosqlite.connect(path, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    await conn.execute("PRAGMA journal_mode = WAL")
-    # NORMAL in WAL mode is durable across process crashes; only an OS crash or
-    # power loss can drop the last commits.
-    await conn.execute("PRAGMA synchronous = NORMAL")
-    await conn.execute("PRAGMA foreign_keys = ON")
-    # Checkpoints run in Database.checkpoints(), off the writer's commit path.
-    await conn.execute("PRAGMA wal_autocheckpoint = 0")
-    db = Database(conn, path)
-    await migrate(db)
+    try:
+        conn.row_factory = sqlite3.Row
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode is durable across process crashes; only an OS crash or
+        # power loss can drop the last commits.
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        # Checkpoints run in Database.checkpoints(), off the writer's commit path.
+        await conn.execute("PRAGMA wal_autocheckpoint = 0")
+        db = Database(conn, path)
+        await migrate(db)
+    except BaseException:
+        # aiosqlite's thread is not a daemon: left open, it keeps the process alive
+        # (a CLI that met "database is locked" would print the error and hang).
+        await conn.close()
+        raise
     return db
 
 
@@ -107,8 +113,12 @@ async def open_readonly(path: Path) -> Database:
     FileNotFoundError when there is no database there yet.
     """
     conn = await aiosqlite.connect(_readonly_uri(path), uri=True, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    try:
+        conn.row_factory = sqlite3.Row
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    except BaseException:
+        await conn.close()  # see open_database
+        raise
     return Database(conn, path)
 
 

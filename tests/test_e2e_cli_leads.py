@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from storage.db import open_database
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import (
@@ -207,3 +209,22 @@ async def test_settings_and_database_problems_exit_2(
     assert bad.err.startswith("joinbridge: configuration error: ADTARGET_API_URL is invalid")
     assert bad.err.count("\n") == 1
     assert adtarget.received == []
+
+
+async def test_a_locked_database_exits_1_so_a_script_retries(
+    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    """ "database is locked" is passing: exit 1 (try again), not 2 (fix your arguments)."""
+    env = bridge_env(tmp_path, telegram, adtarget)
+    await (await open_database(Path(env["DATABASE_PATH"]))).close()
+    holder = sqlite3.connect(env["DATABASE_PATH"], isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another writer that holds on past the busy timeout
+        locked = await bot(env, tmp_path, "fire", str(JOINER), "Lead")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert locked.status == 1, locked.err
+    assert "database is locked" in locked.err
+    assert locked.err.count("\n") == 1
+    assert "Traceback" not in locked.err
