@@ -10,6 +10,7 @@ import time
 import uuid
 from typing import TextIO
 
+from bot.privacy import parse_user_id
 from bot.sandbox import (
     CHANNEL_ID,
     OWNER_ID,
@@ -167,11 +168,14 @@ class SandboxConsole:
     def leave(self, args: list[str]) -> None:
         if len(args) != 1:
             raise StepFailed("leave: expected `leave <telegram-user-id>`")
-        update_id = self._sandbox.telegram.leave(CHANNEL_ID, _user_id(args[0]))
-        say(f"update {update_id}: user {args[0]} left; /stats counts the leave.")
+        user_id = _user_id(args[0])
+        update_id = self._sandbox.telegram.leave(CHANNEL_ID, user_id)
+        say(f"update {update_id}: user {user_id} left; /stats counts the leave.")
 
 
 def _user_id(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise StepFailed(f"telegram-user-id: {text!r} is not a positive number")
-    return int(text)
+    # isdigit() alone lets "²" through to int(), whose ValueError would end the sandbox.
+    try:
+        return parse_user_id(text)
+    except ValueError as error:
+        raise StepFailed(f"telegram-user-id: {error}") from None

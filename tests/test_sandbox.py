@@ -194,6 +194,10 @@ async def test_interactive_serves_curl_joins_and_stats_until_ctrl_c(
     assert figure(stats, "attributed") == 2
     assert figure(stats, "delivered") == 2
     assert figure(stats, "Net present") == 2
+    # A digit that int() refuses is a mistake named on one line, not the end of the sandbox.
+    for typed in ("leave ²", f"join {link} ²"):
+        await sandbox.type(typed)
+        await sandbox.read_until(r"telegram-user-id: '²' is not a Telegram user id")
 
     sandbox.process.send_signal(signal.SIGINT)
     assert await sandbox.rest() == 0, sandbox.output
