@@ -40,8 +40,13 @@ class DueCheck:
 
 
 async def set_setting(db: Database, chat_id: int, days: int | None, event_type: str | None) -> None:
-    """Turn retention on (days and event) or off (None) for joins recorded from now on."""
+    """Turn retention on (days and event) or off (None) for joins recorded from now on.
+
+    Joins recorded under the old setting but not swept yet are scheduled under it
+    first, in the same transaction: the change must not take their checks away.
+    """
     async with db.transaction() as conn:
+        await _schedule_unswept(conn, now=time.time(), batch=None)
         await conn.execute(
             "UPDATE channels SET retention_signal_days = ?, retention_signal_event = ?,"
             " retention_signal_after = (SELECT coalesce(max(id), 0) FROM joins),"
@@ -88,32 +93,45 @@ async def sweep(db: Database, *, now: float | None = None, batch: int = 5000) ->
     scheduled = 0
     while True:
         async with db.transaction() as conn:
-            async with conn.execute("SELECT last_join_id FROM retention_sweep") as cursor:
-                found = await cursor.fetchone()
-            after = int(found[0]) if found else 0
-            async with conn.execute("SELECT coalesce(max(id), 0) FROM joins") as cursor:
-                newest = int((await cursor.fetchone() or (0,))[0])
-            if newest <= after:
-                return scheduled
-            upto = min(newest, after + batch)
-            inserted = await conn.execute(
-                "INSERT OR IGNORE INTO retention_checks (join_id, chat_id, user_id, days,"
-                " event_type, due_at, created_at)"
-                " SELECT j.id, j.chat_id, j.user_id, c.retention_signal_days,"
-                " c.retention_signal_event, j.joined_at + c.retention_signal_days * ?, ?"
-                " FROM joins j JOIN channels c ON c.chat_id = j.chat_id"
-                " WHERE j.id > ? AND j.id <= ? AND j.kind = 'attributed'"
-                " AND c.retention_signal_days IS NOT NULL AND c.retention_signal_event IS NOT NULL"
-                " AND j.id > c.retention_signal_after",
-                (DAY, now, after, upto),
-            )
-            scheduled += max(inserted.rowcount, 0)
-            await conn.execute(
-                "INSERT INTO retention_sweep (id, last_join_id, swept_at) VALUES (1, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET last_join_id = excluded.last_join_id,"
-                " swept_at = excluded.swept_at",
-                (upto, now),
-            )
+            found = await _schedule_unswept(conn, now=now, batch=batch)
+        if found is None:
+            return scheduled
+        scheduled += found
+
+
+async def _schedule_unswept(
+    conn: aiosqlite.Connection, *, now: float, batch: int | None
+) -> int | None:
+    """In the caller's transaction: schedule checks for the attributed joins above the
+    cursor (the next `batch` ids, or all when None) under their channels' settings
+    as they are now, and move the cursor past them. How many were scheduled; None
+    when there was nothing left to sweep."""
+    async with conn.execute("SELECT last_join_id FROM retention_sweep") as cursor:
+        found = await cursor.fetchone()
+    after = int(found[0]) if found else 0
+    async with conn.execute("SELECT coalesce(max(id), 0) FROM joins") as cursor:
+        newest = int((await cursor.fetchone() or (0,))[0])
+    if newest <= after:
+        return None
+    upto = newest if batch is None else min(newest, after + batch)
+    inserted = await conn.execute(
+        "INSERT OR IGNORE INTO retention_checks (join_id, chat_id, user_id, days,"
+        " event_type, due_at, created_at)"
+        " SELECT j.id, j.chat_id, j.user_id, c.retention_signal_days,"
+        " c.retention_signal_event, j.joined_at + c.retention_signal_days * ?, ?"
+        " FROM joins j JOIN channels c ON c.chat_id = j.chat_id"
+        " WHERE j.id > ? AND j.id <= ? AND j.kind = 'attributed'"
+        " AND c.retention_signal_days IS NOT NULL AND c.retention_signal_event IS NOT NULL"
+        " AND j.id > c.retention_signal_after",
+        (DAY, now, after, upto),
+    )
+    await conn.execute(
+        "INSERT INTO retention_sweep (id, last_join_id, swept_at) VALUES (1, ?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET last_join_id = excluded.last_join_id,"
+        " swept_at = excluded.swept_at",
+        (upto, now),
+    )
+    return max(inserted.rowcount, 0)
 
 
 async def due(db: Database, *, now: float, limit: int = 100) -> list[DueCheck]:

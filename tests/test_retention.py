@@ -130,6 +130,25 @@ async def test_a_new_setting_applies_to_later_joins_only(db: Database) -> None:
     assert settings[OTHER].days is None
 
 
+async def test_a_change_before_the_sweep_keeps_the_old_setting_for_earlier_joins(
+    db: Database,
+) -> None:
+    await retention.set_setting(db, CHAT, 7, "Lead")
+    first = await add_join(db, 1, at=1000)
+    await retention.set_setting(db, CHAT, 30, "Subscribe")  # before any sweep saw `first`
+    second = await add_join(db, 2, at=2000)
+    third = await add_join(db, 3, at=3000)
+    await retention.set_setting(db, CHAT, None, None)
+    await add_join(db, 4, at=4000)
+    await retention.sweep(db)
+    assert [(c[0], c[2], c[3], c[4]) for c in await checks(db)] == [
+        (first, 7, "Lead", 1000 + 7 * DAY),
+        (second, 30, "Subscribe", 2000 + 30 * DAY),
+        (third, 30, "Subscribe", 3000 + 30 * DAY),
+    ]
+    assert await retention.sweep(db) == 0
+
+
 async def test_forgetting_the_newest_join_does_not_hide_the_next_one(db: Database) -> None:
     await retention.set_setting(db, CHAT, 7, "Lead")
     newest = await add_join(db, 1)
