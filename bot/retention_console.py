@@ -53,7 +53,10 @@ def parse_change(args: list[str]) -> RetentionChange | str:
             " e.g. /retention @mychannel 7 Custom:Retained7d."
         )
     days_text = args[start - 1]
-    if not days_text.isdigit() or not 1 <= int(days_text) <= MAX_DAYS:
+    # isdigit() alone accepts "²" and "①", which int() refuses; three digits at most
+    # keep int() from a many-thousand-digit string.
+    ascii_number = days_text.isascii() and days_text.isdigit() and len(days_text) <= 3
+    if not ascii_number or not 1 <= int(days_text) <= MAX_DAYS:
         return (
             f"The number of days must be a whole number from 1 to {MAX_DAYS},"
             f" not “{html.escape(days_text)}”."

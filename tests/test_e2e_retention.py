@@ -215,6 +215,10 @@ async def test_the_command_refuses_bad_arguments_and_strangers(
     assert "cannot be Purchase" in purchase
     days = await ask(telegram, OWNER, "/retention Test seven Lead")
     assert "whole number from 1 to 365" in days
+    # isdigit() is true for "²", but int() refuses it: answered, not an update that fails.
+    superscript = await ask(telegram, OWNER, "/retention Test ² Lead")
+    assert superscript.startswith("Usage: /retention")
+    assert "whole number from 1 to 365, not “²”" in superscript
     unknown = await ask(telegram, OWNER, "/retention Nope 7 Lead")
     assert "No channel “Nope”" in unknown
     assert "off" in await ask(telegram, OWNER, "/retention")
