@@ -135,6 +135,9 @@ class RetentionChecker:
 
     async def _check_due(self, stop: asyncio.Event) -> float:
         """Check what is due; return how long to sleep before looking again."""
+        parked = await retention.close_parked(self._db)
+        if parked:
+            log.warning("retention: %d check(s) failed: their conversion is parked", parked)
         checks = await retention.due(self._db, now=time.time(), limit=BATCH)
         for check in checks:
             if stop.is_set() or not await self._paced(stop):

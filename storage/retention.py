@@ -166,8 +166,30 @@ async def due(db: Database, *, now: float, limit: int = 100) -> list[DueCheck]:
     ]
 
 
+async def close_parked(db: Database, *, now: float | None = None) -> int:
+    """Fail the due checks whose join's conversion is parked; return how many.
+
+    `due` would skip them until an admin's /retry delivered the conversion, and
+    `next_due_at` would keep the checker polling for them: a parked conversion
+    means AdTarget holds no lead to send the retention event for.
+    """
+    now = time.time() if now is None else now
+    async with db.transaction() as conn:
+        closed = await conn.execute(
+            "UPDATE retention_checks SET state = 'failed', checked_at = ?,"
+            " detail = (SELECT 'conversion parked (outbox row #' || o.id || ')' FROM outbox o"
+            " WHERE o.join_id = retention_checks.join_id)"
+            " WHERE id IN (SELECT r.id FROM retention_checks r INDEXED BY retention_due"
+            " WHERE r.state = 'pending' AND r.due_at <= ? AND EXISTS (SELECT 1 FROM outbox o"
+            " WHERE o.join_id = r.join_id AND o.state = 'parked'))",
+            (now, now),
+        )
+    return max(closed.rowcount, 0)
+
+
 async def next_due_at(db: Database) -> float | None:
-    """The earliest due time of any pending check (it may be waiting on its conversion)."""
+    """The earliest due time of any pending check (it may be waiting on its conversion
+    on its way; one whose conversion is parked is closed by `close_parked`)."""
     row = await db.fetchone(
         "SELECT min(due_at) FROM retention_checks INDEXED BY retention_due WHERE state = 'pending'"
     )

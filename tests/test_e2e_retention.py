@@ -207,6 +207,23 @@ async def test_a_chat_telegram_does_not_know_fails_the_check_with_its_reason(
     assert adtarget.events == []
 
 
+async def test_a_check_whose_conversion_is_parked_fails_instead_of_waiting(
+    running: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    await ask(telegram, OWNER, "/retention Test 7 Lead")
+    adtarget.fail(400, "INVALID_PAYLOAD", paths=("/api/v1/events/conversion",))
+    await attributed_join(running, telegram, 709)
+    await running.wait_scalar("SELECT state FROM outbox WHERE telegram_user_id = 709", "parked")
+    await running.wait_scalar("SELECT state FROM retention_checks", "failed")
+    detail = await running.scalar("SELECT detail FROM retention_checks")
+    assert isinstance(detail, str)
+    assert detail.startswith("conversion parked (outbox row #")
+    assert "1 failed" in await ask(telegram, OWNER, "/retention")
+    assert await running.stop() == 0
+    assert member_checks(telegram, 709) == 0, "Telegram is not asked for a lead AdTarget lacks"
+    assert adtarget.events == []
+
+
 async def test_the_command_refuses_bad_arguments_and_strangers(
     running: RunningBridge, telegram: FakeTelegram
 ) -> None:

@@ -182,6 +182,29 @@ async def test_due_waits_for_the_conversion_to_be_delivered(db: Database) -> Non
     )
 
 
+async def test_a_check_whose_conversion_is_parked_is_closed_as_failed(db: Database) -> None:
+    await retention.set_setting(db, CHAT, 1, "Lead")
+    parked_join = await add_join(db, 1, at=1000)
+    parked = await add_conversion(db, parked_join, 1)
+    waiting = await add_conversion(db, await add_join(db, 2, at=1000), 2)
+    await retention.sweep(db)
+    await outbox.park(db, parked, attempt=1, reason="HTTP 400 INVALID_PAYLOAD")
+    assert await retention.close_parked(db, now=1000 + DAY - 1) == 0, "not due yet"
+    assert await retention.close_parked(db, now=1000 + DAY) == 1
+    assert await retention.counts(db, [CHAT]) == {CHAT: {"failed": 1, "pending": 1}}
+    found = await db.fetchone(
+        "SELECT detail FROM retention_checks WHERE join_id = ?", (parked_join,)
+    )
+    assert found is not None
+    assert found[0] == f"conversion parked (outbox row #{parked})"
+    # Only the check still waiting on a conversion in flight keeps the checker looking.
+    await outbox.mark_delivered(
+        db, waiting, conversion_id="c2", dispatched=True, warning=None, replayed=False
+    )
+    assert [c.user_id for c in await retention.due(db, now=1000 + DAY)] == [2]
+    assert await retention.close_parked(db, now=1000 + DAY) == 0
+
+
 async def _one_due(db: Database, user_id: int = 1) -> retention.DueCheck:
     await retention.set_setting(db, CHAT, 7, "Custom:Retained7d")
     await add_join(db, user_id, at=1000)
