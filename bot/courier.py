@@ -21,14 +21,13 @@ from typing import Any
 
 from bot.adtarget import AdTargetClient
 from bot.delivery import (
-    CHECKABLE_KINDS,
     Outcome,
     Verdict,
     backoff_delay,
     classify_answer,
     classify_exception,
-    find_matching_conversion,
 )
+from bot.lead_check import delivered_earlier, row_ids
 from bot.logs import ids
 from bot.waiting import wait_any
 from storage import outbox, state
@@ -142,7 +141,7 @@ class Courier:
                     "courier paused (%s): probing with row %d",
                     self._pause.reason,
                     rows[0].id,
-                    extra=_row_ids(rows[0]),
+                    extra=row_ids(rows[0]),
                 )
                 self._start(rows[0])
             return 0.2 if rows else IDLE_WAIT
@@ -209,9 +208,7 @@ class Courier:
         except Exception:
             # A bug or a database error: leave the row claimed; the lease rescue
             # sends it again later rather than losing it.
-            log.exception(
-                "outbox row %d: delivery failed unexpectedly", row.id, extra=_row_ids(row)
-            )
+            log.exception("outbox row %d: delivery failed unexpectedly", row.id, extra=row_ids(row))
 
     async def _apply(
         self, row: OutboxRow, outcome: Outcome, body: Any, replay: bool, elapsed_ms: float
@@ -239,7 +236,7 @@ class Courier:
                 ", replay" if replay else "",
                 f"; AdTarget warns: {fields['warning']}" if fields.get("warning") else "",
                 extra={
-                    **_row_ids(row),
+                    **row_ids(row),
                     **ids(conversion_id=_opt_str(fields.get("conversionId"))),
                 },
             )
@@ -255,7 +252,7 @@ class Courier:
                 row.id,
                 outcome.reason,
                 wait,
-                extra=_row_ids(row),
+                extra=row_ids(row),
             )
             await outbox.reschedule(
                 self._db,
@@ -271,7 +268,7 @@ class Courier:
             await self._enter_pause(outcome)
             return
         if verdict is Verdict.PARK:
-            log.error("outbox row %d parked: %s", row.id, outcome.reason, extra=_row_ids(row))
+            log.error("outbox row %d parked: %s", row.id, outcome.reason, extra=row_ids(row))
             await outbox.park(self._db, row.id, attempt=row.attempts, reason=outcome.reason)
             self.outcomes[row.kind, "parked"] += 1
             self._alerts.parked(row.id, outcome.reason)
@@ -291,7 +288,7 @@ class Courier:
                 f"gave up after {row.attempts} attempts over {(now - first) / 3600:.1f} h;"
                 f" last error: {outcome.reason}"
             )
-            log.error("outbox row %d parked: %s", row.id, reason, extra=_row_ids(row))
+            log.error("outbox row %d parked: %s", row.id, reason, extra=row_ids(row))
             await outbox.park(self._db, row.id, attempt=row.attempts, reason=reason)
             self.outcomes[row.kind, "parked"] += 1
             self._alerts.parked(row.id, reason)
@@ -302,7 +299,7 @@ class Courier:
             row.attempts,
             outcome.reason,
             delay,
-            extra=_row_ids(row),
+            extra=row_ids(row),
         )
         await outbox.reschedule(
             self._db,
@@ -315,30 +312,11 @@ class Courier:
 
     async def _already_delivered(self, row: OutboxRow) -> bool:
         """Past the idempotency window a resend could duplicate: ask AdTarget first."""
-        if row.kind not in CHECKABLE_KINDS or row.first_attempt_at is None or row.attempts <= 1:
-            return False
-        if time.time() - row.first_attempt_at < self._config.idempotency_window:
-            return False
-        if row.telegram_user_id is None:
-            return False
-        try:
-            answer = await self._client.get(f"/leads/{row.telegram_user_id}")
-        except Exception as error:
-            log.warning(
-                "outbox row %d: lead check failed (%s); sending", row.id, error, extra=_row_ids(row)
-            )
-            return False
-        if answer.status != 200 or not isinstance(answer.body, dict):
-            return False
-        match = find_matching_conversion(answer.body, row)
+        match = await delivered_earlier(
+            self._client, row, idempotency_window=self._config.idempotency_window
+        )
         if match is None:
             return False
-        log.info(
-            "outbox row %d: AdTarget already holds conversion %s; not sending again",
-            row.id,
-            match,
-            extra={**_row_ids(row), **ids(conversion_id=match)},
-        )
         await outbox.mark_delivered(
             self._db, row.id, conversion_id=match, dispatched=None, warning=None, replayed=True
         )
@@ -395,11 +373,6 @@ class Courier:
         # After a restart the key may have been fixed: probe at once.
         self._probe_at = 0.0
         log.warning("courier starts paused (%s); probing now", self._pause.reason)
-
-
-def _row_ids(row: OutboxRow) -> dict[str, int | str]:
-    """The ids a log line about an outbox row carries as fields (LOG_FORMAT=json)."""
-    return ids(outbox_id=row.id, chat_id=row.chat_id, user_id=row.telegram_user_id)
 
 
 def _opt_str(value: Any) -> str | None:
