@@ -97,12 +97,40 @@ async def record_leaves(conn: aiosqlite.Connection, rows: list[NewLeave]) -> int
         [(r.chat_id, r.user_id, r.left_at, r.update_id) for r in rows],
     )
     inserted = max(cursor.rowcount, 0)
+    for row in rows:
+        if row.update_id is not None:
+            await _replace_made_up_leave(conn, row)
     await conn.executemany(
         "UPDATE joins SET left_at = ? WHERE chat_id = ? AND user_id = ?"
         " AND left_at IS NULL AND joined_at <= ?",
         [(r.left_at, r.chat_id, r.user_id, r.left_at) for r in rows],
     )
     return inserted
+
+
+async def _replace_made_up_leave(conn: aiosqlite.Connection, real: NewLeave) -> None:
+    """A retention check that found the member gone recorded a leave at the check's
+    time (update_id NULL); the late real update has Telegram's date. Keep only the
+    real one, so /stats counts the leave once, and put its date on the join.
+
+    Only a made-up leave of the same stay counts: after the join the real leave
+    closes, with no later join in between."""
+    params = {"chat": real.chat_id, "user": real.user_id, "at": real.left_at}
+    made_up = await conn.execute_fetchall(
+        "DELETE FROM leaves WHERE chat_id = :chat AND user_id = :user AND update_id IS NULL"
+        " AND left_at >= (SELECT max(joined_at) FROM joins"
+        " WHERE chat_id = :chat AND user_id = :user AND joined_at <= :at)"
+        " AND NOT EXISTS (SELECT 1 FROM joins j WHERE j.chat_id = :chat AND j.user_id = :user"
+        " AND j.joined_at > :at AND j.joined_at <= leaves.left_at)"
+        " RETURNING left_at",
+        params,
+    )
+    for (left_at,) in made_up:
+        await conn.execute(
+            "UPDATE joins SET left_at = :at WHERE chat_id = :chat AND user_id = :user"
+            " AND joined_at <= :at AND left_at = :made_up",
+            {**params, "made_up": left_at},
+        )
 
 
 async def recent_joins(

@@ -252,6 +252,34 @@ async def test_a_known_leave_is_not_recorded_twice(db: Database) -> None:
     assert await scalar(db, "SELECT count(*) FROM leaves") == 1
 
 
+async def test_a_late_real_leave_replaces_the_one_a_check_made_up(db: Database) -> None:
+    check = await _one_due(db)  # joined at 1000
+    await retention.record_left(db, check.id, status="left", now=5000.0)
+    async with db.transaction() as conn:  # Telegram's update, late, with its own date
+        await joins.record_leaves(conn, [joins.NewLeave(CHAT, 1, 3000, 77)])
+    left = await db.fetchall("SELECT left_at, update_id FROM leaves")
+    assert [tuple(r) for r in left] == [(3000, 77)]
+    assert await scalar(db, "SELECT left_at FROM joins") == 3000
+    # A repeat of the update changes nothing.
+    async with db.transaction() as conn:
+        await joins.record_leaves(conn, [joins.NewLeave(CHAT, 1, 3000, 77)])
+    assert await scalar(db, "SELECT count(*) FROM leaves") == 1
+
+
+async def test_a_real_leave_of_an_earlier_stay_keeps_a_later_made_up_one(db: Database) -> None:
+    await retention.set_setting(db, CHAT, 7, "Lead")
+    await add_join(db, 1, at=1000)
+    await add_join(db, 1, at=4000)  # left (no update yet) and came back
+    await retention.sweep(db)
+    later = (await retention.due(db, now=time.time()))[-1]
+    await retention.record_left(db, later.id, status="left", now=9000.0)
+    async with db.transaction() as conn:  # the first stay's leave, late
+        await joins.record_leaves(conn, [joins.NewLeave(CHAT, 1, 3000, 78)])
+    left = await db.fetchall("SELECT left_at, update_id FROM leaves ORDER BY left_at")
+    assert [tuple(r) for r in left] == [(3000, 78), (9000, None)]
+    assert await scalar(db, "SELECT left_at FROM joins WHERE joined_at = 4000") == 9000
+
+
 async def test_failures_final_or_retried(db: Database) -> None:
     check = await _one_due(db)
     later = time.time() + 100
