@@ -121,6 +121,9 @@ async def test_retention_off_asks_telegram_nothing(
     running: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
 ) -> None:
     await attributed_join(running, telegram, 704)  # never turned on
+    # Recorded before the command: a join recorded while it is on keeps its check
+    # even when turned off again before the sweep.
+    await running.wait_scalar("SELECT count(*) FROM joins WHERE user_id = 704", 1)
     assert "joins from now on" in await ask(telegram, OWNER, "/retention Test 7 Lead")
     off = await ask(telegram, OWNER, "/retention Test off")
     assert "off for joins from now on" in off
