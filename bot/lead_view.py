@@ -99,7 +99,9 @@ def render_look(
         out.add(out.esc(f"{look.problem}."))
     else:
         lead = look.lead
-        out.add(f"first seen {when(lead.first_seen_at)}, last seen {when(lead.last_seen_at)}")
+        # when() gives AdTarget's own text back when it is no date it can read.
+        seen = f"first seen {when(lead.first_seen_at)}, last seen {when(lead.last_seen_at)}"
+        out.add(out.esc(seen))
         if lead.external_user_id:
             out.add(out.esc(f"external user id: {lead.external_user_id}"))
         shown = [c for c in lead.conversions if visible_ids is None or c.channel_id in visible_ids]

@@ -11,11 +11,14 @@ import pytest
 
 from bot import followups
 from bot.adtarget import ApiAnswer
+from bot.adtarget_models import Lead
 from bot.delivery import Verdict, classify_answer
 from bot.followups import InvalidFollowUp
-from bot.lead_desk import parse_fire, parse_value
+from bot.lead_desk import Look, parse_fire, parse_value
+from bot.lead_view import render_look
 from storage import outbox
 from storage.db import Database, open_database, open_readonly
+from storage.leads import BridgeLead
 
 
 @pytest.fixture
@@ -167,3 +170,12 @@ async def test_the_read_only_database_cannot_write(db: Database, tmp_path: Path)
         await reader.close()
     with pytest.raises(FileNotFoundError):
         await open_readonly(tmp_path / "missing.db")
+
+
+def test_lead_screen_escapes_a_time_adtarget_sent_as_odd_text() -> None:
+    lead = Lead(telegram_user_id=7, first_seen_at="<soon>", last_seen_at=1_700_000_000)
+    look = Look(7, lead, None, BridgeLead([], [], [], []))
+    shown = render_look(look, [], html_mode=True)
+    assert "first seen &lt;soon&gt;, last seen 2023-11-14 22:13 UTC" in shown
+    assert "<soon>" not in shown
+    assert "first seen <soon>," in render_look(look, [], html_mode=False)
