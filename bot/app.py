@@ -191,7 +191,7 @@ async def build(settings: Settings) -> Bridge:
         minter=minter,
         onboarding=onboarding,
         console=console,
-        leads_console=LeadsConsole(db, gate, LeadDesk(db, adtarget, courier.wake)),
+        leads_console=LeadsConsole(db, gate, console, LeadDesk(db, adtarget, courier.wake)),
         retention_console=RetentionConsole(db, console),
         channel_sync=channel_sync,
         privacy=PrivacyDesk(db, settings.admin_ids),

@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 from pydantic import ValidationError
 
+from bot import privacy
 from bot.adtarget import conversion_value_path, lead_events_path
 from bot.adtarget_errors import ErrorCode
 from bot.adtarget_models import LeadEventRequest, ValueRequest, describe_invalid
@@ -44,9 +45,11 @@ class Queued:
 
 
 def parse_user_id(text: str) -> int:
-    if not re.fullmatch(r"[1-9][0-9]{0,15}", text.strip()):
-        raise InvalidFollowUp(f"telegram-user-id: a positive whole number, not {text!r}")
-    return int(text)
+    """The one rule for a typed Telegram user id (bot/privacy), named as this argument."""
+    try:
+        return privacy.parse_user_id(text)
+    except ValueError as error:
+        raise InvalidFollowUp(f"telegram-user-id: {error}") from None
 
 
 def parse_amount(text: str) -> float:

@@ -12,7 +12,7 @@ import html
 from dataclasses import dataclass
 
 from bot.admins import AdminGate
-from bot.console import REFUSAL, Reply
+from bot.console import REFUSAL, Console, Reply
 from bot.followups import InvalidFollowUp
 from bot.lead_desk import (
     FIRE_ARGS,
@@ -49,13 +49,14 @@ class Scope:
 
 
 class LeadsConsole:
-    def __init__(self, db: Database, gate: AdminGate, desk: LeadDesk) -> None:
+    def __init__(self, db: Database, gate: AdminGate, console: Console, desk: LeadDesk) -> None:
         self._db = db
         self._gate = gate
+        self._console = console
         self._desk = desk
 
     async def lead(self, asker: int, args: list[str]) -> Reply:
-        mine = await self._admin_channels(asker)
+        mine = await self._console.allowed(asker)  # as /stats decides
         if mine is None:
             return Reply(REFUSAL)
         try:
@@ -76,7 +77,7 @@ class LeadsConsole:
         return Reply(text)
 
     async def fire(self, asker: int, args: list[str]) -> Reply:
-        mine = await self._admin_channels(asker)
+        mine = await self._console.allowed(asker)  # as /stats decides
         if mine is None:
             return Reply(REFUSAL)
         try:
@@ -99,7 +100,7 @@ class LeadsConsole:
         return Reply(describe_result(result, what, html_mode=True))
 
     async def value(self, asker: int, args: list[str]) -> Reply:
-        mine = await self._admin_channels(asker)
+        mine = await self._console.allowed(asker)  # as /stats decides
         if mine is None:
             return Reply(REFUSAL)
         try:
@@ -117,13 +118,6 @@ class LeadsConsole:
         amount = f"{parsed.request.value:g} {parsed.request.currency}"
         what = f"Value {amount} for conversion {parsed.conversion_id} of user {parsed.user}"
         return Reply(describe_result(result, what, html_mode=True))
-
-    async def _admin_channels(self, asker: int) -> list[Channel] | None:
-        """As /stats decides: None when the asker may not use the bot at all."""
-        mine = await self._gate.channels_for(asker)
-        if mine or self._gate.is_owner(asker):
-            return mine
-        return None
 
     async def _scope(self, asker: int, mine: list[Channel], user: int) -> Scope | Reply:
         if self._gate.is_owner(asker):

@@ -151,7 +151,7 @@ async def test_bad_arguments_exit_2_with_the_reason(
     cases = {
         ("fire", str(JOINER), "Purchase"): "value: a Purchase needs a value > 0",
         ("fire", str(JOINER), "Purchase", "5", "eur"): "currency: must be an ISO 4217 code",
-        ("fire", "abc", "Lead"): "telegram-user-id: a positive whole number, not 'abc'",
+        ("fire", "abc", "Lead"): "telegram-user-id: 'abc' is not a Telegram user id",
         ("value", str(JOINER), "cv", "0", "EUR"): "value: Input should be greater than 0",
         ("value", str(JOINER), "cv"): "the following arguments are required: value, currency",
         ("lead",): "the following arguments are required: telegram_user_id",

@@ -88,7 +88,7 @@ async def test_bad_arguments_get_the_usage_line_and_the_reason(
 ) -> None:
     text = await ask(telegram, OWNER, "/lead abc")
     assert text.startswith("Usage: /lead <telegram-user-id>")
-    assert "telegram-user-id: a positive whole number, not 'abc'" in text
+    assert "telegram-user-id: 'abc' is not a Telegram user id (a positive number)" in text
 
     text = await ask(telegram, OWNER, f"/fire {JOINER} Purchase")
     assert text.startswith("Usage: /fire <telegram-user-id> <Lead|Purchase|")

@@ -116,7 +116,9 @@ def test_argument_parsing() -> None:
     for words, message in (
         (["42"], "give a telegram-user-id and an event"),
         (["42", "Purchase", "5"], "value and currency go together"),
-        (["-1", "Lead"], "telegram-user-id: a positive whole number"),
+        (["-1", "Lead"], "telegram-user-id: '-1' is not a Telegram user id"),
+        (["²", "Lead"], "telegram-user-id: '²' is not a Telegram user id"),
+        ([str(2**53), "Lead"], f"telegram-user-id: {2**53} is out of the range"),
         (["42", "Purchase", "five", "EUR"], "value: a number like 19.99, not 'five'"),
     ):
         with pytest.raises(InvalidFollowUp, match=message):
