@@ -1,4 +1,5 @@
-"""Shared fixtures: the loopback fakes and a running bridge with one tracked channel."""
+"""Shared fixtures: the loopback fakes and a running bridge with one tracked channel
+(`admin_bridge`: the same with OWNER in ADMIN_IDS)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, CHANNEL_TITLE, RunningBridge, bridge_settings
+from tests.harness import CHANNEL_ID, CHANNEL_TITLE, OWNER, RunningBridge, bridge_settings
 
 
 @pytest.fixture
@@ -34,6 +35,19 @@ async def bridge(
     tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
 ) -> AsyncIterator[RunningBridge]:
     running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget))
+    await running.start()
+    await running.track_channel(telegram)
+    yield running
+    if not running.stop_event.is_set():
+        assert await running.stop() == 0
+
+
+@pytest.fixture
+async def admin_bridge(
+    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> AsyncIterator[RunningBridge]:
+    """A bridge with OWNER in ADMIN_IDS and the channel tracked."""
+    running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget, admin_ids=str(OWNER)))
     await running.start()
     await running.track_channel(telegram)
     yield running

@@ -20,6 +20,7 @@ from tests.fakes.telegram import FakeTelegram
 ROOT = Path(__file__).resolve().parent.parent
 CHANNEL_ID = -1001234567890
 CHANNEL_TITLE = "Test Channel"
+OWNER = 4242  # in ADMIN_IDS of the admin tests' bridges
 
 # Short intervals so recovery paths run in tests in well under a second.
 FAST: dict[str, Any] = {
@@ -202,3 +203,23 @@ def _status_kb(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+def sent_to(telegram: FakeTelegram, chat_id: int) -> list[str]:
+    """The texts the bot sent to `chat_id`, oldest first."""
+    return [m.get("text", "") for m in telegram.sent_messages if m["chat"]["id"] == chat_id]
+
+
+async def ask(telegram: FakeTelegram, user_id: int, text: str) -> str:
+    """Send a private message to the bot; return its answer."""
+    before = len(telegram.sent_messages)
+    telegram.message(user_id, user_id, text)
+    await eventually(
+        lambda: any(m["chat"]["id"] == user_id for m in telegram.sent_messages[before:]),
+        what=f"answer to {text!r}",
+    )
+    return next(
+        str(m.get("text", ""))
+        for m in telegram.sent_messages[before:]
+        if m["chat"]["id"] == user_id
+    )

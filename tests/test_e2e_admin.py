@@ -5,46 +5,24 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, RunningBridge, bridge_settings, eventually
+from tests.harness import (
+    CHANNEL_ID,
+    OWNER,
+    RunningBridge,
+    ask,
+    bridge_settings,
+    eventually,
+    sent_to,
+)
 
-OWNER = 4242
 OTHER_CHANNEL = -1009876543210
 DAY = 86400
-
-
-@pytest.fixture
-async def admin_bridge(
-    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
-) -> AsyncIterator[RunningBridge]:
-    running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget, admin_ids=str(OWNER)))
-    await running.start()
-    await running.track_channel(telegram)
-    yield running
-    assert await running.stop() == 0
-
-
-def sent_to(telegram: FakeTelegram, chat_id: int) -> list[str]:
-    return [m.get("text", "") for m in telegram.sent_messages if m["chat"]["id"] == chat_id]
-
-
-async def ask(telegram: FakeTelegram, user_id: int, text: str) -> str:
-    """Send a private message to the bot; return its answer."""
-    before = len(telegram.sent_messages)
-    telegram.message(user_id, user_id, text)
-    await eventually(
-        lambda: any(m["chat"]["id"] == user_id for m in telegram.sent_messages[before:]),
-        what=f"answer to {text!r}",
-    )
-    return next(
-        m.get("text", "") for m in telegram.sent_messages[before:] if m["chat"]["id"] == user_id
-    )
 
 
 def figure(text: str, label: str) -> int:

@@ -11,11 +11,9 @@ import pytest
 
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, RunningBridge, bridge_settings, eventually
-from tests.test_e2e_admin import ask as ask_html
-from tests.test_e2e_admin import sent_to
+from tests.harness import CHANNEL_ID, OWNER, RunningBridge, bridge_settings, eventually, sent_to
+from tests.harness import ask as ask_html
 
-OWNER = 4242
 JOINER = 5001
 CHANNEL_ADMIN = 777
 OTHER_ADMIN = 778

@@ -7,39 +7,23 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from aiogram.types import ChatMemberUpdated, TelegramObject
 
 from bot import cli
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, RunningBridge, bridge_settings, eventually
+from tests.harness import CHANNEL_ID, OWNER, RunningBridge, ask, bridge_settings
 
-OWNER = 4242
 ALICE, BOB = 8800001, 8800002
 TEMP_ALICE = "0a0a0a0a-0000-4000-8000-000000000001"
 TEMP_BOB = "0b0b0b0b-0000-4000-8000-000000000002"
 PAGE = "https://landing.example/offer?fbclid=IwAR_alice&utm_source=meta"
 DAY = 86400
-
-
-async def ask(telegram: FakeTelegram, user_id: int, text: str) -> str:
-    before = len(telegram.sent_messages)
-    telegram.message(user_id, user_id, text)
-    await eventually(
-        lambda: any(m["chat"]["id"] == user_id for m in telegram.sent_messages[before:]),
-        what=f"answer to {text!r}",
-    )
-    return next(
-        str(m.get("text", ""))
-        for m in telegram.sent_messages[before:]
-        if m["chat"]["id"] == user_id
-    )
 
 
 async def visit_link(running: RunningBridge, temp_id: str, ip: str) -> str:
@@ -56,17 +40,6 @@ async def visit_link(running: RunningBridge, temp_id: str, ip: str) -> str:
         )
         assert invite.status_code == 200
         return str(invite.json()["inviteLink"])
-
-
-@pytest.fixture
-async def admin_bridge(
-    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
-) -> AsyncIterator[RunningBridge]:
-    running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget, admin_ids=str(OWNER)))
-    await running.start()
-    await running.track_channel(telegram)
-    yield running
-    assert await running.stop() == 0
 
 
 async def test_forget_is_for_admin_ids_and_a_queued_conversion_is_never_sent(

@@ -15,9 +15,8 @@ import pytest
 
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, RunningBridge, bridge_settings, eventually
+from tests.harness import CHANNEL_ID, OWNER, RunningBridge, ask, bridge_settings, eventually
 
-OWNER = 4242
 DAY = 86400
 EVENTS_PATH = "/api/v1/leads/{}/events"
 
@@ -32,19 +31,6 @@ async def running(
     yield bridge
     if not bridge.stop_event.is_set():
         assert await bridge.stop() == 0
-
-
-async def ask(telegram: FakeTelegram, user_id: int, text: str) -> str:
-    """Send a private message to the bot; return its answer."""
-    before = len(telegram.sent_messages)
-    telegram.message(user_id, user_id, text)
-    await eventually(
-        lambda: any(m["chat"]["id"] == user_id for m in telegram.sent_messages[before:]),
-        what=f"answer to {text!r}",
-    )
-    return next(
-        m.get("text", "") for m in telegram.sent_messages[before:] if m["chat"]["id"] == user_id
-    )
 
 
 async def attributed_join(running: RunningBridge, telegram: FakeTelegram, user_id: int) -> None:
