@@ -45,7 +45,7 @@ from bot.tracker import Tracker, TrackerConfig
 from bot.tracker_health import Health
 from bot.visits import VisitRecorder
 from handlers import get_routers
-from storage.db import Database, open_database
+from storage.db import Database, open_database, open_readonly
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class Bridge:
 
     settings: Settings
     db: Database
+    reads: Database  # read-only, for /metrics and /healthz counts
     bot: Bot
     dispatcher: Dispatcher
     adtarget: AdTargetClient
@@ -102,15 +103,16 @@ class Bridge:
     tracker_url: str = ""
 
     async def close(self) -> None:
-        await self.metrics.aclose()
         await self.visits.aclose()
         await self.adtarget.aclose()
         await self.bot.session.close()
+        await self.reads.close()
         await self.db.close()
 
 
 async def build(settings: Settings) -> Bridge:
     db = await open_database(settings.database_path)
+    reads = await open_readonly(settings.database_path)
     session = UpdatesSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
     bot = Bot(settings.bot_token.get_secret_value(), session=session)
     # This bridge's own registry: several bridges in one process keep apart.
@@ -208,7 +210,9 @@ async def build(settings: Settings) -> Bridge:
         ),
         stats=poll_stats,
     )
-    health = Health(db, poller.stats, courier, pool, courier_enabled=settings.courier_enabled)
+    health = Health(
+        db, reads, poller.stats, courier, pool, courier_enabled=settings.courier_enabled
+    )
     tracker = Tracker(
         db,
         visits,
@@ -224,7 +228,7 @@ async def build(settings: Settings) -> Bridge:
         metrics=metrics.exposition if settings.metrics_enabled else None,
     )
     metrics.watch(
-        db,
+        reads,
         Watched(
             poller=poll_stats,
             joins=joins,
@@ -237,6 +241,7 @@ async def build(settings: Settings) -> Bridge:
     return Bridge(
         settings=settings,
         db=db,
+        reads=reads,
         bot=bot,
         dispatcher=dispatcher,
         adtarget=adtarget,

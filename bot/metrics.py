@@ -51,7 +51,7 @@ from bot.joins import LEAVE, JoinRecorder
 from bot.poller import PollerStats
 from bot.visits import VisitRecorder
 from storage import outbox, retention, updates
-from storage.db import Database, open_readonly
+from storage.db import Database
 from storage.outbox import OutboxCounts
 
 log = logging.getLogger(__name__)
@@ -156,10 +156,6 @@ class Metrics:
             registry=self.registry,
         )
         self._db: Database | None = None
-        # Scrape-time counts run on a read-only connection of their own: in WAL
-        # mode it neither waits for the bridge's writer nor holds it (and ingest)
-        # while it counts a large outbox.
-        self._reads: Database | None = None
         self._watched: Watched | None = None
         self._stored = _Stored()
         self._scrape = asyncio.Lock()
@@ -173,15 +169,13 @@ class Metrics:
         """For `bot.session.middleware(...)`: counts failed Bot API calls."""
         return TelegramErrorCounter(self.telegram_errors)
 
-    def watch(self, db: Database, watched: Watched) -> None:
-        self._db = db
+    def watch(self, reads: Database, watched: Watched) -> None:
+        """`reads`: a read-only connection of the bridge's own (bot/app.py): in WAL
+        mode the scrape-time counts neither wait for the writer nor hold it (and
+        ingest) while they count a large outbox."""
+        self._db = reads
         self._watched = watched
         self.registry.register(_BridgeCollector(watched, lambda: self._stored))
-
-    async def aclose(self) -> None:
-        if self._reads is not None:
-            await self._reads.close()
-            self._reads = None
 
     async def exposition(self) -> bytes:
         """The text Prometheus scrapes, with the database gauges read just now."""
@@ -193,12 +187,10 @@ class Metrics:
         if self._db is None or self._watched is None:
             return
         try:
-            if self._reads is None:
-                self._reads = await open_readonly(self._db.path)
-            counts = await outbox.counts(self._reads)
-            failed = await updates.failed_count(self._reads)
+            counts = await outbox.counts(self._db)
+            failed = await updates.failed_count(self._db)
             pools = await self._watched.pool.states()
-            checks = await retention.counts(self._reads, [p.chat_id for p in pools])
+            checks = await retention.counts(self._db, [p.chat_id for p in pools])
         except Exception:
             # The counters are still worth serving; the database gauges go missing
             # and joinbridge_database_ok says why.

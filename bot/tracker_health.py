@@ -19,6 +19,7 @@ class Health:
     def __init__(
         self,
         db: Database,
+        reads: Database,
         poller: PollerStats,
         courier: Courier,
         pool: InvitePool,
@@ -26,6 +27,9 @@ class Health:
         courier_enabled: bool,
     ) -> None:
         self._db = db
+        # Counts go to the read-only connection: /healthz is public, and a count
+        # over a large outbox must not hold the writer (and ingest) meanwhile.
+        self._reads = reads
         self._poller = poller
         self._courier = courier
         self._pool = pool
@@ -35,8 +39,8 @@ class Health:
         now = time.time()
         try:
             version = await schema_version(self._db)
-            counts = await outbox.counts(self._db)
-            failed_updates = await updates.failed_count(self._db)
+            counts = await outbox.counts(self._reads)
+            failed_updates = await updates.failed_count(self._reads)
             pools = await self._pool.states()
         except Exception as error:
             log.exception("healthz: database check failed")
