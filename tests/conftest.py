@@ -53,3 +53,13 @@ async def admin_bridge(
     yield running
     if not running.stop_event.is_set():
         assert await running.stop() == 0
+
+
+@pytest.fixture
+async def custom_bridge() -> AsyncIterator[list[RunningBridge]]:
+    """Bridges a test starts with its own settings, stopped cleanly at the end."""
+    started: list[RunningBridge] = []
+    yield started
+    for running in started:
+        if not running.stop_event.is_set():
+            assert await running.stop() == 0

@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
@@ -25,16 +22,6 @@ async def start_bridge(
     await running.start()
     await running.track_channel(telegram)
     return running
-
-
-@pytest.fixture
-async def custom_bridge() -> AsyncIterator[list[RunningBridge]]:
-    """Bridges a test starts with its own settings, stopped cleanly at the end."""
-    started: list[RunningBridge] = []
-    yield started
-    for running in started:
-        if not running.stop_event.is_set():
-            assert await running.stop() == 0
 
 
 async def join_through_minted_link(

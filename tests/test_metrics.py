@@ -7,13 +7,11 @@ the scrape (never by sleeping): counters move exactly as the action says.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import prometheus_client
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.app import Bridge
@@ -81,15 +79,6 @@ async def join_through_minted_link(
 ) -> None:
     url = await running.mint(f"00000000-0000-4000-8000-{user:012d}", fbc=f"fb.1.1.{user}")
     telegram.join(CHANNEL_ID, user, url)
-
-
-@pytest.fixture
-async def custom_bridge() -> AsyncIterator[list[RunningBridge]]:
-    started: list[RunningBridge] = []
-    yield started
-    for running in started:
-        if not running.stop_event.is_set():
-            assert await running.stop() == 0
 
 
 async def start(
