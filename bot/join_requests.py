@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import aiosqlite
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramRetryAfter
 
-from bot.joins import ChatRef, JoinRecorder, JoinSeen
+from bot.joins import ChatRef, JoinRecorded, JoinRecorder, JoinSeen
 from bot.logs import ids
 from bot.waiting import wait_any
 from storage import channels, invite_links, join_requests
@@ -61,14 +61,12 @@ class JoinRequestDesk:
     def wants(self, result: object) -> bool:
         return isinstance(result, JoinRequestSeen)
 
-    async def persist(self, conn: aiosqlite.Connection, items: Sequence[object]) -> int:
+    def persist(self, conn: sqlite3.Connection, items: Sequence[object]) -> int:
         seen = [i for i in items if isinstance(i, JoinRequestSeen)]
-        await channels.ensure_known(
+        channels.ensure_known(
             conn, [(s.chat.id, s.chat.title, s.chat.username, s.chat.type) for s in seen]
         )
-        links = await invite_links.find_by_urls(
-            conn, sorted({s.link_url for s in seen if s.link_url})
-        )
+        links = invite_links.find_by_urls(conn, sorted({s.link_url for s in seen if s.link_url}))
         rows = []
         for s in seen:
             link = links.get(s.link_url or "")
@@ -95,7 +93,7 @@ class JoinRequestDesk:
                 "to approve" if state == "pending" else "left to admins",
                 extra=ids(update_id=s.update_id, user_id=s.user_id, chat_id=s.chat.id),
             )
-        await join_requests.insert_many(conn, rows)
+        join_requests.insert_many(conn, rows)
         return len(rows)
 
     def after_commit(self, persisted: object) -> None:
@@ -168,9 +166,12 @@ class JoinRequestDesk:
             joined_at=int(time.time()),
             via_join_request=True,
         )
-        async with self._db.transaction() as conn:
-            await join_requests.mark_approved(conn, request.id)
-            recorded = await self._recorder.persist(conn, [joined])
+
+        def approve(conn: sqlite3.Connection) -> list[JoinRecorded]:
+            join_requests.mark_approved(conn, request.id)
+            return self._recorder.persist(conn, [joined])
+
+        recorded = await self._db.write(approve)
         self._recorder.after_commit(recorded)
         self.approved += 1
         join_id = recorded[0].join_id if recorded else None

@@ -9,11 +9,10 @@ per join is what lets ingest keep up with thousands of joins a second.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import aiosqlite
 
 from bot.conversions import CONVERSION_PATH, conversion_body, conversion_key
 from bot.events import EventType
@@ -116,8 +115,7 @@ class JoinRecorder:
 
     async def record(self, items: Sequence[Seen]) -> list[JoinRecorded]:
         """Persist in a transaction of its own (callers outside the poller)."""
-        async with self._db.transaction() as conn:
-            recorded = await self.persist(conn, items)
+        recorded = await self._db.write(lambda conn: self.persist(conn, items))
         self.after_commit(recorded)
         return recorded
 
@@ -128,17 +126,14 @@ class JoinRecorder:
         if any(r.reported for r in recorded):
             self.wake_courier()
 
-    async def persist(
-        self, conn: aiosqlite.Connection, items: Sequence[object]
-    ) -> list[JoinRecorded]:
-        """Write joins, their outbox rows and leaves in the caller's transaction."""
+    def persist(self, conn: sqlite3.Connection, items: Sequence[object]) -> list[JoinRecorded]:
+        """Write joins, their outbox rows and leaves in the caller's transaction
+        (on the database's thread: see `Database.write`)."""
         seen_joins = [i for i in items if isinstance(i, JoinSeen)]
         leaves = [i for i in items if isinstance(i, LeaveSeen)]
         chats = [i.chat for i in seen_joins] + [i.chat for i in leaves]
-        known = await channels.ensure_known(
-            conn, [(c.id, c.title, c.username, c.type) for c in chats]
-        )
-        links = await invite_links.find_by_urls(
+        known = channels.ensure_known(conn, [(c.id, c.title, c.username, c.type) for c in chats])
+        links = invite_links.find_by_urls(
             conn, sorted({j.link_url for j in seen_joins if j.link_url})
         )
         # A URL only counts for the chat it was minted in.
@@ -146,8 +141,8 @@ class JoinRecorder:
             link if (link := links.get(j.link_url or "")) and link.chat_id == j.chat.id else None
             for j in seen_joins
         ]
-        echoes = await self._echoes(conn, seen_joins, matched)
-        attributions = await visits.get_many(
+        echoes = self._echoes(conn, seen_joins, matched)
+        attributions = visits.get_many(
             conn, sorted({link.visit_id for link in matched if link and link.visit_id})
         )
         rows = []
@@ -172,15 +167,13 @@ class JoinRecorder:
                 )
             )
         kept = [index for index in range(len(seen_joins)) if index not in echoes]
-        inserted = await joins.insert_many(conn, rows)
+        inserted = joins.insert_many(conn, rows)
         new_ids = {kept[position]: join_id for position, join_id in inserted.items()}
-        recorded = await self._queue_conversions(
-            conn, seen_joins, matched, new_ids, known, attributions
-        )
-        await invite_links.mark_used(
+        recorded = self._queue_conversions(conn, seen_joins, matched, new_ids, known, attributions)
+        invite_links.mark_used(
             conn, [link.id for i, link in enumerate(matched) if link and i in new_ids]
         )
-        new_leaves = await joins.record_leaves(
+        new_leaves = joins.record_leaves(
             conn,
             [joins.NewLeave(x.chat.id, x.user_id, x.left_at, x.update_id) for x in leaves],
         )
@@ -195,9 +188,9 @@ class JoinRecorder:
         # Only new leaves: a repeated one (INSERT OR IGNORE) must not count again.
         return recorded + [JoinRecorded(LEAVE, None, False) for _ in range(new_leaves)]
 
-    async def _echoes(
+    def _echoes(
         self,
-        conn: aiosqlite.Connection,
+        conn: sqlite3.Connection,
         seen_joins: list[JoinSeen],
         matched: list[InviteLink | None],
     ) -> set[int]:
@@ -215,7 +208,7 @@ class JoinRecorder:
         if not candidates:
             return set()
         since = min(seen_joins[i].joined_at for i in candidates) - ECHO_WINDOW
-        recent = await joins.recent_joins(
+        recent = joins.recent_joins(
             conn, [(seen_joins[i].chat.id, seen_joins[i].user_id) for i in candidates], since=since
         )
         return {
@@ -227,9 +220,9 @@ class JoinRecorder:
             )
         }
 
-    async def _queue_conversions(
+    def _queue_conversions(
         self,
-        conn: aiosqlite.Connection,
+        conn: sqlite3.Connection,
         seen_joins: list[JoinSeen],
         matched: list[InviteLink | None],
         new_ids: dict[int, int],
@@ -296,5 +289,5 @@ class JoinRecorder:
                     event_time_ms=seen.joined_at * 1000,
                 )
             )
-        await outbox.enqueue_many(conn, rows)
+        outbox.enqueue_many(conn, rows)
         return recorded

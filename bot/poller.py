@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Protocol
 
-import aiosqlite
 from aiogram import Bot, Dispatcher
 from aiogram.methods import DeleteWebhook, GetMe, GetUpdates
 from aiogram.types import Update
@@ -47,11 +47,14 @@ ALLOWED_UPDATES = [
 
 class BatchSink(Protocol):
     """Persists what handlers returned, inside the transaction that marks their
-    updates done; `after_commit` runs once that transaction committed."""
+    updates done; `after_commit` runs once that transaction committed.
+
+    `persist` runs on the database's thread (`Database.write`): the whole batch
+    is one round trip, and it must not touch the event loop."""
 
     def wants(self, result: object) -> bool: ...
 
-    async def persist(self, conn: aiosqlite.Connection, items: Sequence[Any]) -> Any: ...
+    def persist(self, conn: sqlite3.Connection, items: Sequence[Any]) -> Any: ...
 
     def after_commit(self, persisted: Any) -> None: ...
 
@@ -285,24 +288,29 @@ class Poller:
             await self._fail(update, attempts_of.get(update.update_id, 0), failure)
 
     async def _persist(self, handled: list[tuple[Update, Any]]) -> None:
-        persisted: list[tuple[BatchSink, Any]] = []
-        async with self._db.transaction() as conn:
+        update_ids = [u.update_id for u, _ in handled]
+
+        def write(conn: sqlite3.Connection) -> list[tuple[BatchSink, Any]]:
+            persisted: list[tuple[BatchSink, Any]] = []
             # A forget that committed after the batch was stored deleted its person's
             # updates; their handled results would bring that person back.
-            stored = await inbox.still_stored_in(conn, [u.update_id for u, _ in handled])
-            for update, _ in handled:
-                if update.update_id not in stored:
+            stored = inbox.still_stored_in(conn, update_ids)
+            for update_id in update_ids:
+                if update_id not in stored:
                     log.info(
                         "update %d was forgotten while it was handled; its result is dropped",
-                        update.update_id,
-                        extra=ids(update_id=update.update_id),
+                        update_id,
+                        extra=ids(update_id=update_id),
                     )
             results = [result for u, result in handled if u.update_id in stored]
             for sink in self._sinks:
                 items = [r for r in results if sink.wants(r)]
                 if items:
-                    persisted.append((sink, await sink.persist(conn, items)))
-            await inbox.mark_done_in(conn, [u.update_id for u, _ in handled])
+                    persisted.append((sink, sink.persist(conn, items)))
+            inbox.mark_done_in(conn, update_ids)
+            return persisted
+
+        persisted = await self._db.write(write)
         for sink, outcome in persisted:
             sink.after_commit(outcome)
         self.stats.handled += len(handled)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,6 +114,11 @@ class _Pending:
     done: asyncio.Future[None]
 
 
+def _store(conn: sqlite3.Connection, batch: list[_Pending]) -> None:
+    visits.upsert_many(conn, [p.attribution for p in batch])
+    outbox.enqueue_many(conn, [p.row for p in batch])
+
+
 class VisitRecorder:
     """Stores visits with group commit: the visits that arrive while a transaction
     is being written go together into the next one, so a busy landing page costs
@@ -133,9 +140,7 @@ class VisitRecorder:
             if not batch:
                 continue
             try:
-                async with self._db.transaction() as conn:
-                    await visits.upsert_many(conn, [p.attribution for p in batch])
-                    await outbox.enqueue_many(conn, [p.row for p in batch])
+                await self._db.write(functools.partial(_store, batch=batch))
             except Exception as error:
                 for p in batch:
                     if not p.done.done():

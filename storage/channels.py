@@ -85,8 +85,8 @@ async def upsert(
     )
 
 
-async def ensure_known(
-    conn: aiosqlite.Connection, chats: list[tuple[int, str, str | None, str]]
+def ensure_known(
+    conn: sqlite3.Connection, chats: list[tuple[int, str, str | None, str]]
 ) -> dict[int, Channel]:
     """The channel rows for (chat_id, title, username, type), creating unknown ones.
 
@@ -96,16 +96,14 @@ async def ensure_known(
     if not chats:
         return {}
     now = time.time()
-    await conn.executemany(
+    conn.executemany(
         "INSERT INTO channels (chat_id, title, username, chat_type, created_at, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (chat_id) DO NOTHING",
         [(chat_id, title, username, kind, now, now) for chat_id, title, username, kind in chats],
     )
     ids = sorted({chat[0] for chat in chats})
     marks = ", ".join("?" for _ in ids)
-    rows = await conn.execute_fetchall(
-        f"SELECT {_COLUMNS} FROM channels WHERE chat_id IN ({marks})", ids
-    )
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM channels WHERE chat_id IN ({marks})", ids)
     return {int(row["chat_id"]): _channel(row) for row in rows}
 
 

@@ -3,6 +3,15 @@
 The bridge keeps one writer connection. aiosqlite runs it on its own thread;
 the asyncio lock makes every transaction (and every read) one unit, so two tasks
 never interleave statements inside each other's transaction.
+
+Two ways to write. `transaction()` yields the aiosqlite connection: each
+statement is a round trip to its thread. `write(work)` runs a plain function
+over the `sqlite3.Connection` on that thread, BEGIN to COMMIT in one round trip:
+the ingest path uses it. A round trip is cheap alone, but it waits for the event
+loop to come back from whatever it is doing (parsing a getUpdates batch takes
+milliseconds), and a dozen of them per batch kept the single writer waiting
+most of the time (bench/RESULTS.md). Storage functions that take a
+`sqlite3.Connection` are meant for `write`.
 """
 
 from __future__ import annotations
@@ -12,17 +21,19 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+
+T = TypeVar("T")
 
 
 class Database:
@@ -42,6 +53,14 @@ class Database:
                 await self._conn.rollback()
                 raise
             await self._conn.commit()
+
+    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work(conn)` inside `BEGIN IMMEDIATE` … `COMMIT` on the writer's thread,
+        in one round trip; rolled back if it raises. `work` must not touch the event
+        loop: it runs on another thread."""
+        async with self._lock:
+            result: T = await _on_writer_thread(self._conn, _in_transaction, work)
+        return result
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -81,6 +100,28 @@ class Database:
                     await asyncio.wait_for(stop.wait(), timeout=every)
         finally:
             await conn.close()
+
+
+def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+async def _on_writer_thread(
+    conn: aiosqlite.Connection,
+    fn: Callable[[sqlite3.Connection, Callable[[sqlite3.Connection], T]], T],
+    work: Callable[[sqlite3.Connection], T],
+) -> T:
+    """aiosqlite has no public call for "run this on your thread"; `_execute` and
+    `_conn` are how its own methods do it (pinned in pyproject, checked by
+    tests/test_storage.py). The sqlite3 connection is only touched there."""
+    return await conn._execute(lambda: fn(conn._conn, work))  # type: ignore[no-untyped-call,no-any-return]
 
 
 async def open_database(path: Path) -> Database:

@@ -62,14 +62,12 @@ async def insert(
     )
 
 
-async def find_by_urls(conn: aiosqlite.Connection, urls: list[str]) -> dict[str, InviteLink]:
+def find_by_urls(conn: sqlite3.Connection, urls: list[str]) -> dict[str, InviteLink]:
     """Links we minted, by the URLs Telegram reported on joins (absent: not ours)."""
     if not urls:
         return {}
     marks = ", ".join("?" for _ in urls)
-    rows = await conn.execute_fetchall(
-        f"SELECT {LINK_COLUMNS} FROM invite_links WHERE url IN ({marks})", urls
-    )
+    rows = conn.execute(f"SELECT {LINK_COLUMNS} FROM invite_links WHERE url IN ({marks})", urls)
     return {row["url"]: link_from_row(row) for row in rows}
 
 
@@ -87,9 +85,9 @@ def link_from_row(row: sqlite3.Row) -> InviteLink:
     )
 
 
-async def mark_used(conn: aiosqlite.Connection, link_ids: list[int]) -> None:
+def mark_used(conn: sqlite3.Connection, link_ids: list[int]) -> None:
     now = time.time()
-    await conn.executemany(
+    conn.executemany(
         "UPDATE invite_links SET used_at = coalesce(used_at, ?) WHERE id = ?",
         [(now, link_id) for link_id in link_ids],
     )

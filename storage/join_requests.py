@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
-
-import aiosqlite
 
 from storage.db import Database
 
@@ -30,9 +29,9 @@ class DueRequest:
     attempts: int
 
 
-async def insert_many(conn: aiosqlite.Connection, rows: list[NewRequest]) -> None:
+def insert_many(conn: sqlite3.Connection, rows: list[NewRequest]) -> None:
     now = time.time()
-    await conn.executemany(
+    conn.executemany(
         "INSERT OR IGNORE INTO join_requests (chat_id, user_id, link_id, link_url,"
         " requested_at, update_id, state, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [
@@ -58,8 +57,8 @@ async def next_due_at(db: Database) -> float | None:
     return float(row[0]) if row and row[0] is not None else None
 
 
-async def mark_approved(conn: aiosqlite.Connection, request_id: int) -> None:
-    await conn.execute(
+def mark_approved(conn: sqlite3.Connection, request_id: int) -> None:
+    conn.execute(
         "UPDATE join_requests SET state = 'approved', decided_at = ?, attempts = attempts + 1"
         " WHERE id = ?",
         (time.time(), request_id),

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
-
-import aiosqlite
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +33,7 @@ class NewLeave:
     update_id: int | None
 
 
-async def insert_many(conn: aiosqlite.Connection, rows: list[NewJoin]) -> dict[int, int]:
+def insert_many(conn: sqlite3.Connection, rows: list[NewJoin]) -> dict[int, int]:
     """Insert joins, ignoring ones already recorded (natural keys).
 
     Returns {index in `rows`: new join id} for the rows that were new. Runs in
@@ -43,10 +42,9 @@ async def insert_many(conn: aiosqlite.Connection, rows: list[NewJoin]) -> dict[i
     """
     if not rows:
         return {}
-    async with conn.execute("SELECT coalesce(max(id), 0) FROM joins") as cursor:
-        before = int((await cursor.fetchone() or (0,))[0])
+    before = int(conn.execute("SELECT coalesce(max(id), 0) FROM joins").fetchone()[0])
     now = time.time()
-    await conn.executemany(
+    conn.executemany(
         "INSERT OR IGNORE INTO joins (chat_id, user_id, kind, link_id, link_url,"
         " via_join_request, joined_at, update_id, created_at, utm_source, utm_campaign, campaign)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -68,7 +66,7 @@ async def insert_many(conn: aiosqlite.Connection, rows: list[NewJoin]) -> dict[i
             for r in rows
         ],
     )
-    created = await conn.execute_fetchall(
+    created = conn.execute(
         "SELECT id, chat_id, user_id, link_id, joined_at FROM joins WHERE id > ?", (before,)
     )
     by_key = {
@@ -86,21 +84,21 @@ async def insert_many(conn: aiosqlite.Connection, rows: list[NewJoin]) -> dict[i
     return new
 
 
-async def record_leaves(conn: aiosqlite.Connection, rows: list[NewLeave]) -> int:
+def record_leaves(conn: sqlite3.Connection, rows: list[NewLeave]) -> int:
     """Record leaves and close the member's open joins; repeats are no-ops.
 
     Returns how many leaves were new (a repeat is not counted twice)."""
     if not rows:
         return 0
-    cursor = await conn.executemany(
+    cursor = conn.executemany(
         "INSERT OR IGNORE INTO leaves (chat_id, user_id, left_at, update_id) VALUES (?, ?, ?, ?)",
         [(r.chat_id, r.user_id, r.left_at, r.update_id) for r in rows],
     )
     inserted = max(cursor.rowcount, 0)
     for row in rows:
         if row.update_id is not None:
-            await _replace_made_up_leave(conn, row)
-    await conn.executemany(
+            _replace_made_up_leave(conn, row)
+    conn.executemany(
         "UPDATE joins SET left_at = ? WHERE chat_id = ? AND user_id = ?"
         " AND left_at IS NULL AND joined_at <= ?",
         [(r.left_at, r.chat_id, r.user_id, r.left_at) for r in rows],
@@ -108,7 +106,7 @@ async def record_leaves(conn: aiosqlite.Connection, rows: list[NewLeave]) -> int
     return inserted
 
 
-async def _replace_made_up_leave(conn: aiosqlite.Connection, real: NewLeave) -> None:
+def _replace_made_up_leave(conn: sqlite3.Connection, real: NewLeave) -> None:
     """A retention check that found the member gone recorded a leave at the check's
     time (update_id NULL); the late real update has Telegram's date. Keep only the
     real one, so /stats counts the leave once, and put its date on the join.
@@ -116,7 +114,7 @@ async def _replace_made_up_leave(conn: aiosqlite.Connection, real: NewLeave) -> 
     Only a made-up leave of the same stay counts: after the join the real leave
     closes, with no later join in between."""
     params = {"chat": real.chat_id, "user": real.user_id, "at": real.left_at}
-    made_up = await conn.execute_fetchall(
+    made_up = conn.execute(
         "DELETE FROM leaves WHERE chat_id = :chat AND user_id = :user AND update_id IS NULL"
         " AND left_at >= (SELECT max(joined_at) FROM joins"
         " WHERE chat_id = :chat AND user_id = :user AND joined_at <= :at)"
@@ -124,17 +122,17 @@ async def _replace_made_up_leave(conn: aiosqlite.Connection, real: NewLeave) -> 
         " AND j.joined_at > :at AND j.joined_at <= leaves.left_at)"
         " RETURNING left_at",
         params,
-    )
+    ).fetchall()
     for (left_at,) in made_up:
-        await conn.execute(
+        conn.execute(
             "UPDATE joins SET left_at = :at WHERE chat_id = :chat AND user_id = :user"
             " AND joined_at <= :at AND left_at = :made_up",
             {**params, "made_up": left_at},
         )
 
 
-async def recent_joins(
-    conn: aiosqlite.Connection, chat_users: list[tuple[int, int]], *, since: int
+def recent_joins(
+    conn: sqlite3.Connection, chat_users: list[tuple[int, int]], *, since: int
 ) -> dict[tuple[int, int], list[int]]:
     """Join times per (chat, user) at or after `since`."""
     if not chat_users:
@@ -142,7 +140,7 @@ async def recent_joins(
     pairs = sorted(set(chat_users))
     marks = ", ".join("(?, ?)" for _ in pairs)
     flat = [value for pair in pairs for value in pair]
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         f"SELECT chat_id, user_id, joined_at FROM joins WHERE (chat_id, user_id) IN"
         f" (VALUES {marks}) AND joined_at >= ?",
         [*flat, since],

@@ -118,11 +118,11 @@ async def enqueue(conn: aiosqlite.Connection, row: NewRow) -> int | None:
     return int(found[0]) if found else None
 
 
-async def enqueue_many(conn: aiosqlite.Connection, rows: list[NewRow]) -> None:
+def enqueue_many(conn: sqlite3.Connection, rows: list[NewRow]) -> None:
     """Queue rows in the caller's transaction; repeats of a key are ignored."""
     if rows:
         now = time.time()
-        await conn.executemany(_INSERT, [_params(row, now) for row in rows])
+        conn.executemany(_INSERT, [_params(row, now) for row in rows])
 
 
 async def claim(
@@ -130,15 +130,16 @@ async def claim(
 ) -> list[OutboxRow]:
     """Take up to `limit` due rows: mark them sending, count the attempt, lease them."""
     now = time.time() if now is None else now
-    async with db.transaction() as conn:
-        rows = await conn.execute_fetchall(
+    rows = await db.write(
+        lambda conn: conn.execute(
             f"UPDATE outbox SET state = 'sending', attempts = attempts + 1, lease_until = ?,"
             f" first_attempt_at = coalesce(first_attempt_at, ?)"
             f" WHERE id IN (SELECT id FROM outbox WHERE state = 'pending'"
             f" AND next_attempt_at <= ? ORDER BY priority, next_attempt_at, id LIMIT ?)"
             f" RETURNING {_COLUMNS}",
             (now + lease, now, now, limit),
-        )
+        ).fetchall()
+    )
     return sorted((_row(r) for r in rows), key=lambda r: r.id)
 
 
@@ -161,32 +162,35 @@ async def mark_delivered(
     warning: str | None,
     replayed: bool,
 ) -> None:
-    async with db.transaction() as conn:
-        await conn.execute(
+    params = (
+        time.time(),
+        conversion_id,
+        None if dispatched is None else int(dispatched),
+        warning,
+        int(replayed),
+        row_id,
+    )
+    await db.write(
+        lambda conn: conn.execute(
             "UPDATE outbox SET state = 'delivered', delivered_at = ?, lease_until = NULL,"
             " conversion_id = ?, dispatched = ?, warning = ?, replayed = ? WHERE id = ?",
-            (
-                time.time(),
-                conversion_id,
-                None if dispatched is None else int(dispatched),
-                warning,
-                int(replayed),
-                row_id,
-            ),
+            params,
         )
+    )
 
 
 async def reschedule(
     db: Database, row_id: int, *, attempt: int, next_attempt_at: float, error: str
 ) -> None:
     """Back to pending, to be tried again at `next_attempt_at`."""
-    now = time.time()
-    async with db.transaction() as conn:
-        await conn.execute(
+    entry = _error_entry(attempt, error, time.time())
+    await db.write(
+        lambda conn: conn.execute(
             f"UPDATE outbox SET state = 'pending', lease_until = NULL, next_attempt_at = ?,"
             f" last_error = ?, {_APPEND_ERROR} WHERE id = ?",
-            (next_attempt_at, error, MAX_ERRORS_KEPT, _error_entry(attempt, error, now), row_id),
+            (next_attempt_at, error, MAX_ERRORS_KEPT, entry, row_id),
         )
+    )
 
 
 async def hand_back(db: Database, row_ids: list[int]) -> None:

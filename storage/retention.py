@@ -8,6 +8,7 @@ transaction), `left`, or `failed` (Telegram refused the question for good).
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -228,27 +229,27 @@ async def record_left(
     db: Database, check_id: int, *, status: str, now: float | None = None
 ) -> None:
     """Gone: close the check; a leave no update told us about is recorded on the join."""
-    now = time.time() if now is None else now
-    async with db.transaction() as conn:
-        async with conn.execute(
+    at = time.time() if now is None else now
+
+    def close(conn: sqlite3.Connection) -> None:
+        found = conn.execute(
             "SELECT r.chat_id, r.user_id, j.left_at FROM retention_checks r"
             " JOIN joins j ON j.id = r.join_id WHERE r.id = ? AND r.state = 'pending'",
             (check_id,),
-        ) as cursor:
-            found = await cursor.fetchone()
+        ).fetchone()
         if found is None:
             return
         if found[2] is None:
             # Counted in /stats' leaves like any leave; Telegram's date is unknown, so
             # the time of the check stands in for it.
-            await joins.record_leaves(
-                conn, [joins.NewLeave(int(found[0]), int(found[1]), int(now), None)]
-            )
-        await conn.execute(
+            joins.record_leaves(conn, [joins.NewLeave(int(found[0]), int(found[1]), int(at), None)])
+        conn.execute(
             "UPDATE retention_checks SET state = 'left', checked_at = ?, status = ?,"
             " detail = NULL WHERE id = ?",
-            (now, status, check_id),
+            (at, status, check_id),
         )
+
+    await db.write(close)
 
 
 async def record_failed(

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
-
-import aiosqlite
 
 from storage.db import Database
 
@@ -30,45 +29,46 @@ async def store_batch(db: Database, batch: list[tuple[int, str, str]]) -> set[in
     """
     if not batch:
         return set()
-    now = time.time()
+    return await db.write(lambda conn: _store(conn, batch, time.time()))
+
+
+def _store(conn: sqlite3.Connection, batch: list[tuple[int, str, str]], now: float) -> set[int]:
     ids = [u[0] for u in batch]
     marks = ", ".join("?" for _ in ids)
-    async with db.transaction() as conn:
-        done = await conn.execute_fetchall(
-            f"SELECT update_id FROM updates WHERE state = 'done' AND update_id IN ({marks})", ids
-        )
-        await conn.executemany(
-            "INSERT OR IGNORE INTO updates (update_id, kind, raw, received_at) VALUES (?, ?, ?, ?)",
-            [(uid, kind, raw, now) for uid, kind, raw in batch],
-        )
+    done = conn.execute(
+        f"SELECT update_id FROM updates WHERE state = 'done' AND update_id IN ({marks})", ids
+    ).fetchall()
+    conn.executemany(
+        "INSERT OR IGNORE INTO updates (update_id, kind, raw, received_at) VALUES (?, ?, ?, ?)",
+        [(uid, kind, raw, now) for uid, kind, raw in batch],
+    )
     return {int(r[0]) for r in done}
 
 
 async def mark_done(db: Database, update_ids: list[int]) -> None:
-    async with db.transaction() as conn:
-        await mark_done_in(conn, update_ids)
+    await db.write(lambda conn: mark_done_in(conn, update_ids))
 
 
-async def mark_done_in(conn: aiosqlite.Connection, update_ids: list[int]) -> None:
+def mark_done_in(conn: sqlite3.Connection, update_ids: list[int]) -> None:
     """Mark updates handled, inside the transaction that wrote their effects."""
     if update_ids:
         now = time.time()
-        await conn.executemany(
+        conn.executemany(
             "UPDATE updates SET state = 'done', done_at = ?, last_error = NULL,"
             " next_retry_at = NULL WHERE update_id = ?",
             [(now, uid) for uid in update_ids],
         )
 
 
-async def still_stored_in(conn: aiosqlite.Connection, update_ids: list[int]) -> set[int]:
+def still_stored_in(conn: sqlite3.Connection, update_ids: list[int]) -> set[int]:
     """Which of `update_ids` are still in the inbox: a forget deletes a person's
     updates, and what a handler made of one since must not be written back."""
     if not update_ids:
         return set()
     marks = ", ".join("?" for _ in update_ids)
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         f"SELECT update_id FROM updates WHERE update_id IN ({marks})", update_ids
-    )
+    ).fetchall()
     return {int(r[0]) for r in rows}
 
 

@@ -71,24 +71,26 @@ async def upsert(conn: aiosqlite.Connection, visit: Attribution) -> int:
     return int(row[0])
 
 
-async def upsert_many(conn: aiosqlite.Connection, batch: list[Attribution]) -> None:
+def upsert_many(conn: sqlite3.Connection, batch: list[Attribution]) -> None:
     """`upsert` for many visits in one statement, applied in order."""
     now = time.time()
-    await conn.executemany(_UPSERT, [_params(visit, now) for visit in batch])
+    conn.executemany(_UPSERT, [_params(visit, now) for visit in batch])
+
+
+_SELECT_BY_ID = f"SELECT id, {', '.join(ATTRIBUTION_COLUMNS)} FROM visits WHERE id"
 
 
 async def get_by_id(conn: aiosqlite.Connection, visit_id: int) -> Attribution | None:
-    return (await get_many(conn, [visit_id])).get(visit_id)
+    async with conn.execute(f"{_SELECT_BY_ID} = ?", (visit_id,)) as cursor:
+        row = await cursor.fetchone()
+    return _attribution(row) if row else None
 
 
-async def get_many(conn: aiosqlite.Connection, visit_ids: list[int]) -> dict[int, Attribution]:
+def get_many(conn: sqlite3.Connection, visit_ids: list[int]) -> dict[int, Attribution]:
     if not visit_ids:
         return {}
-    columns = ", ".join(ATTRIBUTION_COLUMNS)
     marks = ", ".join("?" for _ in visit_ids)
-    rows = await conn.execute_fetchall(
-        f"SELECT id, {columns} FROM visits WHERE id IN ({marks})", visit_ids
-    )
+    rows = conn.execute(f"{_SELECT_BY_ID} IN ({marks})", visit_ids)
     return {int(row["id"]): _attribution(row) for row in rows}
 
 

@@ -110,11 +110,8 @@ async def _person(db: Database, user_id: int, temp_id: str, update_id: int) -> N
     now = int(time.time())
     await recorder.record([JoinSeen(CHAT, user_id, url, now - 60, update_id=update_id)])
     await recorder.record([LeaveSeen(CHAT, user_id, now, update_id=update_id + 1)])
-    async with db.transaction() as conn:
-        await join_requests.insert_many(
-            conn,
-            [join_requests.NewRequest(CHAT.id, user_id, link.id, url, now - 90, None, "manual")],
-        )
+    request = join_requests.NewRequest(CHAT.id, user_id, link.id, url, now - 90, None, "manual")
+    await db.write(lambda conn: join_requests.insert_many(conn, [request]))
 
 
 async def _scalar(db: Database, sql: str, params: tuple[Any, ...] = ()) -> Any:
@@ -123,8 +120,9 @@ async def _scalar(db: Database, sql: str, params: tuple[Any, ...] = ()) -> Any:
 
 
 async def _seed(db: Database) -> None:
-    async with db.transaction() as conn:
-        await channels.ensure_known(conn, [(CHAT.id, CHAT.title, None, "channel")])
+    await db.write(
+        lambda conn: channels.ensure_known(conn, [(CHAT.id, CHAT.title, None, "channel")])
+    )
     await _person(db, ALICE, "00000000-0000-4000-8000-00000000000a", 900)
     await _person(db, BOB, "00000000-0000-4000-8000-00000000000b", 910)
     # A visitor who never joined.

@@ -51,11 +51,8 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
 async def add_join(
     db: Database, user_id: int, *, chat_id: int = CHAT, kind: str = "attributed", at: int = 1000
 ) -> int:
-    async with db.transaction() as conn:
-        new = await joins.insert_many(
-            conn,
-            [joins.NewJoin(chat_id, user_id, kind, None, None, False, at, None)],
-        )
+    row = joins.NewJoin(chat_id, user_id, kind, None, None, False, at, None)
+    new = await db.write(lambda conn: joins.insert_many(conn, [row]))
     return new[0]
 
 
@@ -245,8 +242,8 @@ async def test_left_without_an_update_is_recorded_on_the_join(db: Database) -> N
 
 async def test_a_known_leave_is_not_recorded_twice(db: Database) -> None:
     check = await _one_due(db)
-    async with db.transaction() as conn:
-        await joins.record_leaves(conn, [joins.NewLeave(CHAT, 1, 3000, 77)])
+    leave = joins.NewLeave(CHAT, 1, 3000, 77)
+    await db.write(lambda conn: joins.record_leaves(conn, [leave]))
     await retention.record_left(db, check.id, status="kicked", now=5000.0)
     assert await scalar(db, "SELECT left_at FROM joins") == 3000
     assert await scalar(db, "SELECT count(*) FROM leaves") == 1
@@ -255,14 +252,14 @@ async def test_a_known_leave_is_not_recorded_twice(db: Database) -> None:
 async def test_a_late_real_leave_replaces_the_one_a_check_made_up(db: Database) -> None:
     check = await _one_due(db)  # joined at 1000
     await retention.record_left(db, check.id, status="left", now=5000.0)
-    async with db.transaction() as conn:  # Telegram's update, late, with its own date
-        await joins.record_leaves(conn, [joins.NewLeave(CHAT, 1, 3000, 77)])
+    leave = joins.NewLeave(CHAT, 1, 3000, 77)  # Telegram's update, late, with its own date
+    await db.write(lambda conn: joins.record_leaves(conn, [leave]))
     left = await db.fetchall("SELECT left_at, update_id FROM leaves")
     assert [tuple(r) for r in left] == [(3000, 77)]
     assert await scalar(db, "SELECT left_at FROM joins") == 3000
     # A repeat of the update changes nothing.
-    async with db.transaction() as conn:
-        await joins.record_leaves(conn, [joins.NewLeave(CHAT, 1, 3000, 77)])
+    leave = joins.NewLeave(CHAT, 1, 3000, 77)
+    await db.write(lambda conn: joins.record_leaves(conn, [leave]))
     assert await scalar(db, "SELECT count(*) FROM leaves") == 1
 
 
@@ -273,8 +270,8 @@ async def test_a_real_leave_of_an_earlier_stay_keeps_a_later_made_up_one(db: Dat
     await retention.sweep(db)
     later = (await retention.due(db, now=time.time()))[-1]
     await retention.record_left(db, later.id, status="left", now=9000.0)
-    async with db.transaction() as conn:  # the first stay's leave, late
-        await joins.record_leaves(conn, [joins.NewLeave(CHAT, 1, 3000, 78)])
+    leave = joins.NewLeave(CHAT, 1, 3000, 78)  # the first stay's leave, late
+    await db.write(lambda conn: joins.record_leaves(conn, [leave]))
     left = await db.fetchall("SELECT left_at, update_id FROM leaves ORDER BY left_at")
     assert [tuple(r) for r in left] == [(3000, 78), (9000, None)]
     assert await scalar(db, "SELECT left_at FROM joins WHERE joined_at = 4000") == 9000

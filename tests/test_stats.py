@@ -108,70 +108,71 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
 
 
 async def _seed(db: Database) -> None:
-    async with db.transaction() as conn:
-        await channels.ensure_known(conn, [(A, "Channel A", None, "channel")])
-        await channels.ensure_known(conn, [(B, "Channel B", None, "channel")])
-        await conn.executemany(
-            "INSERT INTO visits (id, temp_id, utm_source, utm_campaign, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(i, f"tmp-{i}", src, camp, at, at) for i, (at, src, camp) in VISITS.items()],
-        )
-        await conn.executemany(
-            "INSERT INTO invite_links (id, url, chat_id, kind, name, visit_id, campaign,"
-            " created_at, assigned_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (i, f"https://t.me/+{i}", chat, kind, f"link {i}", visit, campaign, made, given)
-                for i, (chat, kind, visit, campaign, made, given) in LINKS.items()
-            ],
-        )
-        rows = []
-        for chat, user, link, at, _ in JOINS:
-            kind = "organic" if link is None else LINKS[link][1]
-            kind = "attributed" if kind == "visitor" else kind
-            visit = VISITS[LINKS[link][2] or 0] if link and kind == "attributed" else None
-            rows.append(
-                joins.NewJoin(
-                    chat_id=chat,
-                    user_id=user,
-                    kind=kind,
-                    link_id=link,
-                    link_url=None,
-                    via_join_request=False,
-                    joined_at=at,
-                    update_id=None,
-                    utm_source=visit[1] if visit else None,
-                    utm_campaign=visit[2] if visit else None,
-                    campaign=LINKS[link][3] if link and kind == "campaign" else None,
-                )
+    await db.write(_seed_rows)
+
+
+def _seed_rows(conn: sqlite3.Connection) -> None:
+    channels.ensure_known(conn, [(A, "Channel A", None, "channel")])
+    channels.ensure_known(conn, [(B, "Channel B", None, "channel")])
+    conn.executemany(
+        "INSERT INTO visits (id, temp_id, utm_source, utm_campaign, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [(i, f"tmp-{i}", src, camp, at, at) for i, (at, src, camp) in VISITS.items()],
+    )
+    conn.executemany(
+        "INSERT INTO invite_links (id, url, chat_id, kind, name, visit_id, campaign,"
+        " created_at, assigned_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (i, f"https://t.me/+{i}", chat, kind, f"link {i}", visit, campaign, made, given)
+            for i, (chat, kind, visit, campaign, made, given) in LINKS.items()
+        ],
+    )
+    rows = []
+    for chat, user, link, at, _ in JOINS:
+        kind = "organic" if link is None else LINKS[link][1]
+        kind = "attributed" if kind == "visitor" else kind
+        visit = VISITS[LINKS[link][2] or 0] if link and kind == "attributed" else None
+        rows.append(
+            joins.NewJoin(
+                chat_id=chat,
+                user_id=user,
+                kind=kind,
+                link_id=link,
+                link_url=None,
+                via_join_request=False,
+                joined_at=at,
+                update_id=None,
+                utm_source=visit[1] if visit else None,
+                utm_campaign=visit[2] if visit else None,
+                campaign=LINKS[link][3] if link and kind == "campaign" else None,
             )
-        ids = await joins.insert_many(conn, rows)
-        assert len(ids) == len(JOINS)
-        await outbox.enqueue_many(
-            conn,
-            [
-                outbox.NewRow(
-                    kind="conversion",
-                    path="/events/conversion",
-                    body={},
-                    idempotency_key=f"conv-{index}",
-                    join_id=ids[index],
-                    telegram_user_id=user,
-                    chat_id=chat,
-                    event_time_ms=at * 1000,
-                )
-                for index, (chat, user, _, at, state) in enumerate(JOINS)
-                if state
-            ]
-            # Not a conversion: never counted.
-            + [outbox.NewRow(kind="visit", path="/v", body={}, idempotency_key="v", chat_id=A)],
         )
-        await conn.executemany(
-            "UPDATE outbox SET state = ? WHERE idempotency_key = ?",
-            [(state, f"conv-{index}") for index, (*_, state) in enumerate(JOINS) if state],
-        )
-        await joins.record_leaves(
-            conn, [joins.NewLeave(chat, user, at, None) for chat, user, at in LEAVES]
-        )
+    ids = joins.insert_many(conn, rows)
+    assert len(ids) == len(JOINS)
+    outbox.enqueue_many(
+        conn,
+        [
+            outbox.NewRow(
+                kind="conversion",
+                path="/events/conversion",
+                body={},
+                idempotency_key=f"conv-{index}",
+                join_id=ids[index],
+                telegram_user_id=user,
+                chat_id=chat,
+                event_time_ms=at * 1000,
+            )
+            for index, (chat, user, _, at, state) in enumerate(JOINS)
+            if state
+        ]
+        # Not a conversion: never counted.
+        + [outbox.NewRow(kind="visit", path="/v", body={}, idempotency_key="v", chat_id=A)],
+    )
+    conn.executemany(
+        "UPDATE outbox SET state = ? WHERE idempotency_key = ?",
+        [(state, f"conv-{index}") for index, (*_, state) in enumerate(JOINS) if state],
+    )
+    joins.record_leaves(conn, [joins.NewLeave(chat, user, at, None) for chat, user, at in LEAVES])
 
 
 def _figures(row: StatsRow) -> tuple[int, ...]:

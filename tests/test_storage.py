@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -135,27 +136,25 @@ async def test_join_natural_keys(db: Database) -> None:
             expire_date=None,
         )
 
-        def join(kind: str, link_id: int | None, joined_at: int) -> joins.NewJoin:
-            return joins.NewJoin(
-                chat_id=-1001,
-                user_id=7,
-                kind=kind,
-                link_id=link_id,
-                link_url=link.url if link_id else None,
-                via_join_request=False,
-                joined_at=joined_at,
-                update_id=1,
-            )
-
-        first = await joins.insert_many(conn, [join("attributed", link.id, 10)])
-        # Same chat, user and link: the same join, whatever the date says; and a
-        # duplicate inside one batch is new only once.
-        second = await joins.insert_many(
-            conn,
-            [join("attributed", link.id, 11), join("organic", None, 20), join("organic", None, 20)],
+    def join(kind: str, link_id: int | None, joined_at: int) -> joins.NewJoin:
+        return joins.NewJoin(
+            chat_id=-1001,
+            user_id=7,
+            kind=kind,
+            link_id=link_id,
+            link_url=link.url if link_id else None,
+            via_join_request=False,
+            joined_at=joined_at,
+            update_id=1,
         )
-        leave = joins.NewLeave(chat_id=-1001, user_id=7, left_at=30, update_id=2)
-        await joins.record_leaves(conn, [leave, leave])
+
+    first = await db.write(lambda conn: joins.insert_many(conn, [join("attributed", link.id, 10)]))
+    # Same chat, user and link: the same join, whatever the date says; and a
+    # duplicate inside one batch is new only once.
+    later = [join("attributed", link.id, 11), join("organic", None, 20), join("organic", None, 20)]
+    second = await db.write(lambda conn: joins.insert_many(conn, later))
+    leave = joins.NewLeave(chat_id=-1001, user_id=7, left_at=30, update_id=2)
+    await db.write(lambda conn: joins.record_leaves(conn, [leave, leave]))
     assert list(first) == [0]
     assert list(second) == [1]
     assert (await db.fetchall("SELECT count(*) FROM leaves"))[0][0] == 1
@@ -213,3 +212,34 @@ async def test_conversions_are_claimed_before_visit_forwards(db: Database) -> No
     claimed = await outbox.claim(db, limit=2, lease=30)
     # The conversion queued last still goes first; then the oldest visit.
     assert {r.idempotency_key for r in claimed} == {"c", "v0"}
+
+
+async def test_write_runs_the_work_in_one_transaction_and_rolls_back_on_error(
+    db: Database,
+) -> None:
+    """`Database.write` reaches into aiosqlite's `_execute` and `_conn` (pinned in
+    pyproject): this is the test that fails first if a release changes them."""
+
+    def add(conn: sqlite3.Connection) -> int:
+        assert conn.in_transaction
+        conn.execute(
+            "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (1, 'x', '{}', 0)"
+        )
+        return int(conn.execute("SELECT count(*) FROM updates").fetchone()[0])
+
+    assert await db.write(add) == 1
+
+    def add_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (2, 'x', '{}', 0)"
+        )
+        raise RuntimeError("half-way")
+
+    with pytest.raises(RuntimeError, match="half-way"):
+        await db.write(add_then_fail)
+    rows = await db.fetchall("SELECT update_id FROM updates")
+    assert [r[0] for r in rows] == [1]
+    # The connection is usable and out of any transaction afterwards.
+    assert await db.write(lambda conn: conn.in_transaction) is True
+    async with db.reader() as conn:
+        assert not conn.in_transaction
