@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import count_rows, free_port, percentile, pool_size
+from bench.common import count_rows, free_port, harness_gc_paused, percentile, pool_size
 from bot.settings import Settings
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
@@ -142,15 +142,16 @@ async def ingest_bridge(joins: int, runs: int) -> tuple[list[float], float]:
         query = "SELECT count(*) FROM outbox WHERE kind = 'conversion'"
         rates: list[float] = []
         for first in range(0, total, joins):
-            started = time.monotonic()
-            for i in range(first, first + joins):
-                s.telegram.join(CHANNEL_ID, 10_000_000 + i, links[i])
-            await eventually(
-                lambda end=first + joins: count_rows(s.db, query) >= end,
-                timeout=600,
-                interval=0.005,
-            )
-            rates.append(joins / (time.monotonic() - started))
+            with harness_gc_paused():
+                started = time.monotonic()
+                for i in range(first, first + joins):
+                    s.telegram.join(CHANNEL_ID, 10_000_000 + i, links[i])
+                await eventually(
+                    lambda end=first + joins: count_rows(s.db, query) >= end,
+                    timeout=600,
+                    interval=0.005,
+                )
+                rates.append(joins / (time.monotonic() - started))
             await asyncio.sleep(1)
         await asyncio.sleep(2.5)  # a WAL checkpoint or two before weighing the file
         # Everything one attributed join leaves behind: visit, link, join, outbox
@@ -161,7 +162,7 @@ async def ingest_bridge(joins: int, runs: int) -> tuple[list[float], float]:
 
 async def ingest_naive(joins: int) -> float:
     """Joins/s from arrival at Telegram to the naive bot's POST reaching AdTarget."""
-    async with stage("bench.naive_bot") as s:
+    async with stage("bench.naive_bot") as s, harness_gc_paused():
         started = time.monotonic()
         for i in range(joins):
             s.telegram.join(CHANNEL_ID, 10_000_000 + i)
@@ -181,14 +182,15 @@ async def latency(module: str, *, rate: float, seconds: float) -> tuple[float, f
             # As for ingest: the link upkeep paced as in production while measured.
             await s.restart(invite_mint_interval=DEFAULT_MINT_INTERVAL)
         sent: dict[int, float] = {}
-        start = time.monotonic()
-        for i, url in enumerate(links):
-            delay = start + i / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            sent[20_000_000 + i] = time.monotonic()
-            s.telegram.join(CHANNEL_ID, 20_000_000 + i, url)
-        await s.adtarget.wait_for_conversions(count, timeout=120)
+        with harness_gc_paused():
+            start = time.monotonic()
+            for i, url in enumerate(links):
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent[20_000_000 + i] = time.monotonic()
+                s.telegram.join(CHANNEL_ID, 20_000_000 + i, url)
+            await s.adtarget.wait_for_conversions(count, timeout=120)
         arrived = {
             int(r.body["telegramUserId"]): r.at
             for r in s.adtarget.received_on(CONVERSION)

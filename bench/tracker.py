@@ -18,7 +18,7 @@ import time
 
 import aiohttp
 
-from bench.common import percentile, summary
+from bench.common import harness_gc_paused, percentile, summary
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID
 
@@ -59,7 +59,7 @@ async def one_run(seconds: float) -> dict[str, tuple[float, float]]:
         joins = asyncio.create_task(_joins_meanwhile(s.telegram))
         connector = aiohttp.TCPConnector(limit=200)
         try:
-            async with aiohttp.ClientSession(connector=connector) as session:
+            async with aiohttp.ClientSession(connector=connector) as session, harness_gc_paused():
                 # Visits first: the invite phase empties the pool, and its refill
                 # (thousands of createChatInviteLink calls) would overlap them.
                 visit_ms = await open_loop(
