@@ -162,11 +162,12 @@ async def ingest_bridge(joins: int, runs: int) -> tuple[list[float], float]:
 
 async def ingest_naive(joins: int) -> float:
     """Joins/s from arrival at Telegram to the naive bot's POST reaching AdTarget."""
-    async with stage("bench.naive_bot") as s, harness_gc_paused():
-        started = time.monotonic()
-        for i in range(joins):
-            s.telegram.join(CHANNEL_ID, 10_000_000 + i)
-        await s.adtarget.wait_for_conversions(joins, timeout=600)
+    async with stage("bench.naive_bot") as s:
+        with harness_gc_paused():
+            started = time.monotonic()
+            for i in range(joins):
+                s.telegram.join(CHANNEL_ID, 10_000_000 + i)
+            await s.adtarget.wait_for_conversions(joins, timeout=600)
         last = max(r.at for r in s.adtarget.received_on(CONVERSION))
         return joins / (last - started)
 

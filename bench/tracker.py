@@ -59,34 +59,35 @@ async def one_run(seconds: float) -> dict[str, tuple[float, float]]:
         joins = asyncio.create_task(_joins_meanwhile(s.telegram))
         connector = aiohttp.TCPConnector(limit=200)
         try:
-            async with aiohttp.ClientSession(connector=connector) as session, harness_gc_paused():
-                # Visits first: the invite phase empties the pool, and its refill
-                # (thousands of createChatInviteLink calls) would overlap them.
-                visit_ms = await open_loop(
-                    session,
-                    f"{s.tracker}/api/v1/events/visit",
-                    [
-                        {
-                            "tempId": f"10000000-0000-4000-8000-{i:012d}",
-                            "href": f"https://landing.example/?fbclid=Iw{i}&utm_source=meta",
-                            "fbp": f"fb.1.1764100000000.{i}",
-                        }
-                        for i in range(int(500 * seconds))
-                    ],
-                    500,
-                )
-                invite_ms = await open_loop(
-                    session,
-                    f"{s.tracker}/api/v1/events/invite",
-                    [
-                        {
-                            "tempId": f"00000000-0000-4000-8000-{i:012d}",
-                            "channelId": str(CHANNEL_ID),
-                        }
-                        for i in range(invites)
-                    ],
-                    200,
-                )
+            async with aiohttp.ClientSession(connector=connector) as session:
+                with harness_gc_paused():
+                    # Visits first: the invite phase empties the pool, and its refill
+                    # (thousands of createChatInviteLink calls) would overlap them.
+                    visit_ms = await open_loop(
+                        session,
+                        f"{s.tracker}/api/v1/events/visit",
+                        [
+                            {
+                                "tempId": f"10000000-0000-4000-8000-{i:012d}",
+                                "href": f"https://landing.example/?fbclid=Iw{i}&utm_source=meta",
+                                "fbp": f"fb.1.1764100000000.{i}",
+                            }
+                            for i in range(int(500 * seconds))
+                        ],
+                        500,
+                    )
+                    invite_ms = await open_loop(
+                        session,
+                        f"{s.tracker}/api/v1/events/invite",
+                        [
+                            {
+                                "tempId": f"00000000-0000-4000-8000-{i:012d}",
+                                "channelId": str(CHANNEL_ID),
+                            }
+                            for i in range(invites)
+                        ],
+                        200,
+                    )
         finally:
             joins.cancel()
     return {
