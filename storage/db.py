@@ -49,10 +49,11 @@ class Database:
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                await self._conn.commit()
             except BaseException:
-                await self._conn.rollback()
+                if self._conn.in_transaction:  # also after a failed COMMIT
+                    await self._conn.rollback()
                 raise
-            await self._conn.commit()
 
     async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(conn)` inside `BEGIN IMMEDIATE` … `COMMIT` on the writer's thread,
@@ -106,10 +107,13 @@ def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = work(conn)
+        conn.execute("COMMIT")
     except BaseException:
-        conn.rollback()
+        # A failed COMMIT (disk full, I/O error) leaves the transaction open;
+        # without the rollback every later BEGIN would fail too.
+        if conn.in_transaction:
+            conn.rollback()
         raise
-    conn.execute("COMMIT")
     return result
 
 

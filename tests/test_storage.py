@@ -243,3 +243,20 @@ async def test_write_runs_the_work_in_one_transaction_and_rolls_back_on_error(
     assert await db.write(lambda conn: conn.in_transaction) is True
     async with db.reader() as conn:
         assert not conn.in_transaction
+
+
+async def test_a_failed_commit_leaves_the_connection_usable(db: Database) -> None:
+    # A deferred foreign key fails at COMMIT, not at the INSERT: the commit path.
+    def orphan(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA defer_foreign_keys = ON")
+        conn.execute(
+            "INSERT INTO invite_links (url, chat_id, kind, name, created_at)"
+            " VALUES ('https://t.me/+orphan', -42, 'visitor', 'x', 0)"
+        )
+
+    with pytest.raises(sqlite3.IntegrityError):
+        await db.write(orphan)
+    assert (
+        await db.write(lambda conn: conn.execute("SELECT count(*) FROM invite_links").fetchone()[0])
+        == 0
+    )
