@@ -59,8 +59,12 @@ class Database:
         """Run `work(conn)` inside `BEGIN IMMEDIATE` … `COMMIT` on the writer's thread,
         in one round trip; rolled back if it raises. `work` must not touch the event
         loop: it runs on another thread."""
+        conn = self._conn
         async with self._lock:
-            result: T = await _on_writer_thread(self._conn, _in_transaction, work)
+            # aiosqlite has no public "run this on your thread": `_execute` and `_conn`
+            # are how its own methods do it (pinned in pyproject; tests/test_storage.py
+            # fails first if a release changes them).
+            result: T = await conn._execute(lambda: _in_transaction(conn._conn, work))  # type: ignore[no-untyped-call]
         return result
 
     @asynccontextmanager
@@ -115,17 +119,6 @@ def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection
             conn.rollback()
         raise
     return result
-
-
-async def _on_writer_thread(
-    conn: aiosqlite.Connection,
-    fn: Callable[[sqlite3.Connection, Callable[[sqlite3.Connection], T]], T],
-    work: Callable[[sqlite3.Connection], T],
-) -> T:
-    """aiosqlite has no public call for "run this on your thread"; `_execute` and
-    `_conn` are how its own methods do it (pinned in pyproject, checked by
-    tests/test_storage.py). The sqlite3 connection is only touched there."""
-    return await conn._execute(lambda: fn(conn._conn, work))  # type: ignore[no-untyped-call,no-any-return]
 
 
 async def open_database(path: Path) -> Database:
