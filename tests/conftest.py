@@ -30,16 +30,23 @@ async def adtarget() -> AsyncIterator[FakeAdTarget]:
     await fake.stop()
 
 
-@pytest.fixture
-async def bridge(
-    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
+async def _tracked_bridge(
+    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget, **overrides: str
 ) -> AsyncIterator[RunningBridge]:
-    running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget))
+    running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget, **overrides))
     await running.start()
     await running.track_channel(telegram)
     yield running
     if not running.stop_event.is_set():
         assert await running.stop() == 0
+
+
+@pytest.fixture
+async def bridge(
+    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> AsyncIterator[RunningBridge]:
+    async for running in _tracked_bridge(tmp_path, telegram, adtarget):
+        yield running
 
 
 @pytest.fixture
@@ -47,12 +54,8 @@ async def admin_bridge(
     tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
 ) -> AsyncIterator[RunningBridge]:
     """A bridge with OWNER in ADMIN_IDS and the channel tracked."""
-    running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget, admin_ids=str(OWNER)))
-    await running.start()
-    await running.track_channel(telegram)
-    yield running
-    if not running.stop_event.is_set():
-        assert await running.stop() == 0
+    async for running in _tracked_bridge(tmp_path, telegram, adtarget, admin_ids=str(OWNER)):
+        yield running
 
 
 @pytest.fixture

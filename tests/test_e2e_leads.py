@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, OWNER, RunningBridge, bridge_settings, eventually, sent_to
+from tests.harness import CHANNEL_ID, OWNER, RunningBridge, eventually, sent_to
 from tests.harness import ask as ask_html
 
 JOINER = 5001
@@ -22,20 +20,17 @@ OTHER_CHANNEL = -1009876543210
 
 @pytest.fixture
 async def lead_bridge(
-    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
-) -> AsyncIterator[RunningBridge]:
+    admin_bridge: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> RunningBridge:
     """A bridge where JOINER came through a visitor link and was reported as a Lead."""
-    running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget, admin_ids=str(OWNER)))
-    await running.start()
-    await running.track_channel(telegram)
+    running = admin_bridge
     url = await running.mint(
         "00000000-0000-4000-8000-00000000a001", fbc="fb.1.1.lead", utm_source="meta"
     )
     telegram.join(CHANNEL_ID, JOINER, url)
     await adtarget.wait_for_conversions(1)
     await running.wait_scalar("SELECT state FROM outbox WHERE kind = 'conversion'", "delivered")
-    yield running
-    assert await running.stop() == 0
+    return running
 
 
 async def ask(telegram: FakeTelegram, user_id: int, text: str) -> str:

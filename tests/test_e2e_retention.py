@@ -8,7 +8,6 @@ recorded (days are real days in the bridge).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,9 @@ EVENTS_PATH = "/api/v1/leads/{}/events"
 
 
 @pytest.fixture
-async def running(
-    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
-) -> AsyncIterator[RunningBridge]:
-    bridge = RunningBridge(bridge_settings(tmp_path, telegram, adtarget, admin_ids=str(OWNER)))
-    await bridge.start()
-    await bridge.track_channel(telegram)
-    yield bridge
-    if not bridge.stop_event.is_set():
-        assert await bridge.stop() == 0
+def running(admin_bridge: RunningBridge) -> RunningBridge:
+    """A bridge with OWNER in ADMIN_IDS and the channel tracked (`admin_bridge`)."""
+    return admin_bridge
 
 
 async def attributed_join(running: RunningBridge, telegram: FakeTelegram, user_id: int) -> None:
