@@ -22,7 +22,8 @@ from aiohttp import web
 from bot.admins import AdminGate
 from bot.adtarget import AdTargetClient
 from bot.console import COMMANDS, Console
-from bot.courier import Courier, CourierAlerts, CourierConfig
+from bot.courier import Courier
+from bot.delivery import CourierAlerts, CourierConfig
 from bot.invite_pool import InvitePool
 from bot.invites import InviteMinter
 from bot.join_requests import JoinRequestDesk
@@ -137,7 +138,7 @@ async def build(settings: Settings) -> Bridge:
             site_id=settings.adtarget_site_id,
             send_organic=settings.send_organic,
         ),
-        courier.wake,
+        courier,
     )
     minter = InviteMinter(bot, db, ttl=settings.invite_ttl)
     pool = InvitePool(
@@ -207,6 +208,7 @@ async def build(settings: Settings) -> Bridge:
             timeout=settings.poll_timeout,
             limit=settings.poll_limit,
             update_retry_base=settings.update_retry_base,
+            head_start=settings.poll_head_start,
         ),
         stats=poll_stats,
     )

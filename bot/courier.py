@@ -13,15 +13,18 @@ import contextlib
 import functools
 import json
 import logging
+import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from bot.adtarget import AdTargetClient
 from bot.delivery import (
+    CourierAlerts,
+    CourierConfig,
     Outcome,
+    Pause,
     Verdict,
     backoff_delay,
     classify_answer,
@@ -41,43 +44,6 @@ RESCUE_EVERY = 60.0
 IDLE_WAIT = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class CourierConfig:
-    concurrency: int = 4
-    request_timeout: float = 10.0
-    backoff_base: float = 1.0
-    backoff_cap: float = 60.0
-    retry_window: float = 23 * 3600.0
-    idempotency_window: float = 24 * 3600.0
-    auth_probe_interval: float = 300.0
-    billing_probe_interval: float = 1800.0
-    shutdown_grace: float = 5.0
-    # In-process writers wake the courier; a row written by another process
-    # (`python -m bot fire`) is only seen by looking, so it looks this often.
-    poll_interval: float = 2.0
-
-    @property
-    def lease(self) -> float:
-        # Long enough that a send still in flight is never rescued under it.
-        return self.request_timeout * 2 + 30.0
-
-
-@dataclass(slots=True)
-class CourierAlerts:
-    """Hooks for telling admins; the defaults do nothing."""
-
-    paused: Callable[[str], None] = lambda reason: None
-    resumed: Callable[[], None] = lambda: None
-    parked: Callable[[int, str], None] = lambda row_id, reason: None
-
-
-@dataclass(frozen=True, slots=True)
-class Pause:
-    reason: str
-    since: float
-    manual: bool = False
-
-
 class Courier:
     def __init__(
         self,
@@ -94,6 +60,7 @@ class Courier:
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._pause: Pause | None = None
         self._probe_at = 0.0
+        self._running = False
         self.sent = 0
         self.delivered = 0
         # (row kind, outcome) after each send, read by /metrics.
@@ -107,12 +74,45 @@ class Courier:
         """New rows are committed: look now rather than at the next timer."""
         self._wake.set()
 
+    def claim_in(self, conn: sqlite3.Connection) -> list[OutboxRow]:
+        """Claim due rows in the caller's transaction, as many as there is room
+        for; the caller hands them to `send_claimed` once it has committed.
+
+        Runs on the database's thread, inside the commit that queued a join's
+        conversion: the send then starts without a claim of its own, the last
+        round trip to SQLite between a join and its POST. What it reads of the
+        courier's state (written on the event loop) may be a step behind, so
+        sends in flight can briefly exceed the concurrency by one such claim;
+        the pacer still holds the rate.
+        """
+        if not self._running or self._pause is not None:
+            return []
+        room = self._config.concurrency - len(self._in_flight)
+        if room <= 0:
+            return []
+        return outbox.claim_in(conn, limit=room, lease=self._config.lease, now=time.time())
+
+    def send_claimed(self, rows: Sequence[OutboxRow]) -> None:
+        """Start sending rows `claim_in` claimed, after their transaction committed."""
+        if not self._running:
+            # Stopped in between: the rows stay claimed, and the rescue at the
+            # next start makes them due again.
+            return
+        for row in rows:
+            self._start(row)
+        if not rows:
+            # Nothing was claimed: the courier was full (a finishing send wakes
+            # it) or its state was a step behind; look again to be sure. When
+            # rows were claimed, the rest waits for a free slot either way.
+            self._wake.set()
+
     async def run(self, stop: asyncio.Event) -> None:
         rescued = await outbox.rescue_claimed(self._db, expired_only=False)
         if rescued:
             log.warning("outbox: %d row(s) claimed before a crash are due again", rescued)
         await self._load_pause()
         last_rescue = time.monotonic()
+        self._running = True
         try:
             while not stop.is_set():
                 if time.monotonic() - last_rescue > RESCUE_EVERY:
@@ -122,6 +122,7 @@ class Courier:
                 if wait > 0:
                     await wait_any(self._wake, stop, timeout=wait)
         finally:
+            self._running = False
             await self._finish_in_flight()
 
     async def _dispatch_due(self) -> float:

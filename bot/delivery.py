@@ -1,12 +1,14 @@
-"""What an AdTarget answer means for an outbox row, and how long to back off.
+"""What an AdTarget answer means for an outbox row, how long to back off, and
+the courier's settings.
 
-Pure functions: the courier applies them, the unit tests pin them.
+Pure functions and plain data: the courier applies them, the unit tests pin them.
 """
 
 from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -132,3 +134,40 @@ def _parse_time_ms(value: Any) -> int | None:
             return None
         return int(parsed.timestamp() * 1000)
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class CourierConfig:
+    concurrency: int = 4
+    request_timeout: float = 10.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    retry_window: float = 23 * 3600.0
+    idempotency_window: float = 24 * 3600.0
+    auth_probe_interval: float = 300.0
+    billing_probe_interval: float = 1800.0
+    shutdown_grace: float = 5.0
+    # In-process writers wake the courier; a row written by another process
+    # (`python -m bot fire`) is only seen by looking, so it looks this often.
+    poll_interval: float = 2.0
+
+    @property
+    def lease(self) -> float:
+        # Long enough that a send still in flight is never rescued under it.
+        return self.request_timeout * 2 + 30.0
+
+
+@dataclass(slots=True)
+class CourierAlerts:
+    """Hooks for telling admins; the defaults do nothing."""
+
+    paused: Callable[[str], None] = lambda reason: None
+    resumed: Callable[[], None] = lambda: None
+    parked: Callable[[int, str], None] = lambda row_id, reason: None
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    reason: str
+    since: float
+    manual: bool = False

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramRetryAfter
 
-from bot.joins import ChatRef, JoinRecorded, JoinRecorder, JoinSeen
+from bot.joins import ChatRef, JoinBatch, JoinRecorder, JoinSeen
 from bot.logs import ids
 from bot.waiting import wait_any
 from storage import channels, invite_links, join_requests
@@ -167,12 +167,13 @@ class JoinRequestDesk:
             via_join_request=True,
         )
 
-        def approve(conn: sqlite3.Connection) -> list[JoinRecorded]:
+        def approve(conn: sqlite3.Connection) -> JoinBatch:
             join_requests.mark_approved(conn, request.id)
             return self._recorder.persist(conn, [joined])
 
-        recorded = await self._db.write(approve)
-        self._recorder.after_commit(recorded)
+        batch = await self._db.write(approve)
+        self._recorder.after_commit(batch)
+        recorded = batch.recorded
         self.approved += 1
         join_id = recorded[0].join_id if recorded else None
         log.info(

@@ -13,6 +13,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from bot.conversions import CONVERSION_PATH, conversion_body, conversion_key
 from bot.events import EventType
@@ -21,6 +22,7 @@ from storage import channels, invite_links, joins, outbox, visits
 from storage.channels import Channel
 from storage.db import Database
 from storage.invite_links import InviteLink
+from storage.outbox import OutboxRow
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,22 @@ class JoinRecorded:
 
 
 @dataclass(frozen=True, slots=True)
+class JoinBatch:
+    """What one transaction recorded, and the outbox rows it claimed for the courier."""
+
+    recorded: list[JoinRecorded]
+    claimed: list[OutboxRow]
+
+
+class CourierDoor(Protocol):
+    """The courier as the recorder sees it (`bot.courier.Courier`)."""
+
+    def claim_in(self, conn: sqlite3.Connection) -> list[OutboxRow]: ...
+
+    def send_claimed(self, rows: Sequence[OutboxRow]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
 class ReportingPolicy:
     default_event: EventType
     site_id: str | None = None
@@ -99,12 +117,10 @@ def join_kind(link: InviteLink | None) -> str:
 
 
 class JoinRecorder:
-    def __init__(
-        self, db: Database, policy: ReportingPolicy, wake_courier: Callable[[], None]
-    ) -> None:
+    def __init__(self, db: Database, policy: ReportingPolicy, courier: CourierDoor) -> None:
         self._db = db
         self._policy = policy
-        self.wake_courier = wake_courier
+        self._courier = courier
         # Set by the invite pool: used personal links are revoked after the join.
         self.on_attributed_join: Callable[[], None] = lambda: None
         # Committed joins by kind and leaves, read by /metrics.
@@ -115,20 +131,23 @@ class JoinRecorder:
 
     async def record(self, items: Sequence[Seen]) -> list[JoinRecorded]:
         """Persist in a transaction of its own (callers outside the poller)."""
-        recorded = await self._db.write(lambda conn: self.persist(conn, items))
-        self.after_commit(recorded)
-        return recorded
+        batch = await self._db.write(lambda conn: self.persist(conn, items))
+        self.after_commit(batch)
+        return batch.recorded
 
-    def after_commit(self, recorded: Sequence[JoinRecorded]) -> None:
+    def after_commit(self, batch: JoinBatch) -> None:
+        recorded = batch.recorded
         self.counts.update(r.kind for r in recorded if r.join_id is not None or r.kind == LEAVE)
+        if any(r.reported for r in recorded):
+            # First: the send starts before anything else gets the event loop.
+            self._courier.send_claimed(batch.claimed)
         if any(r.join_id is not None and r.kind != "organic" for r in recorded):
             self.on_attributed_join()
-        if any(r.reported for r in recorded):
-            self.wake_courier()
 
-    def persist(self, conn: sqlite3.Connection, items: Sequence[object]) -> list[JoinRecorded]:
+    def persist(self, conn: sqlite3.Connection, items: Sequence[object]) -> JoinBatch:
         """Write joins, their outbox rows and leaves in the caller's transaction
-        (on the database's thread: see `Database.write`)."""
+        (on the database's thread: see `Database.write`), and claim the new rows
+        for the courier in it."""
         seen_joins = [i for i in items if isinstance(i, JoinSeen)]
         leaves = [i for i in items if isinstance(i, LeaveSeen)]
         chats = [i.chat for i in seen_joins] + [i.chat for i in leaves]
@@ -185,8 +204,10 @@ class JoinRecorder:
                 leave.chat.id,
                 extra=ids(update_id=leave.update_id, user_id=leave.user_id, chat_id=leave.chat.id),
             )
+        claimed = self._courier.claim_in(conn) if any(r.reported for r in recorded) else []
         # Only new leaves: a repeated one (INSERT OR IGNORE) must not count again.
-        return recorded + [JoinRecorded(LEAVE, None, False) for _ in range(new_leaves)]
+        leaves_recorded = [JoinRecorded(LEAVE, None, False) for _ in range(new_leaves)]
+        return JoinBatch(recorded + leaves_recorded, claimed)
 
     def _echoes(
         self,

@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     poll_timeout: int = Field(default=30, ge=0, le=50)
     poll_limit: int = Field(default=100, ge=1, le=100)
     update_retry_base: float = Field(default=5.0, gt=0)
+    poll_head_start: float = Field(default=0.01, ge=0, le=1)
 
     # Courier: pacing under AdTarget's limit of 300 requests/min, burst 50.
     adtarget_rate_per_minute: float = Field(default=300.0, gt=0)

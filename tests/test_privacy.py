@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,20 @@ from bot.tracker_input import VisitInput
 from bot.visits import VisitRecorder
 from storage import channels, invite_links, join_requests, outbox, updates
 from storage.db import Database, open_database
+from storage.outbox import OutboxRow
 from storage.privacy import _SCRUB_OUTBOX, _SCRUB_VISITS, forget_user
 from storage.stats import channel_stats
+
+
+class _NoCourier:
+    """The recorder's view of a courier that is not running: it claims nothing."""
+
+    def claim_in(self, conn: sqlite3.Connection) -> list[OutboxRow]:
+        return []
+
+    def send_claimed(self, rows: Sequence[OutboxRow]) -> None:
+        pass
+
 
 DAY = 86400
 CHAT = ChatRef(-1001000000001, "Channel A", None, "channel")
@@ -106,7 +119,7 @@ async def _person(db: Database, user_id: int, temp_id: str, update_id: int) -> N
     }
     await updates.store_batch(db, [(update_id, "chat_member", json.dumps(raw))])
     await updates.mark_done(db, [update_id])
-    recorder = JoinRecorder(db, ReportingPolicy(EventType("Lead")), lambda: None)
+    recorder = JoinRecorder(db, ReportingPolicy(EventType("Lead")), _NoCourier())
     now = int(time.time())
     await recorder.record([JoinSeen(CHAT, user_id, url, now - 60, update_id=update_id)])
     await recorder.record([LeaveSeen(CHAT, user_id, now, update_id=update_id + 1)])

@@ -1,0 +1,195 @@
+"""The short way from a join to its POST: polling gives a lone batch a head start
+over the next long poll, and the join's own commit claims its conversion for
+the courier, so no other round trip to SQLite comes between."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiogram.types import TelegramObject
+
+from bot.events import EventType
+from bot.joins import ChatRef, JoinSeen
+from storage import outbox
+from tests.fakes.adtarget import FakeAdTarget
+from tests.fakes.telegram import FakeTelegram
+from tests.harness import CHANNEL_ID, CHANNEL_TITLE, RunningBridge, bridge_settings
+
+Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
+
+
+class Gate:
+    """An outer middleware that holds chat_member handling until opened."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        self.entered.set()
+        await self.opened.wait()
+        return await handler(event, data)
+
+
+async def start(
+    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget, **overrides: Any
+) -> RunningBridge:
+    running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget, **overrides))
+    await running.start()
+    await running.track_channel(telegram)
+    return running
+
+
+async def test_a_lone_join_is_handled_before_the_next_long_poll(
+    tmp_path: Path,
+    telegram: FakeTelegram,
+    adtarget: FakeAdTarget,
+    custom_bridge: list[RunningBridge],
+) -> None:
+    running = await start(tmp_path, telegram, adtarget, poll_head_start=1)
+    custom_bridge.append(running)
+    gate = Gate()
+    running.bridge.dispatcher.chat_member.outer_middleware(gate)
+    url = await running.mint("00000000-0000-4000-8000-000000009101", fbc="fb.1.1.h")
+    update_id = telegram.join(CHANNEL_ID, 9100001, url)
+    assert update_id is not None
+    await asyncio.wait_for(gate.entered.wait(), 10)
+    await asyncio.sleep(0.2)
+    # Stored (so safe to confirm), but the next long poll waits for the handling.
+    assert await running.scalar("SELECT state FROM updates WHERE update_id = ?", (update_id,)) == (
+        "new"
+    )
+    assert telegram.confirmed_offset <= update_id
+    gate.opened.set()
+    await telegram.wait_confirmed(update_id)
+    (conversion,) = await adtarget.wait_for_conversions(1)
+    assert conversion["telegramUserId"] == 9100001
+
+
+async def test_a_slow_handler_does_not_hold_polling_back(
+    bridge: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    gate = Gate()
+    bridge.bridge.dispatcher.chat_member.outer_middleware(gate)
+    url = await bridge.mint("00000000-0000-4000-8000-000000009102", fbc="fb.1.1.s")
+    update_id = telegram.join(CHANNEL_ID, 9100002, url)
+    assert update_id is not None
+    # The head start is capped (10 ms by default): the batch is confirmed while its
+    # handler still runs, and the next update is fetched meanwhile.
+    await telegram.wait_confirmed(update_id)
+    assert not gate.opened.is_set()
+    gate.opened.set()
+    (conversion,) = await adtarget.wait_for_conversions(1)
+    assert conversion["telegramUserId"] == 9100002
+
+
+def _join(user_id: int) -> JoinSeen:
+    chat = ChatRef(CHANNEL_ID, CHANNEL_TITLE, None, "channel")
+    return JoinSeen(chat, user_id, None, int(time.time()), update_id=None)
+
+
+def _row(key: str) -> outbox.NewRow:
+    return outbox.NewRow(
+        kind="conversion",
+        path="/events/conversion",
+        body={
+            "telegramUserId": 9100100,
+            "channelId": str(CHANNEL_ID),
+            "eventType": str(EventType("Lead")),
+            "eventTime": int(time.time()) * 1000,
+        },
+        idempotency_key=key,
+        telegram_user_id=9100100,
+        chat_id=CHANNEL_ID,
+        event_type="Lead",
+    )
+
+
+async def test_the_join_commit_claims_its_conversion_and_sends_it(
+    tmp_path: Path,
+    telegram: FakeTelegram,
+    adtarget: FakeAdTarget,
+    custom_bridge: list[RunningBridge],
+) -> None:
+    # Organic joins are reported here, so a join without a link queues a conversion.
+    running = await start(tmp_path, telegram, adtarget, send_organic="true")
+    custom_bridge.append(running)
+    bridge = running.bridge
+    batch = await bridge.db.write(lambda conn: bridge.joins.persist(conn, [_join(9100003)]))
+    (claimed,) = batch.claimed
+    assert claimed.telegram_user_id == 9100003
+    assert claimed.attempts == 1
+    assert await running.scalar("SELECT state FROM outbox WHERE id = ?", (claimed.id,)) == (
+        "sending"
+    )
+    bridge.joins.after_commit(batch)
+    (conversion,) = await adtarget.wait_for_conversions(1)
+    assert conversion["telegramUserId"] == 9100003
+    await running.wait_scalar("SELECT state FROM outbox WHERE id = ?", "delivered", (claimed.id,))
+    # Claimed once, at the commit: the courier did not claim it a second time.
+    assert await running.scalar("SELECT attempts FROM outbox WHERE id = ?", (claimed.id,)) == 1
+
+
+async def test_the_commit_claims_no_more_than_the_courier_has_room_for(
+    tmp_path: Path,
+    telegram: FakeTelegram,
+    adtarget: FakeAdTarget,
+    custom_bridge: list[RunningBridge],
+) -> None:
+    running = await start(tmp_path, telegram, adtarget, courier_concurrency=2)
+    custom_bridge.append(running)
+    bridge = running.bridge
+
+    def queue_and_claim(conn: Any) -> list[outbox.OutboxRow]:
+        outbox.enqueue_many(conn, [_row(f"room-{i}") for i in range(3)])
+        return bridge.courier.claim_in(conn)
+
+    claimed = await bridge.db.write(queue_and_claim)
+    assert len(claimed) == 2
+    bridge.courier.send_claimed(claimed)
+    # The third waits for a free slot and goes out all the same.
+    await adtarget.wait_for_conversions(3)
+    await running.wait_scalar("SELECT count(*) FROM outbox WHERE state = 'delivered'", 3)
+
+
+async def test_a_paused_courier_claims_nothing_at_the_commit(
+    bridge: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    courier = bridge.bridge.courier
+    await courier.pause_manually("a test")
+
+    def queue_and_claim(conn: Any) -> list[outbox.OutboxRow]:
+        outbox.enqueue_many(conn, [_row("paused-1")])
+        return courier.claim_in(conn)
+
+    assert await bridge.bridge.db.write(queue_and_claim) == []
+    courier.send_claimed([])
+    await asyncio.sleep(0.3)
+    assert adtarget.conversions == []
+    assert await bridge.scalar("SELECT state FROM outbox") == "pending"
+    await courier.resume_manually("a test")
+    await adtarget.wait_for_conversions(1)
+
+
+async def test_a_stopped_courier_claims_nothing_at_the_commit(
+    tmp_path: Path,
+    telegram: FakeTelegram,
+    adtarget: FakeAdTarget,
+    custom_bridge: list[RunningBridge],
+) -> None:
+    # COURIER_ENABLED=false: joins are recorded and their conversions stay queued.
+    running = await start(
+        tmp_path, telegram, adtarget, courier_enabled="false", send_organic="true"
+    )
+    custom_bridge.append(running)
+    bridge = running.bridge
+    batch = await bridge.db.write(lambda conn: bridge.joins.persist(conn, [_join(9100004)]))
+    assert batch.claimed == []
+    bridge.joins.after_commit(batch)
+    await asyncio.sleep(0.3)
+    assert adtarget.conversions == []
+    assert await running.scalar("SELECT state FROM outbox") == "pending"
