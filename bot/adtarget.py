@@ -167,19 +167,39 @@ class AdTargetClient:
         *,
         idempotency_key: str,
         headers: dict[str, str] | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> ApiAnswer:
-        """POST `path` (relative to /api/v1). Transport errors propagate."""
+        """POST `path` (relative to /api/v1). Transport errors propagate.
+
+        `on_sent` is called once the request is written out (through httpcore's
+        `trace` extension), and again, harmlessly, when the call ends."""
         await self.pacer.acquire()
         request_headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": idempotency_key,
             **(headers or {}),
         }
-        return await self._timed(
-            self._http.post(
-                path, content=json.dumps(body, separators=(",", ":")), headers=request_headers
+        extensions: dict[str, Any] | None = None
+        if on_sent is not None:
+            sent = on_sent
+
+            async def trace(event: str, info: dict[str, Any]) -> None:
+                if event == "http11.send_request_body.complete":
+                    sent()
+
+            extensions = {"trace": trace}
+        try:
+            return await self._timed(
+                self._http.post(
+                    path,
+                    content=json.dumps(body, separators=(",", ":")),
+                    headers=request_headers,
+                    extensions=extensions,
+                )
             )
-        )
+        finally:
+            if on_sent is not None:
+                on_sent()
 
     async def get(self, path: str) -> ApiAnswer:
         await self.pacer.acquire()

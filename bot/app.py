@@ -21,6 +21,7 @@ from aiohttp import web
 
 from bot.admins import AdminGate
 from bot.adtarget import AdTargetClient
+from bot.batch_handler import PollerStats
 from bot.console import COMMANDS, Console
 from bot.courier import Courier
 from bot.delivery import CourierAlerts, CourierConfig
@@ -34,7 +35,7 @@ from bot.metrics import Metrics, Watched
 from bot.notifier import Notifier
 from bot.onboarding import Onboarding
 from bot.pacing import TokenBucket
-from bot.poller import Poller, PollerConfig, PollerStats
+from bot.poller import Poller, PollerConfig
 from bot.privacy import PrivacyDesk, PrivacySweeper
 from bot.retention import RetentionChecker
 from bot.retention_console import RetentionConsole
@@ -211,6 +212,7 @@ async def build(settings: Settings) -> Bridge:
             head_start=settings.poll_head_start,
         ),
         stats=poll_stats,
+        sends_written=courier.sends_written,
     )
     health = Health(
         db, reads, poller.stats, courier, pool, courier_enabled=settings.courier_enabled

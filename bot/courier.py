@@ -32,7 +32,7 @@ from bot.delivery import (
 )
 from bot.lead_check import delivered_earlier, row_ids
 from bot.logs import ids
-from bot.waiting import wait_any
+from bot.waiting import Outstanding, wait_any
 from storage import outbox, state
 from storage.db import Database
 from storage.outbox import OutboxRow
@@ -61,6 +61,8 @@ class Courier:
         self._pause: Pause | None = None
         self._probe_at = 0.0
         self._running = False
+        # Sends started whose request is not written out yet (see `sends_written`).
+        self._unsent = Outstanding()
         self.sent = 0
         self.delivered = 0
         # (row kind, outcome) after each send, read by /metrics.
@@ -91,6 +93,12 @@ class Courier:
         if room <= 0:
             return []
         return outbox.claim_in(conn, limit=room, lease=self._config.lease, now=time.time())
+
+    async def sends_written(self) -> None:
+        """Return once every send started so far is written out, or waits for
+        the pacer. The poller waits for this (briefly) before building its next
+        long poll, whose CPU would otherwise come first and slow the sends."""
+        await self._unsent.none_left()
 
     def send_claimed(self, rows: Sequence[OutboxRow]) -> None:
         """Start sending rows `claim_in` claimed, after their transaction committed."""
@@ -160,12 +168,14 @@ class Courier:
         return min(max(due - time.time(), 0.0), self._config.poll_interval)
 
     def _start(self, row: OutboxRow) -> None:
+        self._unsent.add(row.id)
         task = asyncio.create_task(self._deliver(row), name=f"courier-row-{row.id}")
         self._in_flight[row.id] = task
         task.add_done_callback(functools.partial(self._done, row.id))
 
     def _done(self, row_id: int, _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(row_id, None)
+        self._unsent.discard(row_id)
         self._wake.set()
 
     async def _finish_in_flight(self) -> None:
@@ -191,9 +201,16 @@ class Courier:
                 return
             self.sent += 1
             started = time.monotonic()
+            written = functools.partial(self._unsent.discard, row.id)
+            if not self._client.pacer.ready():
+                written()  # it waits for the pacer, not for the CPU
             try:
                 answer = await self._client.post(
-                    row.path, row.body, idempotency_key=row.idempotency_key, headers=row.headers
+                    row.path,
+                    row.body,
+                    idempotency_key=row.idempotency_key,
+                    headers=row.headers,
+                    on_sent=written,
                 )
             except Exception as error:
                 outcome = classify_exception(error)

@@ -45,10 +45,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bot.batch_handler import PollerStats
 from bot.courier import Courier
 from bot.invite_pool import InvitePool, PoolState
 from bot.joins import LEAVE, JoinRecorder
-from bot.poller import PollerStats
 from bot.visits import VisitRecorder
 from storage import outbox, retention, updates
 from storage.db import Database

@@ -27,6 +27,13 @@ class TokenBucket:
         self._tokens = 0.0
         self._updated = self._hold_until
 
+    def ready(self) -> bool:
+        """Whether `acquire` would return at once."""
+        now = time.monotonic()
+        if now < self._hold_until or self._lock.locked():
+            return False
+        return min(self.capacity, self._tokens + (now - self._updated) * self.rate) >= 1.0
+
     async def acquire(self) -> None:
         # The lock makes waiters take tokens in arrival order.
         async with self._lock:

@@ -6,27 +6,30 @@ first getMe end the process. This loop keeps aiogram's Bot, methods and
 Dispatcher, and changes the order: each getUpdates batch is committed to the
 `updates` table first; only then does the next getUpdates carry the higher
 offset that confirms it to Telegram. A second task feeds the stored batches to
-the dispatcher in order and persists what the handlers returned. A handler that
-raises leaves its update stored as `failed`, logged and counted, and retried
-with backoff.
+the dispatcher in order and persists what the handlers returned (see
+bot/batch_handler.py). A handler that raises leaves its update stored as
+`failed`, logged and counted, and retried with backoff.
+
+With little traffic a lone join should reach AdTarget as soon as possible: a
+small batch of chat_member updates that finds handling idle is handled and
+committed in one go, and a small batch gets a head start before the next long
+poll, whose ~0.5 ms of CPU would otherwise slow its handling and its sends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from aiogram import Bot, Dispatcher
 from aiogram.methods import DeleteWebhook, GetMe, GetUpdates
 from aiogram.types import Update
 
+from bot.batch_handler import STALE_NEW_AFTER, BatchHandler, BatchSink, InboxRow, PollerStats
 from bot.logs import ids
 from bot.telegram_calls import PersistentCaller
 from bot.telegram_session import UpdatesSession, raw_json
@@ -45,30 +48,11 @@ ALLOWED_UPDATES = [
 ]
 
 
-class BatchSink(Protocol):
-    """Persists what handlers returned, inside the transaction that marks their
-    updates done; `after_commit` runs once that transaction committed.
-
-    `persist` runs on the database's thread (`Database.write`): the whole batch
-    is one round trip, and it must not touch the event loop."""
-
-    def wants(self, result: object) -> bool: ...
-
-    def persist(self, conn: sqlite3.Connection, items: Sequence[Any]) -> Any: ...
-
-    def after_commit(self, persisted: Any) -> None: ...
-
-
 PRUNE_EVERY = 3600.0
 # How many stored batches polling may run ahead of handling.
 HANDOFF_BATCHES = 4
-# A stored update still `new` after this long was orphaned by a failed handling
-# pass (the queue never holds one this long); the retry pass takes it up.
-STALE_NEW_AFTER = 300.0
-# A batch this small means little traffic: polling gives its handling (and the
-# send that starts at its commit) a head start (`PollerConfig.head_start`)
-# before spending ~0.5 ms of CPU on the next long poll, which would otherwise
-# come first and slow every step after it. Bigger batches overlap the two.
+# A batch this small means little traffic (see the module's docstring); bigger
+# ones overlap the next long poll with their handling.
 SMALL_BATCH = 5
 
 
@@ -76,19 +60,6 @@ SMALL_BATCH = 5
 class _Handoff:
     updates: list[Update]
     handled: asyncio.Future[None]
-
-
-@dataclass(slots=True)
-class PollerStats:
-    received: int = 0
-    handled: int = 0
-    failed: int = 0
-    last_poll_ok_at: float | None = None
-    consecutive_errors: int = 0
-    username: str | None = None  # the bot's, from getMe
-    # By kind of update, for /metrics: received counted once per batch (in C), not per update.
-    kinds: Counter[str] = field(default_factory=Counter)
-    failed_kinds: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +70,13 @@ class PollerConfig:
     backoff_cap: float = 30.0
     update_retry_base: float = 5.0
     update_retry_cap: float = 3600.0
+    # How long a small batch's handling, and the sends it started, may hold the
+    # next long poll back; 0 turns both fast paths off.
     head_start: float = 0.01
+
+
+async def _nothing_to_send() -> None:
+    return None
 
 
 class Poller:
@@ -112,15 +89,27 @@ class Poller:
         config: PollerConfig,
         workflow: dict[str, Any] | None = None,
         stats: PollerStats | None = None,
+        sends_written: Callable[[], Awaitable[None]] = _nothing_to_send,
     ) -> None:
         self._bot = bot
-        self._dp = dispatcher
         self._db = db
-        self._sinks = list(sinks)
         self._config = config
-        self._workflow = workflow or {}
         self._offset: int | None = None
         self.stats = stats or PollerStats()
+        self._handler = BatchHandler(
+            bot,
+            dispatcher,
+            db,
+            sinks,
+            self.stats,
+            workflow=workflow or {},
+            retry_base=config.update_retry_base,
+            retry_cap=config.update_retry_cap,
+        )
+        # The courier's: returns once the sends it has started are on the wire.
+        self._sends_written = sends_written
+        # The handling task waits for a batch, with none queued.
+        self._handling_idle = False
         self._caller = PersistentCaller(
             bot, self.stats, backoff_base=config.backoff_base, backoff_cap=config.backoff_cap
         )
@@ -174,8 +163,15 @@ class Poller:
             self.stats.last_poll_ok_at = time.time()
             if not batch:
                 continue
+            rows = self._inbox_rows(batch, self._raw_of(method))
+            if self._at_once(batch) and await self._handler.process_unstored(
+                batch, rows, within=self._config.head_start
+            ):
+                self._offset = batch[-1].update_id + 1
+                await self._give_way(None)
+                continue
             try:
-                already_done = await self._store(batch, self._raw_of(method))
+                already_done = await self._store(rows)
             except Exception as error:
                 # Nothing is confirmed: the same offset fetches this batch again.
                 delay = self._caller.next_backoff()
@@ -198,15 +194,37 @@ class Poller:
                 # Waits while handling is HANDOFF_BATCHES behind: memory stays bounded
                 # and a slow disk slows polling instead of piling up updates.
                 await handoff.put(item)
-                if len(fresh) <= SMALL_BATCH and self._config.head_start > 0:
-                    # Capped: a slow handler (a /stats) does not hold polling back.
-                    await asyncio.wait({item.handled}, timeout=self._config.head_start)
+                if len(fresh) <= SMALL_BATCH:
+                    await self._give_way(item.handled)
+
+    def _at_once(self, batch: list[Update]) -> bool:
+        return (
+            self._config.head_start > 0
+            and self._handling_idle
+            and len(batch) <= SMALL_BATCH
+            and all(u.event_type == "chat_member" for u in batch)
+        )
+
+    async def _give_way(self, handled: asyncio.Future[None] | None) -> None:
+        """Before the next long poll: let a small batch be handled and the sends
+        its commit started go out, up to the head start (a slow handler, a /stats
+        say, or a paced send does not hold polling back)."""
+        if self._config.head_start <= 0:
+            return
+        try:
+            async with asyncio.timeout(self._config.head_start):
+                if handled is not None:
+                    await asyncio.shield(handled)
+                await self._sends_written()
+        except TimeoutError:
+            pass
 
     def _raw_of(self, method: GetUpdates) -> list[dict[str, Any]] | None:
         session = self._bot.session
         return session.take_raw(method) if isinstance(session, UpdatesSession) else None
 
-    async def _store(self, batch: list[Update], raw: list[dict[str, Any]] | None) -> set[int]:
+    @staticmethod
+    def _inbox_rows(batch: list[Update], raw: list[dict[str, Any]] | None) -> list[InboxRow]:
         if raw is not None and [r.get("update_id") for r in raw] == [u.update_id for u in batch]:
             # As Telegram sent them: cheaper than serialising the parsed models again.
             pairs = zip(batch, raw, strict=True)
@@ -216,15 +234,11 @@ class Poller:
                 (u.update_id, u.event_type, u.model_dump_json(exclude_unset=True, by_alias=True))
                 for u in batch
             ]
+        return rows
+
+    async def _store(self, rows: list[InboxRow]) -> set[int]:
         already_done = await inbox.store_batch(self._db, rows)
-        # A redelivery of a handled update is not received again, for /metrics.
-        fresh = [row for row in rows if row[0] not in already_done]
-        self.stats.received += len(fresh)
-        self.stats.kinds.update(map(itemgetter(1), fresh))
-        for update_id in sorted(already_done):
-            log.info(
-                "update %d was already handled; skipped", update_id, extra=ids(update_id=update_id)
-            )
+        self._handler.count_received(rows, already_done)
         return already_done
 
     async def _handle_loop(
@@ -236,17 +250,21 @@ class Poller:
         next_prune = time.monotonic()
         while True:
             timeout = max(min(next_retry_pass, next_prune) - time.monotonic(), 0.0)
+            self._handling_idle = handoff.empty()
+            timed_out = False
             try:
                 # Waiting in the queue itself (no helper task) wakes this task in one
                 # step of the loop when a batch arrives; a timeout leaves the batch queued.
                 async with asyncio.timeout(timeout):
                     batch = await handoff.get()
             except TimeoutError:
-                pass
-            else:
+                timed_out = True
+            finally:
+                self._handling_idle = False
+            if not timed_out:
                 if batch is None:
                     return
-                await self._process_guarded([(u, 0) for u in batch.updates])
+                await self._handler.process_guarded([(u, 0) for u in batch.updates])
                 batch.handled.set_result(None)
             if time.monotonic() >= next_retry_pass and not stop.is_set():
                 await self._retry_stored(stop, at_start=False)
@@ -257,100 +275,6 @@ class Poller:
                 if pruned:
                     log.info("%d handled update(s) older than 48 h forgotten", pruned)
                 next_prune = time.monotonic() + PRUNE_EVERY
-
-    async def _process_guarded(self, updates: list[tuple[Update, int]]) -> None:
-        try:
-            await self._process(updates)
-        except Exception:
-            # Even recording the failure failed (the disk, most likely). The updates
-            # stay stored as `new` and a later retry pass takes them up again.
-            log.exception(
-                "handling updates %d-%d failed; they stay stored and are retried in %.0f s",
-                updates[0][0].update_id,
-                updates[-1][0].update_id,
-                STALE_NEW_AFTER,
-                extra=ids(
-                    update_id=updates[0][0].update_id, last_update_id=updates[-1][0].update_id
-                ),
-            )
-
-    async def _process(self, updates: list[tuple[Update, int]]) -> None:
-        """Feed updates to the handlers, then persist what they returned and mark the
-        updates done, all in one transaction; failures stay stored for retry."""
-        handled: list[tuple[Update, Any]] = []
-        failed: list[tuple[Update, BaseException]] = []
-        for update, _ in updates:
-            try:
-                result = await self._dp.feed_update(self._bot, update, **self._workflow)
-            except Exception as error:  # any handler failure keeps the update
-                failed.append((update, error))
-            else:
-                handled.append((update, result))
-        try:
-            await self._persist(handled)
-        except Exception as batch_error:
-            if len(handled) == 1:
-                failed.append((handled[0][0], batch_error))
-            elif handled:
-                # Isolate the update that cannot be written; the others go through.
-                for one in handled:
-                    try:
-                        await self._persist([one])
-                    except Exception as one_error:
-                        failed.append((one[0], one_error))
-        attempts_of = {u.update_id: a for u, a in updates}
-        for update, failure in failed:
-            await self._fail(update, attempts_of.get(update.update_id, 0), failure)
-
-    async def _persist(self, handled: list[tuple[Update, Any]]) -> None:
-        update_ids = [u.update_id for u, _ in handled]
-
-        def write(conn: sqlite3.Connection) -> list[tuple[BatchSink, Any]]:
-            persisted: list[tuple[BatchSink, Any]] = []
-            # A forget that committed after the batch was stored deleted its person's
-            # updates; their handled results would bring that person back.
-            stored = inbox.still_stored_in(conn, update_ids)
-            for update_id in update_ids:
-                if update_id not in stored:
-                    log.info(
-                        "update %d was forgotten while it was handled; its result is dropped",
-                        update_id,
-                        extra=ids(update_id=update_id),
-                    )
-            results = [result for u, result in handled if u.update_id in stored]
-            for sink in self._sinks:
-                items = [r for r in results if sink.wants(r)]
-                if items:
-                    persisted.append((sink, sink.persist(conn, items)))
-            inbox.mark_done_in(conn, update_ids)
-            return persisted
-
-        persisted = await self._db.write(write)
-        for sink, outcome in persisted:
-            sink.after_commit(outcome)
-        self.stats.handled += len(handled)
-
-    async def _fail(self, update: Update, attempts: int, error: BaseException) -> None:
-        delay = min(self._config.update_retry_cap, self._config.update_retry_base * 2**attempts)
-        total = await inbox.mark_failed(
-            self._db,
-            update.update_id,
-            error=f"{type(error).__name__}: {error}",
-            retry_at=time.time() + delay,
-        )
-        self.stats.failed += 1
-        self.stats.failed_kinds[update.event_type] += 1
-        log.error(
-            "update %d (%s) failed (attempt %d): %s: %s; kept, retrying in %.0f s",
-            update.update_id,
-            update.event_type,
-            total,
-            type(error).__name__,
-            error,
-            delay,
-            exc_info=error,
-            extra=ids(update_id=update.update_id),
-        )
 
     async def _retry_stored(self, stop: asyncio.Event, *, at_start: bool) -> None:
         """Feed stored updates again: failed ones whose time came (at start: all of
@@ -371,7 +295,7 @@ class Poller:
                     one.attempts + 1,
                     extra=ids(update_id=one.update_id),
                 )
-            await self._process_guarded(
+            await self._handler.process_guarded(
                 [
                     (Update.model_validate(s.raw, context={"bot": self._bot}), s.attempts)
                     for s in due

@@ -6,9 +6,9 @@ import logging
 import time
 from typing import Any
 
+from bot.batch_handler import PollerStats
 from bot.courier import Courier
 from bot.invite_pool import InvitePool
-from bot.poller import PollerStats
 from storage import outbox, updates
 from storage.db import Database, schema_version
 

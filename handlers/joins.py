@@ -1,7 +1,9 @@
 """chat_member updates in tracked channels: joins and leaves.
 
 The handlers only read the update; they return plain data that the poller
-persists for the whole getUpdates batch in one transaction.
+persists for the whole getUpdates batch in one transaction. Keep them so: a
+small batch of chat_member updates is handled before it is stored (see
+bot/batch_handler.py), and may be handled a second time.
 """
 
 from __future__ import annotations

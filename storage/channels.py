@@ -95,16 +95,19 @@ def ensure_known(
     """
     if not chats:
         return {}
+    ids = sorted({chat[0] for chat in chats})
+    marks = ", ".join("?" for _ in ids)
+    select = f"SELECT {_COLUMNS} FROM channels WHERE chat_id IN ({marks})"
+    known = {int(row["chat_id"]): _channel(row) for row in conn.execute(select, ids)}
+    if len(known) == len(ids):
+        return known  # the usual case: one statement, no write
     now = time.time()
     conn.executemany(
         "INSERT INTO channels (chat_id, title, username, chat_type, created_at, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (chat_id) DO NOTHING",
         [(chat_id, title, username, kind, now, now) for chat_id, title, username, kind in chats],
     )
-    ids = sorted({chat[0] for chat in chats})
-    marks = ", ".join("?" for _ in ids)
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM channels WHERE chat_id IN ({marks})", ids)
-    return {int(row["chat_id"]): _channel(row) for row in rows}
+    return {int(row["chat_id"]): _channel(row) for row in conn.execute(select, ids)}
 
 
 async def get_in(conn: aiosqlite.Connection, chat_id: int) -> Channel | None:

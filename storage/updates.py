@@ -45,6 +45,41 @@ def _store(conn: sqlite3.Connection, batch: list[tuple[int, str, str]], now: flo
     return {int(r[0]) for r in done}
 
 
+def store_handled_in(
+    conn: sqlite3.Connection, batch: list[tuple[int, str, str]], failed: set[int], now: float
+) -> set[int]:
+    """Store (update_id, kind, raw_json) rows whose handlers already ran, in the
+    transaction that writes what they returned: done, or `new` for the `failed`
+    ids (the caller records their failure next, as for a stored update).
+
+    Returns the ids that were stored before, in any state: the caller drops
+    their results (a done one was handled; a new or failed one belongs to the
+    retry pass)."""
+    if not batch:
+        return set()
+    ids = [u[0] for u in batch]
+    marks = ", ".join("?" for _ in ids)
+    known = conn.execute(f"SELECT update_id FROM updates WHERE update_id IN ({marks})", ids)
+    before = {int(r[0]) for r in known}
+    conn.executemany(
+        "INSERT OR IGNORE INTO updates (update_id, kind, raw, state, received_at, done_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (
+                uid,
+                kind,
+                raw,
+                "new" if uid in failed else "done",
+                now,
+                None if uid in failed else now,
+            )
+            for uid, kind, raw in batch
+            if uid not in before
+        ],
+    )
+    return before
+
+
 async def mark_done(db: Database, update_ids: list[int]) -> None:
     await db.write(lambda conn: mark_done_in(conn, update_ids))
 

@@ -10,10 +10,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiogram.types import TelegramObject
+from pydantic import SecretStr
 
+from bot.adtarget import AdTargetClient
 from bot.events import EventType
 from bot.joins import ChatRef, JoinSeen
+from bot.pacing import TokenBucket
 from storage import outbox
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
@@ -57,17 +61,47 @@ async def test_a_lone_join_is_handled_before_the_next_long_poll(
     url = await running.mint("00000000-0000-4000-8000-000000009101", fbc="fb.1.1.h")
     update_id = telegram.join(CHANNEL_ID, 9100001, url)
     assert update_id is not None
-    await asyncio.wait_for(gate.entered.wait(), 10)
-    await asyncio.sleep(0.2)
-    # Stored (so safe to confirm), but the next long poll waits for the handling.
-    assert await running.scalar("SELECT state FROM updates WHERE update_id = ?", (update_id,)) == (
-        "new"
-    )
-    assert telegram.confirmed_offset <= update_id
-    gate.opened.set()
+    try:
+        await asyncio.wait_for(gate.entered.wait(), 10)
+        await asyncio.sleep(0.2)
+        # Handled before it is stored (its handler only reads it), and not
+        # confirmed before it is stored: the next long poll waits.
+        assert (
+            await running.scalar("SELECT count(*) FROM updates WHERE update_id = ?", (update_id,))
+            == 0
+        )
+        assert telegram.confirmed_offset <= update_id
+    finally:
+        gate.opened.set()
     await telegram.wait_confirmed(update_id)
     (conversion,) = await adtarget.wait_for_conversions(1)
     assert conversion["telegramUserId"] == 9100001
+
+
+async def test_a_small_batch_of_other_updates_is_stored_then_handled_first(
+    tmp_path: Path,
+    telegram: FakeTelegram,
+    adtarget: FakeAdTarget,
+    custom_bridge: list[RunningBridge],
+) -> None:
+    running = await start(tmp_path, telegram, adtarget, poll_head_start=1)
+    custom_bridge.append(running)
+    gate = Gate()
+    # The bot's own membership changes: a handler that acts, so stored first.
+    running.bridge.dispatcher.my_chat_member.outer_middleware(gate)
+    update_id = telegram.bot_status_change(CHANNEL_ID, "administrator")
+    assert update_id is not None
+    try:
+        await asyncio.wait_for(gate.entered.wait(), 10)
+        await asyncio.sleep(0.2)
+        # Stored (so safe to confirm), but the next long poll waits for the handling.
+        state = await running.scalar("SELECT state FROM updates WHERE update_id = ?", (update_id,))
+        assert state == "new"
+        assert telegram.confirmed_offset <= update_id
+    finally:
+        gate.opened.set()
+    await telegram.wait_confirmed(update_id)
+    await running.wait_scalar("SELECT state FROM updates WHERE update_id = ?", "done", (update_id,))
 
 
 async def test_a_slow_handler_does_not_hold_polling_back(
@@ -78,11 +112,13 @@ async def test_a_slow_handler_does_not_hold_polling_back(
     url = await bridge.mint("00000000-0000-4000-8000-000000009102", fbc="fb.1.1.s")
     update_id = telegram.join(CHANNEL_ID, 9100002, url)
     assert update_id is not None
-    # The head start is capped (10 ms by default): the batch is confirmed while its
-    # handler still runs, and the next update is fetched meanwhile.
-    await telegram.wait_confirmed(update_id)
-    assert not gate.opened.is_set()
-    gate.opened.set()
+    try:
+        # The head start is capped (10 ms by default): the batch is confirmed while
+        # its handler still runs (it went the usual way, stored first).
+        await telegram.wait_confirmed(update_id)
+        assert not gate.opened.is_set()
+    finally:
+        gate.opened.set()
     (conversion,) = await adtarget.wait_for_conversions(1)
     assert conversion["telegramUserId"] == 9100002
 
@@ -193,3 +229,92 @@ async def test_a_stopped_courier_claims_nothing_at_the_commit(
     await asyncio.sleep(0.3)
     assert adtarget.conversions == []
     assert await running.scalar("SELECT state FROM outbox") == "pending"
+
+
+async def test_a_lone_join_is_stored_and_handled_in_one_commit(
+    bridge: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    url = await bridge.mint("00000000-0000-4000-8000-000000009105", fbc="fb.1.1.o")
+    update_id = telegram.join(CHANNEL_ID, 9100005, url)
+    assert update_id is not None
+    await adtarget.wait_for_conversions(1)
+    await telegram.wait_confirmed(update_id)
+    # Stored already done: received and handled at the same instant, one commit.
+    row = await bridge.scalar(
+        "SELECT state || ' ' || (received_at = done_at) FROM updates WHERE update_id = ?",
+        (update_id,),
+    )
+    assert row == "done 1"
+    assert await bridge.scalar("SELECT count(*) FROM joins WHERE update_id = ?", (update_id,)) == 1
+
+
+async def test_a_batch_that_cannot_be_written_at_once_is_stored_first(
+    bridge: RunningBridge,
+    telegram: FakeTelegram,
+    adtarget: FakeAdTarget,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A fault in SQLite itself, on the bridge's own connection: storing an update
+    # already done fails, storing it new (the usual way) does not.
+    await bridge.bridge.db.write(
+        lambda conn: conn.execute(
+            "CREATE TEMP TRIGGER no_done_inserts BEFORE INSERT ON updates"
+            " WHEN NEW.state = 'done' BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+        )
+    )
+    url = await bridge.mint("00000000-0000-4000-8000-000000009106", fbc="fb.1.1.w")
+    update_id = telegram.join(CHANNEL_ID, 9100006, url)
+    assert update_id is not None
+    (conversion,) = await adtarget.wait_for_conversions(1)
+    assert conversion["telegramUserId"] == 9100006
+    await bridge.wait_scalar("SELECT state FROM updates WHERE update_id = ?", "done", (update_id,))
+    assert any("storing them first" in r.getMessage() for r in caplog.records)
+    assert await bridge.scalar("SELECT count(*) FROM joins WHERE update_id = ?", (update_id,)) == 1
+
+
+async def test_on_sent_is_told_before_the_answer_comes(adtarget: FakeAdTarget) -> None:
+    adtarget.process_then_delay(1.0)
+    client = AdTargetClient(adtarget.url, SecretStr(adtarget.API_KEY), timeout=5.0)
+    sent = asyncio.Event()
+    try:
+        post = asyncio.create_task(
+            client.post(
+                "/events/conversion",
+                _row("on-sent").body,
+                idempotency_key="on-sent",
+                on_sent=sent.set,
+            )
+        )
+        await asyncio.wait_for(sent.wait(), 5)
+        # Written out; AdTarget holds its answer for a second yet.
+        assert not post.done()
+        answer = await post
+        assert answer.status == 200
+    finally:
+        await client.aclose()
+
+
+def test_the_pacer_says_whether_a_token_is_there_now() -> None:
+    bucket = TokenBucket(rate_per_second=0.1, burst=1)
+    assert bucket.ready()
+    bucket.hold(30)
+    assert not bucket.ready()
+
+
+async def test_a_send_waiting_for_the_pacer_does_not_hold_polling_back(
+    tmp_path: Path,
+    telegram: FakeTelegram,
+    adtarget: FakeAdTarget,
+    custom_bridge: list[RunningBridge],
+) -> None:
+    running = await start(tmp_path, telegram, adtarget, poll_head_start=1, send_organic="true")
+    custom_bridge.append(running)
+    # As after a 429 with Retry-After: 60, nothing goes out for a minute.
+    running.bridge.adtarget.pacer.hold(60)
+    update_id = telegram.join(CHANNEL_ID, 9100008, None)
+    assert update_id is not None
+    await running.wait_scalar("SELECT state FROM outbox", "sending")
+    # Claimed and started, but waiting for the pacer, not for the CPU: polling goes on.
+    await asyncio.wait_for(running.bridge.courier.sends_written(), 0.5)
+    await telegram.wait_confirmed(update_id)
+    assert adtarget.conversions == []
