@@ -144,8 +144,11 @@ class AdTargetClient:
         # Told each request's HTTP status ("error" when no answer came) and its
         # duration in seconds, pacing wait excluded (the bridge's /metrics).
         self.on_answer: Callable[[str, float], None] = lambda status, seconds: None
+        self._api = base_url.rstrip("/") + API_PREFIX
+        # Parsed once per path: httpx parses and merges a str URL on every request.
+        self._post_urls: dict[str, httpx.URL] = {}
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + API_PREFIX,
+            base_url=self._api,
             headers={
                 "Authorization": f"Bearer {api_key.get_secret_value()}",
                 "User-Agent": "joinbridge/0.1",
@@ -191,7 +194,7 @@ class AdTargetClient:
         try:
             return await self._timed(
                 self._http.post(
-                    path,
+                    self._post_url(path),
                     content=json.dumps(body, separators=(",", ":")),
                     headers=request_headers,
                     extensions=extensions,
@@ -200,6 +203,14 @@ class AdTargetClient:
         finally:
             if on_sent is not None:
                 on_sent()
+
+    def _post_url(self, path: str) -> httpx.URL:
+        url = self._post_urls.get(path)
+        if url is None:
+            if len(self._post_urls) >= 64:  # follow-up paths carry a user id
+                self._post_urls.clear()
+            url = self._post_urls[path] = httpx.URL(self._api + "/" + path.lstrip("/"))
+        return url
 
     async def get(self, path: str) -> ApiAnswer:
         await self.pacer.acquire()
