@@ -10,7 +10,7 @@ import pytest
 
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, CHANNEL_TITLE, OWNER, RunningBridge, bridge_settings
+from tests.harness import CHANNEL_ID, CHANNEL_TITLE, OWNER, RunningBridge, start_tracked
 
 
 @pytest.fixture
@@ -33,9 +33,7 @@ async def adtarget() -> AsyncIterator[FakeAdTarget]:
 async def _tracked_bridge(
     tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget, **overrides: str
 ) -> AsyncIterator[RunningBridge]:
-    running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget, **overrides))
-    await running.start()
-    await running.track_channel(telegram)
+    running = await start_tracked(tmp_path, telegram, adtarget, **overrides)
     yield running
     if not running.stop_event.is_set():
         assert await running.stop() == 0

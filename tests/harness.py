@@ -60,6 +60,16 @@ def bridge_settings(
     return Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})
 
 
+async def start_tracked(
+    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget, **overrides: Any
+) -> RunningBridge:
+    """A bridge started with `overrides`, the test channel tracked."""
+    running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget, **overrides))
+    await running.start()
+    await running.track_channel(telegram)
+    return running
+
+
 async def eventually(
     check: Callable[[], Awaitable[bool]] | Callable[[], bool],
     timeout: float = 10.0,

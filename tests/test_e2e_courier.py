@@ -6,22 +6,12 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, RunningBridge, bridge_settings, eventually
+from tests.harness import CHANNEL_ID, RunningBridge, eventually, start_tracked
 
 CONVERSION = "/api/v1/events/conversion"
-
-
-async def start_bridge(
-    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget, **overrides: Any
-) -> RunningBridge:
-    running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget, **overrides))
-    await running.start()
-    await running.track_channel(telegram)
-    return running
 
 
 async def join_through_minted_link(
@@ -81,7 +71,7 @@ async def test_429_retry_after_is_honoured(
 ) -> None:
     # AdTarget allows one request a second; the bridge's own pacing is set far
     # looser, so its second send draws a real 429 with Retry-After.
-    running = await start_bridge(
+    running = await start_tracked(
         tmp_path, telegram, adtarget, adtarget_rate_per_minute=6000, adtarget_burst=50
     )
     custom_bridge.append(running)
@@ -109,7 +99,7 @@ async def test_pacing_queues_a_burst_instead_of_drawing_429s(
     custom_bridge: list[RunningBridge],
 ) -> None:
     adtarget.set_rate(rate_per_minute=600, burst=3)  # 10/s after a burst of 3
-    running = await start_bridge(
+    running = await start_tracked(
         tmp_path, telegram, adtarget, adtarget_rate_per_minute=450, adtarget_burst=3
     )
     custom_bridge.append(running)
@@ -177,7 +167,7 @@ async def test_unknown_channel_is_parked(
     adtarget = FakeAdTarget(channels=channels)
     await adtarget.start()
     try:
-        running = await start_bridge(tmp_path, telegram, adtarget)
+        running = await start_tracked(tmp_path, telegram, adtarget)
         custom_bridge.append(running)
         await join_through_minted_link(running, telegram, 7000501)
         await running.wait_scalar("SELECT state FROM outbox", "parked")
@@ -195,7 +185,7 @@ async def test_retries_stop_at_the_retry_window_and_park(
     custom_bridge: list[RunningBridge],
 ) -> None:
     adtarget.fail(500, "INTERNAL_ERROR", paths=(CONVERSION,))
-    running = await start_bridge(tmp_path, telegram, adtarget, retry_window=0.5)
+    running = await start_tracked(tmp_path, telegram, adtarget, retry_window=0.5)
     custom_bridge.append(running)
     await join_through_minted_link(running, telegram, 7000601)
     await running.wait_scalar("SELECT state FROM outbox", "parked")
@@ -213,7 +203,7 @@ async def test_past_the_idempotency_window_the_lead_is_checked_before_resending(
     # AdTarget processes the conversion but the answer is lost (timeout); by the
     # time the row is retried, its first attempt is older than the window.
     adtarget.process_then_delay(1.5, paths=(CONVERSION,))
-    running = await start_bridge(
+    running = await start_tracked(
         tmp_path, telegram, adtarget, idempotency_window=0.2, backoff_base=0.4, backoff_cap=0.4
     )
     custom_bridge.append(running)

@@ -5,8 +5,9 @@ the courier, so no other round trip to SQLite comes between."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from bot.pacing import TokenBucket
 from storage import outbox
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, CHANNEL_TITLE, RunningBridge, bridge_settings
+from tests.harness import CHANNEL_ID, CHANNEL_TITLE, RunningBridge, start_tracked
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 
@@ -38,32 +39,40 @@ class Gate:
         await self.opened.wait()
         return await handler(event, data)
 
+    @contextlib.asynccontextmanager
+    async def holding(self) -> AsyncIterator[None]:
+        """The body runs while a handler is held (and polling had time to move on)."""
+        try:
+            await asyncio.wait_for(self.entered.wait(), 10)
+            await asyncio.sleep(0.2)
+            yield
+        finally:
+            self.opened.set()
 
-async def start(
-    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget, **overrides: Any
-) -> RunningBridge:
-    running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget, **overrides))
-    await running.start()
-    await running.track_channel(telegram)
-    return running
 
-
-async def test_a_lone_join_is_handled_before_the_next_long_poll(
+@pytest.fixture
+async def long_head_start(
     tmp_path: Path,
     telegram: FakeTelegram,
     adtarget: FakeAdTarget,
     custom_bridge: list[RunningBridge],
-) -> None:
-    running = await start(tmp_path, telegram, adtarget, poll_head_start=1)
+) -> RunningBridge:
+    """A bridge whose next long poll may wait a whole second for a small batch."""
+    running = await start_tracked(tmp_path, telegram, adtarget, poll_head_start=1)
     custom_bridge.append(running)
+    return running
+
+
+async def test_a_lone_join_is_handled_before_the_next_long_poll(
+    long_head_start: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    running = long_head_start
     gate = Gate()
     running.bridge.dispatcher.chat_member.outer_middleware(gate)
     url = await running.mint("00000000-0000-4000-8000-000000009101", fbc="fb.1.1.h")
     update_id = telegram.join(CHANNEL_ID, 9100001, url)
     assert update_id is not None
-    try:
-        await asyncio.wait_for(gate.entered.wait(), 10)
-        await asyncio.sleep(0.2)
+    async with gate.holding():
         # Handled before it is stored (its handler only reads it), and not
         # confirmed before it is stored: the next long poll waits.
         assert (
@@ -71,35 +80,25 @@ async def test_a_lone_join_is_handled_before_the_next_long_poll(
             == 0
         )
         assert telegram.confirmed_offset <= update_id
-    finally:
-        gate.opened.set()
     await telegram.wait_confirmed(update_id)
     (conversion,) = await adtarget.wait_for_conversions(1)
     assert conversion["telegramUserId"] == 9100001
 
 
 async def test_a_small_batch_of_other_updates_is_stored_then_handled_first(
-    tmp_path: Path,
-    telegram: FakeTelegram,
-    adtarget: FakeAdTarget,
-    custom_bridge: list[RunningBridge],
+    long_head_start: RunningBridge, telegram: FakeTelegram
 ) -> None:
-    running = await start(tmp_path, telegram, adtarget, poll_head_start=1)
-    custom_bridge.append(running)
+    running = long_head_start
     gate = Gate()
     # The bot's own membership changes: a handler that acts, so stored first.
     running.bridge.dispatcher.my_chat_member.outer_middleware(gate)
     update_id = telegram.bot_status_change(CHANNEL_ID, "administrator")
     assert update_id is not None
-    try:
-        await asyncio.wait_for(gate.entered.wait(), 10)
-        await asyncio.sleep(0.2)
+    async with gate.holding():
         # Stored (so safe to confirm), but the next long poll waits for the handling.
         state = await running.scalar("SELECT state FROM updates WHERE update_id = ?", (update_id,))
         assert state == "new"
         assert telegram.confirmed_offset <= update_id
-    finally:
-        gate.opened.set()
     await telegram.wait_confirmed(update_id)
     await running.wait_scalar("SELECT state FROM updates WHERE update_id = ?", "done", (update_id,))
 
@@ -152,7 +151,7 @@ async def test_the_join_commit_claims_its_conversion_and_sends_it(
     custom_bridge: list[RunningBridge],
 ) -> None:
     # Organic joins are reported here, so a join without a link queues a conversion.
-    running = await start(tmp_path, telegram, adtarget, send_organic="true")
+    running = await start_tracked(tmp_path, telegram, adtarget, send_organic="true")
     custom_bridge.append(running)
     bridge = running.bridge
     batch = await bridge.db.write(lambda conn: bridge.joins.persist(conn, [_join(9100003)]))
@@ -176,7 +175,7 @@ async def test_the_commit_claims_no_more_than_the_courier_has_room_for(
     adtarget: FakeAdTarget,
     custom_bridge: list[RunningBridge],
 ) -> None:
-    running = await start(tmp_path, telegram, adtarget, courier_concurrency=2)
+    running = await start_tracked(tmp_path, telegram, adtarget, courier_concurrency=2)
     custom_bridge.append(running)
     bridge = running.bridge
 
@@ -218,7 +217,7 @@ async def test_a_stopped_courier_claims_nothing_at_the_commit(
     custom_bridge: list[RunningBridge],
 ) -> None:
     # COURIER_ENABLED=false: joins are recorded and their conversions stay queued.
-    running = await start(
+    running = await start_tracked(
         tmp_path, telegram, adtarget, courier_enabled="false", send_organic="true"
     )
     custom_bridge.append(running)
@@ -307,7 +306,9 @@ async def test_a_send_waiting_for_the_pacer_does_not_hold_polling_back(
     adtarget: FakeAdTarget,
     custom_bridge: list[RunningBridge],
 ) -> None:
-    running = await start(tmp_path, telegram, adtarget, poll_head_start=1, send_organic="true")
+    running = await start_tracked(
+        tmp_path, telegram, adtarget, poll_head_start=1, send_organic="true"
+    )
     custom_bridge.append(running)
     # As after a 429 with Retry-After: 60, nothing goes out for a minute.
     running.bridge.adtarget.pacer.hold(60)
