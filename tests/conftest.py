@@ -5,12 +5,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, CHANNEL_TITLE, OWNER, RunningBridge, start_tracked
+from tests.harness import (
+    CHANNEL_ID,
+    CHANNEL_TITLE,
+    OWNER,
+    RunningBridge,
+    StartBridge,
+    start_tracked,
+)
 
 
 @pytest.fixture
@@ -54,6 +62,24 @@ async def admin_bridge(
     """A bridge with OWNER in ADMIN_IDS and the channel tracked."""
     async for running in _tracked_bridge(tmp_path, telegram, adtarget, admin_ids=str(OWNER)):
         yield running
+
+
+@pytest.fixture
+def start_bridge(
+    tmp_path: Path,
+    telegram: FakeTelegram,
+    adtarget: FakeAdTarget,
+    custom_bridge: list[RunningBridge],
+) -> StartBridge:
+    """Starts a bridge with the test's own settings, the channel tracked; each is
+    stopped cleanly at the end."""
+
+    async def start(**overrides: Any) -> RunningBridge:
+        running = await start_tracked(tmp_path, telegram, adtarget, **overrides)
+        custom_bridge.append(running)
+        return running
+
+    return start
 
 
 @pytest.fixture

@@ -60,6 +60,10 @@ def bridge_settings(
     return Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})
 
 
+# The `start_bridge` fixture: starts a tracked bridge with the given settings.
+StartBridge = Callable[..., Awaitable["RunningBridge"]]
+
+
 async def start_tracked(
     tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget, **overrides: Any
 ) -> RunningBridge:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, RunningBridge, eventually, start_tracked
+from tests.harness import CHANNEL_ID, RunningBridge, StartBridge, eventually, start_tracked
 
 CONVERSION = "/api/v1/events/conversion"
 
@@ -64,17 +64,13 @@ async def test_dropped_connection_is_retried(
 
 
 async def test_429_retry_after_is_honoured(
-    tmp_path: Path,
+    start_bridge: StartBridge,
     telegram: FakeTelegram,
     adtarget: FakeAdTarget,
-    custom_bridge: list[RunningBridge],
 ) -> None:
     # AdTarget allows one request a second; the bridge's own pacing is set far
     # looser, so its second send draws a real 429 with Retry-After.
-    running = await start_tracked(
-        tmp_path, telegram, adtarget, adtarget_rate_per_minute=6000, adtarget_burst=50
-    )
-    custom_bridge.append(running)
+    running = await start_bridge(adtarget_rate_per_minute=6000, adtarget_burst=50)
     # After the start-up GET /channels, so that call does not spend the one token.
     await eventually(lambda: bool(adtarget.received_on("/api/v1/channels")))
     adtarget.set_rate(rate_per_minute=60, burst=1)
@@ -93,16 +89,12 @@ async def test_429_retry_after_is_honoured(
 
 
 async def test_pacing_queues_a_burst_instead_of_drawing_429s(
-    tmp_path: Path,
+    start_bridge: StartBridge,
     telegram: FakeTelegram,
     adtarget: FakeAdTarget,
-    custom_bridge: list[RunningBridge],
 ) -> None:
     adtarget.set_rate(rate_per_minute=600, burst=3)  # 10/s after a burst of 3
-    running = await start_tracked(
-        tmp_path, telegram, adtarget, adtarget_rate_per_minute=450, adtarget_burst=3
-    )
-    custom_bridge.append(running)
+    running = await start_bridge(adtarget_rate_per_minute=450, adtarget_burst=3)
     for user_id in range(7000100, 7000112):
         await join_through_minted_link(running, telegram, user_id)
     await adtarget.wait_for_conversions(12, timeout=15)
@@ -179,14 +171,12 @@ async def test_unknown_channel_is_parked(
 
 
 async def test_retries_stop_at_the_retry_window_and_park(
-    tmp_path: Path,
+    start_bridge: StartBridge,
     telegram: FakeTelegram,
     adtarget: FakeAdTarget,
-    custom_bridge: list[RunningBridge],
 ) -> None:
     adtarget.fail(500, "INTERNAL_ERROR", paths=(CONVERSION,))
-    running = await start_tracked(tmp_path, telegram, adtarget, retry_window=0.5)
-    custom_bridge.append(running)
+    running = await start_bridge(retry_window=0.5)
     await join_through_minted_link(running, telegram, 7000601)
     await running.wait_scalar("SELECT state FROM outbox", "parked")
     reason = await running.scalar("SELECT parked_reason FROM outbox")
@@ -195,18 +185,14 @@ async def test_retries_stop_at_the_retry_window_and_park(
 
 
 async def test_past_the_idempotency_window_the_lead_is_checked_before_resending(
-    tmp_path: Path,
+    start_bridge: StartBridge,
     telegram: FakeTelegram,
     adtarget: FakeAdTarget,
-    custom_bridge: list[RunningBridge],
 ) -> None:
     # AdTarget processes the conversion but the answer is lost (timeout); by the
     # time the row is retried, its first attempt is older than the window.
     adtarget.process_then_delay(1.5, paths=(CONVERSION,))
-    running = await start_tracked(
-        tmp_path, telegram, adtarget, idempotency_window=0.2, backoff_base=0.4, backoff_cap=0.4
-    )
-    custom_bridge.append(running)
+    running = await start_bridge(idempotency_window=0.2, backoff_base=0.4, backoff_cap=0.4)
     await join_through_minted_link(running, telegram, 7000701)
     await running.wait_scalar("SELECT state FROM outbox", "delivered")
     assert len(adtarget.received_on(CONVERSION)) == 1, "the retry was not sent"

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from bot.pacing import TokenBucket
 from storage import outbox
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, CHANNEL_TITLE, RunningBridge, start_tracked
+from tests.harness import CHANNEL_ID, CHANNEL_TITLE, RunningBridge, StartBridge
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 
@@ -51,16 +50,9 @@ class Gate:
 
 
 @pytest.fixture
-async def long_head_start(
-    tmp_path: Path,
-    telegram: FakeTelegram,
-    adtarget: FakeAdTarget,
-    custom_bridge: list[RunningBridge],
-) -> RunningBridge:
+async def long_head_start(start_bridge: StartBridge) -> RunningBridge:
     """A bridge whose next long poll may wait a whole second for a small batch."""
-    running = await start_tracked(tmp_path, telegram, adtarget, poll_head_start=1)
-    custom_bridge.append(running)
-    return running
+    return await start_bridge(poll_head_start=1)
 
 
 async def test_a_lone_join_is_handled_before_the_next_long_poll(
@@ -145,14 +137,12 @@ def _row(key: str) -> outbox.NewRow:
 
 
 async def test_the_join_commit_claims_its_conversion_and_sends_it(
-    tmp_path: Path,
+    start_bridge: StartBridge,
     telegram: FakeTelegram,
     adtarget: FakeAdTarget,
-    custom_bridge: list[RunningBridge],
 ) -> None:
     # Organic joins are reported here, so a join without a link queues a conversion.
-    running = await start_tracked(tmp_path, telegram, adtarget, send_organic="true")
-    custom_bridge.append(running)
+    running = await start_bridge(send_organic="true")
     bridge = running.bridge
     batch = await bridge.db.write(lambda conn: bridge.joins.persist(conn, [_join(9100003)]))
     (claimed,) = batch.claimed
@@ -170,13 +160,11 @@ async def test_the_join_commit_claims_its_conversion_and_sends_it(
 
 
 async def test_the_commit_claims_no_more_than_the_courier_has_room_for(
-    tmp_path: Path,
+    start_bridge: StartBridge,
     telegram: FakeTelegram,
     adtarget: FakeAdTarget,
-    custom_bridge: list[RunningBridge],
 ) -> None:
-    running = await start_tracked(tmp_path, telegram, adtarget, courier_concurrency=2)
-    custom_bridge.append(running)
+    running = await start_bridge(courier_concurrency=2)
     bridge = running.bridge
 
     def queue_and_claim(conn: Any) -> list[outbox.OutboxRow]:
@@ -211,16 +199,12 @@ async def test_a_paused_courier_claims_nothing_at_the_commit(
 
 
 async def test_a_stopped_courier_claims_nothing_at_the_commit(
-    tmp_path: Path,
+    start_bridge: StartBridge,
     telegram: FakeTelegram,
     adtarget: FakeAdTarget,
-    custom_bridge: list[RunningBridge],
 ) -> None:
     # COURIER_ENABLED=false: joins are recorded and their conversions stay queued.
-    running = await start_tracked(
-        tmp_path, telegram, adtarget, courier_enabled="false", send_organic="true"
-    )
-    custom_bridge.append(running)
+    running = await start_bridge(courier_enabled="false", send_organic="true")
     bridge = running.bridge
     batch = await bridge.db.write(lambda conn: bridge.joins.persist(conn, [_join(9100004)]))
     assert batch.claimed == []
@@ -301,15 +285,11 @@ def test_the_pacer_says_whether_a_token_is_there_now() -> None:
 
 
 async def test_a_send_waiting_for_the_pacer_does_not_hold_polling_back(
-    tmp_path: Path,
+    start_bridge: StartBridge,
     telegram: FakeTelegram,
     adtarget: FakeAdTarget,
-    custom_bridge: list[RunningBridge],
 ) -> None:
-    running = await start_tracked(
-        tmp_path, telegram, adtarget, poll_head_start=1, send_organic="true"
-    )
-    custom_bridge.append(running)
+    running = await start_bridge(poll_head_start=1, send_organic="true")
     # As after a 429 with Retry-After: 60, nothing goes out for a minute.
     running.bridge.adtarget.pacer.hold(60)
     update_id = telegram.join(CHANNEL_ID, 9100008, None)
