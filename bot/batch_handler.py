@@ -83,7 +83,6 @@ class BatchHandler:
         sinks: Sequence[BatchSink],
         stats: PollerStats,
         *,
-        workflow: dict[str, Any],
         retry_base: float,
         retry_cap: float,
     ) -> None:
@@ -92,7 +91,6 @@ class BatchHandler:
         self._db = db
         self._sinks = list(sinks)
         self._stats = stats
-        self._workflow = workflow
         self._retry_base = retry_base
         self._retry_cap = retry_cap
 
@@ -197,7 +195,7 @@ class BatchHandler:
         failed: Failed = []
         for update in updates:
             try:
-                result = await self._dp.feed_update(self._bot, update, **self._workflow)
+                result = await self._dp.feed_update(self._bot, update)
             except Exception as error:  # any handler failure keeps the update
                 failed.append((update, error))
             else:

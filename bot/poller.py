@@ -75,10 +75,6 @@ class PollerConfig:
     head_start: float = 0.01
 
 
-async def _nothing_to_send() -> None:
-    return None
-
-
 class Poller:
     def __init__(
         self,
@@ -87,9 +83,9 @@ class Poller:
         db: Database,
         sinks: Sequence[BatchSink],
         config: PollerConfig,
-        workflow: dict[str, Any] | None = None,
+        *,
         stats: PollerStats | None = None,
-        sends_written: Callable[[], Awaitable[None]] = _nothing_to_send,
+        sends_written: Callable[[], Awaitable[None]],
     ) -> None:
         self._bot = bot
         self._db = db
@@ -102,7 +98,6 @@ class Poller:
             db,
             sinks,
             self.stats,
-            workflow=workflow or {},
             retry_base=config.update_retry_base,
             retry_cap=config.update_retry_cap,
         )
@@ -228,13 +223,11 @@ class Poller:
         if raw is not None and [r.get("update_id") for r in raw] == [u.update_id for u in batch]:
             # As Telegram sent them: cheaper than serialising the parsed models again.
             pairs = zip(batch, raw, strict=True)
-            rows = [(u.update_id, u.event_type, raw_json(r)) for u, r in pairs]
-        else:
-            rows = [
-                (u.update_id, u.event_type, u.model_dump_json(exclude_unset=True, by_alias=True))
-                for u in batch
-            ]
-        return rows
+            return [(u.update_id, u.event_type, raw_json(r)) for u, r in pairs]
+        return [
+            (u.update_id, u.event_type, u.model_dump_json(exclude_unset=True, by_alias=True))
+            for u in batch
+        ]
 
     async def _store(self, rows: list[InboxRow]) -> set[int]:
         already_done = await inbox.store_batch(self._db, rows)
