@@ -134,7 +134,8 @@ class BatchHandler:
             )
 
         try:
-            persisted = await self._db.write(write)
+            # A few rows, and polling waits for them: worth sparing the thread hop.
+            persisted = await self._db.write(write, inline=True)
         except Exception as error:
             log.warning(
                 "could not write updates %d-%d with their results (%s: %s); storing them first",

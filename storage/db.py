@@ -55,12 +55,23 @@ class Database:
                     await self._conn.rollback()
                 raise
 
-    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, work: Callable[[sqlite3.Connection], T], *, inline: bool = False) -> T:
         """Run `work(conn)` inside `BEGIN IMMEDIATE` … `COMMIT` on the writer's thread,
         in one round trip; rolled back if it raises. `work` must not touch the event
-        loop: it runs on another thread."""
+        loop: it runs on another thread.
+
+        `inline=True` runs it on the event loop's thread instead. That saves the
+        round trip (~130 µs here when the writer's thread has been asleep, as it
+        is between lone joins), but the loop waits for the whole transaction: only
+        for work of a few rows on a latency path, such as a lone join's commit."""
         conn = self._conn
         async with self._lock:
+            if inline:
+                # Holding the lock means aiosqlite's thread is idle: every call made
+                # under it has returned. The connection is opened with
+                # check_same_thread=False for this; the lock keeps the two threads
+                # from ever using it at once.
+                return _in_transaction(conn._conn, work)
             # aiosqlite has no public "run this on your thread": `_execute` and `_conn`
             # are how its own methods do it (pinned in pyproject; tests/test_storage.py
             # fails first if a release changes them).
@@ -124,7 +135,8 @@ def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection
 async def open_database(path: Path) -> Database:
     """Open (creating folders and file), set pragmas, apply pending migrations."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = await aiosqlite.connect(path, isolation_level=None)
+    # check_same_thread=False: `write(inline=True)`, under the lock (see there).
+    conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.row_factory = sqlite3.Row
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")

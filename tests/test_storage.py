@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -241,6 +243,49 @@ async def test_write_runs_the_work_in_one_transaction_and_rolls_back_on_error(
     assert [r[0] for r in rows] == [1]
     # The connection is usable and out of any transaction afterwards.
     assert await db.write(lambda conn: conn.in_transaction) is True
+    async with db.reader() as conn:
+        assert not conn.in_transaction
+
+
+async def test_an_inline_write_runs_on_the_loop_thread_one_at_a_time(db: Database) -> None:
+    """`write(inline=True)` skips the hop to aiosqlite's thread, and still never
+    runs beside a write or a read that holds the connection there."""
+    loop_thread = threading.get_ident()
+    threads: list[tuple[str, int]] = []
+
+    def add(update_id: int, tag: str) -> Callable[[sqlite3.Connection], int]:
+        def work(conn: sqlite3.Connection) -> int:
+            assert conn.in_transaction
+            threads.append((tag, threading.get_ident()))
+            conn.execute(
+                "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (?, 'x', '{}', 0)",
+                (update_id,),
+            )
+            if tag == "hop":  # long enough for an unserialised inline write to land in it
+                time.sleep(0.02)
+            return int(conn.execute("SELECT count(*) FROM updates").fetchone()[0])
+
+        return work
+
+    hop, inline = await asyncio.gather(
+        db.write(add(1, "hop")), db.write(add(2, "inline"), inline=True)
+    )
+    assert (hop, inline) == (1, 2)
+    (first, first_thread), second = threads
+    assert first == "hop"
+    assert first_thread != loop_thread
+    assert second == ("inline", loop_thread)
+
+    def fail(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (3, 'x', '{}', 0)"
+        )
+        raise RuntimeError("half-way")
+
+    with pytest.raises(RuntimeError, match="half-way"):
+        await db.write(fail, inline=True)
+    rows = await db.fetchall("SELECT update_id FROM updates ORDER BY update_id")
+    assert [r[0] for r in rows] == [1, 2]
     async with db.reader() as conn:
         assert not conn.in_transaction
 
