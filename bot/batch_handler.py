@@ -134,7 +134,6 @@ class BatchHandler:
             )
 
         try:
-            # A few rows, and polling waits for them: worth sparing the thread hop.
             persisted = await self._db.write(write, inline=True)
         except Exception as error:
             log.warning(
@@ -221,7 +220,7 @@ class BatchHandler:
             inbox.mark_done_in(conn, update_ids)
             return persisted
 
-        persisted = await self._db.write(write)
+        persisted = await self._db.write(write, inline=True)
         for sink, outcome in persisted:
             sink.after_commit(outcome)
         self._stats.handled += len(handled)

@@ -6,12 +6,14 @@ never interleave statements inside each other's transaction.
 
 Two ways to write. `transaction()` yields the aiosqlite connection: each
 statement is a round trip to its thread. `write(work)` runs a plain function
-over the `sqlite3.Connection` on that thread, BEGIN to COMMIT in one round trip:
-the ingest path uses it. A round trip is cheap alone, but it waits for the event
-loop to come back from whatever it is doing (parsing a getUpdates batch takes
-milliseconds), and a dozen of them per batch kept the single writer waiting
-most of the time (bench/RESULTS.md). Storage functions that take a
-`sqlite3.Connection` are meant for `write`.
+over the `sqlite3.Connection` on that thread, BEGIN to COMMIT in one round trip.
+A round trip is cheap alone, but it waits for the event loop to come back from
+whatever it is doing (parsing a getUpdates batch takes milliseconds), and a
+dozen of them per batch kept the single writer waiting most of the time
+(bench/RESULTS.md). The ingest path (storing updates, writing what their
+handlers returned) goes further: `write(work, inline=True)` runs on the event
+loop's own thread. Storage functions that take a `sqlite3.Connection` are
+meant for `write`.
 """
 
 from __future__ import annotations
@@ -58,12 +60,16 @@ class Database:
     async def write(self, work: Callable[[sqlite3.Connection], T], *, inline: bool = False) -> T:
         """Run `work(conn)` inside `BEGIN IMMEDIATE` … `COMMIT` on the writer's thread,
         in one round trip; rolled back if it raises. `work` must not touch the event
-        loop: it runs on another thread.
+        loop: it may run on another thread.
 
-        `inline=True` runs it on the event loop's thread instead. That saves the
-        round trip (~130 µs here when the writer's thread has been asleep, as it
-        is between lone joins), but the loop waits for the whole transaction: only
-        for work of a few rows on a latency path, such as a lone join's commit."""
+        `inline=True` runs it on the event loop's thread instead, for the ingest
+        path. That saves the round trip (~130 µs when the writer's thread has been
+        asleep, as between lone joins) and, in a getUpdates burst, the writer's
+        Python contending for the GIL with the parse: each statement gives the GIL
+        up and waits to take it back (bench/RESULTS.md). The loop waits for the
+        transaction meanwhile. When another process holds the write lock (a CLI
+        command, a backup), the work goes to the writer's thread after all and waits
+        there, never in the loop."""
         conn = self._conn
         async with self._lock:
             if inline:
@@ -71,7 +77,8 @@ class Database:
                 # under it has returned. The connection is opened with
                 # check_same_thread=False for this; the lock keeps the two threads
                 # from ever using it at once.
-                return _in_transaction(conn._conn, work)
+                with contextlib.suppress(_WriteLockBusy):
+                    return _in_transaction(conn._conn, work, wait=False)
             # aiosqlite has no public "run this on your thread": `_execute` and `_conn`
             # are how its own methods do it (pinned in pyproject; tests/test_storage.py
             # fails first if a release changes them).
@@ -118,8 +125,17 @@ class Database:
             await conn.close()
 
 
-def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
-    conn.execute("BEGIN IMMEDIATE")
+class _WriteLockBusy(Exception):
+    """Another connection holds SQLite's write lock."""
+
+
+def _in_transaction(
+    conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T], *, wait: bool = True
+) -> T:
+    if wait:
+        conn.execute("BEGIN IMMEDIATE")
+    else:
+        _begin_or_busy(conn)
     try:
         result = work(conn)
         conn.execute("COMMIT")
@@ -130,6 +146,22 @@ def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection
             conn.rollback()
         raise
     return result
+
+
+def _begin_or_busy(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE without waiting: _WriteLockBusy if the lock is taken.
+
+    Only BEGIN can meet the lock: once a transaction holds it (IMMEDIATE, in WAL
+    mode) its statements and COMMIT do not wait for other connections."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as error:
+        if error.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+            raise _WriteLockBusy from error
+        raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 async def open_database(path: Path) -> Database:

@@ -29,7 +29,8 @@ async def store_batch(db: Database, batch: list[tuple[int, str, str]]) -> set[in
     """
     if not batch:
         return set()
-    return await db.write(lambda conn: _store(conn, batch, time.time()))
+    # On the loop's thread: the next getUpdates waits for this commit anyway.
+    return await db.write(lambda conn: _store(conn, batch, time.time()), inline=True)
 
 
 def _store(conn: sqlite3.Connection, batch: list[tuple[int, str, str]], now: float) -> set[int]:

@@ -290,6 +290,38 @@ async def test_an_inline_write_runs_on_the_loop_thread_one_at_a_time(db: Databas
         assert not conn.in_transaction
 
 
+async def test_an_inline_write_waits_for_another_process_off_the_loop(db: Database) -> None:
+    """A CLI command or a backup holding the write lock must not freeze the event
+    loop for the busy timeout: the inline write goes to the writer's thread."""
+    other = sqlite3.connect(db.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    ran_on: list[int] = []
+
+    def add(conn: sqlite3.Connection) -> None:
+        ran_on.append(threading.get_ident())
+        conn.execute(
+            "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (7, 'x', '{}', 0)"
+        )
+
+    try:
+        write = asyncio.create_task(db.write(add, inline=True))
+        await asyncio.sleep(0.05)
+        # Blocked in the loop, the write would have used up its busy timeout and
+        # failed by now; it is still waiting, and the loop ran this line.
+        assert not write.done()
+        other.execute("COMMIT")
+        await write
+    finally:
+        other.close()
+    assert ran_on != [threading.get_ident()]
+    assert len(ran_on) == 1
+    rows = await db.fetchall("SELECT update_id FROM updates")
+    assert [r[0] for r in rows] == [7]
+    # The busy timeout is back for everything after.
+    async with db.reader() as conn:
+        assert [tuple(r) for r in await conn.execute_fetchall("PRAGMA busy_timeout")] == [(5000,)]
+
+
 async def test_a_failed_commit_leaves_the_connection_usable(db: Database) -> None:
     # A deferred foreign key fails at COMMIT, not at the INSERT: the commit path.
     def orphan(conn: sqlite3.Connection) -> None:
