@@ -255,10 +255,13 @@ async def startup() -> float:
 
 
 async def aiogram_floor() -> tuple[float, float]:
-    """(seconds, MB) for a bare `import aiogram` process, measured the same way."""
+    """(seconds, MB) for a bare `import aiogram` process, measured the same way.
+
+    Its peak is VmHWM, as for the bots. Not `ru_maxrss`: Linux keeps that across
+    exec, so it reported the forking harness's own size (~350 MB), not aiogram's."""
     code = (
-        "import resource, aiogram, aiogram.types, aiogram.methods;"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "import aiogram, aiogram.types, aiogram.methods;"
+        "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])"
     )
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
