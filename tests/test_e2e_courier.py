@@ -93,15 +93,17 @@ async def test_pacing_queues_a_burst_instead_of_drawing_429s(
     telegram: FakeTelegram,
     adtarget: FakeAdTarget,
 ) -> None:
-    adtarget.set_rate(rate_per_minute=600, burst=3)  # 10/s after a burst of 3
+    # 10/s after a burst of 5 at AdTarget, 7.5/s after 3 at the bridge. The margin
+    # absorbs a stall of up to ~0.4 s that holds some sends back and lets them
+    # arrive together (the fake shares this busy process with the test).
+    adtarget.set_rate(rate_per_minute=600, burst=5)
     running = await start_bridge(adtarget_rate_per_minute=450, adtarget_burst=3)
     for user_id in range(7000100, 7000112):
         await join_through_minted_link(running, telegram, user_id)
     await adtarget.wait_for_conversions(12, timeout=15)
     assert adtarget.status_counts().get(429, 0) == 0
     times = [r.at for r in adtarget.received_on(CONVERSION)]
-    # 12 sends at 7.5/s after a burst of 3 need at least ~1.2 s; the 25 % margin
-    # under the fake's 10/s keeps scheduling jitter on a busy machine from a 429.
+    # 12 sends at 7.5/s after a burst of 3 need at least ~1.2 s.
     assert times[-1] - times[0] >= 0.9
 
 
