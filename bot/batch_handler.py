@@ -7,7 +7,7 @@ Two ways in, both used by the poller (bot/poller.py):
 - `process_unstored`, for a small batch of chat_member updates while nothing
   else is being handled. Their handlers only read the update, so they can run
   first; the raw updates, the joins and their outbox rows then commit together,
-  one round trip to SQLite instead of two. The batch is still committed before
+  one transaction instead of two. The batch is still committed before
   the next getUpdates confirms it. A handler that raises leaves its update
   stored and failed, as the usual way does; one that takes too long, or a
   write that fails, sends the batch the usual way instead.
@@ -46,8 +46,9 @@ class BatchSink(Protocol):
     """Persists what handlers returned, inside the transaction that marks their
     updates done; `after_commit` runs once that transaction committed.
 
-    `persist` runs on the database's thread (`Database.write`): the whole batch
-    is one round trip, and it must not touch the event loop."""
+    `persist` runs inside `Database.write`, the whole batch in one call: on the
+    event loop's thread as a rule, on aiosqlite's when another process holds the
+    write lock. So it must not touch the event loop."""
 
     def wants(self, result: object) -> bool: ...
 

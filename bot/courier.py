@@ -80,12 +80,13 @@ class Courier:
         """Claim due rows in the caller's transaction, as many as there is room
         for; the caller hands them to `send_claimed` once it has committed.
 
-        Runs on the database's thread, inside the commit that queued a join's
-        conversion: the send then starts without a claim of its own, the last
-        round trip to SQLite between a join and its POST. What it reads of the
-        courier's state (written on the event loop) may be a step behind, so
-        sends in flight can briefly exceed the concurrency by one such claim;
-        the pacer still holds the rate.
+        Runs inside the commit that queued a join's conversion (`Database.write`):
+        the send then starts without a claim of its own, the last separate trip to
+        SQLite between a join and its POST. That commit may run on aiosqlite's
+        thread (when another process holds the write lock), where what it reads
+        of the courier's state may be a step behind: sends in flight can then
+        briefly exceed the concurrency by one such claim; the pacer still holds
+        the rate.
         """
         if not self._running or self._pause is not None:
             return []

@@ -146,7 +146,7 @@ class JoinRecorder:
 
     def persist(self, conn: sqlite3.Connection, items: Sequence[object]) -> JoinBatch:
         """Write joins, their outbox rows and leaves in the caller's transaction
-        (on the database's thread: see `Database.write`), and claim the new rows
+        (inside `Database.write`: it must not touch the event loop), and claim the new rows
         for the courier in it."""
         seen_joins = [i for i in items if isinstance(i, JoinSeen)]
         leaves = [i for i in items if isinstance(i, LeaveSeen)]

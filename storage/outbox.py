@@ -134,7 +134,7 @@ async def claim(
 
 
 def claim_in(conn: sqlite3.Connection, *, limit: int, lease: float, now: float) -> list[OutboxRow]:
-    """`claim`, in the caller's transaction (on the database's thread)."""
+    """`claim`, in the caller's transaction (inside `Database.write`)."""
     due = conn.execute(
         "SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?"
         " ORDER BY priority, next_attempt_at, id LIMIT ?",
