@@ -152,18 +152,20 @@ class JoinRecorder:
         leaves = [i for i in items if isinstance(i, LeaveSeen)]
         chats = [i.chat for i in seen_joins] + [i.chat for i in leaves]
         known = channels.ensure_known(conn, [(c.id, c.title, c.username, c.type) for c in chats])
-        links = invite_links.find_by_urls(
+        found = invite_links.find_with_visits(
             conn, sorted({j.link_url for j in seen_joins if j.link_url})
         )
         # A URL only counts for the chat it was minted in.
         matched = [
-            link if (link := links.get(j.link_url or "")) and link.chat_id == j.chat.id else None
+            hit[0] if (hit := found.get(j.link_url or "")) and hit[0].chat_id == j.chat.id else None
             for j in seen_joins
         ]
         echoes = self._echoes(conn, seen_joins, matched)
-        attributions = visits.get_many(
-            conn, sorted({link.visit_id for link in matched if link and link.visit_id})
-        )
+        attributions = {
+            link.visit_id: visit
+            for link, visit in found.values()
+            if link.visit_id is not None and visit is not None
+        }
         rows = []
         for index, (j, link) in enumerate(zip(seen_joins, matched, strict=True)):
             if index in echoes:
@@ -252,6 +254,7 @@ class JoinRecorder:
     ) -> list[JoinRecorded]:
         rows: list[outbox.NewRow] = []
         recorded: list[JoinRecorded] = []
+        events: dict[int, EventType] = {}  # by channel: parsed once per batch
         for index, (seen, link) in enumerate(zip(seen_joins, matched, strict=True)):
             kind = join_kind(link)
             join_id = new_ids.get(index)
@@ -285,7 +288,10 @@ class JoinRecorder:
             if not report:
                 continue
             channel = known[seen.chat.id]
-            event = effective_event(channel, self._policy.default_event)
+            if (event := events.get(channel.chat_id)) is None:
+                event = events[channel.chat_id] = effective_event(
+                    channel, self._policy.default_event
+                )
             visit = attributions.get(link.visit_id) if link and link.visit_id else None
             rows.append(
                 outbox.NewRow(

@@ -38,13 +38,13 @@ def insert_many(conn: sqlite3.Connection, rows: list[NewJoin]) -> dict[int, int]
 
     Returns {index in `rows`: new join id} for the rows that were new. Runs in
     the caller's BEGIN IMMEDIATE transaction, so ids above the previous maximum
-    are exactly this call's rows.
+    are exactly this call's rows, given in order.
     """
     if not rows:
         return {}
     before = int(conn.execute("SELECT coalesce(max(id), 0) FROM joins").fetchone()[0])
     now = time.time()
-    conn.executemany(
+    inserted = conn.executemany(
         "INSERT OR IGNORE INTO joins (chat_id, user_id, kind, link_id, link_url,"
         " via_join_request, joined_at, update_id, created_at, utm_source, utm_campaign, campaign)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -66,15 +66,14 @@ def insert_many(conn: sqlite3.Connection, rows: list[NewJoin]) -> dict[int, int]
             for r in rows
         ],
     )
+    if inserted.rowcount == len(rows):
+        # All new (the usual case): no need to read them back.
+        return {index: before + 1 + index for index in range(len(rows))}
     created = conn.execute(
         "SELECT id, chat_id, user_id, link_id, joined_at FROM joins WHERE id > ?", (before,)
     )
-    by_key = {
-        (r["chat_id"], r["user_id"], r["link_id"], None if r["link_id"] else r["joined_at"]): int(
-            r["id"]
-        )
-        for r in created
-    }
+    # The unique keys: (chat, user, link), or (chat, user, time) for a link-less join.
+    by_key = {(r[1], r[2], r[3], None if r[3] else r[4]): int(r[0]) for r in created}
     new: dict[int, int] = {}
     for index, r in enumerate(rows):
         key = (r.chat_id, r.user_id, r.link_id, None if r.link_id else r.joined_at)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
+import orjson
 
 from storage.db import Database
 
@@ -56,7 +57,7 @@ def _row(row: sqlite3.Row) -> OutboxRow:
         id=row["id"],
         kind=row["kind"],
         path=row["path"],
-        body=json.loads(row["body"]),
+        body=orjson.loads(row["body"]),
         headers=json.loads(row["headers"]) if row["headers"] else {},
         idempotency_key=row["idempotency_key"],
         telegram_user_id=row["telegram_user_id"],
@@ -93,11 +94,20 @@ _INSERT = (
 )
 
 
+def _body_json(body: dict[str, Any]) -> str:
+    # orjson: the same compact JSON, ~8x faster (it counts in a burst of joins).
+    try:
+        return orjson.dumps(body).decode()
+    except orjson.JSONEncodeError:
+        # A lone surrogate, say, which only json escapes; the row is still kept.
+        return json.dumps(body, separators=(",", ":"))
+
+
 def _params(row: NewRow, now: float) -> tuple[Any, ...]:
     return (
         row.kind,
         row.path,
-        json.dumps(row.body, separators=(",", ":")),
+        _body_json(row.body),
         json.dumps(row.headers) if row.headers else None,
         row.idempotency_key,
         row.join_id,

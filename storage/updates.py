@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.db import Database
+from storage.sql import marks
 
 # Telegram keeps unconfirmed updates for 24 h; a done row older than twice that
 # can no longer come back, so it is only dead weight.
@@ -34,14 +35,17 @@ async def store_batch(db: Database, batch: list[tuple[int, str, str]]) -> set[in
 
 
 def _store(conn: sqlite3.Connection, batch: list[tuple[int, str, str]], now: float) -> set[int]:
-    ids = [u[0] for u in batch]
-    marks = ", ".join("?" for _ in ids)
-    done = conn.execute(
-        f"SELECT update_id FROM updates WHERE state = 'done' AND update_id IN ({marks})", ids
-    ).fetchall()
-    conn.executemany(
+    stored = conn.executemany(
         "INSERT OR IGNORE INTO updates (update_id, kind, raw, received_at) VALUES (?, ?, ?, ?)",
         [(uid, kind, raw, now) for uid, kind, raw in batch],
+    )
+    if stored.rowcount == len(batch):
+        return set()  # all new: the usual case, one statement
+    # A redelivery: which of those stored before are done? (Ours are `new`.)
+    ids = [u[0] for u in batch]
+    done = conn.execute(
+        f"SELECT update_id FROM updates WHERE state = 'done' AND update_id IN ({marks(len(ids))})",
+        ids,
     )
     return {int(r[0]) for r in done}
 
@@ -58,27 +62,26 @@ def store_handled_in(
     retry pass)."""
     if not batch:
         return set()
-    ids = [u[0] for u in batch]
-    marks = ", ".join("?" for _ in ids)
-    known = conn.execute(f"SELECT update_id FROM updates WHERE update_id IN ({marks})", ids)
-    before = {int(r[0]) for r in known}
-    conn.executemany(
+    stored = conn.executemany(
         "INSERT OR IGNORE INTO updates (update_id, kind, raw, state, received_at, done_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         [
-            (
-                uid,
-                kind,
-                raw,
-                "new" if uid in failed else "done",
-                now,
-                None if uid in failed else now,
-            )
+            (uid, kind, raw, "new", now, None)
+            if uid in failed
+            else (uid, kind, raw, "done", now, now)
             for uid, kind, raw in batch
-            if uid not in before
         ],
     )
-    return before
+    if stored.rowcount == len(batch):
+        return set()  # all new: the usual case, one statement
+    # Rows this call stored carry its `now`; the others were there before.
+    ids = [u[0] for u in batch]
+    before = conn.execute(
+        f"SELECT update_id FROM updates WHERE update_id IN ({marks(len(ids))})"
+        " AND received_at != ?",
+        [*ids, now],
+    )
+    return {int(r[0]) for r in before}
 
 
 async def mark_done(db: Database, update_ids: list[int]) -> None:
@@ -101,9 +104,8 @@ def still_stored_in(conn: sqlite3.Connection, update_ids: list[int]) -> set[int]
     updates, and what a handler made of one since must not be written back."""
     if not update_ids:
         return set()
-    marks = ", ".join("?" for _ in update_ids)
     rows = conn.execute(
-        f"SELECT update_id FROM updates WHERE update_id IN ({marks})", update_ids
+        f"SELECT update_id FROM updates WHERE update_id IN ({marks(len(update_ids))})", update_ids
     ).fetchall()
     return {int(r[0]) for r in rows}
 

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, fields
 
 import aiosqlite
 
+from storage.sql import marks
+
 
 @dataclass(frozen=True, slots=True)
 class Attribution:
@@ -37,7 +39,8 @@ _UPDATABLE = ATTRIBUTION_COLUMNS[1:]
 
 
 def _attribution(row: sqlite3.Row) -> Attribution:
-    return Attribution(**{name: row[name] for name in ATTRIBUTION_COLUMNS})
+    """From a row of `id` then ATTRIBUTION_COLUMNS, in that order (_SELECT_BY_ID)."""
+    return Attribution(*row[1:])
 
 
 def _upsert_sql(returning: str = "") -> str:
@@ -89,9 +92,8 @@ async def get_by_id(conn: aiosqlite.Connection, visit_id: int) -> Attribution | 
 def get_many(conn: sqlite3.Connection, visit_ids: list[int]) -> dict[int, Attribution]:
     if not visit_ids:
         return {}
-    marks = ", ".join("?" for _ in visit_ids)
-    rows = conn.execute(f"{_SELECT_BY_ID} IN ({marks})", visit_ids)
-    return {int(row["id"]): _attribution(row) for row in rows}
+    rows = conn.execute(f"{_SELECT_BY_ID} IN ({marks(len(visit_ids))})", visit_ids)
+    return {int(row[0]): _attribution(row) for row in rows}
 
 
 async def ensure(conn: aiosqlite.Connection, visit: Attribution) -> int:

@@ -164,6 +164,106 @@ async def test_join_natural_keys(db: Database) -> None:
     assert [r[0] for r in rows] == [30, 30]
 
 
+async def _add_channel(db: Database, chat_id: int = -1001) -> None:
+    async with db.transaction() as conn:
+        await channels.upsert(
+            conn,
+            chat_id,
+            title="T",
+            username=None,
+            chat_type="channel",
+            active=True,
+            can_invite_users=True,
+        )
+
+
+async def test_a_batch_of_new_joins_gets_each_its_own_id(db: Database) -> None:
+    # All new: the ids are read off the table's maximum, not back from the rows.
+    rows = [
+        joins.NewJoin(
+            chat_id=-1001,
+            user_id=user_id,
+            kind="organic",
+            link_id=None,
+            link_url=None,
+            via_join_request=False,
+            joined_at=100 + user_id,
+            update_id=user_id,
+        )
+        for user_id in (5, 3, 9)
+    ]
+    await _add_channel(db)
+    await db.write(lambda conn: joins.insert_many(conn, rows[:1]))
+    second = await db.write(lambda conn: joins.insert_many(conn, rows[1:]))
+    stored = {r[0]: r[1] for r in await db.fetchall("SELECT id, user_id FROM joins")}
+    assert {index: stored[join_id] for index, join_id in second.items()} == {0: 3, 1: 9}
+
+
+async def test_links_are_found_with_the_visit_they_were_handed_to(db: Database) -> None:
+    await _add_channel(db)
+    async with db.transaction() as conn:
+        visit_id = await visits.upsert(
+            conn, visits.Attribution(temp_id="t9", fbc="fb.1.1.z", user_agent="UA")
+        )
+        handed = await invite_links.insert(
+            conn,
+            url="https://t.me/+handed",
+            chat_id=-1001,
+            kind="visitor",
+            name="jb-h",
+            visit_id=visit_id,
+            campaign=None,
+            creates_join_request=True,
+            expire_date=123,
+        )
+        await invite_links.insert(
+            conn,
+            url="https://t.me/+campaign",
+            chat_id=-1001,
+            kind="campaign",
+            name="spring",
+            visit_id=None,
+            campaign="spring",
+            creates_join_request=False,
+            expire_date=None,
+        )
+    urls = ["https://t.me/+handed", "https://t.me/+campaign", "https://t.me/+unknown"]
+    found = await db.write(lambda conn: invite_links.find_with_visits(conn, urls))
+    assert set(found) == set(urls[:2])
+    link, visit = found["https://t.me/+handed"]
+    assert link == handed
+    assert visit == visits.Attribution(temp_id="t9", fbc="fb.1.1.z", user_agent="UA")
+    campaign, none = found["https://t.me/+campaign"]
+    assert (campaign.kind, campaign.campaign, none) == ("campaign", "spring", None)
+
+
+async def test_handled_updates_stored_with_their_results_tell_which_were_stored_before(
+    db: Database,
+) -> None:
+    await updates.store_batch(db, [(1, "chat_member", '{"update_id": 1}')])
+    batch = [(n, "chat_member", f'{{"update_id": {n}}}') for n in (1, 2, 3)]
+    before = await db.write(
+        lambda conn: updates.store_handled_in(conn, batch, failed={3}, now=time.time())
+    )
+    assert before == {1}
+    states = await db.fetchall("SELECT update_id, state FROM updates ORDER BY update_id")
+    # 1 stays as the retry pass owns it; 3 failed and is recorded as such next.
+    assert [tuple(r) for r in states] == [(1, "new"), (2, "done"), (3, "new")]
+    again = await db.write(
+        lambda conn: updates.store_handled_in(conn, batch[1:], failed=set(), now=time.time())
+    )
+    assert again == {2, 3}
+
+
+async def test_an_outbox_body_orjson_cannot_encode_is_kept(db: Database) -> None:
+    row = outbox.NewRow(
+        kind="conversion", path="/c", body={"userAgent": "bad \ud800 text"}, idempotency_key="s"
+    )
+    await db.write(lambda conn: outbox.enqueue_many(conn, [row]))
+    stored = (await db.fetchall("SELECT body FROM outbox"))[0][0]
+    assert json.loads(stored) == {"userAgent": "bad \ud800 text"}
+
+
 async def test_repeat_visit_keeps_old_values_where_new_are_empty(db: Database) -> None:
     async with db.transaction() as conn:
         first = await visits.upsert(
@@ -194,8 +294,9 @@ async def test_inbox_batches_failures_and_redelivery(db: Database) -> None:
     assert [u.update_id for u in await updates.due_for_retry(db, now=now, new_before=now)] == []
     later = await updates.due_for_retry(db, now=now, new_before=time.time() + 1)
     assert [u.update_id for u in later] == [3]
-    # The same batch again: update 1 is known as done.
+    # The same batch again: update 1 is known as done; with a new one beside it, too.
     assert await updates.store_batch(db, batch) == {1}
+    assert await updates.store_batch(db, [batch[0], (4, "message", '{"update_id": 4}')]) == {1}
     assert await updates.prune_done(db, now=time.time() + updates.DONE_KEPT_SECONDS + 1) == 1
 
 
