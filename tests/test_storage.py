@@ -264,6 +264,51 @@ async def test_an_outbox_body_orjson_cannot_encode_is_kept(db: Database) -> None
     assert json.loads(stored) == {"userAgent": "bad \ud800 text"}
 
 
+async def test_claims_and_the_next_due_time_seek_past_a_backlog_that_is_backing_off(
+    db: Database,
+) -> None:
+    # AdTarget down for hours: thousands of rows wait for their next attempt. A
+    # claim (made in every join's commit) must not walk them all.
+    later = time.time() + 3600
+    backlog = [
+        outbox.NewRow(
+            kind="conversion", path="/c", body={}, idempotency_key=f"b{i}", priority=i % 2
+        )
+        for i in range(5000)
+    ]
+    await db.write(lambda conn: outbox.enqueue_many(conn, backlog))
+    await db.write(lambda conn: conn.execute("UPDATE outbox SET next_attempt_at = ?", (later,)))
+    due = [outbox.NewRow(kind="visit", path="/v", body={}, idempotency_key="v", priority=1)]
+    await db.write(lambda conn: outbox.enqueue_many(conn, due))
+
+    hundreds = [0]  # SQLite calls this every 100 VM instructions
+
+    def count() -> int:
+        hundreds[0] += 1
+        return 0
+
+    await db.write(lambda conn: conn.set_progress_handler(count, 100))
+    try:
+        hundreds[0] = 0
+        claimed = await outbox.claim(db, limit=4, lease=30)
+        claim_cost = hundreds[0]
+        hundreds[0] = 0
+        next_due = await outbox.next_due_at(db)
+        next_due_cost = hundreds[0]
+    finally:
+        await db.write(lambda conn: conn.set_progress_handler(None, 0))
+    assert [r.idempotency_key for r in claimed] == ["v"]
+    assert next_due == pytest.approx(later)
+    # Walking the backlog takes ~10 instructions a row: 500 hundreds and more.
+    assert claim_cost < 20
+    assert next_due_cost < 20
+
+
+async def test_an_outbox_row_of_an_unknown_priority_is_refused() -> None:
+    with pytest.raises(ValueError, match="priority"):
+        outbox.NewRow(kind="conversion", path="/c", body={}, idempotency_key="x", priority=2)
+
+
 async def test_repeat_visit_keeps_old_values_where_new_are_empty(db: Database) -> None:
     async with db.transaction() as conn:
         first = await visits.upsert(
