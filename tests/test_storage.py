@@ -115,16 +115,8 @@ async def test_idempotency_key_unique(db: Database) -> None:
 
 
 async def test_join_natural_keys(db: Database) -> None:
+    await _add_channel(db)
     async with db.transaction() as conn:
-        await channels.upsert(
-            conn,
-            -1001,
-            title="T",
-            username=None,
-            chat_type="channel",
-            active=True,
-            can_invite_users=True,
-        )
         visit_id = await visits.upsert(conn, visits.Attribution(temp_id="t1", fbc="fb.1.1.x"))
         link = await invite_links.insert(
             conn,
