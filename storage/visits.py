@@ -8,8 +8,6 @@ from dataclasses import asdict, dataclass, fields
 
 import aiosqlite
 
-from storage.sql import marks
-
 
 @dataclass(frozen=True, slots=True)
 class Attribution:
@@ -87,13 +85,6 @@ async def get_by_id(conn: aiosqlite.Connection, visit_id: int) -> Attribution | 
     async with conn.execute(f"{_SELECT_BY_ID} = ?", (visit_id,)) as cursor:
         row = await cursor.fetchone()
     return _attribution(row) if row else None
-
-
-def get_many(conn: sqlite3.Connection, visit_ids: list[int]) -> dict[int, Attribution]:
-    if not visit_ids:
-        return {}
-    rows = conn.execute(f"{_SELECT_BY_ID} IN ({marks(len(visit_ids))})", visit_ids)
-    return {int(row[0]): _attribution(row) for row in rows}
 
 
 async def ensure(conn: aiosqlite.Connection, visit: Attribution) -> int:
