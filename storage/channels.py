@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from storage.db import Database
+from storage.sql import marks
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +97,7 @@ def ensure_known(
     if not chats:
         return {}
     ids = sorted({chat[0] for chat in chats})
-    marks = ", ".join("?" for _ in ids)
-    select = f"SELECT {_COLUMNS} FROM channels WHERE chat_id IN ({marks})"
+    select = f"SELECT {_COLUMNS} FROM channels WHERE chat_id IN ({marks(len(ids))})"
     known = {int(row["chat_id"]): _channel(row) for row in conn.execute(select, ids)}
     if len(known) == len(ids):
         return known  # the usual case: one statement, no write

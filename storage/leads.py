@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.db import Database
+from storage.sql import marks
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +89,7 @@ def _within(column: str, chat_ids: Sequence[int] | None) -> tuple[str, list[Any]
         return "", []
     if not chat_ids:
         return " AND 0", []
-    marks = ", ".join("?" for _ in chat_ids)
-    return f" AND {column} IN ({marks})", list(chat_ids)
+    return f" AND {column} IN ({marks(len(chat_ids))})", list(chat_ids)
 
 
 async def bridge_lead(

@@ -16,6 +16,7 @@ import aiosqlite
 import orjson
 
 from storage.db import Database
+from storage.sql import marks
 
 MAX_ERRORS_KEPT = 20
 
@@ -172,7 +173,7 @@ def claim_in(conn: sqlite3.Connection, *, limit: int, lease: float, now: float) 
     rows = conn.execute(
         f"UPDATE outbox SET state = 'sending', attempts = attempts + 1, lease_until = ?,"
         f" first_attempt_at = coalesce(first_attempt_at, ?)"
-        f" WHERE id IN ({', '.join('?' for _ in ids)}) RETURNING {_COLUMNS}",
+        f" WHERE id IN ({marks(len(ids))}) RETURNING {_COLUMNS}",
         (now + lease, now, *ids),
     ).fetchall()
     return sorted((_row(r) for r in rows), key=lambda r: r.id)
@@ -232,11 +233,11 @@ async def hand_back(db: Database, row_ids: list[int]) -> None:
     """Return claimed rows untouched (shutdown, or the courier paused before sending)."""
     if not row_ids:
         return
-    marks = ", ".join("?" for _ in row_ids)
     async with db.transaction() as conn:
         await conn.execute(
             f"UPDATE outbox SET state = 'pending', lease_until = NULL,"
-            f" attempts = max(attempts - 1, 0) WHERE state = 'sending' AND id IN ({marks})",
+            f" attempts = max(attempts - 1, 0)"
+            f" WHERE state = 'sending' AND id IN ({marks(len(row_ids))})",
             row_ids,
         )
 

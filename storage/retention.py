@@ -16,6 +16,7 @@ import aiosqlite
 
 from storage import joins, outbox
 from storage.db import Database
+from storage.sql import marks
 
 DAY = 86400
 STATES = ("pending", "sent", "left", "failed")
@@ -59,10 +60,9 @@ async def set_setting(db: Database, chat_id: int, days: int | None, event_type: 
 async def settings(db: Database, chat_ids: list[int]) -> dict[int, RetentionSetting]:
     if not chat_ids:
         return {}
-    marks = ", ".join("?" for _ in chat_ids)
     rows = await db.fetchall(
         f"SELECT chat_id, retention_signal_days, retention_signal_event FROM channels"
-        f" WHERE chat_id IN ({marks})",
+        f" WHERE chat_id IN ({marks(len(chat_ids))})",
         chat_ids,
     )
     return {int(r[0]): RetentionSetting(int(r[0]), r[1], r[2]) for r in rows}
@@ -72,10 +72,9 @@ async def counts(db: Database, chat_ids: list[int]) -> dict[int, dict[str, int]]
     """{chat id: {state: checks}} for the given channels (states with none left out)."""
     if not chat_ids:
         return {}
-    marks = ", ".join("?" for _ in chat_ids)
     rows = await db.fetchall(
         f"SELECT chat_id, state, count(*) FROM retention_checks INDEXED BY retention_chat_state"
-        f" WHERE chat_id IN ({marks}) GROUP BY chat_id, state",
+        f" WHERE chat_id IN ({marks(len(chat_ids))}) GROUP BY chat_id, state",
         chat_ids,
     )
     found: dict[int, dict[str, int]] = {}

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, fields
 
 import aiosqlite
 
+from storage.sql import marks
+
 
 @dataclass(frozen=True, slots=True)
 class Attribution:
@@ -43,10 +45,10 @@ def _attribution(row: sqlite3.Row) -> Attribution:
 
 def _upsert_sql(returning: str = "") -> str:
     columns = ", ".join(ATTRIBUTION_COLUMNS)
-    marks = ", ".join("?" for _ in ATTRIBUTION_COLUMNS)
     updates = ", ".join(f"{c} = coalesce(nullif(excluded.{c}, ''), {c})" for c in _UPDATABLE)
     return (
-        f"INSERT INTO visits ({columns}, created_at, updated_at) VALUES ({marks}, ?, ?)"
+        f"INSERT INTO visits ({columns}, created_at, updated_at)"
+        f" VALUES ({marks(len(ATTRIBUTION_COLUMNS) + 2)})"
         # A returning visitor's row is fresh again: due for scrubbing only after
         # RETENTION_DAYS from now (storage/privacy.py).
         f" ON CONFLICT (temp_id) DO UPDATE SET {updates}, updated_at = excluded.updated_at,"
