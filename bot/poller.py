@@ -110,6 +110,12 @@ class Poller:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._run(stop)
+        finally:
+            self._caller.close()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         me = await self._caller.call_until_ok(GetMe(), stop, "getMe")
         if me is None:
             return

@@ -1,0 +1,92 @@
+"""PersistentCaller and the stop event: a stop abandons the call in flight; a
+cancellation of the caller's own task is never mistaken for one."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, cast
+
+import pytest
+from aiogram import Bot
+from aiogram.methods import GetUpdates
+
+from bot.telegram_calls import PersistentCaller
+
+
+@dataclass
+class _Stats:
+    consecutive_errors: int = 0
+
+
+class _SlowBot:
+    """A Bot whose calls hang like a long poll, or answer at once with `answer`."""
+
+    def __init__(self, answer: object = None) -> None:
+        self.answer = answer
+        self.calls = 0
+        self.started = asyncio.Event()
+        self.cancelled = 0
+
+    async def __call__(self, method: Any, request_timeout: int | None = None) -> object:
+        self.calls += 1
+        self.started.set()
+        if self.answer is not None:
+            return self.answer
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return None
+
+
+def _caller(bot: _SlowBot) -> PersistentCaller:
+    return PersistentCaller(cast(Bot, bot), _Stats(), backoff_base=0.01, backoff_cap=0.01)
+
+
+async def test_stop_abandons_the_call_in_flight() -> None:
+    bot, stop = _SlowBot(), asyncio.Event()
+    caller = _caller(bot)
+    polling = asyncio.create_task(caller.call_until_ok(GetUpdates(), stop, "getUpdates"))
+    await bot.started.wait()
+    stop.set()
+    assert await asyncio.wait_for(polling, 5) is None
+    assert bot.cancelled == 1
+    caller.close()
+
+
+async def test_a_stop_set_before_the_call_makes_none() -> None:
+    bot, stop = _SlowBot(answer=["update"]), asyncio.Event()
+    stop.set()
+    caller = _caller(bot)
+    assert await caller.call_until_ok(GetUpdates(), stop, "getUpdates") is None
+    assert bot.calls == 0
+    caller.close()
+
+
+async def test_cancelling_the_callers_task_propagates_even_while_stopping() -> None:
+    bot, stop = _SlowBot(), asyncio.Event()
+    caller = _caller(bot)
+    polling = asyncio.create_task(caller.call_until_ok(GetUpdates(), stop, "getUpdates"))
+    await bot.started.wait()
+    # Both at once: the task's own cancellation must win over "stopping, None".
+    stop.set()
+    polling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await polling
+    assert bot.cancelled == 1
+    caller.close()
+
+
+async def test_answers_pass_through_and_one_watcher_serves_every_call() -> None:
+    bot, stop = _SlowBot(answer=["update"]), asyncio.Event()
+    caller = _caller(bot)
+    before = len(asyncio.all_tasks())
+    for _ in range(3):
+        assert await caller.call_until_ok(GetUpdates(), stop, "getUpdates") == ["update"]
+    # The calls' tasks are done; only the stop watcher stays, one for all calls.
+    assert len(asyncio.all_tasks()) == before + 1
+    caller.close()
+    await asyncio.sleep(0)
+    assert len(asyncio.all_tasks()) == before
