@@ -3,7 +3,8 @@
 The poller stores each update as Telegram sent it before confirming it.
 Serialising the parsed `Update` back to JSON cost about a tenth of ingest;
 the session already holds the parsed JSON, so it hands that over instead.
-orjson parses Bot API answers (a getUpdates batch of 100 is ~200 KB).
+orjson parses Bot API answers (a getUpdates batch of 100 is ~200 KB). Each
+answer's model class is kept for the life of the process (see _RESPONSE_TYPES).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from pydantic import ValidationError
 
 # aiogram builds `Response[method.__returning__]` on every call; build it once.
 _UPDATES_RESPONSE = Response[list[Update]]
+# pydantic caches a parametrised model only weakly, and these classes live in
+# reference cycles: each garbage collection dropped `Response[ChatInviteLink]`,
+# so the next link minted or revoked built the class again (~1 ms of the event
+# loop, and a few hundred objects of garbage), about once per join. Held here,
+# each is built once per process.
+_RESPONSE_TYPES: dict[Any, type[Response[Any]]] = {list[Update]: _UPDATES_RESPONSE}
 # Raw batches are taken right after the call returns; more than a few pending
 # means calls were abandoned (cancelled on shutdown) and theirs are dropped.
 _KEEP_AT_MOST = 8
@@ -58,6 +65,9 @@ class UpdatesSession(AiohttpSession):
                     self._raw.clear()
                 self._raw[id(method)] = data["result"]
                 return response  # type: ignore[return-value]
+        returning = method.__returning__
+        if returning not in _RESPONSE_TYPES:
+            _RESPONSE_TYPES[returning] = Response[returning]  # type: ignore[valid-type]
         return super().check_response(bot, method, status_code, content)
 
 
