@@ -33,11 +33,16 @@ class Figure:
     def cells(self) -> tuple[str, str, str]:
         median = statistics.median(self.values)
         spread = (
-            f"{min(self.values):,.1f} – {max(self.values):,.1f}"
+            f"{_number(min(self.values))} – {_number(max(self.values))}"
             if len(self.values) > 1
             else "1 run"
         )
-        return f"{median:,.1f} {self.unit}", spread, self.target
+        return f"{_number(median)} {self.unit}", spread, self.target
+
+
+def _number(value: float) -> str:
+    # Two decimals below 10: a 1.04x ratio or a 2.63 ms p50 must not read as 1.0 or 2.6.
+    return f"{value:,.2f}" if abs(value) < 10 else f"{value:,.1f}"
 
 
 async def repeat(runs: int, measure: Callable[[], Awaitable[float]]) -> list[float]:
@@ -63,7 +68,7 @@ async def main() -> None:
 
     def add(name: str, values: list[float], unit: str, target: str, met: bool | None) -> None:
         figures.append(Figure(name, values, unit, target, met))
-        print(f"  measured: {name}: {statistics.median(values):,.1f} {unit}", flush=True)
+        print(f"  measured: {name}: {_number(statistics.median(values))} {unit}", flush=True)
 
     if args.rss_only:
         rss, naive_rss = await asyncio.gather(
