@@ -45,11 +45,18 @@ def _caller(bot: _SlowBot) -> PersistentCaller:
     return PersistentCaller(cast(Bot, bot), _Stats(), backoff_base=0.01, backoff_cap=0.01)
 
 
-async def test_stop_abandons_the_call_in_flight() -> None:
-    bot, stop = _SlowBot(), asyncio.Event()
+async def _long_poll(bot: _SlowBot) -> tuple[PersistentCaller, asyncio.Event, asyncio.Task[Any]]:
+    """A caller whose getUpdates is in flight, with its stop event."""
+    stop = asyncio.Event()
     caller = _caller(bot)
     polling = asyncio.create_task(caller.call_until_ok(GetUpdates(), stop, "getUpdates"))
     await bot.started.wait()
+    return caller, stop, polling
+
+
+async def test_stop_abandons_the_call_in_flight() -> None:
+    bot = _SlowBot()
+    caller, stop, polling = await _long_poll(bot)
     stop.set()
     assert await asyncio.wait_for(polling, 5) is None
     assert bot.cancelled == 1
@@ -66,10 +73,8 @@ async def test_a_stop_set_before_the_call_makes_none() -> None:
 
 
 async def test_cancelling_the_callers_task_propagates_even_while_stopping() -> None:
-    bot, stop = _SlowBot(), asyncio.Event()
-    caller = _caller(bot)
-    polling = asyncio.create_task(caller.call_until_ok(GetUpdates(), stop, "getUpdates"))
-    await bot.started.wait()
+    bot = _SlowBot()
+    caller, stop, polling = await _long_poll(bot)
     # Both at once: the task's own cancellation must win over "stopping, None".
     stop.set()
     polling.cancel()

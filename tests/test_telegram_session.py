@@ -18,22 +18,13 @@ from aiogram.types import ChatInviteLink
 
 from bot.telegram_session import UpdatesSession
 from tests.fakes.telegram import FakeTelegram
-
-CHANNEL = -1001234567890
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeTelegram]:
-    server = FakeTelegram()
-    await server.start()
-    server.add_channel(CHANNEL, "Test channel", "test_channel")
-    yield server
-    await server.stop()
+from tests.harness import CHANNEL_ID as CHANNEL
 
 
 @pytest.fixture
-async def bot(fake: FakeTelegram) -> AsyncIterator[Bot]:
-    client = Bot(fake.token, session=UpdatesSession(api=TelegramAPIServer.from_base(fake.url)))
+async def bot(telegram: FakeTelegram) -> AsyncIterator[Bot]:
+    api = TelegramAPIServer.from_base(telegram.url)
+    client = Bot(telegram.token, session=UpdatesSession(api=api))
     yield client
     await client.session.close()
 
@@ -56,10 +47,10 @@ async def test_errors_still_raise_aiograms_exceptions(bot: Bot) -> None:
         await bot.create_chat_invite_link(-100999)
 
 
-async def test_updates_parse_and_keep_their_raw_json(fake: FakeTelegram, bot: Bot) -> None:
+async def test_updates_parse_and_keep_their_raw_json(telegram: FakeTelegram, bot: Bot) -> None:
     # Telegram drops chat_member updates at queue time unless asked for first.
     assert await bot(GetUpdates(timeout=0, allowed_updates=["chat_member"])) == []
-    fake.join(CHANNEL, 42, None)
+    telegram.join(CHANNEL, 42, None)
     method = GetUpdates(timeout=0, allowed_updates=["chat_member"])
     updates = await bot(method)
     assert [u.event_type for u in updates] == ["chat_member"]
