@@ -40,7 +40,8 @@ class PersistentCaller:
         # One task watches the stop event for every call, and cancels the call in
         # flight when it is set. Racing each call against a fresh `stop.wait()`
         # task through asyncio.wait cost two tasks and an extra turn of the event
-        # loop per long poll, ~50 µs between a lone join's answer and its handling.
+        # loop per long poll: ~20 µs between a lone join's answer and its handling
+        # on an idle machine (bench/RESULTS.md, seventh session).
         self._watching: asyncio.Event | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._in_flight: asyncio.Future[Any] | None = None

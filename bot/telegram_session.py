@@ -27,8 +27,8 @@ _UPDATES_RESPONSE = Response[list[Update]]
 # pydantic caches a parametrised model only weakly, and these classes live in
 # reference cycles: each garbage collection dropped `Response[ChatInviteLink]`,
 # so the next link minted or revoked built the class again (~1 ms of the event
-# loop, and a few hundred objects of garbage), about once per join. Held here,
-# each is built once per process.
+# loop, and a few hundred objects of garbage): 76 times in 300 lone joins at
+# 50/s (bench/RESULTS.md, seventh session). Held here, each is built once.
 _RESPONSE_TYPES: dict[Any, type[Response[Any]]] = {list[Update]: _UPDATES_RESPONSE}
 # Raw batches are taken right after the call returns; more than a few pending
 # means calls were abandoned (cancelled on shutdown) and theirs are dropped.
