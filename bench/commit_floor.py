@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import sqlite3
 import statistics
 import tempfile
@@ -62,7 +63,7 @@ async def measure(rounds: int, idle: float) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
         db = await open_database(Path(tmp) / "floor.db")
         try:
-            counter = iter(range(10**9))
+            counter = itertools.count()
             kinds: dict[str, Callable[[sqlite3.Connection], None]] = {
                 "empty transaction": lambda conn: None,
                 "one conversion row": lambda conn: outbox.enqueue_many(conn, [_row(next(counter))]),
