@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -17,8 +19,10 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramUnauthorizedError,
 )
-from aiogram.types import BotCommand, ChatMemberUpdated
+from aiogram.types import BotCommand, ChatMemberUpdated, Update
+from pydantic import ValidationError
 
+from bot.simulators.telegram_models import OLD_SERVER_OMITS, mask_invite_url, member_json
 from tests.fakes.telegram import FakeTelegram
 
 CHANNEL = -1001234567890
@@ -123,7 +127,8 @@ async def test_own_link_is_full_and_foreign_link_masked(fake: FakeTelegram, bot:
     fake.join(CHANNEL, 43, FOREIGN_URL)
     event = await join_update(bot, offset=first + 1)
     assert event.invite_link is not None
-    assert event.invite_link.invite_link == "https://t.me/+AbCdEfGh…"
+    # ASCII dots, as in a real capture (telegram-payloads/14_...masked_other_admin...).
+    assert event.invite_link.invite_link == "https://t.me/+AbCdEfGh..."
     assert event.invite_link.creator.id != 123456
 
 
@@ -336,3 +341,226 @@ async def test_multipart_body_is_accepted(fake: FakeTelegram) -> None:
     [call] = fake.calls_to("createChatInviteLink")
     assert call.params["chat_id"] == CHANNEL
     assert call.raw["doc"] == "file bytes"
+
+
+# ---- server shapes: what real and self-hosted Bot API servers send ----------------------
+
+MEMBER_KINDS = ["chat_member", "my_chat_member", "chat_join_request"]
+
+
+async def raw_updates(fake: FakeTelegram, **params: Any) -> list[dict[str, Any]]:
+    """getUpdates over HTTP, as JSON: the wire shape, before aiogram validates it."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{fake.url}/bot{fake.token}/getUpdates", json=params) as resp,
+    ):
+        body = await resp.json()
+    assert body["ok"] is True
+    result: list[dict[str, Any]] = body["result"]
+    return result
+
+
+def members_of(updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        event[key]
+        for update in updates
+        for kind in ("chat_member", "my_chat_member")
+        if (event := update.get(kind)) is not None
+        for key in ("old_chat_member", "new_chat_member")
+    ]
+
+
+async def test_omit_fields_drops_them_at_every_member_status(fake: FakeTelegram) -> None:
+    await raw_updates(fake, timeout=0, allowed_updates=MEMBER_KINDS)
+    omitted = OLD_SERVER_OMITS | {"is_anonymous", "until_date"}
+    fake.omit_fields = omitted
+    fake.join(CHANNEL, 5, new_status="restricted")  # left -> restricted
+    fake.leave(CHANNEL, 5, new_status="kicked")  # restricted -> kicked
+    fake.join(CHANNEL, 6)  # left -> member
+    fake.join(CHANNEL, 7, new_status="administrator")
+    fake.join(CHANNEL, 8, new_status="creator")
+    fake.bot_status_change(CHANNEL, "administrator", rights={"can_manage_direct_messages": True})
+    fake.join_request(CHANNEL, 9, None)
+    updates = await raw_updates(fake, timeout=0)
+
+    assert [next(k for k in u if k != "update_id") for u in updates] == [
+        *["chat_member"] * 5,
+        "my_chat_member",
+        "chat_join_request",
+    ]
+    members = members_of(updates)
+    statuses = {m["status"] for m in members}
+    assert statuses == {"left", "member", "restricted", "kicked", "administrator", "creator"}
+    for member in members:
+        assert not set(member) & omitted, member
+        assert set(member) >= {"status", "user"}
+    # The rest of each object is still sent.
+    restricted = updates[0]["chat_member"]["new_chat_member"]
+    assert restricted["is_member"] is True
+    assert restricted["can_send_messages"] is False
+    assert updates[5]["my_chat_member"]["new_chat_member"]["can_invite_users"] is True
+    # What makes it an old server's update: aiogram 3.31 rejects these members.
+    for update in (updates[0], updates[3], updates[5]):
+        with pytest.raises(ValidationError):
+            Update.model_validate(update)
+    # Only the updates change: the world's own member objects keep every field.
+    async with aiohttp.ClientSession() as http:
+        url = f"{fake.url}/bot{fake.token}/getChatMember"
+        async with http.post(url, json={"chat_id": CHANNEL, "user_id": 5}) as resp:
+            assert (await resp.json())["result"]["until_date"] == 0
+
+
+async def test_extra_fields_reach_payload_and_members(fake: FakeTelegram) -> None:
+    await raw_updates(fake, timeout=0, allowed_updates=[*MEMBER_KINDS, "message"])
+    extra = {"new_field": {"nested": 1}, "tag": "vip"}
+    fake.extra_fields = extra
+    fake.omit_fields = frozenset({"tag"})  # omission wins over extras in members
+    fake.join(CHANNEL, 5)
+    fake.bot_status_change(CHANNEL, "administrator")
+    fake.join_request(CHANNEL, 6, None)
+    fake.message(6, 6, "hi")  # not a member update: left as it is
+    join, promoted, request, message = await raw_updates(fake, timeout=0)
+
+    for event in (join["chat_member"], promoted["my_chat_member"], request["chat_join_request"]):
+        assert event["new_field"] == {"nested": 1}
+        assert event["tag"] == "vip"
+    for member in members_of([join, promoted]):
+        assert member["new_field"] == {"nested": 1}
+        assert "tag" not in member
+    assert set(message["message"]) == {"message_id", "date", "chat", "text", "from"}
+    # A newer server's fields are what aiogram tolerates.
+    Update.model_validate(join)
+
+
+def test_member_json_unknown_status_only_when_allowed() -> None:
+    user = {"id": 5, "is_bot": False, "first_name": "Test"}
+    with pytest.raises(ValueError, match="unknown chat member status 'memebr'"):
+        member_json("memebr", user)
+    assert member_json("subscriber", user, allow_unknown=True) == {
+        "status": "subscriber",
+        "user": user,
+    }
+    assert member_json("subscriber", user, is_member=False, allow_unknown=True) == {
+        "status": "subscriber",
+        "user": user,
+        "is_member": False,
+    }
+    # Known statuses are unchanged by the flag.
+    assert member_json("member", user, allow_unknown=True) == {"status": "member", "user": user}
+    assert member_json("restricted", user)["is_member"] is True
+
+
+async def test_unknown_status_accepted_only_when_asked(fake: FakeTelegram) -> None:
+    await raw_updates(fake, timeout=0, allowed_updates=MEMBER_KINDS)
+    with pytest.raises(ValueError, match="unknown chat member status"):
+        fake.join(CHANNEL, 5, new_status="subscriber")
+    with pytest.raises(ValueError, match="unknown chat member status"):
+        fake.join(CHANNEL, 5, old_status="gone")
+    fake.join(CHANNEL, 5)
+    with pytest.raises(ValueError, match="unknown chat member status"):
+        fake.leave(CHANNEL, 5, new_status="gone")
+    with pytest.raises(ValueError, match="unknown chat member status"):
+        fake.bot_status_change(CHANNEL, "supervisor")
+    [only] = await raw_updates(fake, timeout=0)  # the rejected events left no update
+    assert only["chat_member"]["new_chat_member"]["status"] == "member"
+
+    fake.allow_unknown_status = True
+    user = {"id": 5, "is_bot": False, "first_name": "Test"}
+    joined = fake.join(CHANNEL, 5, old_status="gone", new_status="subscriber")
+    assert joined is not None
+    fake.leave(CHANNEL, 5, new_status="gone")
+    fake.bot_status_change(CHANNEL, "supervisor")
+    join, leave, bot = await raw_updates(fake, offset=joined, timeout=0)
+    assert join["chat_member"]["old_chat_member"] == {
+        "status": "gone",
+        "user": user,
+        "is_member": False,
+    }
+    subscriber = {"status": "subscriber", "user": user, "is_member": True}
+    assert join["chat_member"]["new_chat_member"] == subscriber
+    assert leave["chat_member"]["old_chat_member"] == subscriber
+    assert leave["chat_member"]["new_chat_member"]["status"] == "gone"
+    assert bot["my_chat_member"]["old_chat_member"]["status"] == "administrator"
+    assert bot["my_chat_member"]["new_chat_member"] == {
+        "status": "supervisor",
+        "user": fake.bot_user,
+    }
+    # The server still answers about a bot in that status.
+    async with aiohttp.ClientSession() as http:
+        url = f"{fake.url}/bot{fake.token}/getChatMember"
+        async with http.post(url, json={"chat_id": CHANNEL, "user_id": 123456}) as resp:
+            assert (await resp.json())["result"]["status"] == "supervisor"
+
+
+async def test_masked_link_uses_ascii_dots(fake: FakeTelegram) -> None:
+    assert mask_invite_url("https://t.me/+AbCdEfGhIjKlMnOp") == "https://t.me/+AbCdEfGh..."
+    # The older link form, as in the real capture of a masked link.
+    assert mask_invite_url("https://t.me/joinchat/AbCdEfGhIj") == "https://t.me/joinchat/AbCdE..."
+    await raw_updates(fake, timeout=0, allowed_updates=["chat_member"])
+    fake.join(CHANNEL, 5, FOREIGN_URL)
+    [update] = await raw_updates(fake, timeout=0)
+    link = update["chat_member"]["invite_link"]
+    assert link["invite_link"] == "https://t.me/+AbCdEfGh..."
+    assert link["creator"]["id"] == 1
+
+
+# /work/shared/telegram-payloads/02_supergroup_member_to_restricted.json (a Bot API 6.3
+# server; aiogram 3.31 rejects it), retargeted to CHANNEL.
+CAPTURED_RESTRICTION: dict[str, Any] = {
+    "update_id": 900000002,
+    "chat_member": {
+        "chat": {"id": CHANNEL, "title": "Chat 1", "username": "example_65", "type": "supergroup"},
+        "from": {
+            "id": 5100000002,
+            "is_bot": True,
+            "first_name": "First3",
+            "username": "example_bot_392_bot",
+        },
+        "date": 1669256314,
+        "old_chat_member": {
+            "user": {"id": 5100000001, "is_bot": False, "first_name": "First2"},
+            "status": "member",
+        },
+        "new_chat_member": {
+            "user": {"id": 5100000001, "is_bot": False, "first_name": "First2"},
+            "status": "restricted",
+            "until_date": 0,
+            "can_send_messages": False,
+            "can_send_media_messages": False,
+            "can_send_polls": False,
+            "can_send_other_messages": False,
+            "can_add_web_page_previews": False,
+            "can_change_info": False,
+            "can_invite_users": False,
+            "can_pin_messages": False,
+            "can_manage_topics": False,
+            "is_member": True,
+        },
+    },
+}
+
+
+async def test_enqueue_raw_keeps_the_payload_but_update_id(fake: FakeTelegram) -> None:
+    original = copy.deepcopy(CAPTURED_RESTRICTION)
+    assert fake.enqueue_raw(original) is None  # chat_member is opt-in: filtered
+    await raw_updates(fake, timeout=0, allowed_updates=["chat_member", "my_chat_member"])
+    fake.bot_status_change(CHANNEL, "left")  # no admin check: still delivered
+    fake.extra_fields, fake.omit_fields = {"x": 1}, frozenset({"until_date"})  # not applied
+    update_id = fake.enqueue_raw(original)
+    assert update_id is not None
+    original["chat_member"]["date"] = 0  # the caller's later edits do not leak in
+    assert fake.join(CHANNEL, 7) is None  # the bot left: a simulated join is not sent
+
+    [_, replayed] = await raw_updates(fake, timeout=0)
+    assert replayed == {**CAPTURED_RESTRICTION, "update_id": update_id}
+    assert update_id != CAPTURED_RESTRICTION["update_id"]
+    assert list(replayed) == ["update_id", "chat_member"]
+    with pytest.raises(ValidationError):  # an old server's shape, as captured
+        Update.model_validate(replayed)
+    # Numbering goes on from the replayed update.
+    assert fake.bot_status_change(CHANNEL, "administrator") == update_id + 1
+
+    with pytest.raises(ValueError, match="exactly one kind"):
+        fake.enqueue_raw({"update_id": 1, "chat_member": {}, "message": {}})
+    with pytest.raises(ValueError, match="exactly one kind"):
+        fake.enqueue_raw({"update_id": 1})

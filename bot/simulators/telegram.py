@@ -4,6 +4,8 @@ Point a bot at it with ``AiohttpSession(api=TelegramAPIServer.from_base(fake.url
 It follows /work/shared/telegram-notes.md: allowed_updates filters when an update is
 queued, offsets confirm, chat_member needs the bot to be an admin, other admins'
 invite links come back masked, and errors carry the HTTP status of their error_code.
+Tests can also make it send what older or newer servers send, which aiogram may
+reject (omit_fields, extra_fields, allow_unknown_status, enqueue_raw).
 The world it simulates is in telegram_state.py, the Bot API methods in
 telegram_methods.py; this module is the server, its observation and its faults.
 """

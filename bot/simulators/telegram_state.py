@@ -4,20 +4,27 @@ sandbox changes it (a user joins, leaves, asks to join, writes; the bot is promo
 
 It follows /work/shared/telegram-notes.md: allowed_updates filters when an update is
 queued, chat_member needs the bot to be an admin, and other admins' invite links come
-back masked.
+back masked. Real and self-hosted Bot API servers are less tidy than aiogram expects,
+so a test can make the world send their shapes (/work/shared/telegram-payloads): member
+fields an older server lacks (omit_fields), fields a newer one adds (extra_fields),
+statuses aiogram does not know (allow_unknown_status), and captured updates verbatim
+(enqueue_raw).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from bot.simulators.telegram_models import (
     JSON,
+    MEMBER_UPDATES,
     OPT_IN_UPDATES,
     chat_json,
     invite_link_json,
@@ -61,6 +68,18 @@ class TelegramWorld:
             "supports_inline_queries": False,
         }
         self.emit_member_update_on_approve = emit_member_update_on_approve
+        # The server's shape, applied to chat_member, my_chat_member and
+        # chat_join_request updates as they are queued (see enqueue). Tests set them
+        # after construction; the defaults send what aiogram 3.31 expects.
+        # Field names dropped from every ChatMember object, at any status (an older
+        # server, e.g. telegram_models.OLD_SERVER_OMITS).
+        self.omit_fields: frozenset[str] = frozenset()
+        # Fields merged into the update's payload and into each ChatMember object (a
+        # newer server); a name that is already there is overwritten.
+        self.extra_fields: dict[str, Any] = {}
+        # join / leave / bot_status_change accept a status the Bot API does not define
+        # (sent as just status and user); off, such a status is a test's typo and raises.
+        self.allow_unknown_status = False
         self.allowed_updates: list[str] | None = None
         self.confirmed_offset = 0
         self.updates_served = 0
@@ -133,7 +152,10 @@ class TelegramWorld:
         return self._users.setdefault(user_id, user_json(user_id, first_name))
 
     def _bot_member(self, chat: SimulatedChat) -> JSON:
-        return member_json(chat.bot_status, self.bot_user, rights=chat.bot_rights)
+        # bot_status_change checked the status when it was set.
+        return member_json(
+            chat.bot_status, self.bot_user, rights=chat.bot_rights, allow_unknown=True
+        )
 
     def _may_invite(self, chat: SimulatedChat) -> bool:
         return chat.bot_status == "administrator" and self._bot_member(chat)["can_invite_users"]
@@ -198,14 +220,16 @@ class TelegramWorld:
         chat = self._chat(chat_id)
         user = self._user(user_id, first_name)
         self._check_usable(invite_link, approved=approver is not None)
-        new = member_json(new_status, user, is_member=True)
+        unknown = self.allow_unknown_status
+        new = member_json(new_status, user, is_member=True, allow_unknown=unknown)
+        old = member_json(old_status, user, is_member=False, allow_unknown=unknown)
         self._members[(chat_id, user_id)] = new
         if invite_link in self.links:
             self._link_members.setdefault(invite_link, set()).add(user_id)
         payload: JSON = {
             "from": approver or user,
             "date": int(time.time()) if date is None else date,
-            "old_chat_member": member_json(old_status, user, is_member=False),
+            "old_chat_member": old,
             "new_chat_member": new,
         }
         if (link := self._link_in_update(chat_id, invite_link)) is not None:
@@ -229,7 +253,9 @@ class TelegramWorld:
         chat = self._chat(chat_id)
         user = self._user(user_id)
         old = self._members.get((chat_id, user_id)) or member_json("member", user)
-        new = member_json(new_status, user, is_member=False)
+        new = member_json(
+            new_status, user, is_member=False, allow_unknown=self.allow_unknown_status
+        )
         self._members[(chat_id, user_id)] = new
         for url, members in self._link_members.items():
             if self.links[url]["chat_id"] == chat_id:
@@ -270,6 +296,10 @@ class TelegramWorld:
         rights: dict[str, bool] | None = None,
         by_user_id: int = 1,
     ) -> int | None:
+        # Built first so that a rejected status leaves the world unchanged.
+        new = member_json(
+            new_status, self.bot_user, rights=rights, allow_unknown=self.allow_unknown_status
+        )
         if chat_id not in self._chats:  # the bot is being added to a chat it never saw
             self._chats[chat_id] = SimulatedChat(
                 chat_id, "channel", f"Channel {chat_id}", None, "left", None
@@ -281,7 +311,7 @@ class TelegramWorld:
             "from": self._user(by_user_id, "Admin"),
             "date": int(time.time()),
             "old_chat_member": old,
-            "new_chat_member": self._bot_member(chat),
+            "new_chat_member": new,
         }
         return self._enqueue_member_update("my_chat_member", chat, payload)
 
@@ -298,13 +328,44 @@ class TelegramWorld:
     # ---- updates ----------------------------------------------------------------------
 
     def enqueue(self, kind: str, payload: JSON) -> int | None:
+        """Queue an update of `kind` with the next update_id, shaped by omit_fields and
+        extra_fields when it is a member update; None when allowed_updates drops it."""
+        if kind in MEMBER_UPDATES:
+            payload = self._shaped(payload)
+        return self._queue(kind, {kind: payload})
+
+    def enqueue_raw(self, update: JSON) -> int | None:
+        """Queue `update` verbatim (e.g. a capture from /work/shared/telegram-payloads,
+        retargeted by the caller) under the next update_id, which replaces its own.
+
+        Only the allowed_updates filter applies, as in `enqueue`: it does NOT check that
+        the bot is an admin of the chat, does not change the world's members or links,
+        and ignores omit_fields / extra_fields, so a replay keeps the capture's shape.
+        Returns the update_id, or None when the filter dropped the update.
+        """
+        kinds = [key for key in update if key != "update_id"]
+        if len(kinds) != 1:
+            raise ValueError(f"an update holds exactly one kind of event, not {kinds}")
+        # A copy: the caller may reuse or edit its dict after queueing it.
+        return self._queue(kinds[0], {kinds[0]: copy.deepcopy(update[kinds[0]])})
+
+    def _shaped(self, payload: JSON) -> JSON:
+        # Copies: the world keeps its own member objects for getChatMember.
+        shaped = {**payload, **self.extra_fields}
+        for key in ("old_chat_member", "new_chat_member"):
+            if isinstance(member := payload.get(key), dict):
+                member = {**member, **self.extra_fields}
+                shaped[key] = {k: v for k, v in member.items() if k not in self.omit_fields}
+        return shaped
+
+    def _queue(self, kind: str, body: JSON) -> int | None:
         # The filter applies when the update is queued: a dropped update never comes back.
         allowed = self.allowed_updates
         if not (kind in allowed if allowed else kind not in OPT_IN_UPDATES):
             return None
         update_id = self._next_update_id
         self._next_update_id += 1
-        update = {"update_id": update_id, kind: payload}
+        update = {"update_id": update_id, **body}
         self._updates.append(update)
         self.history[update_id] = update
         self._notify()
