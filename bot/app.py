@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import html
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -21,10 +20,11 @@ from aiohttp import web
 
 from bot.admins import AdminGate
 from bot.adtarget import AdTargetClient
+from bot.alerts import courier_alerts, pool_empty_alert, unreadable_alert
 from bot.batch_handler import PollerStats
 from bot.console import COMMANDS, Console
 from bot.courier import Courier
-from bot.delivery import CourierAlerts, CourierConfig
+from bot.delivery import CourierConfig
 from bot.invite_pool import InvitePool
 from bot.invites import InviteMinter
 from bot.join_requests import JoinRequestDesk
@@ -156,14 +156,7 @@ async def build(settings: Settings) -> Bridge:
 
     joins.on_attributed_join = attributed_join
 
-    def pool_empty(chat_id: int, title: str) -> None:
-        notifier.alert(
-            f"pool-empty:{chat_id}",
-            f"⚠️ No invite links left for <b>{html.escape(title)}</b> for 5 minutes: Telegram"
-            " is limiting link creation. Visitors get a “try again” answer meanwhile.",
-        )
-
-    pool.on_empty = pool_empty
+    pool.on_empty = lambda chat_id, title: pool_empty_alert(notifier, chat_id, title)
     desk = JoinRequestDesk(bot, db, joins, approve=settings.approve_join_requests)
     visits = VisitRecorder(db, courier.wake)
     channel_sync = ChannelSync(adtarget, db)
@@ -213,6 +206,7 @@ async def build(settings: Settings) -> Bridge:
         ),
         stats=poll_stats,
         sends_written=courier.sends_written,
+        on_unreadable=lambda found: unreadable_alert(notifier, found),
     )
     health = Health(
         db, reads, poller.stats, courier, pool, courier_enabled=settings.courier_enabled
@@ -236,6 +230,7 @@ async def build(settings: Settings) -> Bridge:
         Watched(
             poller=poll_stats,
             joins=joins,
+            join_requests=desk,
             courier=courier,
             pool=pool,
             visits=visits,
@@ -263,27 +258,6 @@ async def build(settings: Settings) -> Bridge:
         retention=retention,
         privacy=PrivacySweeper(db, settings.retention_days),
         metrics=metrics,
-    )
-
-
-def courier_alerts(notifier: Notifier) -> CourierAlerts:
-    def paused(reason: str) -> None:
-        notifier.alert(
-            "courier-paused",
-            f"🔴 Sending to AdTarget is paused: {html.escape(reason)}.\nJoins are still"
-            " recorded and queued. Check ADTARGET_API_KEY (401) or your AdTarget billing"
-            " (402); the bridge retries by itself.",
-        )
-
-    def parked(row_id: int, reason: str) -> None:
-        notifier.alert(
-            "rows-parked",
-            f"⚠️ AdTarget refused outbox row #{row_id}: {html.escape(reason)}.\n"
-            "See /outbox; /retry sends parked rows again once fixed.",
-        )
-
-    return CourierAlerts(
-        paused=paused, resumed=lambda: notifier.resolved("courier-paused"), parked=parked
     )
 
 

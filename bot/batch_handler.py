@@ -68,6 +68,9 @@ class PollerStats:
     # By kind of update, for /metrics: received counted once per batch (in C), not per update.
     kinds: Counter[str] = field(default_factory=Counter)
     failed_kinds: Counter[str] = field(default_factory=Counter)
+    # Updates set aside as unreadable (stored with their error, never handled).
+    unreadable: int = 0
+    unreadable_kinds: Counter[str] = field(default_factory=Counter)
 
 
 Handled = list[tuple[Update, Any]]

@@ -20,7 +20,7 @@ from bot.invite_pool import InvitePool
 from bot.invites import InviteMinter
 from bot.joins import effective_event
 from bot.stats import PERIODS, period_start, render
-from storage import channels, invite_links, outbox
+from storage import channels, invite_links, outbox, updates
 from storage.channels import Channel
 from storage.db import Database
 from storage.stats import channel_stats
@@ -267,6 +267,15 @@ class Console:
             lines.append(f"• #{row_id}: {html.escape(reason)}")
         if counts.parked:
             lines.append("Send them again with /retry &lt;id&gt; or /retry all.")
+        unreadable = await updates.unreadable_summary(self._db)
+        if unreadable.latest is not None:
+            update_id, kind, error = unreadable.latest
+            lines.append(
+                f"\nTelegram updates the bridge could not read: {unreadable.count:,}"
+                f" (kept {updates.UNREADABLE_KEPT_SECONDS // 86400} days, skipped;"
+                " later updates go on)\n"
+                f"Latest: update {update_id} ({html.escape(kind)}): {html.escape(error)}"
+            )
         return Reply("\n".join(lines))
 
     async def retry(self, user_id: int, args: list[str]) -> Reply:

@@ -57,15 +57,28 @@ class JoinRequestDesk:
         self._retry_cap = retry_cap
         self._wake = asyncio.Event()
         self.approved = 0
+        # Requests seen in chats nobody set the bot up in, read by /metrics.
+        self.untracked = 0
 
     def wants(self, result: object) -> bool:
         return isinstance(result, JoinRequestSeen)
 
     def persist(self, conn: sqlite3.Connection, items: Sequence[object]) -> int:
-        seen = [i for i in items if isinstance(i, JoinRequestSeen)]
-        channels.ensure_known(
-            conn, [(s.chat.id, s.chat.title, s.chat.username, s.chat.type) for s in seen]
+        """Store the requests in tracked chats; returns how many were in chats the
+        bot does not track (ignored)."""
+        requests = [i for i in items if isinstance(i, JoinRequestSeen)]
+        tracked = channels.tracked_in(
+            conn, [(s.chat.id, s.chat.title, s.chat.username) for s in requests]
         )
+        seen = [s for s in requests if s.chat.id in tracked]
+        for s in requests:
+            if s.chat.id not in tracked:
+                log.info(
+                    "update %s: join request in chat %d, which is not tracked; ignored",
+                    s.update_id,
+                    s.chat.id,
+                    extra=ids(update_id=s.update_id, chat_id=s.chat.id),
+                )
         links = invite_links.find_by_urls(conn, sorted({s.link_url for s in seen if s.link_url}))
         rows = []
         for s in seen:
@@ -94,9 +107,10 @@ class JoinRequestDesk:
                 extra=ids(update_id=s.update_id, user_id=s.user_id, chat_id=s.chat.id),
             )
         join_requests.insert_many(conn, rows)
-        return len(rows)
+        return len(requests) - len(seen)
 
-    def after_commit(self, persisted: object) -> None:
+    def after_commit(self, persisted: int) -> None:
+        self.untracked += persisted
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -76,6 +76,8 @@ class JoinBatch:
 
     recorded: list[JoinRecorded]
     claimed: list[OutboxRow]
+    # Joins and leaves in chats the bot does not track: not recorded.
+    untracked: int = 0
 
 
 class CourierDoor(Protocol):
@@ -125,6 +127,8 @@ class JoinRecorder:
         self.on_attributed_join: Callable[[], None] = lambda: None
         # Committed joins by kind and leaves, read by /metrics.
         self.counts: Counter[str] = Counter()
+        # Joins and leaves seen in chats nobody set the bot up in, read by /metrics.
+        self.untracked = 0
 
     def wants(self, result: object) -> bool:
         return isinstance(result, JoinSeen | LeaveSeen)
@@ -137,6 +141,7 @@ class JoinRecorder:
 
     def after_commit(self, batch: JoinBatch) -> None:
         recorded = batch.recorded
+        self.untracked += batch.untracked
         self.counts.update(r.kind for r in recorded if r.join_id is not None or r.kind == LEAVE)
         if any(r.reported for r in recorded):
             # First: the send starts before anything else gets the event loop.
@@ -148,10 +153,20 @@ class JoinRecorder:
         """Write joins, their outbox rows and leaves in the caller's transaction
         (inside `Database.write`: it must not touch the event loop), and claim the new rows
         for the courier in it."""
-        seen_joins = [i for i in items if isinstance(i, JoinSeen)]
-        leaves = [i for i in items if isinstance(i, LeaveSeen)]
-        chats = [i.chat for i in seen_joins] + [i.chat for i in leaves]
-        known = channels.ensure_known(conn, [(c.id, c.title, c.username, c.type) for c in chats])
+        seen = [i for i in items if isinstance(i, JoinSeen | LeaveSeen)]
+        known = channels.tracked_in(
+            conn, [(i.chat.id, i.chat.title, i.chat.username) for i in seen]
+        )
+        untracked = [i for i in seen if i.chat.id not in known]
+        for item in untracked:
+            log.info(
+                "update %s: chat %d is not tracked; ignored",
+                item.update_id,
+                item.chat.id,
+                extra=ids(update_id=item.update_id, chat_id=item.chat.id),
+            )
+        seen_joins = [i for i in seen if isinstance(i, JoinSeen) and i.chat.id in known]
+        leaves = [i for i in seen if isinstance(i, LeaveSeen) and i.chat.id in known]
         found = invite_links.find_with_visits(
             conn, sorted({j.link_url for j in seen_joins if j.link_url})
         )
@@ -190,13 +205,19 @@ class JoinRecorder:
         kept = [index for index in range(len(seen_joins)) if index not in echoes]
         inserted = joins.insert_many(conn, rows)
         new_ids = {kept[position]: join_id for position, join_id in inserted.items()}
-        recorded = self._queue_conversions(conn, seen_joins, matched, new_ids, known, attributions)
-        invite_links.mark_used(
-            conn, [link.id for i, link in enumerate(matched) if link and i in new_ids]
-        )
         new_leaves = joins.record_leaves(
             conn,
             [joins.NewLeave(x.chat.id, x.user_id, x.left_at, x.update_id) for x in leaves],
+        )
+        # After the leaves: a leave and a rejoin in one batch end with the member present.
+        repeated = [position for position in range(len(rows)) if position not in inserted]
+        reopened = joins.reopen(conn, [rows[position] for position in repeated])
+        rejoined = {kept[repeated[i]] for i in reopened}
+        recorded = self._queue_conversions(
+            conn, seen_joins, matched, new_ids, rejoined, known, attributions
+        )
+        invite_links.mark_used(
+            conn, [link.id for i, link in enumerate(matched) if link and i in new_ids]
         )
         for leave in leaves:
             log.info(
@@ -209,7 +230,7 @@ class JoinRecorder:
         claimed = self._courier.claim_in(conn) if any(r.reported for r in recorded) else []
         # Only new leaves: a repeated one (INSERT OR IGNORE) must not count again.
         leaves_recorded = [JoinRecorded(LEAVE, None, False) for _ in range(new_leaves)]
-        return JoinBatch(recorded + leaves_recorded, claimed)
+        return JoinBatch(recorded + leaves_recorded, claimed, len(untracked))
 
     def _echoes(
         self,
@@ -217,17 +238,17 @@ class JoinRecorder:
         seen_joins: list[JoinSeen],
         matched: list[InviteLink | None],
     ) -> set[int]:
-        """Indices of link-less joins that repeat a join recorded moments before.
+        """Indices of joins without a link of ours that repeat, moments later, a
+        join the bot recorded when it approved that member's request.
 
         An approved join request is recorded as the join when the approval
-        succeeds; Telegram's chat_member update that follows may lack the link,
-        and must not count as a second (organic) join.
+        succeeds. Telegram's chat_member update that follows may lack the link,
+        and even `via_join_request` (the Bot API sets it only for requests made
+        without a link; tdlib/telegram-bot-api#650): it is recognised by chat,
+        user and time, and must not count as a second (organic) join. One that
+        does carry the flag may echo any join recorded moments before.
         """
-        candidates = [
-            i
-            for i, (j, link) in enumerate(zip(seen_joins, matched, strict=True))
-            if link is None and j.via_join_request
-        ]
+        candidates = [i for i, link in enumerate(matched) if link is None]
         if not candidates:
             return set()
         since = min(seen_joins[i].joined_at for i in candidates) - ECHO_WINDOW
@@ -239,7 +260,8 @@ class JoinRecorder:
             for i in candidates
             if any(
                 abs(at - seen_joins[i].joined_at) <= ECHO_WINDOW
-                for at in recent.get((seen_joins[i].chat.id, seen_joins[i].user_id), [])
+                and (approved or seen_joins[i].via_join_request)
+                for at, approved in recent.get((seen_joins[i].chat.id, seen_joins[i].user_id), [])
             )
         }
 
@@ -249,6 +271,7 @@ class JoinRecorder:
         seen_joins: list[JoinSeen],
         matched: list[InviteLink | None],
         new_ids: dict[int, int],
+        rejoined: set[int],
         known: dict[int, Channel],
         attributions: dict[int, visits.Attribution],
     ) -> list[JoinRecorded]:
@@ -260,6 +283,16 @@ class JoinRecorder:
             join_id = new_ids.get(index)
             report = join_id is not None and (kind != "organic" or self._policy.send_organic)
             recorded.append(JoinRecorded(kind, join_id, report))
+            if index in rejoined:
+                log.info(
+                    "update %s: user %d rejoined %d through the same link; present again,"
+                    " its conversion was sent for the first join",
+                    seen.update_id,
+                    seen.user_id,
+                    seen.chat.id,
+                    extra=ids(update_id=seen.update_id, user_id=seen.user_id, chat_id=seen.chat.id),
+                )
+                continue
             if join_id is None:
                 log.info(
                     "update %s: join of user %d in %d already recorded; nothing to send",

@@ -48,6 +48,7 @@ from prometheus_client.registry import Collector
 from bot.batch_handler import PollerStats
 from bot.courier import Courier
 from bot.invite_pool import InvitePool, PoolState
+from bot.join_requests import JoinRequestDesk
 from bot.joins import LEAVE, JoinRecorder
 from bot.visits import VisitRecorder
 from storage import outbox, retention, updates
@@ -111,6 +112,7 @@ class Watched:
 
     poller: PollerStats
     joins: JoinRecorder
+    join_requests: JoinRequestDesk
     courier: Courier
     pool: InvitePool
     visits: VisitRecorder
@@ -242,6 +244,22 @@ class _BridgeCollector(Collector):
         for kind, number in sorted(poller.failed_kinds.items()):
             failed.add_metric([kind], number)
         yield failed
+        unreadable = CounterMetricFamily(
+            "joinbridge_updates_unreadable",
+            "Updates that could not be read, by kind: kept with their error and skipped",
+            labels=["kind"],
+        )
+        for kind, number in sorted(poller.unreadable_kinds.items()):
+            unreadable.add_metric([kind], number)
+        yield unreadable
+        untracked = CounterMetricFamily(
+            "joinbridge_updates_untracked",
+            "Joins, leaves and join requests in chats the bot does not track, ignored",
+            labels=["kind"],
+        )
+        untracked.add_metric(["chat_member"], self._watched.joins.untracked)
+        untracked.add_metric(["chat_join_request"], self._watched.join_requests.untracked)
+        yield untracked
         if poller.last_poll_ok_at is not None:
             yield GaugeMetricFamily(
                 "joinbridge_telegram_last_poll_timestamp_seconds",

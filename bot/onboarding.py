@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,10 +57,28 @@ class Onboarding:
         self._on_change = on_change
 
     async def bot_status_changed(self, change: BotMembership) -> None:
+        """Track or untrack the chat, and tell the owner what changed.
+
+        Telegram sends my_chat_member for every edit of the bot's rights. The full
+        onboarding (settings and the landing snippet) goes out once per channel,
+        the first time the bot is an admin there with the invite right; losing or
+        regaining that right, being removed or coming back each get a short note;
+        any other rights edit gets nothing."""
         chat = change.chat
         before = await channels.get(self._db, chat.id)
-        async with self._db.transaction() as conn:
-            await channels.upsert(
+        if before is None and not change.is_admin:
+            # Added as a plain member, or removed from a chat it never administered:
+            # only chats where the bot was promoted are tracked.
+            log.info("bot is a non-admin member of %d (%s): not tracked", chat.id, chat.title)
+            return
+        onboard = (
+            change.is_admin
+            and change.can_invite_users
+            and (before is None or before.onboarded_at is None)
+        )
+
+        def write(conn: sqlite3.Connection) -> None:
+            channels.upsert_in(
                 conn,
                 chat.id,
                 title=chat.title,
@@ -69,12 +88,16 @@ class Onboarding:
                 can_invite_users=change.can_invite_users,
                 promoted_by=change.changed_by if change.is_admin else None,
             )
+            if onboard:
+                channels.mark_onboarded_in(conn, chat.id)
+
+        await self._db.write(write)
         self._on_change()
         title = html.escape(chat.title or str(chat.id))
-        handle = f"@{chat.username}" if chat.username else str(chat.id)
+        was_tracking = before is not None and before.active
         if not change.is_admin:
             log.warning("bot is no longer admin of %d (%s): channel inactive", chat.id, chat.title)
-            if before is not None and before.active:
+            if was_tracking:
                 self._notifier.alert(
                     f"inactive:{chat.id}",
                     f"🔴 The bot is no longer an admin of <b>{title}</b>: no more invite links"
@@ -83,24 +106,40 @@ class Onboarding:
                 )
             return
         self._notifier.resolved(f"inactive:{chat.id}")
-        channel = await channels.get(self._db, chat.id)
-        assert channel is not None
-        lines = [f"✅ <b>{title}</b> is now tracked."]
         if not change.can_invite_users:
+            if was_tracking and before is not None and not before.can_invite_users:
+                return  # another rights edit; the missing right was reported already
             log.warning("bot is admin of %d without the right to invite users", chat.id)
-            lines = [
-                f"⚠️ <b>{title}</b>: the bot is admin but cannot make invite links.",
-                GRANT_INVITE.format(bot=html.escape(self._bot_name())),
-            ]
             self._notifier.alert(
                 f"rights:{chat.id}",
-                "\n".join(lines),
+                f"⚠️ <b>{title}</b>: the bot is admin but cannot make invite links.\n"
+                + GRANT_INVITE.format(bot=html.escape(self._bot_name())),
                 extra_chats=[change.changed_by] if change.changed_by else [],
             )
             return
         self._notifier.resolved(f"rights:{chat.id}")
+        if onboard:
+            channel = await channels.get(self._db, chat.id)
+            assert channel is not None
+            self._to_promoter(change, self._onboarding(channel, chat, title))
+        elif not was_tracking:
+            log.info("channel %d (%s) tracked again", chat.id, chat.title)
+            self._to_promoter(change, f"✅ <b>{title}</b> is tracked again.")
+        elif before is not None and not before.can_invite_users:
+            log.info("bot may invite users in %d again", chat.id)
+            self._to_promoter(change, f"✅ <b>{title}</b>: the bot can make invite links again.")
+
+    def _to_promoter(self, change: BotMembership, text: str) -> None:
+        if change.changed_by is not None:
+            self._notifier.send(change.changed_by, text)
+        else:
+            log.info("message about %d not sent: unknown promoter", change.chat.id)
+
+    def _onboarding(self, channel: channels.Channel, chat: ChatRef, title: str) -> str:
+        handle = f"@{chat.username}" if chat.username else str(chat.id)
         event = effective_event(channel, self._default_event)
-        lines += [
+        lines = [
+            f"✅ <b>{title}</b> is now tracked.",
             f"Event reported for each join: <b>{html.escape(str(event))}</b> (/event to change)",
             f"Mode: <b>{channel.mode}</b> — "
             + ("personal single-use links" if channel.mode == "link" else "join requests")
@@ -115,7 +154,4 @@ class Onboarding:
             f"<pre>{html.escape(landing_snippet(self._tracker_url, handle))}</pre>",
         ]
         log.info("channel %d (%s) tracked", chat.id, chat.title)
-        if change.changed_by is not None:
-            self._notifier.send(change.changed_by, "\n".join(lines))
-        else:
-            log.info("onboarding summary for %d not sent: unknown promoter", chat.id)
+        return "\n".join(lines)

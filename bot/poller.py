@@ -23,7 +23,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from aiogram import Bot, Dispatcher
 from aiogram.methods import DeleteWebhook, GetMe, GetUpdates
@@ -33,6 +32,7 @@ from bot.batch_handler import STALE_NEW_AFTER, BatchHandler, BatchSink, InboxRow
 from bot.logs import ids
 from bot.telegram_calls import PersistentCaller
 from bot.telegram_session import UpdatesSession, raw_json
+from bot.update_reader import ReadBatch, Unreadable, UpdateReader
 from bot.waiting import wait_any
 from storage import updates as inbox
 from storage.db import Database
@@ -86,6 +86,7 @@ class Poller:
         *,
         stats: PollerStats | None = None,
         sends_written: Callable[[], Awaitable[None]],
+        on_unreadable: Callable[[list[Unreadable]], None] = lambda _: None,
     ) -> None:
         self._bot = bot
         self._db = db
@@ -103,6 +104,10 @@ class Poller:
         )
         # The courier's: returns once the sends it has started are on the wire.
         self._sends_written = sends_written
+        # Told of updates newly set aside as unreadable (the admins' alert).
+        self._on_unreadable = on_unreadable
+        session = bot.session
+        self._reader = session.reader if isinstance(session, UpdatesSession) else UpdateReader()
         # The handling task waits for a batch, with none queued.
         self._handling_idle = False
         self._caller = PersistentCaller(
@@ -156,39 +161,47 @@ class Poller:
                 timeout=self._config.timeout,
                 allowed_updates=ALLOWED_UPDATES,
             )
-            batch = await self._caller.call_until_ok(
+            updates = await self._caller.call_until_ok(
                 method, stop, "getUpdates", request_timeout=self._config.timeout + 15
             )
-            if batch is None:
+            if updates is None:
                 return
             self.stats.last_poll_ok_at = time.time()
-            if not batch:
+            read = self._read_of(method, updates)
+            if read.last_update_id is None:
                 continue
-            rows = self._inbox_rows(batch, self._raw_of(method))
-            if self._at_once(batch) and await self._handler.process_unstored(
-                batch, rows, within=self._config.head_start
-            ):
-                self._offset = batch[-1].update_id + 1
-                await self._give_way(None)
-                continue
+            batch = read.updates
             try:
+                # Unreadable updates are committed before the offset moves past them.
+                await self._set_aside(read.unreadable)
+                if not batch:
+                    self._offset = read.last_update_id + 1
+                    continue
+                rows = self._inbox_rows(batch, read)
+                if self._at_once(batch) and await self._handler.process_unstored(
+                    batch, rows, within=self._config.head_start
+                ):
+                    self._offset = read.last_update_id + 1
+                    await self._give_way(None)
+                    continue
                 already_done = await self._store(rows)
             except Exception as error:
                 # Nothing is confirmed: the same offset fetches this batch again.
                 delay = self._caller.next_backoff()
+                first = min(read.raw)
                 log.error(
                     "could not store updates %d-%d (%s: %s); not confirming them,"
                     " retrying in %.1f s",
-                    batch[0].update_id,
-                    batch[-1].update_id,
+                    first,
+                    read.last_update_id,
                     type(error).__name__,
                     error,
                     delay,
-                    extra=ids(update_id=batch[0].update_id, last_update_id=batch[-1].update_id),
+                    extra=ids(update_id=first, last_update_id=read.last_update_id),
                 )
                 await wait_any(stop, timeout=delay)
                 continue
-            self._offset = batch[-1].update_id + 1
+            self._offset = read.last_update_id + 1
             fresh = [u for u in batch if u.update_id not in already_done]
             if fresh:
                 item = _Handoff(fresh, asyncio.get_running_loop().create_future())
@@ -220,20 +233,55 @@ class Poller:
         except TimeoutError:
             pass
 
-    def _raw_of(self, method: GetUpdates) -> list[dict[str, Any]] | None:
+    def _read_of(self, method: GetUpdates, updates: list[Update]) -> ReadBatch:
         session = self._bot.session
-        return session.take_raw(method) if isinstance(session, UpdatesSession) else None
+        read = session.take_read(method) if isinstance(session, UpdatesSession) else None
+        if read is not None:
+            return read
+        # Another session (aiogram's own) validated the answer whole: all readable.
+        return ReadBatch(
+            updates=updates,
+            last_update_id=updates[-1].update_id if updates else None,
+        )
 
     @staticmethod
-    def _inbox_rows(batch: list[Update], raw: list[dict[str, Any]] | None) -> list[InboxRow]:
-        if raw is not None and [r.get("update_id") for r in raw] == [u.update_id for u in batch]:
-            # As Telegram sent them: cheaper than serialising the parsed models again.
-            pairs = zip(batch, raw, strict=True)
-            return [(u.update_id, u.event_type, raw_json(r)) for u, r in pairs]
+    def _inbox_rows(batch: list[Update], read: ReadBatch) -> list[InboxRow]:
+        # As Telegram sent them: cheaper than serialising the parsed models again.
         return [
-            (u.update_id, u.event_type, u.model_dump_json(exclude_unset=True, by_alias=True))
+            (
+                u.update_id,
+                u.event_type,
+                raw_json(raw)
+                if (raw := read.raw.get(u.update_id)) is not None
+                else u.model_dump_json(exclude_unset=True, by_alias=True),
+            )
             for u in batch
         ]
+
+    async def _set_aside(self, unreadable: list[Unreadable]) -> None:
+        """Store unreadable updates, with their errors, as never to be handled."""
+        if not unreadable:
+            return
+        rows = [(u.update_id, u.kind, raw_json(u.raw), u.error) for u in unreadable]
+        new_ids = await self._db.write(
+            lambda conn: inbox.store_unreadable_in(conn, rows, time.time())
+        )
+        fresh = [u for u in unreadable if u.update_id in new_ids]
+        self._count_unreadable(fresh)
+
+    def _count_unreadable(self, unreadable: list[Unreadable]) -> None:
+        for one in unreadable:
+            self.stats.unreadable += 1
+            self.stats.unreadable_kinds[one.kind] += 1
+            log.error(
+                "update %d (%s) cannot be read: %s; kept as unreadable and skipped",
+                one.update_id,
+                one.kind,
+                one.error,
+                extra=ids(update_id=one.update_id),
+            )
+        if unreadable:
+            self._on_unreadable(unreadable)
 
     async def _store(self, rows: list[InboxRow]) -> set[int]:
         already_done = await inbox.store_batch(self._db, rows)
@@ -270,9 +318,9 @@ class Poller:
                 next_retry_pass = time.monotonic() + self._config.update_retry_base
             if time.monotonic() >= next_prune:
                 # Handled updates only matter while Telegram could still resend them.
-                pruned = await inbox.prune_done(self._db)
+                pruned = await inbox.prune_old(self._db)
                 if pruned:
-                    log.info("%d handled update(s) older than 48 h forgotten", pruned)
+                    log.info("%d old stored update(s) forgotten", pruned)
                 next_prune = time.monotonic() + PRUNE_EVERY
 
     async def _retry_stored(self, stop: asyncio.Event, *, at_start: bool) -> None:
@@ -294,9 +342,14 @@ class Poller:
                     one.attempts + 1,
                     extra=ids(update_id=one.update_id),
                 )
-            await self._handler.process_guarded(
-                [
-                    (Update.model_validate(s.raw, context={"bot": self._bot}), s.attempts)
-                    for s in due
-                ]
-            )
+            readable: list[tuple[Update, int]] = []
+            for stored_update in due:
+                read = self._reader.read_one(stored_update.raw, self._bot)
+                if isinstance(read, Unreadable):
+                    # Stored readable by an older version of the bridge, say.
+                    await inbox.mark_unreadable(self._db, read.update_id, read.error)
+                    self._count_unreadable([read])
+                else:
+                    readable.append((read, stored_update.attempts))
+            if readable:
+                await self._handler.process_guarded(readable)

@@ -1,10 +1,15 @@
-"""aiogram's aiohttp session, keeping getUpdates' raw JSON for the inbox.
+"""aiogram's aiohttp session, reading getUpdates answers update by update.
 
-The poller stores each update as Telegram sent it before confirming it.
-Serialising the parsed `Update` back to JSON cost about a tenth of ingest;
-the session already holds the parsed JSON, so it hands that over instead.
-orjson parses Bot API answers (a getUpdates batch of 100 is ~200 KB). Each
-answer's model class is kept for the life of the process (see _RESPONSE_TYPES).
+aiogram would validate a getUpdates answer as one list, and a single update it
+cannot read would fail the whole answer again and again (bot/update_reader.py).
+This session takes the answer's JSON itself and has the `UpdateReader` read it:
+the call returns the updates that could be read, and the poller takes the whole
+`ReadBatch` (every raw update, the unreadable ones with their errors, and the
+highest update_id) to store each update as Telegram sent it before confirming
+it. Serialising the parsed `Update` back to JSON cost about a tenth of ingest;
+the raw JSON is at hand, so it is stored instead. orjson parses Bot API answers
+(a getUpdates batch of 100 is ~200 KB). Each answer's model class is kept for
+the life of the process (see _RESPONSE_TYPES).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from aiogram.exceptions import ClientDecodeError
 from aiogram.methods import GetUpdates, TelegramMethod
 from aiogram.methods.base import Response, TelegramType
 from aiogram.types import Update
-from pydantic import ValidationError
+
+from bot.update_reader import ReadBatch, UpdateReader
 
 # aiogram builds `Response[method.__returning__]` on every call; build it once.
 _UPDATES_RESPONSE = Response[list[Update]]
@@ -36,13 +42,14 @@ _KEEP_AT_MOST = 8
 
 
 class UpdatesSession(AiohttpSession):
-    def __init__(self, api: TelegramAPIServer) -> None:
+    def __init__(self, api: TelegramAPIServer, reader: UpdateReader | None = None) -> None:
         super().__init__(api=api, json_loads=orjson.loads)
-        self._raw: dict[int, list[dict[str, Any]]] = {}
+        self.reader = reader or UpdateReader()
+        self._read: dict[int, ReadBatch] = {}
 
-    def take_raw(self, method: GetUpdates) -> list[dict[str, Any]] | None:
-        """The raw updates of the answer to `method`, once."""
-        return self._raw.pop(id(method), None)
+    def take_read(self, method: GetUpdates) -> ReadBatch | None:
+        """The answer to `method` as the reader read it, once."""
+        return self._read.pop(id(method), None)
 
     def check_response(
         self,
@@ -56,15 +63,17 @@ class UpdatesSession(AiohttpSession):
                 data = orjson.loads(content)
             except orjson.JSONDecodeError as error:
                 raise ClientDecodeError("Failed to decode object", error, content) from error
-            if isinstance(data, dict) and data.get("ok") is True:
-                try:
-                    response = _UPDATES_RESPONSE.model_validate(data, context={"bot": bot})
-                except ValidationError as error:
-                    raise ClientDecodeError("Failed to deserialize object", error, data) from error
-                if len(self._raw) >= _KEEP_AT_MOST:
-                    self._raw.clear()
-                self._raw[id(method)] = data["result"]
-                return response  # type: ignore[return-value]
+            if (
+                isinstance(data, dict)
+                and data.get("ok") is True
+                and isinstance(data.get("result"), list)
+            ):
+                read = self.reader.read_batch(data["result"], bot)
+                if len(self._read) >= _KEEP_AT_MOST:
+                    self._read.clear()
+                self._read[id(method)] = read
+                # Built from updates already validated: nothing is checked twice.
+                return _UPDATES_RESPONSE.model_construct(ok=True, result=read.updates)  # type: ignore[return-value]
         returning = method.__returning__
         if returning not in _RESPONSE_TYPES:
             _RESPONSE_TYPES[returning] = Response[returning]  # type: ignore[valid-type]

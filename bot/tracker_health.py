@@ -41,6 +41,7 @@ class Health:
             version = await schema_version(self._db)
             counts = await outbox.counts(self._reads)
             failed_updates = await updates.failed_count(self._reads)
+            unreadable = await updates.unreadable_summary(self._reads)
             pools = await self._pool.states()
         except Exception as error:
             log.exception("healthz: database check failed")
@@ -71,6 +72,11 @@ class Health:
                 else round(now - last_poll, 1),
                 "updatesReceived": self._poller.received,
                 "updatesFailed": failed_updates,
+                # Kept and skipped: the bridge goes on, an admin should look.
+                "updatesUnreadable": unreadable.count,
+                "lastUnreadable": None
+                if unreadable.latest is None
+                else dict(zip(("updateId", "kind", "error"), unreadable.latest, strict=True)),
             },
             "courier": courier,
             "outbox": {

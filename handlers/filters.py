@@ -9,7 +9,7 @@ subclass is awaited in the event loop.
 from __future__ import annotations
 
 from aiogram.filters import Filter
-from aiogram.types import CallbackQuery, Chat, TelegramObject
+from aiogram.types import CallbackQuery, Chat, ChatMemberUpdated, TelegramObject
 
 
 class ChatTypes(Filter):
@@ -25,6 +25,17 @@ class ChatTypes(Filter):
 
 CHANNELS = ChatTypes("channel", "supergroup")
 PRIVATE = ChatTypes("private")
+
+
+class People(Filter):
+    """A membership change of a person. Bots are never joins: another admin's bot
+    added to the channel is not a subscriber, and must not become a conversion."""
+
+    async def __call__(self, event: TelegramObject) -> bool:
+        return isinstance(event, ChatMemberUpdated) and not event.new_chat_member.user.is_bot
+
+
+PEOPLE = People()
 
 
 class CallbackData(Filter):

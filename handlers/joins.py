@@ -13,7 +13,7 @@ from aiogram.filters import JOIN_TRANSITION, LEAVE_TRANSITION, ChatMemberUpdated
 from aiogram.types import Chat, ChatMemberUpdated, Update
 
 from bot.joins import ChatRef, JoinSeen, LeaveSeen
-from handlers.filters import CHANNELS
+from handlers.filters import CHANNELS, PEOPLE
 
 
 def chat_ref(chat: Chat) -> ChatRef:
@@ -43,7 +43,7 @@ async def on_leave(event: ChatMemberUpdated, event_update: Update) -> LeaveSeen:
 def make_router() -> Router:
     # A fresh router per dispatcher: aiogram attaches a router to one parent only.
     router = Router(name="joins")
-    router.chat_member.filter(CHANNELS)
+    router.chat_member.filter(CHANNELS, PEOPLE)
     router.chat_member.register(on_join, ChatMemberUpdatedFilter(JOIN_TRANSITION))
     router.chat_member.register(on_leave, ChatMemberUpdatedFilter(LEAVE_TRANSITION))
     return router

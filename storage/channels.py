@@ -24,6 +24,7 @@ class Channel:
     adtarget_channel_id: str | None
     adtarget_event_type: str | None = None
     promoted_by: int | None = None
+    onboarded_at: float | None = None  # the full onboarding was sent
 
     @property
     def report_id(self) -> str:
@@ -33,7 +34,7 @@ class Channel:
 
 _COLUMNS = (
     "chat_id, title, username, active, can_invite_users, event_type, mode, adtarget_channel_id,"
-    " adtarget_event_type, promoted_by"
+    " adtarget_event_type, promoted_by, onboarded_at"
 )
 
 
@@ -49,11 +50,12 @@ def _channel(row: sqlite3.Row) -> Channel:
         adtarget_channel_id=row["adtarget_channel_id"],
         adtarget_event_type=row["adtarget_event_type"],
         promoted_by=row["promoted_by"],
+        onboarded_at=row["onboarded_at"],
     )
 
 
-async def upsert(
-    conn: aiosqlite.Connection,
+def upsert_in(
+    conn: sqlite3.Connection,
     chat_id: int,
     *,
     title: str,
@@ -63,8 +65,10 @@ async def upsert(
     can_invite_users: bool,
     promoted_by: int | None = None,
 ) -> None:
+    """Track a chat (the bot was promoted there, or an admin added it), or update it."""
     now = time.time()
-    await conn.execute(
+    _release_username(conn, chat_id, username)
+    conn.execute(
         "INSERT INTO channels (chat_id, title, username, chat_type, active, can_invite_users,"
         " promoted_by, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (chat_id) DO UPDATE SET title = excluded.title,"
@@ -86,27 +90,49 @@ async def upsert(
     )
 
 
-def ensure_known(
-    conn: sqlite3.Connection, chats: list[tuple[int, str, str | None, str]]
-) -> dict[int, Channel]:
-    """The channel rows for (chat_id, title, username, type), creating unknown ones.
+def mark_onboarded_in(conn: sqlite3.Connection, chat_id: int) -> None:
+    conn.execute("UPDATE channels SET onboarded_at = ? WHERE chat_id = ?", (time.time(), chat_id))
 
-    Telegram sends chat_member updates only to admins, so such a chat is one the
-    bot administers even if its my_chat_member update came before we ran.
+
+def _release_username(conn: sqlite3.Connection, chat_id: int, username: str | None) -> None:
+    """A public username belongs to one chat at a time: when Telegram shows it on
+    `chat_id`, the chat that had it before gave it up."""
+    if username:
+        conn.execute(
+            "UPDATE channels SET username = NULL, updated_at = ?"
+            " WHERE lower(username) = lower(?) AND chat_id != ?",
+            (time.time(), username, chat_id),
+        )
+
+
+def tracked_in(
+    conn: sqlite3.Connection, chats: list[tuple[int, str, str | None]]
+) -> dict[int, Channel]:
+    """The tracked channels among (chat_id, title, username) as an update showed
+    them, their title and username refreshed from it. Chats that are not tracked
+    are left out: the bot may be admin of a discussion group or any other chat
+    nobody set it up in, and those are none of its business.
     """
     if not chats:
         return {}
     ids = sorted({chat[0] for chat in chats})
     select = f"SELECT {_COLUMNS} FROM channels WHERE chat_id IN ({marks(len(ids))})"
     known = {int(row["chat_id"]): _channel(row) for row in conn.execute(select, ids)}
-    if len(known) == len(ids):
+    shown = {chat_id: (title, username) for chat_id, title, username in chats if chat_id in known}
+    stale = {
+        chat_id: (title or known[chat_id].title, username)
+        for chat_id, (title, username) in shown.items()
+        if (title and title != known[chat_id].title) or username != known[chat_id].username
+    }
+    if not stale:
         return known  # the usual case: one statement, no write
     now = time.time()
-    conn.executemany(
-        "INSERT INTO channels (chat_id, title, username, chat_type, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (chat_id) DO NOTHING",
-        [(chat_id, title, username, kind, now, now) for chat_id, title, username, kind in chats],
-    )
+    for chat_id, (title, username) in stale.items():
+        _release_username(conn, chat_id, username)
+        conn.execute(
+            "UPDATE channels SET title = ?, username = ?, updated_at = ? WHERE chat_id = ?",
+            (title, username, now, chat_id),
+        )
     return {int(row["chat_id"]): _channel(row) for row in conn.execute(select, ids)}
 
 

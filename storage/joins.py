@@ -83,6 +83,30 @@ def insert_many(conn: sqlite3.Connection, rows: list[NewJoin]) -> dict[int, int]
     return new
 
 
+def reopen(conn: sqlite3.Connection, rows: list[NewJoin]) -> set[int]:
+    """Rejoins through a link already used by the same member: the join is
+    recorded (and converted) once per (chat, user, link), so the rejoin opens
+    that join again instead, and the member counts as present. A join that was
+    left before the rejoin's date, with no leave after it, is reopened; a
+    redelivery of the first join is not. Call it after the batch's leaves.
+
+    Returns the indices in `rows` that reopened a join."""
+    reopened: set[int] = set()
+    for index, r in enumerate(rows):
+        if r.link_id is None:
+            continue  # a link-less join has its own row per date
+        cursor = conn.execute(
+            "UPDATE joins SET left_at = NULL WHERE chat_id = :chat AND user_id = :user"
+            " AND link_id = :link AND left_at IS NOT NULL AND left_at <= :at"
+            " AND NOT EXISTS (SELECT 1 FROM leaves WHERE chat_id = :chat AND user_id = :user"
+            " AND left_at > :at)",
+            {"chat": r.chat_id, "user": r.user_id, "link": r.link_id, "at": r.joined_at},
+        )
+        if cursor.rowcount:
+            reopened.add(index)
+    return reopened
+
+
 def record_leaves(conn: sqlite3.Connection, rows: list[NewLeave]) -> int:
     """Record leaves and close the member's open joins; repeats are no-ops.
 
@@ -132,19 +156,19 @@ def _replace_made_up_leave(conn: sqlite3.Connection, real: NewLeave) -> None:
 
 def recent_joins(
     conn: sqlite3.Connection, chat_users: list[tuple[int, int]], *, since: int
-) -> dict[tuple[int, int], list[int]]:
-    """Join times per (chat, user) at or after `since`."""
+) -> dict[tuple[int, int], list[tuple[int, bool]]]:
+    """(join time, through an approved join request) per (chat, user), at or after `since`."""
     if not chat_users:
         return {}
     pairs = sorted(set(chat_users))
     marks = ", ".join("(?, ?)" for _ in pairs)
     flat = [value for pair in pairs for value in pair]
     rows = conn.execute(
-        f"SELECT chat_id, user_id, joined_at FROM joins WHERE (chat_id, user_id) IN"
-        f" (VALUES {marks}) AND joined_at >= ?",
+        f"SELECT chat_id, user_id, joined_at, via_join_request FROM joins"
+        f" WHERE (chat_id, user_id) IN (VALUES {marks}) AND joined_at >= ?",
         [*flat, since],
     )
-    found: dict[tuple[int, int], list[int]] = {}
+    found: dict[tuple[int, int], list[tuple[int, bool]]] = {}
     for row in rows:
-        found.setdefault((int(row[0]), int(row[1])), []).append(int(row[2]))
+        found.setdefault((int(row[0]), int(row[1])), []).append((int(row[2]), bool(row[3])))
     return found

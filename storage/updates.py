@@ -14,6 +14,9 @@ from storage.sql import marks
 # Telegram keeps unconfirmed updates for 24 h; a done row older than twice that
 # can no longer come back, so it is only dead weight.
 DONE_KEPT_SECONDS = 48 * 3600
+# Unreadable updates are kept for an admin to look at (/outbox, /healthz), then go:
+# they hold a person's data like any raw update.
+UNREADABLE_KEPT_SECONDS = 14 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,56 @@ def store_handled_in(
     return {int(r[0]) for r in before}
 
 
+@dataclass(frozen=True, slots=True)
+class UnreadableSummary:
+    count: int
+    # The latest one: (update_id, kind, error), or None when there are none.
+    latest: tuple[int, str, str] | None
+
+
+def store_unreadable_in(
+    conn: sqlite3.Connection, rows: list[tuple[int, str, str, str]], now: float
+) -> set[int]:
+    """Store (update_id, kind, raw_json, error) rows as unreadable: kept, never
+    handled. Returns the ids that were new (a redelivery was stored before)."""
+    if not rows:
+        return set()
+    ids = [row[0] for row in rows]
+    before = {
+        int(r[0])
+        for r in conn.execute(
+            f"SELECT update_id FROM updates WHERE update_id IN ({marks(len(ids))})", ids
+        )
+    }
+    conn.executemany(
+        "INSERT OR IGNORE INTO updates (update_id, kind, raw, state, last_error, received_at)"
+        " VALUES (?, ?, ?, 'unreadable', ?, ?)",
+        [(uid, kind, raw, error[:500], now) for uid, kind, raw, error in rows],
+    )
+    return {uid for uid in ids if uid not in before}
+
+
+async def mark_unreadable(db: Database, update_id: int, error: str) -> None:
+    """A stored update that can no longer be read (read again at a retry or a start)."""
+    async with db.transaction() as conn:
+        await conn.execute(
+            "UPDATE updates SET state = 'unreadable', last_error = ?, next_retry_at = NULL"
+            " WHERE update_id = ?",
+            (error[:500], update_id),
+        )
+
+
+async def unreadable_summary(db: Database) -> UnreadableSummary:
+    rows = await db.fetchall(
+        "SELECT update_id, kind, last_error, count(*) OVER () FROM updates"
+        " WHERE state = 'unreadable' ORDER BY received_at DESC, update_id DESC LIMIT 1"
+    )
+    if not rows:
+        return UnreadableSummary(0, None)
+    row = rows[0]
+    return UnreadableSummary(int(row[3]), (int(row[0]), str(row[1]), str(row[2] or "")))
+
+
 async def mark_done(db: Database, update_ids: list[int]) -> None:
     await db.write(lambda conn: mark_done_in(conn, update_ids))
 
@@ -141,10 +194,16 @@ async def failed_count(db: Database) -> int:
     return int(row[0]) if row else 0
 
 
-async def prune_done(db: Database, *, now: float | None = None) -> int:
-    cutoff = (time.time() if now is None else now) - DONE_KEPT_SECONDS
+async def prune_old(db: Database, *, now: float | None = None) -> int:
+    """Forget handled updates past DONE_KEPT_SECONDS and unreadable ones past
+    UNREADABLE_KEPT_SECONDS; returns how many went."""
+    now = time.time() if now is None else now
     async with db.transaction() as conn:
-        cursor = await conn.execute(
-            "DELETE FROM updates WHERE state = 'done' AND done_at < ?", (cutoff,)
+        done = await conn.execute(
+            "DELETE FROM updates WHERE state = 'done' AND done_at < ?", (now - DONE_KEPT_SECONDS,)
         )
-        return cursor.rowcount
+        unreadable = await conn.execute(
+            "DELETE FROM updates WHERE state = 'unreadable' AND received_at < ?",
+            (now - UNREADABLE_KEPT_SECONDS,),
+        )
+        return done.rowcount + unreadable.rowcount

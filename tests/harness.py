@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -21,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CHANNEL_ID = -1001234567890
 CHANNEL_TITLE = "Test Channel"
 OWNER = 4242  # in ADMIN_IDS of the admin tests' bridges
+# Real getUpdates payloads (tests/payloads/README.md says where each comes from).
+PAYLOADS = sorted((ROOT / "tests" / "payloads").glob("*.json"))
 
 # Short intervals so recovery paths run in tests in well under a second.
 FAST: dict[str, Any] = {
@@ -237,3 +240,9 @@ async def ask(telegram: FakeTelegram, user_id: int, text: str) -> str:
         for m in telegram.sent_messages[before:]
         if m["chat"]["id"] == user_id
     )
+
+
+def load_payload(path: Path) -> dict[str, Any]:
+    """A fresh copy of one captured update, for the test to retarget."""
+    update: dict[str, Any] = json.loads(path.read_text())
+    return update

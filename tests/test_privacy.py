@@ -134,7 +134,15 @@ async def _scalar(db: Database, sql: str, params: tuple[Any, ...] = ()) -> Any:
 
 async def _seed(db: Database) -> None:
     await db.write(
-        lambda conn: channels.ensure_known(conn, [(CHAT.id, CHAT.title, None, "channel")])
+        lambda conn: channels.upsert_in(
+            conn,
+            CHAT.id,
+            title=CHAT.title,
+            username=None,
+            chat_type="channel",
+            active=True,
+            can_invite_users=True,
+        )
     )
     await _person(db, ALICE, "00000000-0000-4000-8000-00000000000a", 900)
     await _person(db, BOB, "00000000-0000-4000-8000-00000000000b", 910)

@@ -33,9 +33,9 @@ DAY = 86400
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
     database = await open_database(tmp_path / "bridge.db")
-    async with database.transaction() as conn:
-        for chat_id in (CHAT, OTHER):
-            await channels.upsert(
+    for chat_id in (CHAT, OTHER):
+        await database.write(
+            lambda conn, chat_id=chat_id: channels.upsert_in(
                 conn,
                 chat_id,
                 title=f"T{chat_id}",
@@ -44,6 +44,7 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
                 active=True,
                 can_invite_users=True,
             )
+        )
     yield database
     await database.close()
 

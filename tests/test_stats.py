@@ -112,8 +112,16 @@ async def _seed(db: Database) -> None:
 
 
 def _seed_rows(conn: sqlite3.Connection) -> None:
-    channels.ensure_known(conn, [(A, "Channel A", None, "channel")])
-    channels.ensure_known(conn, [(B, "Channel B", None, "channel")])
+    for chat_id, title in ((A, "Channel A"), (B, "Channel B")):
+        channels.upsert_in(
+            conn,
+            chat_id,
+            title=title,
+            username=None,
+            chat_type="channel",
+            active=True,
+            can_invite_users=True,
+        )
     conn.executemany(
         "INSERT INTO visits (id, temp_id, utm_source, utm_campaign, created_at, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",

@@ -157,8 +157,8 @@ async def test_join_natural_keys(db: Database) -> None:
 
 
 async def _add_channel(db: Database, chat_id: int = -1001) -> None:
-    async with db.transaction() as conn:
-        await channels.upsert(
+    await db.write(
+        lambda conn: channels.upsert_in(
             conn,
             chat_id,
             title="T",
@@ -167,6 +167,7 @@ async def _add_channel(db: Database, chat_id: int = -1001) -> None:
             active=True,
             can_invite_users=True,
         )
+    )
 
 
 async def test_a_batch_of_new_joins_gets_each_its_own_id(db: Database) -> None:
@@ -334,7 +335,7 @@ async def test_inbox_batches_failures_and_redelivery(db: Database) -> None:
     # The same batch again: update 1 is known as done; with a new one beside it, too.
     assert await updates.store_batch(db, batch) == {1}
     assert await updates.store_batch(db, [batch[0], (4, "message", '{"update_id": 4}')]) == {1}
-    assert await updates.prune_done(db, now=time.time() + updates.DONE_KEPT_SECONDS + 1) == 1
+    assert await updates.prune_old(db, now=time.time() + updates.DONE_KEPT_SECONDS + 1) == 1
 
 
 async def test_conversions_are_claimed_before_visit_forwards(db: Database) -> None:

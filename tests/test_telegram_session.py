@@ -55,7 +55,10 @@ async def test_updates_parse_and_keep_their_raw_json(telegram: FakeTelegram, bot
     updates = await bot(method)
     assert [u.event_type for u in updates] == ["chat_member"]
     assert isinstance(bot.session, UpdatesSession)
-    raw = bot.session.take_raw(method)
-    assert raw is not None
-    assert raw[0]["update_id"] == updates[0].update_id
-    assert bot.session.take_raw(method) is None  # handed over once
+    read = bot.session.take_read(method)
+    assert read is not None
+    assert list(read.raw) == [updates[0].update_id]
+    assert read.raw[updates[0].update_id]["chat_member"]["chat"]["id"] == CHANNEL
+    assert read.unreadable == []
+    assert read.last_update_id == updates[0].update_id
+    assert bot.session.take_read(method) is None  # handed over once
