@@ -160,15 +160,17 @@ async def build(settings: Settings) -> Bridge:
     desk = JoinRequestDesk(bot, db, joins, approve=settings.approve_join_requests)
     visits = VisitRecorder(db, courier.wake)
     channel_sync = ChannelSync(adtarget, db)
+    gate = AdminGate(bot, db, settings.admin_ids)
     onboarding = Onboarding(
+        bot,
         db,
+        gate,
         notifier,
         tracker_url=settings.public_tracker_url,
         default_event=settings.default_event,
         bot_name=lambda: f"@{poll_stats.username}" if poll_stats.username else "the bot",
         on_change=pool.wake,
     )
-    gate = AdminGate(bot, db, settings.admin_ids)
     console = Console(
         db,
         gate,

@@ -36,6 +36,7 @@ page to AdTarget, so your ads learn which clicks became subscribers.
 <b>Commands</b>
 /stats [channel] [today|7d|30d|all] — visits, links, joins, conversions
 /channels — tracked channels, mode, event, rights
+/track &lt;@channel|-100…&gt; — track a channel where the bot already is admin
 /event &lt;channel&gt; &lt;Lead|Subscribe|CompleteRegistration|Custom:Name&gt;
 /mode &lt;channel&gt; &lt;link|request&gt; — single-use links or join requests
 /link &lt;channel&gt; &lt;campaign&gt; — a named link for a post, partner or QR code
@@ -57,6 +58,7 @@ COMMANDS = {
     "help": "Commands",
     "stats": "Visits, joins and conversions",
     "channels": "Tracked channels",
+    "track": "Track a channel the bot is admin of",
     "event": "Set a channel's event type",
     "mode": "Personal links or join requests",
     "link": "Create a campaign link",

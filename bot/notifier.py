@@ -40,9 +40,13 @@ class Notifier:
         self._queue: asyncio.Queue[Outgoing] = asyncio.Queue()
         self._last_sent_to: dict[int, float] = {}
         self._alerted: dict[str, float] = {}
-        self.delivered = 0
+        # Messages accepted, and of those the ones settled: sent, or given up on
+        # because the chat refuses the bot. Equal when nothing waits to be sent.
+        self.queued = 0
+        self.settled = 0
 
     def send(self, chat_id: int, text: str) -> None:
+        self.queued += 1
         self._queue.put_nowait(Outgoing(chat_id, text))
 
     def alert(self, key: str, text: str, *, extra_chats: Iterable[int] = ()) -> bool:
@@ -95,11 +99,12 @@ class Notifier:
             except (TelegramForbiddenError, TelegramBadRequest) as error:
                 # Not started the bot, or blocked it: nothing to do but say so.
                 log.warning("cannot message %d: %s", message.chat_id, error.message)
+                self.settled += 1
                 return
             except (TelegramAPIError, OSError, TimeoutError) as error:
                 log.warning("message to %d failed (%s); retrying", message.chat_id, error)
                 await asyncio.sleep(5)
                 continue
             self._last_sent_to[message.chat_id] = time.monotonic()
-            self.delivered += 1
+            self.settled += 1
             return

@@ -1,5 +1,11 @@
-"""The bot's own membership in channels: registered when made admin, inactive when
-not, and the promoting admin told what to do next."""
+"""The bot's own membership in channels: registered when made admin (or when an
+admin names the channel with /track), inactive when not, and the promoting admin
+told what to do next.
+
+Only such chats are tracked. Telegram also sends updates from chats the bot was
+never set up in (a channel's discussion group, any group that made it admin);
+those are ignored, so no links are minted and no joins counted there.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,11 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aiogram import Bot
+from aiogram.exceptions import AiogramError, TelegramAPIError
+from aiogram.types import ChatMemberAdministrator, ChatMemberOwner
+
+from bot.admins import AdminGate
 from bot.events import EventType
 from bot.joins import ChatRef, effective_event
 from bot.notifier import Notifier
@@ -29,6 +40,12 @@ PUBLIC_WARNING = (
 )
 
 
+TRACK_USAGE = (
+    "Usage: /track @channel or /track -100… (the channel's id). The bot must already be"
+    " an admin there."
+)
+
+
 @dataclass(frozen=True, slots=True)
 class BotMembership:
     chat: ChatRef
@@ -40,7 +57,9 @@ class BotMembership:
 class Onboarding:
     def __init__(
         self,
+        bot: Bot,
         db: Database,
+        gate: AdminGate,
         notifier: Notifier,
         *,
         tracker_url: str,
@@ -48,7 +67,9 @@ class Onboarding:
         bot_name: Callable[[], str],
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
+        self._bot = bot
         self._db = db
+        self._gate = gate
         self._notifier = notifier
         self._tracker_url = tracker_url
         self._default_event = default_event
@@ -128,6 +149,44 @@ class Onboarding:
         elif before is not None and not before.can_invite_users:
             log.info("bot may invite users in %d again", chat.id)
             self._to_promoter(change, f"✅ <b>{title}</b>: the bot can make invite links again.")
+
+    async def track(self, user_id: int, wanted: str) -> str:
+        """/track @channel (or -100… id): track a chat where the bot is already an
+        admin but Telegram's my_chat_member never reached the bridge (it was promoted
+        while the bridge was down for more than a day, or by an older deployment).
+        Telegram is asked, never trusted blindly: the chat must exist, the bot must be
+        its admin, and the user one of ADMIN_IDS or an admin there."""
+        wanted = wanted.strip()
+        if not (wanted.startswith("@") or wanted.lstrip("-").isdigit()):
+            return TRACK_USAGE
+        target: int | str = wanted if wanted.startswith("@") else int(wanted)
+        try:
+            chat = await self._bot.get_chat(target)
+        except (TelegramAPIError, AiogramError) as error:
+            log.info("getChat(%s) for /track failed: %s", wanted, error)
+            why = html.escape(str(error))
+            return f"Telegram does not show {html.escape(wanted)} to the bot: {why}"
+        gate = self._gate
+        if not (gate.is_owner(user_id) or await gate.is_channel_admin(user_id, chat.id)):
+            return "Only ADMIN_IDS and that chat's admins may track it."
+        if chat.type not in ("channel", "supergroup"):
+            return "Only channels (and supergroups) can be tracked."
+        try:
+            me = await self._bot.me()
+            member = await self._bot.get_chat_member(chat.id, me.id)
+        except (TelegramAPIError, AiogramError) as error:
+            log.info("getChatMember(%d, bot) for /track failed: %s", chat.id, error)
+            return f"Telegram did not say what the bot is in that chat: {html.escape(str(error))}"
+        ref = ChatRef(id=chat.id, title=chat.title or "", username=chat.username, type=chat.type)
+        title = html.escape(ref.title or str(ref.id))
+        if not isinstance(member, ChatMemberAdministrator | ChatMemberOwner):
+            return f"The bot is not an admin of <b>{title}</b>. Make it one; that tracks it too."
+        before = await channels.get(self._db, chat.id)
+        can_invite = isinstance(member, ChatMemberOwner) or member.can_invite_users
+        await self.bot_status_changed(BotMembership(ref, True, can_invite, changed_by=user_id))
+        if before is not None and before.active:
+            return f"<b>{title}</b> is already tracked."
+        return f"<b>{title}</b> is tracked from now on."
 
     def _to_promoter(self, change: BotMembership, text: str) -> None:
         if change.changed_by is not None:

@@ -10,6 +10,7 @@ from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import CallbackQuery, Message
 
 from bot.console import HELP, Console, Reply
+from bot.onboarding import Onboarding
 from bot.sync import ChannelSync
 from handlers.filters import PRIVATE, CallbackData
 
@@ -93,6 +94,11 @@ async def on_sync(message: Message, console: Console, channel_sync: ChannelSync)
     await message.answer(await channel_sync.run_and_describe(), parse_mode="HTML")
 
 
+async def on_track(message: Message, command: CommandObject, onboarding: Onboarding) -> None:
+    assert message.from_user is not None
+    await _send(message, Reply(await onboarding.track(message.from_user.id, command.args or "")))
+
+
 async def on_stats_button(query: CallbackQuery, console: Console) -> None:
     """`st:<chat id|all>:<period>`: edit the same message in place."""
     _, scope, period = (query.data or "st::").split(":", 2)
@@ -110,6 +116,7 @@ def make_router() -> Router:
     router.message.register(on_help, Command("help"))
     router.message.register(on_stats, Command("stats"))
     router.message.register(on_channels, Command("channels"))
+    router.message.register(on_track, Command("track"))
     router.message.register(on_event, Command("event"))
     router.message.register(on_mode, Command("mode"))
     router.message.register(on_link, Command("link"))
