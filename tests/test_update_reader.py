@@ -184,11 +184,13 @@ def test_member_updates_survive_any_missing_or_new_member_field(
 @given(
     payload=st.recursive(
         st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8)),
-        lambda inner: st.lists(inner, max_size=3)
-        | st.dictionaries(
-            st.sampled_from(["chat", "from", "id", "status", "user", "date", "invite_link"]),
-            inner,
-            max_size=4,
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(["chat", "from", "id", "status", "user", "date", "invite_link"]),
+                inner,
+                max_size=4,
+            )
         ),
         max_leaves=12,
     ),
