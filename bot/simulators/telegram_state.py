@@ -341,13 +341,21 @@ class TelegramWorld:
         Only the allowed_updates filter applies, as in `enqueue`: it does NOT check that
         the bot is an admin of the chat, does not change the world's members or links,
         and ignores omit_fields / extra_fields, so a replay keeps the capture's shape.
+        A chat_join_request is the one exception: Telegram knows the requests it
+        reports, so the request becomes pending here and can be approved or declined.
         Returns the update_id, or None when the filter dropped the update.
         """
         kinds = [key for key in update if key != "update_id"]
         if len(kinds) != 1:
             raise ValueError(f"an update holds exactly one kind of event, not {kinds}")
         # A copy: the caller may reuse or edit its dict after queueing it.
-        return self._queue(kinds[0], {kinds[0]: copy.deepcopy(update[kinds[0]])})
+        kind, payload = kinds[0], copy.deepcopy(update[kinds[0]])
+        update_id = self._queue(kind, {kind: payload})
+        if update_id is not None and kind == "chat_join_request":
+            link = payload.get("invite_link") or {}
+            key = (payload["chat"]["id"], payload["from"]["id"])
+            self._requests[key] = link.get("invite_link")
+        return update_id
 
     def _shaped(self, payload: JSON) -> JSON:
         # Copies: the world keeps its own member objects for getChatMember.
