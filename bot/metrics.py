@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from aiogram import Bot
@@ -228,38 +228,29 @@ class _BridgeCollector(Collector):
 
     def _updates(self) -> Iterator[Metric]:
         poller = self._watched.poller
-        received = CounterMetricFamily(
+        yield _by_kind(
             "joinbridge_updates_received",
             "Telegram updates received (stored) by kind",
-            labels=["kind"],
+            poller.kinds,
         )
-        for kind, number in sorted(poller.kinds.items()):
-            received.add_metric([kind], number)
-        yield received
-        failed = CounterMetricFamily(
+        yield _by_kind(
             "joinbridge_updates_failed",
             "Handler failures by kind of update (each failed attempt; the update is kept)",
-            labels=["kind"],
+            poller.failed_kinds,
         )
-        for kind, number in sorted(poller.failed_kinds.items()):
-            failed.add_metric([kind], number)
-        yield failed
-        unreadable = CounterMetricFamily(
+        yield _by_kind(
             "joinbridge_updates_unreadable",
             "Updates that could not be read, by kind: kept with their error and skipped",
-            labels=["kind"],
+            poller.unreadable_kinds,
         )
-        for kind, number in sorted(poller.unreadable_kinds.items()):
-            unreadable.add_metric([kind], number)
-        yield unreadable
-        untracked = CounterMetricFamily(
+        yield _by_kind(
             "joinbridge_updates_untracked",
             "Joins, leaves and join requests in chats the bot does not track, ignored",
-            labels=["kind"],
+            {
+                "chat_member": self._watched.joins.untracked,
+                "chat_join_request": self._watched.join_requests.untracked,
+            },
         )
-        untracked.add_metric(["chat_member"], self._watched.joins.untracked)
-        untracked.add_metric(["chat_join_request"], self._watched.join_requests.untracked)
-        yield untracked
         if poller.last_poll_ok_at is not None:
             yield GaugeMetricFamily(
                 "joinbridge_telegram_last_poll_timestamp_seconds",
@@ -269,14 +260,11 @@ class _BridgeCollector(Collector):
 
     def _joins_and_visits(self) -> Iterator[Metric]:
         counts = self._watched.joins.counts
-        joins = CounterMetricFamily(
+        yield _by_kind(
             "joinbridge_joins",
             "Joins recorded by kind (a redelivered join is not counted again)",
-            labels=["kind"],
+            {kind: counts.get(kind, 0) for kind in JOIN_KINDS},
         )
-        for kind in JOIN_KINDS:
-            joins.add_metric([kind], counts.get(kind, 0))
-        yield joins
         yield CounterMetricFamily(
             "joinbridge_leaves", "Leaves recorded", value=counts.get(LEAVE, 0)
         )
@@ -369,3 +357,10 @@ class _BridgeCollector(Collector):
         for state, number in sorted(stored.retention.items()):
             checks.add_metric([state], number)
         yield checks
+
+
+def _by_kind(name: str, documentation: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=["kind"])
+    for kind, number in sorted(counts.items()):
+        family.add_metric([kind], number)
+    return family
