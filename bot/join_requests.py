@@ -191,10 +191,11 @@ class JoinRequestDesk:
         self.approved += 1
         join_id = recorded[0].join_id if recorded else None
         log.info(
-            "join request %d of user %d approved (join %s)",
+            "join request %d of user %d approved (%s)",
             request.id,
             request.user_id,
-            join_id,
+            # Telegram may report the join (chat_member) before the approval returns.
+            "already recorded from Telegram's update" if join_id is None else f"join {join_id}",
             extra={**_request_ids(request), **ids(join_id=join_id)},
         )
         return 0.0
