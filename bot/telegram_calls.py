@@ -1,7 +1,8 @@
 """Bot API calls that must eventually succeed: getMe, deleteWebhook, getUpdates.
 
-Network trouble, 5xx, 409 and 429 are waited out with clear log lines and
-backoff; 401 raises BadBotToken, because retrying a wrong token cannot help.
+Network trouble, 5xx, unreadable answers, 409 and 429 are waited out with log
+lines that say which it was, and backoff; 401 raises BadBotToken, because
+retrying a wrong token cannot help.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from typing import Any, Protocol
 
 from aiogram import Bot
 from aiogram.exceptions import (
+    ClientDecodeError,
+    TelegramAPIError,
     TelegramConflictError,
+    TelegramNetworkError,
     TelegramRetryAfter,
+    TelegramServerError,
     TelegramUnauthorizedError,
 )
 
@@ -25,6 +30,19 @@ log = logging.getLogger("bot.poller")
 
 class BadBotToken(RuntimeError):
     """Telegram answered 401: the token is wrong or revoked. Retrying cannot help."""
+
+
+def failure(error: Exception) -> str:
+    """What went wrong, in words an operator acts on: "unreachable" only when no
+    answer came, so a server error or an unreadable answer is not mistaken for a
+    network outage."""
+    if isinstance(error, TelegramServerError):
+        return "Telegram server error"
+    if isinstance(error, ClientDecodeError):
+        return "Telegram's answer could not be read"
+    if isinstance(error, TelegramAPIError) and not isinstance(error, TelegramNetworkError):
+        return "Telegram refused the call"
+    return "Telegram unreachable"
 
 
 class ErrorCount(Protocol):
@@ -111,7 +129,8 @@ class PersistentCaller:
             except Exception as error:
                 delay = self.next_backoff()
                 log.warning(
-                    "Telegram unreachable on %s (%s: %s); retrying in %.1f s",
+                    "%s on %s (%s: %s); retrying in %.1f s",
+                    failure(error),
                     name,
                     type(error).__name__,
                     error,

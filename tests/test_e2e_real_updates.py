@@ -71,6 +71,7 @@ async def test_a_poisoned_update_stops_no_join_in_its_batch_or_the_next(
     adtarget: FakeAdTarget,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     running = await start_bridge(admin_ids=str(OWNER))
     before, first, after = [await running.mint(temp_id(n)) for n in (1, 2, 3)]
     # Queued without yielding to the event loop: one getUpdates answer holds all three.

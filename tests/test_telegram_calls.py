@@ -1,17 +1,28 @@
 """PersistentCaller and the stop event: a stop abandons the call in flight; a
-cancellation of the caller's own task is never mistaken for one."""
+cancellation of the caller's own task is never mistaken for one. And its log lines
+say what failed: "unreachable" only when no answer came."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
 from aiogram import Bot
+from aiogram.exceptions import (
+    ClientDecodeError,
+    TelegramBadRequest,
+    TelegramNetworkError,
+    TelegramServerError,
+)
 from aiogram.methods import GetUpdates
 
-from bot.telegram_calls import PersistentCaller
+from bot.telegram_calls import PersistentCaller, failure
+from tests.fakes.adtarget import FakeAdTarget
+from tests.fakes.telegram import FakeTelegram
+from tests.harness import CHANNEL_ID, RunningBridge, eventually
 
 
 @dataclass
@@ -95,3 +106,36 @@ async def test_answers_pass_through_and_one_watcher_serves_every_call() -> None:
     caller.close()
     await asyncio.sleep(0)
     assert len(asyncio.all_tasks()) == before
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (TelegramNetworkError(GetUpdates(), "connection refused"), "Telegram unreachable"),
+        (TimeoutError(), "Telegram unreachable"),
+        (TelegramServerError(GetUpdates(), "Internal Server Error"), "Telegram server error"),
+        (ClientDecodeError("Failed to decode object", ValueError(), "<html>"), "could not be read"),
+        (TelegramBadRequest(GetUpdates(), "Bad Request: wrong offset"), "refused the call"),
+    ],
+)
+def test_only_no_answer_is_called_unreachable(error: Exception, said: str) -> None:
+    assert said in failure(error)
+
+
+async def test_a_server_error_on_get_updates_is_not_logged_as_unreachable(
+    bridge: RunningBridge,
+    telegram: FakeTelegram,
+    adtarget: FakeAdTarget,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    telegram.fail_next("getUpdates", 500, "Internal Server Error")
+    url = await bridge.mint("00000000-0000-4000-8000-000000016500")
+    telegram.join(CHANNEL_ID, 16500, url)
+    await adtarget.wait_for_conversions(1)
+    # The fault hits the getUpdates after the one in flight; polling goes on after it.
+    await eventually(lambda: "Telegram server error on getUpdates" in caplog.text)
+    second = await bridge.mint("00000000-0000-4000-8000-000000016501")
+    telegram.join(CHANNEL_ID, 16501, second)
+    await adtarget.wait_for_conversions(2)
+    assert "unreachable" not in caplog.text
