@@ -12,13 +12,13 @@ import logging
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from bot.conversions import CONVERSION_PATH, conversion_body, conversion_key
 from bot.events import EventType
 from bot.logs import ids
-from storage import channels, invite_links, joins, outbox, visits
+from storage import channels, invite_links, join_requests, joins, outbox, visits
 from storage.channels import Channel
 from storage.db import Database
 from storage.invite_links import InviteLink
@@ -26,6 +26,8 @@ from storage.outbox import OutboxRow
 
 log = logging.getLogger(__name__)
 
+# Our links among a batch's URLs, each with the visit it was handed to.
+FoundLinks = dict[str, tuple[InviteLink, visits.Attribution | None]]
 # How far apart an approval and Telegram's own report of that join may be.
 ECHO_WINDOW = 300
 # The kind of the JoinRecorded a leave is reported as.
@@ -170,11 +172,8 @@ class JoinRecorder:
         found = invite_links.find_with_visits(
             conn, sorted({j.link_url for j in seen_joins if j.link_url})
         )
-        # A URL only counts for the chat it was minted in.
-        matched = [
-            hit[0] if (hit := found.get(j.link_url or "")) and hit[0].chat_id == j.chat.id else None
-            for j in seen_joins
-        ]
+        matched = [_ours(found, j) for j in seen_joins]
+        seen_joins, matched = self._through_requests(conn, seen_joins, matched, found)
         echoes = self._echoes(conn, seen_joins, matched)
         attributions = {
             link.visit_id: visit
@@ -231,6 +230,40 @@ class JoinRecorder:
         # Only new leaves: a repeated one (INSERT OR IGNORE) must not count again.
         leaves_recorded = [JoinRecorded(LEAVE, None, False) for _ in range(new_leaves)]
         return JoinBatch(recorded + leaves_recorded, claimed, len(untracked))
+
+    @staticmethod
+    def _through_requests(
+        conn: sqlite3.Connection,
+        seen_joins: list[JoinSeen],
+        matched: list[InviteLink | None],
+        found: FoundLinks,
+    ) -> tuple[list[JoinSeen], list[InviteLink | None]]:
+        """Joins without a link of ours by people whose join request came through
+        one: the join is that request's. Telegram's report of an approved request
+        may lack the link and via_join_request (tdlib/telegram-bot-api#650), and
+        may arrive before the bot's approval call has returned and been recorded;
+        read through the request's link, it is the same join the approval records
+        (one row per chat, user and link), never a second, organic one."""
+        unmatched = [i for i, link in enumerate(matched) if link is None]
+        if not unmatched:
+            return seen_joins, matched  # the usual case: no query
+        since = min(seen_joins[i].joined_at for i in unmatched) - ECHO_WINDOW
+        urls = join_requests.request_links(
+            conn,
+            [(seen_joins[i].chat.id, seen_joins[i].user_id) for i in unmatched],
+            approved_since=since,
+        )
+        if not urls:
+            return seen_joins, matched
+        found.update(invite_links.find_with_visits(conn, sorted(set(urls.values()))))
+        joins_out, matched_out = list(seen_joins), list(matched)
+        for i in unmatched:
+            url = urls.get((seen_joins[i].chat.id, seen_joins[i].user_id))
+            if url is None:
+                continue
+            joins_out[i] = replace(seen_joins[i], link_url=url, via_join_request=True)
+            matched_out[i] = _ours(found, joins_out[i])
+        return joins_out, matched_out
 
     def _echoes(
         self,
@@ -351,3 +384,10 @@ class JoinRecorder:
             )
         outbox.enqueue_many(conn, rows)
         return recorded
+
+
+def _ours(found: FoundLinks, join: JoinSeen) -> InviteLink | None:
+    """The join's link when it is one of ours, minted for this chat: a URL only
+    counts for the chat it was minted in."""
+    hit = found.get(join.link_url or "")
+    return hit[0] if hit is not None and hit[0].chat_id == join.chat.id else None

@@ -41,6 +41,28 @@ def insert_many(conn: sqlite3.Connection, rows: list[NewRequest]) -> None:
     )
 
 
+def request_links(
+    conn: sqlite3.Connection, chat_users: list[tuple[int, int]], *, approved_since: float
+) -> dict[tuple[int, int], str]:
+    """The link of each (chat, user)'s join request through one of our links that is
+    still open ('pending': the bot approves it; 'manual': an admin does) or was
+    approved since `approved_since`: the join Telegram reports next is that
+    request's, even when the report carries neither the link nor via_join_request.
+    The latest request wins."""
+    if not chat_users:
+        return {}
+    pairs = sorted(set(chat_users))
+    marks = ", ".join("(?, ?)" for _ in pairs)
+    rows = conn.execute(
+        f"SELECT chat_id, user_id, link_url FROM join_requests"
+        f" WHERE (chat_id, user_id) IN (VALUES {marks}) AND link_id IS NOT NULL"
+        " AND (state IN ('pending', 'manual') OR (state = 'approved' AND decided_at >= ?))"
+        " ORDER BY requested_at",
+        [*(value for pair in pairs for value in pair), approved_since],
+    )
+    return {(int(r[0]), int(r[1])): str(r[2]) for r in rows}
+
+
 async def due(db: Database, *, now: float, limit: int = 50) -> list[DueRequest]:
     rows = await db.fetchall(
         "SELECT id, chat_id, user_id, link_url, attempts FROM join_requests"

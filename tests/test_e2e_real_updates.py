@@ -313,6 +313,27 @@ async def test_an_approval_echo_without_link_or_flag_is_the_same_join(
     await running.wait_scalar("SELECT count(*) FROM joins WHERE kind = 'organic'", 1)
 
 
+async def test_a_bare_echo_sent_while_the_approval_is_in_flight_is_the_same_join(
+    start_bridge: StartBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    # Telegram reports the join during the approveChatJoinRequest call, before the
+    # bridge has recorded the approval, and without link or flag.
+    telegram.bare_approval_echo = True
+    running = await start_bridge(send_organic="true")
+    await channels.set_mode(running.bridge.db, CHANNEL_ID, "request")
+    url = await running.mint(temp_id(8))
+    telegram.join_request(CHANNEL_ID, 16075, url)
+    (conversion,) = await adtarget.wait_for_conversions(1)
+    assert conversion["telegramUserId"] == 16075
+    await running.wait_scalar("SELECT state FROM join_requests", "approved")
+    await running.wait_scalar("SELECT count(*) FROM updates WHERE kind = 'chat_member'", 1)
+    await running.wait_scalar("SELECT count(*) FROM updates WHERE state != 'done'", 0)
+    await asyncio.sleep(0.2)
+    assert len(adtarget.conversions) == 1
+    rows = await running.bridge.db.fetchall("SELECT kind, via_join_request, link_url FROM joins")
+    assert [tuple(r) for r in rows] == [("attributed", 1, url)]
+
+
 # ---- 6. bots are never joins ---------------------------------------------------------
 
 

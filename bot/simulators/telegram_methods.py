@@ -180,7 +180,9 @@ class BotApiMethods(TelegramWorld):
 
     async def _api_approveChatJoinRequest(self, call: Call) -> bool:
         chat, user_id, url = self._pop_request(call)
-        if self.emit_member_update_on_approve:
+        if self.emit_member_update_on_approve and self.bare_approval_echo:
+            self._join(chat.id, user_id, None, None, "left", "member", None)
+        elif self.emit_member_update_on_approve:
             self._join(chat.id, user_id, url, None, "left", "member", self.bot_user)
         else:  # the member still joins; only the update goes missing
             self._members[(chat.id, user_id)] = member_json("member", self._user(user_id))

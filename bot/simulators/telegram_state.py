@@ -68,6 +68,9 @@ class TelegramWorld:
             "supports_inline_queries": False,
         }
         self.emit_member_update_on_approve = emit_member_update_on_approve
+        # The chat_member update an approval emits carries neither the invite link nor
+        # via_join_request, as real servers sometimes send it (tdlib/telegram-bot-api#650).
+        self.bare_approval_echo = False
         # The server's shape, applied to chat_member, my_chat_member and
         # chat_join_request updates as they are queued (see enqueue). Tests set them
         # after construction; the defaults send what aiogram 3.31 expects.
