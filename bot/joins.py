@@ -243,7 +243,8 @@ class JoinRecorder:
         may lack the link and via_join_request (tdlib/telegram-bot-api#650), and
         may arrive before the bot's approval call has returned and been recorded;
         read through the request's link, it is the same join the approval records
-        (one row per chat, user and link), never a second, organic one."""
+        (one row per chat, user and link), never a second, organic one.
+        `found` gains the requests' links, with their visits, for the attribution."""
         unmatched = [i for i, link in enumerate(matched) if link is None]
         if not unmatched:
             return seen_joins, matched  # the usual case: no query
