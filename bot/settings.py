@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.events import EventType
+from bot.tracker_client import LOOPBACK
 from bot.tracker_input import IPNetwork, parse_trusted_proxies
 
 _TOKEN_SHAPE = re.compile(r"^\d+:[\w-]+$")
@@ -55,7 +56,8 @@ class Settings(BaseSettings):
     # The tracker's address as landing pages reach it (behind your proxy), for the
     # snippet the bot hands out; default http://TRACKER_HOST:TRACKER_PORT.
     tracker_public_url: str | None = None
-    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
+    # Loopback unless set: a peer on this host is a proxy or the landing page's server.
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = LOOPBACK
     tracker_allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
     tracker_token: SecretStr | None = None
     tracker_rate_per_minute: float = Field(default=120.0, gt=0)
@@ -127,7 +129,10 @@ class Settings(BaseSettings):
     def _origins(cls, value: object) -> object:
         if isinstance(value, str):
             items = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
-            bad = [o for o in items if o != "*" and not re.match(r"^https?://[^/\s]+$", o)]
+            if "*" in items:
+                # Any site could then read a visitor's cookies-backed answers.
+                raise ValueError("'*' is not allowed: list the landing pages' origins")
+            bad = [o for o in items if not re.match(r"^https?://[^/\s]+$", o)]
             if bad:
                 raise ValueError(f"{bad[0]!r} is not an origin like https://example.com")
             return items

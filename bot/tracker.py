@@ -10,8 +10,6 @@ TRACKER_TOKEN when one is set. Every bad input is a 4xx
 from __future__ import annotations
 
 import dataclasses
-import hmac
-import ipaddress
 import logging
 import time
 import uuid
@@ -22,15 +20,26 @@ from typing import Any
 from aiohttp import web
 
 from bot.invite_pool import InvitePool, PoolEmpty
+from bot.tracker_client import (
+    Client,
+    ClientRateLimiter,
+    bears_token,
+    identify,
+    in_networks,
+    is_server_side,
+)
 from bot.tracker_health import Health
 from bot.tracker_input import (
     MAX_BODY_BYTES,
     InputError,
+    IPNetwork,
+    decoded_body,
+    header_problem,
+    parse_channel_ref,
     parse_invite,
     parse_json_object,
     parse_update_fbp,
     parse_visit,
-    resolve_client,
     visit_from_query,
 )
 from bot.visits import (
@@ -52,12 +61,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The metrics' text and its content type (bot/metrics.py).
 Exposition = Callable[[], Awaitable[bytes]]
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+VISIT_PATH = "/api/v1/events/visit"
+# Set by the _limits middleware on every rate-limited request: who sent it.
+CLIENT = web.RequestKey("client", Client)
 
 
 @dataclass(frozen=True, slots=True)
 class TrackerConfig:
-    trusted_proxies: tuple[Network, ...] = ()
+    trusted_proxies: tuple[IPNetwork, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     token: str | None = None
     rate_per_minute: float = 120.0
@@ -68,30 +79,6 @@ def error_response(status: int, code: str, message: str, **headers: str) -> web.
     return web.json_response(
         {"error": {"code": code, "message": message}}, status=status, headers=headers
     )
-
-
-class IpRateLimiter:
-    """A token bucket per client IP; idle buckets are forgotten."""
-
-    def __init__(self, rate_per_minute: float, burst: int, max_clients: int = 50_000) -> None:
-        self._rate = rate_per_minute / 60.0
-        self._burst = float(burst)
-        self._max_clients = max_clients
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, ip: str) -> float:
-        """0 when allowed, else the seconds until a request would be."""
-        now = time.monotonic()
-        tokens, updated = self._buckets.get(ip, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - updated) * self._rate)
-        if tokens < 1.0:
-            self._buckets[ip] = (tokens, now)
-            return (1.0 - tokens) / self._rate
-        self._buckets[ip] = (tokens - 1.0, now)
-        if len(self._buckets) > self._max_clients:
-            full = now - self._burst / self._rate
-            self._buckets = {k: v for k, v in self._buckets.items() if v[1] > full}
-        return 0.0
 
 
 class Tracker:
@@ -110,7 +97,7 @@ class Tracker:
         self._health = health
         self._config = config
         self._metrics = metrics  # None: METRICS_ENABLED=false, no /metrics route
-        self._limiter = IpRateLimiter(config.rate_per_minute, config.burst)
+        self._limiter = ClientRateLimiter(config.rate_per_minute, config.burst)
         self.invites_handed_out = 0
 
     def app(self) -> web.Application:
@@ -118,9 +105,12 @@ class Tracker:
         # error middleware turns that into our 400.
         app = web.Application(
             client_max_size=MAX_BODY_BYTES,
-            middlewares=[self._errors, self._cors, self._limits],
+            # Bodies are inflated by decoded_body, under the size cap; aiohttp's own
+            # decompression would fail a bad gzip body outside any handler.
+            handler_args={"auto_decompress": False},
+            middlewares=[self._errors, self._headers, self._cors, self._limits],
         )
-        app.router.add_post("/api/v1/events/visit", self.visit)
+        app.router.add_post(VISIT_PATH, self.visit)
         app.router.add_post("/api/v1/events/update-fbp", self.update_fbp)
         app.router.add_post("/api/v1/events/invite", self.invite)
         app.router.add_get("/track/invite", self.track_invite)
@@ -155,13 +145,24 @@ class Tracker:
             return error_response(500, "INTERNAL_ERROR", "internal error; it has been logged")
 
     @web.middleware
+    async def _headers(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Header values that are not valid text, or hold control characters, are
+        refused before anything reads them (a token comparison, a log line, an
+        onward header)."""
+        for name, value in request.headers.items():
+            problem = header_problem(value)
+            if problem is not None:
+                return error_response(400, "INVALID_PAYLOAD", f"header {name}: {problem}")
+        return await handler(request)
+
+    @web.middleware
     async def _cors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == "/metrics":
             return await handler(request)
         origin = request.headers.get("Origin")
-        allowed = origin is not None and (
-            origin in self._config.allowed_origins or "*" in self._config.allowed_origins
-        )
+        # Exact origins only: "*" is refused by the settings, and "null" (sandboxed
+        # frames, file:// pages) is never a landing page.
+        allowed = origin is not None and origin in self._config.allowed_origins
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             if not allowed:
                 return error_response(403, "ORIGIN_NOT_ALLOWED", f"origin {origin} not allowed")
@@ -187,7 +188,9 @@ class Tracker:
             if not self._authorized(request):
                 return _auth_required()
             return await handler(request)
-        wait = self._limiter.take(self._client_ip(request) or "unknown")
+        client = await self._client(request)
+        request[CLIENT] = client
+        wait = self._limiter.take(client.key)
         if wait > 0:
             return error_response(
                 429,
@@ -201,34 +204,31 @@ class Tracker:
 
     def _authorized(self, request: web.Request) -> bool:
         """True without TRACKER_TOKEN, else when the request carries it as a bearer token."""
-        if not self._config.token:
-            return True
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {self._config.token}"
-        return hmac.compare_digest(given.encode(), expected.encode())
+        return not self._config.token or bears_token(request, self._config.token)
 
     # ---- the visitor --------------------------------------------------------------------
 
-    def _client_ip(self, request: web.Request) -> str | None:
-        ip, _ = self._client(request, None, None)
-        return ip
-
-    def _client(
-        self, request: web.Request, body_ip: str | None, body_ua: str | None
-    ) -> tuple[str | None, str | None]:
-        return resolve_client(
-            header_ip=request.headers.get("X-Adtarget-Client-IP"),
-            header_ua=request.headers.get("X-Adtarget-Client-User-Agent"),
-            body_ip=body_ip,
-            body_ua=body_ua,
-            peer_ip=request.remote,
-            forwarded_for=request.headers.get("X-Forwarded-For"),
-            request_ua=request.headers.get("User-Agent"),
-            trusted_proxies=self._config.trusted_proxies,
+    async def _client(self, request: web.Request) -> Client:
+        """Who sent it (bot/tracker_client.py); a server-side caller's visit names its
+        visitor in the body when not in the X-Adtarget-Client-* headers."""
+        config = self._config
+        body_ip = body_ua = None
+        if request.path == VISIT_PATH and is_server_side(
+            request, config.token, config.trusted_proxies
+        ):
+            try:
+                body = await self._json(request)
+            except InputError:
+                body = {}  # the handler rejects it, with the reason
+            body_ip = _text(body.get("clientIp"))
+            body_ua = _text(body.get("userAgent"))
+        return identify(
+            request, config.token, config.trusted_proxies, body_ip=body_ip, body_ua=body_ua
         )
 
     async def _json(self, request: web.Request) -> dict[str, Any]:
-        return parse_json_object(await request.read(), request.headers.get("Content-Type"))
+        raw = decoded_body(await request.read(), request.headers.get("Content-Encoding"))
+        return parse_json_object(raw, request.headers.get("Content-Type"))
 
     def _with_cookies(
         self, request: web.Request, response: web.StreamResponse, answer: VisitAnswer
@@ -261,7 +261,7 @@ class Tracker:
         return (
             proto == "https"
             and peer is not None
-            and _in_networks(peer, self._config.trusted_proxies)
+            and in_networks(peer, self._config.trusted_proxies)
         )
 
     # ---- endpoints ----------------------------------------------------------------------
@@ -269,8 +269,10 @@ class Tracker:
     async def visit(self, request: web.Request) -> web.StreamResponse:
         body = await self._json(request)
         visit = parse_visit(body, now_ms=int(time.time() * 1000))
-        ip, ua = self._client(request, visit.client_ip, visit.user_agent)
-        answer = await self._visits.record(dataclasses.replace(visit, client_ip=ip, user_agent=ua))
+        client = request[CLIENT]  # the body's clientIp / userAgent, when believed
+        answer = await self._visits.record(
+            dataclasses.replace(visit, client_ip=client.ip, user_agent=client.user_agent)
+        )
         response = web.json_response(answer.as_json())
         self._with_cookies(request, response, answer)
         return response
@@ -283,12 +285,12 @@ class Tracker:
 
     async def invite(self, request: web.Request) -> web.StreamResponse:
         temp_id, client_session_id, channel_id = parse_invite(await self._json(request))
-        ip, ua = self._client(request, None, None)
+        client = request[CLIENT]
         visitor = Attribution(
             temp_id=temp_id or str(uuid.uuid4()),
             client_session_id=client_session_id,
-            client_ip=ip,
-            user_agent=ua,
+            client_ip=client.ip,
+            user_agent=client.user_agent,
         )
         url = await self._invite_url(channel_id, visitor)
         if isinstance(url, web.Response):
@@ -316,15 +318,14 @@ class Tracker:
 
     async def track_invite(self, request: web.Request) -> web.StreamResponse:
         query = request.query
-        channel_id = query.get("channelId", "").strip()
-        if not channel_id:
-            raise InputError("channelId", "required")
+        channel_id = parse_channel_ref(query.get("channelId", ""))
         temp_id = _uuid_or_none(query.get("tempId"))
         if query.get("tempId") and temp_id is None:
             raise InputError("tempId", "must be a UUID")
         # A mangled cookie is treated as absent rather than failing the click.
         temp_id = temp_id or _uuid_or_none(request.cookies.get(TEMP_ID_COOKIE))
-        ip, ua = self._client(request, None, None)
+        client = request[CLIENT]
+        ip, ua = client.ip, client.user_agent
         answer: VisitAnswer | None = None
         if temp_id:
             visitor = Attribution(temp_id=temp_id, client_ip=ip, user_agent=ua)
@@ -359,14 +360,6 @@ def _auth_required() -> web.Response:
     return error_response(401, "AUTH_REQUIRED", "Authorization: Bearer <TRACKER_TOKEN> required")
 
 
-def _in_networks(ip: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return any(address in network for network in networks)
-
-
 def _uuid_or_none(text: str | None) -> str | None:
     if not text:
         return None
@@ -374,3 +367,7 @@ def _uuid_or_none(text: str | None) -> str | None:
         return str(uuid.UUID(text.strip()))
     except ValueError:
         return None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,10 @@ TEXT_MAX = 256  # everything else
 CHANNEL_ID_MAX = 128
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# re.ASCII: "\d" or "\w" would also take "²" or "٣", which int() or Telegram refuse.
+_TELEGRAM_ID = re.compile(r"-?[0-9]+", re.ASCII)  # all digits: never an AdTarget id
+_USERNAME = re.compile(r"[A-Za-z0-9_]{4,32}", re.ASCII)
+_ADTARGET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", re.ASCII)
 _UTM = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term")
 _CLICK_IDS: dict[str, tuple[str, ...]] = {
     "gclid": ("gclid",),
@@ -125,10 +130,31 @@ def parse_invite(body: dict[str, Any]) -> tuple[str | None, str | None, str]:
         if raw.bit_length() > 4 * CHANNEL_ID_MAX:  # str() of a huge int is slow or refused
             raise InputError("channelId", f"longer than {CHANNEL_ID_MAX} characters")
         raw = str(raw)
-    channel_id = _checked("channelId", raw, CHANNEL_ID_MAX)
-    if channel_id is None:
+    return temp_id, session_id, parse_channel_ref(raw)
+
+
+def parse_channel_ref(raw: str) -> str:
+    """channelId as a landing page may give it: a Telegram id (-100…, within int64),
+    an @username, or an AdTarget channel id (ASCII letters, digits, '_' and '-',
+    starting with a letter or digit, at most 64 characters)."""
+    text = _checked("channelId", raw, CHANNEL_ID_MAX)
+    if text is None:
         raise InputError("channelId", "required")
-    return temp_id, session_id, channel_id
+    if _TELEGRAM_ID.fullmatch(text):
+        if not -(2**63) <= int(text) < 2**63:
+            raise InputError("channelId", "outside the range of Telegram ids")
+        return str(int(text))
+    if text.startswith("@"):
+        if not _USERNAME.fullmatch(text[1:]):
+            raise InputError("channelId", "not a Telegram @username (4-32 of A-Z, a-z, 0-9, _)")
+        return text
+    if not _ADTARGET_ID.fullmatch(text):
+        raise InputError(
+            "channelId",
+            "must be a -100… Telegram id, an @username, or an AdTarget channel id"
+            " (letters, digits, _ and -, up to 64)",
+        )
+    return text
 
 
 def visit_from_query(
@@ -152,10 +178,19 @@ def resolve_client(
     forwarded_for: str | None,
     request_ua: str | None,
     trusted_proxies: Sequence[IPNetwork],
+    server_side: bool,
 ) -> tuple[str | None, str | None]:
-    """The visitor's (IP, User-Agent). Each is taken independently from the
-    X-Adtarget-Client-* headers, else the body, else the request itself. Invalid IPs
-    fall through. `forwarded_for` is every X-Forwarded-For header joined with ","."""
+    """The visitor's (IP, User-Agent).
+
+    A server-side caller (see bot/tracker_client.py) forwards visitors, so its
+    X-Adtarget-Client-* headers, else the body's clientIp / userAgent, name the
+    visitor; each is taken independently and invalid IPs fall through to the
+    request itself. From anyone else they are ignored: a browser could name any
+    address. The request's own address is the peer, or behind trusted proxies the
+    nearest untrusted X-Forwarded-For hop (`forwarded_for`: every X-Forwarded-For
+    header joined with ",")."""
+    if not server_side:
+        header_ip = body_ip = header_ua = body_ua = None
     address = _ip(header_ip)
     if address is None:
         address = _ip(body_ip)
@@ -271,6 +306,39 @@ def _is_http_url(text: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def header_problem(value: str) -> str | None:
+    """Why a header value is unusable, or None. aiohttp decodes header bytes that are
+    not UTF-8 into lone surrogates; control characters would break an onward header
+    or a log line. A horizontal tab is legal inside a header value."""
+    if not _encodable(value):
+        return "not valid UTF-8 text"
+    if any((ch < " " and ch != "\t") or "\x7f" <= ch <= "\x9f" for ch in value):
+        return "contains control characters"
+    return None
+
+
+def decoded_body(raw: bytes, content_encoding: str | None) -> bytes:
+    """The body as sent before its Content-Encoding (gzip or deflate), at most
+    MAX_BODY_BYTES once inflated: a small compressed body may not expand past the
+    cap (a "zip bomb")."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return raw
+    if encoding not in ("gzip", "deflate"):
+        raise InputError("body", f"Content-Encoding {encoding!r} is not supported")
+    # wbits: 16 + 15 reads gzip; 15 reads zlib-wrapped deflate (what HTTP calls deflate).
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        inflated = inflater.decompress(raw, MAX_BODY_BYTES + 1)
+    except zlib.error:
+        raise InputError("body", f"not valid {encoding} data") from None
+    if len(inflated) > MAX_BODY_BYTES:
+        raise InputError("body", "larger than 16 KB")
+    if not inflater.eof:
+        raise InputError("body", f"not valid {encoding} data: truncated")
+    return inflated
 
 
 def _encodable(text: str) -> bool:

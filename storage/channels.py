@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -186,7 +187,7 @@ async def resolve(db: Database, text: str) -> Channel | None:
     """A channel by its Telegram id (-100…), @username or AdTarget channel id."""
     text = text.strip()
     param: int | str
-    if text.lstrip("-").isdigit():
+    if re.fullmatch(r"-?[0-9]{1,19}", text) and -(2**63) <= int(text) < 2**63:
         sql, param = f"SELECT {_COLUMNS} FROM channels WHERE chat_id = ?", int(text)
     elif text.startswith("@"):
         sql = f"SELECT {_COLUMNS} FROM channels WHERE lower(username) = lower(?)"

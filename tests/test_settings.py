@@ -63,6 +63,8 @@ def test_secret_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"ADMIN_IDS": "12,abc"}, "ADMIN_IDS is invalid: must be comma-separated"),
         ({"ADTARGET_API_URL": "adtarget.io"}, "ADTARGET_API_URL is invalid"),
         ({"TRUSTED_PROXIES": "10.0.0.0/8, localhost"}, "TRUSTED_PROXIES is invalid"),
+        ({"TRACKER_ALLOWED_ORIGINS": "*"}, "TRACKER_ALLOWED_ORIGINS is invalid: '*' is not"),
+        ({"TRACKER_ALLOWED_ORIGINS": "https://a.example, null"}, "TRACKER_ALLOWED_ORIGINS"),
     ],
 )
 def test_errors_name_the_variable(
@@ -78,6 +80,16 @@ def test_errors_name_the_variable(
     message = describe_error(caught.value)
     assert expected in message
     assert "nope" not in message  # the bad token itself is never echoed
+
+
+def test_trusted_proxies_default_to_loopback_and_setting_them_replaces_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("ADTARGET_API_KEY", "k")
+    assert [str(n) for n in Settings().trusted_proxies] == ["127.0.0.0/8", "::1/128"]
+    monkeypatch.setenv("TRUSTED_PROXIES", "127.0.0.1")
+    assert [str(n) for n in Settings().trusted_proxies] == ["127.0.0.1/32"]
 
 
 def test_missing_setting_exits_2_without_traceback(tmp_path: Path) -> None:

@@ -508,9 +508,43 @@ def test_invite_errors(body: dict[str, Any], field: str, why: str) -> None:
     field_error(exc, field, why)
 
 
-def test_invite_channel_id_128_digits_ok() -> None:
-    assert parse_invite({"channelId": 10**127})[2] == "1" + "0" * 127
-    assert parse_invite({"channelId": "c" * 128})[2] == "c" * 128
+@pytest.mark.parametrize(
+    ("given", "read"),
+    [
+        (2**63 - 1, str(2**63 - 1)),
+        (-(2**63), str(-(2**63))),
+        ("-1001234567890", "-1001234567890"),
+        ("@joinbridge_news", "@joinbridge_news"),
+        ("ch_1", "ch_1"),
+        ("c" * 64, "c" * 64),
+        ("01HXYZ-abc_9", "01HXYZ-abc_9"),
+    ],
+)
+def test_invite_channel_id_forms(given: object, read: str) -> None:
+    assert parse_invite({"channelId": given})[2] == read
+
+
+@pytest.mark.parametrize(
+    ("given", "why"),
+    [
+        (2**63, "outside the range of Telegram ids"),
+        (-(2**63) - 1, "outside the range of Telegram ids"),
+        (str(10**19), "outside the range of Telegram ids"),
+        (10**127, "outside the range of Telegram ids"),
+        ("--5", "must be a -100… Telegram id"),
+        ("²", "must be a -100… Telegram id"),
+        ("٣٤", "must be a -100… Telegram id"),
+        ("c" * 65, "must be a -100… Telegram id"),
+        ("ch 1", "must be a -100… Telegram id"),
+        ("-ch", "must be a -100… Telegram id"),
+        ("@ab", "not a Telegram @username"),
+        ("@bad-name", "not a Telegram @username"),
+    ],
+)
+def test_invite_channel_id_refused(given: object, why: str) -> None:
+    with pytest.raises(InputError, match="channelId") as caught:
+        parse_invite({"channelId": given})
+    assert why in str(caught.value)
 
 
 def test_invite_from_json_body() -> None:
@@ -597,9 +631,26 @@ def client(**kwargs: Any) -> tuple[str | None, str | None]:
         "forwarded_for": None,
         "request_ua": None,
         "trusted_proxies": TRUSTED,
+        "server_side": True,
     }
     args.update(kwargs)
     return resolve_client(**args)
+
+
+def test_only_a_server_side_caller_names_the_visitor() -> None:
+    named = {
+        "header_ip": "198.51.100.1",
+        "header_ua": "HeaderUA",
+        "body_ip": "198.51.100.2",
+        "body_ua": "BodyUA",
+        "peer_ip": "198.51.100.3",
+        "request_ua": "RequestUA",
+    }
+    assert client(**named, server_side=False) == ("198.51.100.3", "RequestUA")
+    assert client(**named, server_side=True) == ("198.51.100.1", "HeaderUA")
+    # Behind a trusted proxy the browser's hop is the address, whatever it claims.
+    behind = {**named, "peer_ip": "10.0.0.1", "forwarded_for": "203.0.113.9"}
+    assert client(**behind, server_side=False) == ("203.0.113.9", "RequestUA")
 
 
 def test_headers_win_over_body_and_request() -> None:

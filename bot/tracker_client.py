@@ -1,0 +1,161 @@
+"""Who sent a tracker request: one rule for attribution, the rate limit, quotas and logs.
+
+- The client's address is the TCP peer. When the peer is a trusted proxy
+  (TRUSTED_PROXIES, loopback by default: a peer on the same host is a proxy or
+  the landing page's own server), it is the nearest untrusted hop of
+  X-Forwarded-For, read from all of its lines.
+- A *server-side caller* forwards visitors (AdTarget's proxy contract): it is a
+  request bearing TRACKER_TOKEN, or, when no token is configured, a trusted peer
+  that sent no X-Forwarded-For (a proxy always adds one, so a browser behind it
+  cannot pass for its server). Only a server-side caller's X-Adtarget-Client-*
+  headers and body clientIp / userAgent are believed; from anyone else they are
+  ignored, so a browser cannot forge its address by header or by body.
+- The rate limit keys on that client: the visitor a server-side caller names,
+  else the address above. No peer escapes it, or spends another client's
+  allowance, by naming an address.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from bot.tracker_input import IPNetwork, resolve_client
+
+# TRUSTED_PROXIES' default. Setting TRUSTED_PROXIES replaces it.
+LOOPBACK: tuple[IPNetwork, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+# An IPv6 client commonly holds a whole /64: one bucket for it, or it could
+# rotate addresses past the limit (and through the limiter's memory).
+_IPV6_PREFIX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    ip: str | None  # the visitor's address
+    user_agent: str | None
+    server_side: bool  # its X-Adtarget-Client-* headers and body fields are believed
+
+    @property
+    def key(self) -> str:
+        """The rate limit's and the quotas' key for this client."""
+        return rate_key(self.ip)
+
+
+def rate_key(ip: str | None) -> str:
+    if ip is None:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.ip_network(f"{address}/{_IPV6_PREFIX}", strict=False))
+    return str(address)
+
+
+def bears_token(request: web.Request, token: str | None) -> bool:
+    """The request carries `token` as its bearer token (constant-time)."""
+    if not token:
+        return False
+    given = request.headers.get("Authorization", "")
+    # Headers were checked as valid text (tracker._headers): encode cannot fail.
+    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+def forwarded_for(request: web.Request) -> str:
+    """Every X-Forwarded-For line, joined: a proxy may add a line of its own."""
+    return ",".join(request.headers.getall("X-Forwarded-For", ()))
+
+
+def is_server_side(request: web.Request, token: str | None, trusted: tuple[IPNetwork, ...]) -> bool:
+    if token:
+        return bears_token(request, token)
+    peer = request.remote
+    return (
+        peer is not None and in_networks(peer, trusted) and "X-Forwarded-For" not in request.headers
+    )
+
+
+def identify(
+    request: web.Request,
+    token: str | None,
+    trusted: tuple[IPNetwork, ...],
+    *,
+    body_ip: str | None = None,
+    body_ua: str | None = None,
+) -> Client:
+    server_side = is_server_side(request, token, trusted)
+    ip, user_agent = resolve_client(
+        header_ip=request.headers.get("X-Adtarget-Client-IP"),
+        header_ua=request.headers.get("X-Adtarget-Client-User-Agent"),
+        body_ip=body_ip,
+        body_ua=body_ua,
+        peer_ip=request.remote,
+        forwarded_for=forwarded_for(request),
+        request_ua=request.headers.get("User-Agent"),
+        trusted_proxies=trusted,
+        server_side=server_side,
+    )
+    return Client(ip, user_agent, server_side)
+
+
+def is_local(request: web.Request, trusted: tuple[IPNetwork, ...]) -> bool:
+    """A client on this host: loopback once X-Forwarded-For is resolved, so a
+    request a local proxy forwarded from outside is not local."""
+    ip, _ = resolve_client(
+        header_ip=None,
+        header_ua=None,
+        body_ip=None,
+        body_ua=None,
+        peer_ip=request.remote,
+        forwarded_for=forwarded_for(request),
+        request_ua=None,
+        trusted_proxies=trusted,
+        server_side=False,
+    )
+    return ip is not None and ipaddress.ip_address(ip).is_loopback
+
+
+def in_networks(ip: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+class ClientRateLimiter:
+    """A token bucket per client key, in bounded memory: past `max_clients` the
+    least recently seen buckets are forgotten (a forgotten client starts again
+    with a full bucket, which bounds memory without letting anyone past the rate
+    for long: an attacker would need `max_clients` fresh keys per refill)."""
+
+    def __init__(self, rate_per_minute: float, burst: int, max_clients: int = 50_000) -> None:
+        self._rate = rate_per_minute / 60.0
+        self._burst = float(burst)
+        self._max_clients = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: str) -> float:
+        """0 when allowed, else the seconds until a request would be."""
+        now = time.monotonic()
+        tokens, updated = self._buckets.pop(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - updated) * self._rate)
+        allowed = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._buckets) > self._max_clients:
+            self._buckets.popitem(last=False)
+        return 0.0 if allowed else (1.0 - tokens) / self._rate
