@@ -2,7 +2,9 @@
 
 ADMIN_IDS see everything. An admin of a tracked channel (as Telegram says, via
 getChatMember, cached a few minutes) sees that channel only. Anyone else gets a
-short refusal and no data.
+short refusal and no data. A chat_member update that shows someone becoming or
+ceasing to be an admin (handlers/admin_status.py) drops the cached answer at
+once, so a demoted admin loses access when Telegram tells us, not minutes later.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import html
 import logging
 import time
+from collections import OrderedDict
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
@@ -20,16 +23,33 @@ from storage.db import Database
 
 log = logging.getLogger(__name__)
 
-ADMIN_STATUSES = {"creator", "administrator"}
+ADMIN_STATUSES = frozenset({"creator", "administrator"})
+
+# Answers kept at most: one per (user, tracked channel) asked within the TTL. A
+# crowd of strangers each sending /stats cannot grow the cache past this.
+CACHE_ENTRIES = 4096
 
 
 class AdminGate:
-    def __init__(self, bot: Bot, db: Database, admin_ids: tuple[int, ...], ttl: float = 300.0):
+    def __init__(
+        self,
+        bot: Bot,
+        db: Database,
+        admin_ids: tuple[int, ...],
+        ttl: float = 300.0,
+        max_entries: int = CACHE_ENTRIES,
+    ):
         self._bot = bot
         self._db = db
         self.admin_ids = frozenset(admin_ids)
         self._ttl = ttl
-        self._cache: dict[tuple[int, int], tuple[bool, float]] = {}
+        self._max_entries = max_entries
+        # (user, chat) -> (is admin, when Telegram said so), oldest answer first:
+        # every answer is (re)inserted at the end, so the front is what expires first.
+        self._cache: OrderedDict[tuple[int, int], tuple[bool, float]] = OrderedDict()
+        # Counts forget() calls: an answer asked for before a forget may predate
+        # the change it was forgotten for, and is then used once but not kept.
+        self._forgets = 0
 
     def is_owner(self, user_id: int) -> bool:
         """One of ADMIN_IDS: may use the bridge-wide commands (/outbox, /pause, ...)."""
@@ -43,18 +63,37 @@ class AdminGate:
         return [c for c in every if await self.is_channel_admin(user_id, c.chat_id)]
 
     async def is_channel_admin(self, user_id: int, chat_id: int) -> bool:
+        key = (user_id, chat_id)
         now = time.monotonic()
-        cached = self._cache.get((user_id, chat_id))
+        cached = self._cache.get(key)
         if cached is not None and now - cached[1] < self._ttl:
             return cached[0]
+        forgets = self._forgets
         try:
             member = await self._bot.get_chat_member(chat_id=chat_id, user_id=user_id)
             allowed = member.status in ADMIN_STATUSES
         except TelegramAPIError as error:
             log.info("getChatMember(%d, %d) failed: %s", chat_id, user_id, error)
             allowed = False
-        self._cache[(user_id, chat_id)] = (allowed, now)
+        if forgets == self._forgets:
+            self._remember(key, allowed, time.monotonic())
         return allowed
+
+    def forget(self, user_id: int, chat_id: int) -> None:
+        """Drop the cached answer for this user in this chat: Telegram said their
+        admin status changed, so the next command asks getChatMember again."""
+        self._forgets += 1
+        self._cache.pop((user_id, chat_id), None)
+
+    def _remember(self, key: tuple[int, int], allowed: bool, now: float) -> None:
+        self._cache.pop(key, None)
+        self._cache[key] = (allowed, now)
+        # Expired answers leave from the front; past the bound, the oldest go too.
+        while self._cache:
+            _, (_, at) = next(iter(self._cache.items()))
+            if now - at < self._ttl and len(self._cache) <= self._max_entries:
+                break
+            self._cache.popitem(last=False)
 
 
 def pick_channel(text: str, allowed: list[Channel]) -> Channel | str:

@@ -194,6 +194,7 @@ async def build(settings: Settings) -> Bridge:
         retention_console=RetentionConsole(db, console),
         channel_sync=channel_sync,
         privacy=PrivacyDesk(db, settings.admin_ids),
+        gate=gate,
     )
     poller = Poller(
         bot,

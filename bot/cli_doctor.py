@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from bot import logs
 from bot.checklist import Check, Status, fail
+from bot.cli_run import secrets
 from bot.settings import Settings, describe_error
 
 EXIT_OK = 0
@@ -94,20 +95,21 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         return EXIT_USAGE
-    secrets = [settings.bot_token.get_secret_value(), settings.adtarget_api_key.get_secret_value()]
-    if settings.tracker_token is not None:
-        secrets.append(settings.tracker_token.get_secret_value())
+    found = secrets(settings)
     # Library warnings go to stderr, scrubbed like the bridge's own logs.
-    logs.configure("ERROR", secrets)
-    printer = Printer(sys.stdout, secrets)
+    logs.configure("ERROR", found)
+    printer = Printer(sys.stdout, found)
     return asyncio.run(_check(settings, printer))
 
 
 async def _check(settings: Settings, printer: Printer) -> int:
     # aiogram is imported here, after the settings are known good (as `run` does).
     from bot.doctor import describe_settings, run_checks
+    from bot.doctor_local import env_file
 
     printer.line(describe_settings(settings, ENV_FILE))
+    if (env_mode := env_file(ENV_FILE)) is not None:
+        printer.line(env_mode)
     async for check in run_checks(settings):
         printer.line(check)
     printer.summary()

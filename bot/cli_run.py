@@ -22,6 +22,12 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
+def secrets(settings: Settings) -> list[str]:
+    """Every configured secret, for the log formatter to keep out of every line."""
+    found = [settings.bot_token, settings.adtarget_api_key, settings.tracker_token]
+    return [secret.get_secret_value() for secret in found if secret is not None]
+
+
 async def _serve(settings: Settings) -> int:
     from bot.app import run_bridge  # imports aiogram: after settings are known good
 
@@ -44,8 +50,5 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
-    secrets = [settings.bot_token.get_secret_value(), settings.adtarget_api_key.get_secret_value()]
-    if settings.tracker_token is not None:
-        secrets.append(settings.tracker_token.get_secret_value())
-    logs.configure(settings.log_level, secrets, settings.log_format)
+    logs.configure(settings.log_level, secrets(settings), settings.log_format)
     return asyncio.run(_serve(settings))

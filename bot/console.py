@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -44,7 +45,7 @@ page to AdTarget, so your ads learn which clicks became subscribers.
 /outbox — what waits to be sent to AdTarget
 /retry &lt;id|all&gt; — send parked rows again
 /pause, /resume — stop or restart sending to AdTarget
-/sync — fetch the channel mapping from AdTarget
+/sync — fetch the channel mapping from AdTarget (ADMIN_IDS only)
 /lead &lt;telegram-user-id&gt; — what AdTarget and the bridge hold for one person
 /fire &lt;telegram-user-id&gt; &lt;event&gt; [value currency] — a follow-up event for a lead
 /value &lt;telegram-user-id&gt; &lt;conversion-id&gt; &lt;value&gt; &lt;currency&gt;
@@ -247,9 +248,16 @@ class Console:
             )
         return Reply("\n".join(lines))
 
+    async def owners_only(self, user_id: int) -> Reply | None:
+        """None for one of ADMIN_IDS; else the refusal to send: a channel admin is
+        told the command is the bridge's admins', a stranger gets the plain refusal."""
+        if self._gate.is_owner(user_id):
+            return None
+        return Reply(OWNERS_ONLY if await self.allowed(user_id) is not None else REFUSAL)
+
     async def outbox_status(self, user_id: int) -> Reply:
-        if not self._gate.is_owner(user_id):
-            return Reply(OWNERS_ONLY if await self.allowed(user_id) is not None else REFUSAL)
+        if (refusal := await self.owners_only(user_id)) is not None:
+            return refusal
         counts = await outbox.counts(self._db)
         pause = self._courier.pause
         state = f"paused: {html.escape(pause.reason)}" if pause else "running"
@@ -318,13 +326,32 @@ class Console:
         return Reply(f"{usage}\n{found}") if isinstance(found, str) else found
 
 
+# A /stats button's callback data: `st:<chat id|all>:<period>`. Only digits where
+# an id goes: int() alone would also take "1_000", " 12" or other scripts' digits.
+STATS_BUTTON_PREFIX = "st:"
+_STATS_BUTTON = re.compile(r"st:(all|-?[0-9]{1,19}):([0-9a-z]{1,8})")
+
+
+def stats_button_data(chat_id: int | None, period: str) -> str:
+    return f"{STATS_BUTTON_PREFIX}{'all' if chat_id is None else chat_id}:{period}"
+
+
+def parse_stats_button(data: str) -> tuple[int | None, str] | None:
+    """(chat id, None for all channels; period) from a /stats button's data, or
+    None when the data is none that `stats_button_data` makes: forged, or from a
+    release that made other buttons. Whose channel it names is checked later."""
+    match = _STATS_BUTTON.fullmatch(data)
+    if match is None or match[2] not in PERIODS:
+        return None
+    return (None if match[1] == "all" else int(match[1])), match[2]
+
+
 def _stats_buttons(
     mine: list[Channel], chat_id: int | None, period: str, *, show_all: bool
 ) -> InlineKeyboardMarkup:
-    scope = "all" if chat_id is None else str(chat_id)
     periods = [
         InlineKeyboardButton(
-            text=("• " if p == period else "") + p, callback_data=f"st:{scope}:{p}"
+            text=("• " if p == period else "") + p, callback_data=stats_button_data(chat_id, p)
         )
         for p in PERIODS
     ]
@@ -336,7 +363,7 @@ def _stats_buttons(
             [
                 InlineKeyboardButton(
                     text=("• " if cid == chat_id else "") + label,
-                    callback_data=f"st:{'all' if cid is None else cid}:{period}",
+                    callback_data=stats_button_data(cid, period),
                 )
                 for cid, label in choices[i : i + 4]
             ]

@@ -1,6 +1,7 @@
-"""The doctor's checks on this machine: the database (writable, migrated, sound)
-and the tracker's port. They only look: the database is opened read-only and
-migrated by nobody but the bridge; the port is bound for an instant and let go."""
+"""The doctor's checks on this machine: who may read `.env`, the database
+(writable, migrated, sound) and the tracker's port. They only look: the database
+is opened read-only and migrated by nobody but the bridge; the port is bound for
+an instant and let go."""
 
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ import fcntl
 import os
 import socket
 import sqlite3
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.checklist import Check, fail, ok
+from bot.checklist import Check, fail, ok, warn
 from storage import channels
 from storage.channels import Channel
 from storage.db import latest_version, open_readonly
 from storage.inspection import quick_check, schema_state
 
+ENV_FILE = ".env"
 DATABASE = "database"
 TRACKER = "tracker port"
 WRITABLE_FIX = (
@@ -34,6 +37,34 @@ class DatabaseLook:
     # The channels it tracks; None when they could not be read, and then why.
     channels: list[Channel] | None
     unread: str = "not checked: the database check failed"
+
+
+def env_file(path: Path) -> Check | None:
+    """Whether other users may read (or change) the settings file, which holds the
+    bot token and the AdTarget key; None when there is none. Only looked at: the
+    file is the owner's, and the umask the bridge runs under covers only the
+    files it creates itself."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None  # no .env here: the settings came from the environment alone
+    if not mode & 0o077:
+        return ok(ENV_FILE, f"{path.resolve()} is for its owner only (mode {mode:04o})")
+    readers = _who(mode, 0o040, 0o004)
+    writers = _who(mode, 0o020, 0o002)
+    what = [f"{readers} can read the bot token and the AdTarget key in it"] if readers else []
+    # Whoever can change it can point TELEGRAM_API_URL at their own server.
+    what += [f"{writers} can change it"] if writers else []
+    return warn(
+        ENV_FILE,
+        f"{path.resolve()} has mode {mode:04o}: " + ("; ".join(what) or "others have rights on it"),
+        f"chmod 600 {path}",
+    )
+
+
+def _who(mode: int, group_bit: int, others_bit: int) -> str:
+    named = [("its group", group_bit), ("every user of this machine", others_bit)]
+    return " and ".join(name for name, bit in named if mode & bit)
 
 
 def running_bridge_pid(database_path: Path) -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Literal
@@ -26,28 +27,56 @@ _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "", N
 }
 
 
+REDACTED = "[redacted]"
+
+# Secrets this long are replaced wherever they occur; shorter ones only where they
+# stand on their own (see RedactingFormatter).
+REDACT_ANYWHERE_FROM = 6
+
+
 def ids(**values: int | str | None) -> dict[str, int | str]:
     """`extra=` for a line about these updates or rows; absent (None) ids are left out."""
     return {name: value for name, value in values.items() if value is not None}
 
 
 class RedactingFormatter(logging.Formatter):
-    """Formats as usual, then replaces any secret in the whole text, tracebacks
-    included (a URL in an exception can carry the bot token)."""
+    """Formats as usual, then replaces every secret in the whole text, tracebacks
+    included (a URL in an exception can carry the bot token).
+
+    Every secret is redacted whatever its length, each as written and as
+    json.dumps escapes it inside a JSON line. A secret of REDACT_ANYWHERE_FROM
+    characters or more is replaced wherever it occurs. A shorter one (a
+    TRACKER_TOKEN of "abc", say) is replaced only where it stands on its own,
+    with no letter, digit or underscore glued to either side: as a value after
+    `=`, `: ` or `Bearer `, in quotes, between slashes. Replaced inside words
+    too, a one- or two-character secret would blank out that letter across
+    every line, leaving the logs unreadable and, from the pattern of the gaps,
+    giving the secret away. (Bot tokens and AdTarget keys are far longer; a
+    secret of blanks only cannot be told from the spaces of a line, and is left.)
+    """
 
     def __init__(self, fmt: str | None, secrets: list[str]) -> None:
         super().__init__(fmt)
-        self._secrets = [s for s in secrets if len(s) >= 6]
+        forms = dict.fromkeys(
+            form for s in secrets if s.strip() for form in (s, json.dumps(s)[1:-1])
+        )
+        # Longest first, so a secret inside a longer one never leaves that one's tail.
+        ordered = sorted(forms, key=len, reverse=True)
+        self._anywhere = [f for f in ordered if len(f) >= REDACT_ANYWHERE_FROM]
+        alone = [f for f in ordered if len(f) < REDACT_ANYWHERE_FROM]
+        self._alone = (
+            re.compile(rf"(?<!\w)(?:{'|'.join(map(re.escape, alone))})(?!\w)") if alone else None
+        )
 
     def format(self, record: logging.LogRecord) -> str:
         return self.redact(super().format(record))
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            # As written, and as json.dumps escapes it inside a JSON line.
-            for form in (secret, json.dumps(secret)[1:-1]):
-                if form in text:
-                    text = text.replace(form, "[redacted]")
+        for form in self._anywhere:
+            if form in text:
+                text = text.replace(form, REDACTED)
+        if self._alone is not None:
+            text = self._alone.sub(REDACTED, text)
         return text
 
 

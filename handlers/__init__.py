@@ -6,9 +6,21 @@ from aiogram import Router
 
 
 def get_routers() -> list[Router]:
-    from handlers import admin, join_requests, joins, leads, membership, privacy, retention
+    from handlers import (
+        admin,
+        admin_status,
+        join_requests,
+        joins,
+        leads,
+        membership,
+        privacy,
+        retention,
+    )
 
     return [
+        # First: it only notes an admin's change of status and passes the update on
+        # (the joins router after it may see a join or a leave in the same update).
+        admin_status.make_router(),
         joins.make_router(),
         join_requests.make_router(),
         membership.make_router(),

@@ -1,18 +1,29 @@
 """Admin commands in private chat, and the /stats buttons.
 
 Thin: read the command, ask the console, send its reply.
+
+A button press is answered even when it cannot be served: its data may be forged
+or from an old message, and an update that raises is kept and retried, again and
+again, for something no retry can fix.
 """
 
 from __future__ import annotations
 
+import logging
+
 from aiogram import Router
+from aiogram.exceptions import TelegramBadRequest
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import CallbackQuery, Message
 
-from bot.console import HELP, Console, Reply
+from bot.console import HELP, STATS_BUTTON_PREFIX, Console, Reply, parse_stats_button
 from bot.onboarding import Onboarding
 from bot.sync import ChannelSync
 from handlers.filters import PRIVATE, CallbackData
+
+log = logging.getLogger(__name__)
+
+OUT_OF_DATE = "This button is out of date."
 
 
 def _args(command: CommandObject) -> list[str]:
@@ -88,8 +99,10 @@ async def on_resume(message: Message, console: Console) -> None:
 
 async def on_sync(message: Message, console: Console, channel_sync: ChannelSync) -> None:
     assert message.from_user is not None
-    if await console.allowed(message.from_user.id) is None:
-        await message.answer("Sorry, this bot only answers the admins of the channels it tracks.")
+    # Bridge-wide: it rewrites every channel's AdTarget mapping and spends the key's
+    # rate limit, so it is not for one channel's admins.
+    if (refusal := await console.owners_only(message.from_user.id)) is not None:
+        await _send(message, refusal)
         return
     await message.answer(await channel_sync.run_and_describe(), parse_mode="HTML")
 
@@ -101,12 +114,40 @@ async def on_track(message: Message, command: CommandObject, onboarding: Onboard
 
 async def on_stats_button(query: CallbackQuery, console: Console) -> None:
     """`st:<chat id|all>:<period>`: edit the same message in place."""
-    _, scope, period = (query.data or "st::").split(":", 2)
-    chat_id = None if scope == "all" else int(scope)
-    reply = await console.stats_view(query.from_user.id, chat_id, period)
+    wanted = parse_stats_button(query.data or "")
+    if wanted is None:
+        await _out_of_date(query, f"its data {query.data!r} is none of ours")
+        return
+    reply = await console.stats_view(query.from_user.id, *wanted)
     if isinstance(query.message, Message):
-        await query.message.edit_text(reply.text, parse_mode="HTML", reply_markup=reply.buttons)
-    await query.answer()
+        try:
+            await query.message.edit_text(reply.text, parse_mode="HTML", reply_markup=reply.buttons)
+        except TelegramBadRequest as error:
+            # The screen shown already (a press on the marked button), or a message
+            # that can no longer be edited: asking again would get the same 400.
+            if "message is not modified" not in error.message:
+                await _out_of_date(query, f"editing its message failed: {error.message}")
+                return
+    await _answer(query)
+
+
+async def on_other_button(query: CallbackQuery) -> None:
+    """Any button no handler before this one took: not one this bridge makes now."""
+    await _out_of_date(query, f"its data {query.data!r} is none of ours")
+
+
+async def _out_of_date(query: CallbackQuery, why: str) -> None:
+    log.info("a button press by user %d is not served: %s", query.from_user.id, why)
+    await _answer(query, OUT_OF_DATE)
+
+
+async def _answer(query: CallbackQuery, text: str | None = None) -> None:
+    """answerCallbackQuery; a 400 (a query too old to answer, as one retried after
+    a failure is) is logged, not raised: it would fail the same way every time."""
+    try:
+        await query.answer(text)
+    except TelegramBadRequest as error:
+        log.info("answering button press %s failed: %s", query.id, error.message)
 
 
 def make_router() -> Router:
@@ -126,5 +167,7 @@ def make_router() -> Router:
     router.message.register(on_pause, Command("pause"))
     router.message.register(on_resume, Command("resume"))
     router.message.register(on_sync, Command("sync"))
-    router.callback_query.register(on_stats_button, CallbackData("st:"))
+    router.callback_query.register(on_stats_button, CallbackData(STATS_BUTTON_PREFIX))
+    # Last, in the last router (handlers/__init__.py): whatever no handler took.
+    router.callback_query.register(on_other_button)
     return router

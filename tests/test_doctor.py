@@ -357,3 +357,22 @@ async def test_doctor_changes_nothing_at_telegram(
     assert called == {"getMe", "getWebhookInfo"}  # no channel tracked: nothing else
     assert telegram.webhook_url == "https://hooks.example.com/hook"
     assert not (tmp_path / "bridge.db").exists()
+
+
+async def test_an_env_file_others_may_read_warns_with_the_chmod(
+    tmp_path: Path, telegram: FakeTelegram, mapped: FakeAdTarget
+) -> None:
+    env = await run_bridge_once(tmp_path, telegram, mapped)
+    env_file = tmp_path / ".env"  # doctor runs in tmp_path, so reads this one
+    env_file.write_text(f"ADTARGET_API_KEY={env.pop('ADTARGET_API_KEY')}\n")
+    env_file.chmod(0o644)
+    loose = await doctor(env, tmp_path)
+    assert loose.status == 1
+    line = loose.line("! .env: ")
+    assert f"{env_file} has mode 0644: its group and every user of this machine can read" in line
+    assert loose.fix_after("! .env: ") == "    fix: chmod 600 .env"
+    env_file.chmod(0o600)
+    tight = await doctor(env, tmp_path)
+    assert tight.status == 0, tight.out
+    assert tight.line("✓ settings: loaded from .env and the environment")
+    assert tight.line(f"✓ .env: {env_file} is for its owner only (mode 0600)")

@@ -16,6 +16,7 @@ import pytest
 from aiogram.types import TelegramObject
 from pydantic import ValidationError
 
+from bot.cli_run import secrets
 from bot.logs import JsonFormatter, RedactingFormatter, configure, ids
 from bot.settings import Settings, describe_error
 from tests.fakes.adtarget import FakeAdTarget
@@ -38,6 +39,39 @@ def test_secret_is_redacted_in_message_and_traceback() -> None:
     assert TOKEN not in text
     assert "atk_live_key_value" not in text
     assert text.count("[redacted]") >= 2
+
+
+def test_short_secrets_are_redacted_where_they_stand_alone() -> None:
+    formatter = RedactingFormatter("%(message)s", ["k", "ab", "s3cr", "", TOKEN])
+    line = formatter.format(
+        _record(
+            "token=%s key: %s Bearer %s in /x/%s/y, quoted '%s'",
+            "s3cr",
+            "ab",
+            "k",
+            "ab",
+            "s3cr",
+        )
+    )
+    assert line == (
+        "token=[redacted] key: [redacted] Bearer [redacted] in /x/[redacted]/y, quoted '[redacted]'"
+    )
+    # Inside words they are left: blanking every "k" would wreck every line.
+    words = "keep abstract s3crets bk_ab kab"
+    assert formatter.format(_record(words)) == words
+
+
+def test_a_short_secret_in_a_json_line_is_redacted() -> None:
+    entry = json.loads(JsonFormatter(['a"b', "t"]).format(_record("got %s and %s", 'a"b', "t")))
+    assert entry["msg"] == "got [redacted] and [redacted]"
+
+
+def test_every_configured_secret_is_passed_to_the_logs() -> None:
+    settings = Settings(
+        _env_file=None, bot_token=TOKEN, adtarget_api_key="atk_x", tracker_token="t1"
+    )
+    assert secrets(settings) == [TOKEN, "atk_x", "t1"]
+    assert secrets(Settings(_env_file=None, bot_token=TOKEN, adtarget_api_key="k")) == [TOKEN, "k"]
 
 
 def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
