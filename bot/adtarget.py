@@ -22,7 +22,14 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from bot.adtarget_errors import AdTargetError, UnexpectedAnswer, Unreachable, error_from_answer
+from bot.adtarget_errors import (
+    AdTargetError,
+    UnexpectedAnswer,
+    Unreachable,
+    Unsendable,
+    error_from_answer,
+    header_problem,
+)
 from bot.adtarget_models import (
     ChannelList,
     ConversionAnswer,
@@ -172,11 +179,12 @@ class AdTargetClient:
         headers: dict[str, str] | None = None,
         on_sent: Callable[[], None] | None = None,
     ) -> ApiAnswer:
-        """POST `path` (relative to /api/v1). Transport errors propagate.
+        """POST `path` (relative to /api/v1). Transport errors propagate;
+        `Unsendable` when the request cannot be built, before any pacing token
+        is taken (this is the one place a stored request becomes HTTP).
 
         `on_sent` is called once the request is written out (through httpcore's
         `trace` extension), and again, harmlessly, when the call ends."""
-        await self.pacer.acquire()
         request_headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": idempotency_key,
@@ -192,17 +200,37 @@ class AdTargetClient:
 
             extensions = {"trace": trace}
         try:
-            return await self._timed(
-                self._http.post(
-                    self._post_url(path),
-                    content=json.dumps(body, separators=(",", ":")),
-                    headers=request_headers,
-                    extensions=extensions,
-                )
-            )
+            request = self._build_post(path, body, request_headers, extensions)
+            await self.pacer.acquire()
+            return await self._timed(self._http.send(request))
         finally:
             if on_sent is not None:
                 on_sent()
+
+    def _build_post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        extensions: dict[str, Any] | None,
+    ) -> httpx.Request:
+        # What a row brings is checked; the client's own headers (the key) are
+        # the same for every row, so a fault there is no row's to be parked for.
+        try:
+            for name, value in headers.items():
+                if problem := header_problem(value):
+                    raise Unsendable(f"header {name}: {problem}")
+            return self._http.build_request(
+                "POST",
+                self._post_url(path),
+                content=json.dumps(body, separators=(",", ":")),
+                headers=headers,
+                extensions=extensions,
+            )
+        except Unsendable:
+            raise
+        except Exception as error:
+            raise Unsendable(f"{type(error).__name__}: {error}") from error
 
     def _post_url(self, path: str) -> httpx.URL:
         url = self._post_urls.get(path)

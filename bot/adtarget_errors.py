@@ -9,6 +9,7 @@ into the subclass for its code, so callers catch what they can act on
 from __future__ import annotations
 
 import enum
+import re
 from typing import Any, ClassVar
 
 
@@ -114,6 +115,32 @@ class Unreachable(AdTargetError):
     """No answer: timeout, refused or dropped connection."""
 
     retryable = True
+
+
+class Unsendable(AdTargetError):
+    """The request could not be built, so nothing was sent (nor a pacing token
+    spent): a header value HTTP cannot carry, say. The same request would fail
+    the same way every time."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unsendable", message, status=0)
+
+
+# What a header value may hold as sent: visible ASCII, space and tab. httpx
+# refuses other text while building the request; h11 refuses CR, LF and NUL only
+# while writing it out (a TransportError, which reads as retryable); other
+# control characters it sends, for a proxy or AdTarget to refuse.
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def header_problem(value: str) -> str | None:
+    """Why `value` cannot be sent as an HTTP header value (Unsendable), or None."""
+    if _HEADER_VALUE.fullmatch(value):
+        return None
+    if _CONTROL.search(value):
+        return "contains control characters"
+    return "contains non-ASCII characters"
 
 
 _BY_CODE: dict[str, type[AdTargetError]] = {

@@ -43,7 +43,8 @@ def courier_alerts(notifier: Notifier) -> CourierAlerts:
     def parked(row_id: int, reason: str) -> None:
         notifier.alert(
             "rows-parked",
-            f"⚠️ AdTarget refused outbox row #{row_id}: {html.escape(reason)}.\n"
+            # The reason says whether AdTarget refused it or it could not be sent at all.
+            f"⚠️ Outbox row #{row_id} was parked: {html.escape(reason)}.\n"
             "See /outbox; /retry sends parked rows again once fixed.",
         )
 

@@ -158,7 +158,7 @@ async def build(settings: Settings) -> Bridge:
 
     pool.on_empty = lambda chat_id, title: pool_empty_alert(notifier, chat_id, title)
     desk = JoinRequestDesk(bot, db, joins, approve=settings.approve_join_requests)
-    visits = VisitRecorder(db, courier.wake)
+    visits = VisitRecorder(db, courier.wake, forwards_max=settings.outbox_forwards_max)
     channel_sync = ChannelSync(adtarget, db)
     gate = AdminGate(bot, db, settings.admin_ids)
     onboarding = Onboarding(
@@ -275,6 +275,7 @@ def courier_config(settings: Settings) -> CourierConfig:
         auth_probe_interval=settings.auth_probe_interval,
         billing_probe_interval=settings.billing_probe_interval,
         shutdown_grace=settings.shutdown_grace,
+        forwards_max_age=settings.outbox_forwards_max_age,
     )
 
 

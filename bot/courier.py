@@ -21,6 +21,7 @@ from typing import Any
 
 from bot.adtarget import AdTargetClient
 from bot.delivery import (
+    Accepted,
     CourierAlerts,
     CourierConfig,
     Outcome,
@@ -40,7 +41,6 @@ from storage.outbox import OutboxRow
 log = logging.getLogger(__name__)
 
 PAUSE_KEY = "courier_paused"
-RESCUE_EVERY = 60.0
 IDLE_WAIT = 30.0
 
 
@@ -67,6 +67,8 @@ class Courier:
         self.delivered = 0
         # (row kind, outcome) after each send, read by /metrics.
         self.outcomes: Counter[tuple[str, str]] = Counter()
+        # Forwards dropped past OUTBOX_FORWARDS_MAX_AGE, by kind, read by /metrics.
+        self.dropped: Counter[str] = Counter()
 
     @property
     def pause(self) -> Pause | None:
@@ -120,13 +122,13 @@ class Courier:
         if rescued:
             log.warning("outbox: %d row(s) claimed before a crash are due again", rescued)
         await self._load_pause()
-        last_rescue = time.monotonic()
+        next_sweep = 0.0  # at once: forwards may have aged while the bridge was down
         self._running = True
         try:
             while not stop.is_set():
-                if time.monotonic() - last_rescue > RESCUE_EVERY:
-                    await outbox.rescue_claimed(self._db, expired_only=True)
-                    last_rescue = time.monotonic()
+                if time.monotonic() >= next_sweep:  # paused or not
+                    await self._sweep()
+                    next_sweep = time.monotonic() + self._config.sweep_interval
                 wait = await self._dispatch_due()
                 if wait > 0:
                     await wait_any(self._wake, stop, timeout=wait)
@@ -234,15 +236,13 @@ class Courier:
     ) -> None:
         verdict = outcome.verdict
         if verdict is Verdict.DELIVERED:
-            fields = body if isinstance(body, dict) else {}
+            accepted = Accepted.of(body)
             await outbox.mark_delivered(
                 self._db,
                 row.id,
-                conversion_id=_opt_str(fields.get("conversionId")),
-                dispatched=fields.get("dispatched")
-                if isinstance(fields.get("dispatched"), bool)
-                else None,
-                warning=_opt_str(fields.get("warning")),
+                conversion_id=accepted.conversion_id,
+                dispatched=accepted.dispatched,
+                warning=accepted.warning,
                 replayed=replay,
             )
             self.delivered += 1
@@ -251,13 +251,10 @@ class Courier:
                 "outbox row %d delivered in %.0f ms (conversion %s%s)%s",
                 row.id,
                 elapsed_ms,
-                fields.get("conversionId"),
+                accepted.conversion_id,
                 ", replay" if replay else "",
-                f"; AdTarget warns: {fields['warning']}" if fields.get("warning") else "",
-                extra={
-                    **row_ids(row),
-                    **ids(conversion_id=_opt_str(fields.get("conversionId"))),
-                },
+                f"; AdTarget warns: {accepted.warning}" if accepted.warning else "",
+                extra={**row_ids(row), **ids(conversion_id=accepted.conversion_id)},
             )
             if self._pause is not None:
                 await self._resume("AdTarget accepted a probe")
@@ -329,6 +326,14 @@ class Courier:
         )
         self.outcomes[row.kind, "retried"] += 1
 
+    async def _sweep(self) -> None:
+        """Rows whose lease expired are due again; forwards past their age go."""
+        await outbox.rescue_claimed(self._db, expired_only=True)
+        kinds = await outbox.drop_aged_forwards(self._db, max_age=self._config.forwards_max_age)
+        self.dropped.update(kinds)
+        if kinds:
+            log.warning("outbox: %d forward(s) past OUTBOX_FORWARDS_MAX_AGE dropped", len(kinds))
+
     async def _already_delivered(self, row: OutboxRow) -> bool:
         """Past the idempotency window a resend could duplicate: ask AdTarget first."""
         match = await delivered_earlier(
@@ -392,7 +397,3 @@ class Courier:
         # After a restart the key may have been fixed: probe at once.
         self._probe_at = 0.0
         log.warning("courier starts paused (%s); probing now", self._pause.reason)
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from bot.adtarget import ApiAnswer
-from bot.adtarget_errors import ErrorCode
+from bot.adtarget_errors import ErrorCode, Unsendable
 from bot.followups import park_reason
 from storage.outbox import OutboxRow
 
@@ -67,9 +67,36 @@ def classify_answer(answer: ApiAnswer, row: OutboxRow | None = None) -> Outcome:
     return Outcome(Verdict.PARK, reason)
 
 
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What a success answer says about the row (a conversion's fields; others
+    answer none of them)."""
+
+    conversion_id: str | None
+    dispatched: bool | None
+    warning: str | None
+
+    @classmethod
+    def of(cls, body: Any) -> Accepted:
+        fields = body if isinstance(body, dict) else {}
+        dispatched = fields.get("dispatched")
+        return cls(
+            conversion_id=_opt_str(fields.get("conversionId")),
+            dispatched=dispatched if isinstance(dispatched, bool) else None,
+            warning=_opt_str(fields.get("warning")),
+        )
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def classify_exception(error: Exception) -> Outcome:
     """Timeouts and connection errors: AdTarget may or may not have processed it,
-    so the row is sent again with the same Idempotency-Key."""
+    so the row is sent again with the same Idempotency-Key. A request that could
+    not be built was never sent, and never will be: parked at once."""
+    if isinstance(error, Unsendable):
+        return Outcome(Verdict.PARK, f"request cannot be built: {error.message}")
     if isinstance(error, httpx.TimeoutException):
         return Outcome(Verdict.RETRY, f"timeout ({type(error).__name__})")
     if isinstance(error, httpx.TransportError):
@@ -150,11 +177,20 @@ class CourierConfig:
     # In-process writers wake the courier; a row written by another process
     # (`python -m bot fire`) is only seen by looking, so it looks this often.
     poll_interval: float = 2.0
+    # Visit and update-fbp forwards older than this are dropped (OUTBOX_FORWARDS_MAX_AGE).
+    forwards_max_age: float = 6 * 3600.0
 
     @property
     def lease(self) -> float:
         # Long enough that a send still in flight is never rescued under it.
         return self.request_timeout * 2 + 30.0
+
+    @property
+    def sweep_interval(self) -> float:
+        """How often expired leases are rescued and forwards past their age
+        dropped: a minute, or a quarter of that age when it is shorter, so a
+        forward outlives its age by a quarter of it at most."""
+        return min(60.0, self.forwards_max_age / 4)
 
 
 @dataclass(slots=True)

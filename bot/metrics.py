@@ -270,7 +270,7 @@ class _BridgeCollector(Collector):
         )
         yield CounterMetricFamily(
             "joinbridge_visits_recorded",
-            "Landing-page visits stored (each is forwarded to AdTarget)",
+            "Landing-page visits stored (forwarded to AdTarget, best effort)",
             value=self._watched.visits.recorded,
         )
         yield CounterMetricFamily(
@@ -302,6 +302,16 @@ class _BridgeCollector(Collector):
         for (kind, outcome), number in sorted(found.items()):
             outcomes.add_metric([kind, outcome], number)
         yield outcomes
+        dropped = CounterMetricFamily(
+            "joinbridge_outbox_dropped",
+            "Visit and update-fbp forwards dropped unsent, by kind and reason (cap:"
+            " OUTBOX_FORWARDS_MAX were queued; age: older than OUTBOX_FORWARDS_MAX_AGE)",
+            labels=["kind", "reason"],
+        )
+        for reason, counts in (("cap", self._watched.visits.dropped), ("age", courier.dropped)):
+            for kind in FORWARD_KINDS:  # present from the start, as above
+                dropped.add_metric([kind, reason], counts.get(kind, 0))
+        yield dropped
         yield GaugeMetricFamily(
             "joinbridge_courier_paused",
             "1 while sending to AdTarget is paused (401, 402 or /pause), else 0",

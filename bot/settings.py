@@ -86,6 +86,18 @@ class Settings(BaseSettings):
     auth_probe_interval: float = Field(default=300.0, gt=0)
     billing_probe_interval: float = Field(default=1800.0, gt=0)
     shutdown_grace: float = Field(default=5.0, ge=0)
+    # Visit and update-fbp forwards are best effort (conversions never are dropped:
+    # they carry their visit's attribution themselves). At most this many wait to be
+    # sent; beyond it a new one is dropped. 10,000 is over half an hour of the key's
+    # whole 300 requests/min (shared with conversions), ~10 MB of rows: a landing
+    # page below ~5 visits/s never queues that many, only a flood or an outage does.
+    # 0: visits are never forwarded.
+    outbox_forwards_max: int = Field(default=10_000, ge=0)
+    # A forward still unsent (or parked) this many seconds after the visit is dropped.
+    # AdTarget's visit body has no time field: a forward is recorded when it arrives,
+    # so one sent hours late misplaces its visit. 6 h rides out an outage of a few
+    # hours; older ones would also spend the rate conversions need after it.
+    outbox_forwards_max_age: float = Field(default=6 * 3600.0, gt=0)
 
     # The retention signal (/retention): getChatMember calls per second at due time,
     # well under Telegram's ~30 requests/s per bot shared with everything else.

@@ -8,7 +8,9 @@ import contextlib
 import functools
 import logging
 import sqlite3
+import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +109,43 @@ def attribution_of(visit: VisitInput, temp_id: str, client_session_id: str) -> A
     )
 
 
+# The queued forwards are counted at most this often (seconds; see ForwardCap).
+RECOUNT_EVERY = 1.0
+
+
+class ForwardCap:
+    """Room for visit and update-fbp forwards under OUTBOX_FORWARDS_MAX.
+
+    Counting what is queued walks up to `limit` index entries (~1.5 ms at
+    10,000): too slow for every group commit of a busy landing page. The room
+    counted once stays an upper bound while it is used up, since only this
+    recorder queues forwards (an admin's /retry aside) and the courier only
+    takes them away. So the count runs once the room is used up, and at most
+    once per RECOUNT_EVERY: at the cap the courier frees a few rows a second,
+    while a flood commits hundreds of batches a second.
+    Used under the database's lock only (in `Database.write` or an open
+    transaction), so never by two threads at once.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._room = 0
+        self._count_after = 0.0  # monotonic
+
+    def wants_count(self, wanted: int) -> bool:
+        return wanted > self._room and time.monotonic() >= self._count_after
+
+    def counted(self, queued: int) -> None:
+        self._room = max(self.limit - queued, 0)
+        self._count_after = time.monotonic() + RECOUNT_EVERY
+
+    def take(self, wanted: int) -> int:
+        """How many of `wanted` forwards may be queued; the rest are dropped."""
+        granted = min(wanted, self._room)
+        self._room -= granted
+        return granted
+
+
 @dataclass(slots=True)
 class _Pending:
     attribution: Attribution
@@ -114,9 +153,24 @@ class _Pending:
     done: asyncio.Future[None]
 
 
-def _store(conn: sqlite3.Connection, batch: list[_Pending]) -> None:
+def _store(conn: sqlite3.Connection, batch: list[_Pending], cap: ForwardCap) -> list[str]:
+    """Store the visits and queue their forwards while there is room; the kinds
+    of the forwards dropped."""
     visits.upsert_many(conn, [p.attribution for p in batch])
-    outbox.enqueue_many(conn, [p.row for p in batch])
+    if cap.wants_count(len(batch)):
+        cap.counted(outbox.queued_forwards_in(conn, limit=cap.limit))
+    kept = cap.take(len(batch))
+    outbox.enqueue_many(conn, [p.row for p in batch[:kept]])
+    return [p.row.kind for p in batch[kept:]]
+
+
+def _settle(batch: list[_Pending], error: BaseException | None) -> None:
+    for p in batch:
+        if not p.done.done():
+            if error is None:
+                p.done.set_result(None)
+            else:
+                p.done.set_exception(error)
 
 
 class VisitRecorder:
@@ -124,13 +178,19 @@ class VisitRecorder:
     is being written go together into the next one, so a busy landing page costs
     a few statements per batch, not per visit."""
 
-    def __init__(self, db: Database, wake_courier: Callable[[], None]) -> None:
+    def __init__(
+        self, db: Database, wake_courier: Callable[[], None], *, forwards_max: int = 10_000
+    ) -> None:
         self._db = db
         self._wake = wake_courier
         self._queue: list[_Pending] = []
         self._queued = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._cap = ForwardCap(forwards_max)
         self.recorded = 0  # visits committed, read by /metrics
+        # Forwards dropped at the cap, by kind, read by /metrics.
+        self.dropped: Counter[str] = Counter()
+        self._warn_after = 0.0  # monotonic: one warning a minute while dropping
 
     async def _write_loop(self) -> None:
         while True:
@@ -140,17 +200,37 @@ class VisitRecorder:
             if not batch:
                 continue
             try:
-                await self._db.write(functools.partial(_store, batch=batch))
+                await self._commit(batch)
             except Exception as error:
-                for p in batch:
-                    if not p.done.done():
-                        p.done.set_exception(error)
-                continue
-            self.recorded += len(batch)
-            for p in batch:
-                if not p.done.done():
-                    p.done.set_result(None)
-            self._wake()
+                if len(batch) == 1:
+                    _settle(batch, error)
+                    continue
+                # One visit's failure must not fail its neighbours: each alone, then.
+                log.warning(
+                    "a batch of %d visits failed (%s: %s); writing each on its own",
+                    len(batch),
+                    type(error).__name__,
+                    error,
+                )
+                for one in batch:
+                    try:
+                        await self._commit([one])
+                    except Exception as one_error:
+                        log.error(
+                            "visit (tempId %s) could not be stored: %s: %s",
+                            one.attribution.temp_id,
+                            type(one_error).__name__,
+                            one_error,
+                            extra=ids(temp_id=one.attribution.temp_id),
+                        )
+                        _settle([one], one_error)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        dropped = await self._db.write(functools.partial(_store, batch=batch, cap=self._cap))
+        self.recorded += len(batch)
+        self._count_dropped(dropped)
+        _settle(batch, None)
+        self._wake()
 
     async def aclose(self) -> None:
         if self._writer is not None:
@@ -185,7 +265,7 @@ class VisitRecorder:
                 body=body,
                 headers=headers or None,
                 idempotency_key=f"jb-visit-{visit_key}",
-                priority=1,
+                priority=outbox.FORWARD_PRIORITY,
             ),
             asyncio.get_running_loop().create_future(),
         )
@@ -208,15 +288,31 @@ class VisitRecorder:
         async with self._db.transaction() as conn:
             if not await visits.set_fbp(conn, temp_id, fbp):
                 return False
-            await outbox.enqueue(
-                conn,
-                outbox.NewRow(
-                    kind="update_fbp",
-                    path=UPDATE_FBP_PATH,
-                    body={"tempId": temp_id, "fbp": fbp},
-                    idempotency_key=f"jb-fbp-{uuid.uuid4()}",
-                    priority=1,
-                ),
-            )
+            if self._cap.wants_count(1):
+                self._cap.counted(await outbox.queued_forwards(conn, limit=self._cap.limit))
+            kept = self._cap.take(1)
+            if kept:
+                await outbox.enqueue(
+                    conn,
+                    outbox.NewRow(
+                        kind="update_fbp",
+                        path=UPDATE_FBP_PATH,
+                        body={"tempId": temp_id, "fbp": fbp},
+                        idempotency_key=f"jb-fbp-{uuid.uuid4()}",
+                        priority=outbox.FORWARD_PRIORITY,
+                    ),
+                )
+        self._count_dropped([] if kept else ["update_fbp"])
         self._wake()
         return True
+
+    def _count_dropped(self, kinds: list[str]) -> None:
+        self.dropped.update(kinds)
+        if kinds and time.monotonic() >= self._warn_after:
+            self._warn_after = time.monotonic() + 60.0
+            log.warning(
+                "outbox: OUTBOX_FORWARDS_MAX (%d) visit and update-fbp forwards are queued;"
+                " new ones are dropped until the courier catches up (%d so far)",
+                self._cap.limit,
+                sum(self.dropped.values()),
+            )

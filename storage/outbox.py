@@ -79,6 +79,20 @@ def _row(row: sqlite3.Row) -> OutboxRow:
 PRIORITIES = (0, 1)
 _PRIORITY_IN = f"priority IN ({', '.join(str(p) for p in PRIORITIES)})"
 
+# Forwards of what a visitor did on the landing page: best effort, unlike
+# conversions and follow-ups. Each becomes a request on the key's 300/min, so a
+# flood of visits must not grow the queue without bound: beyond a cap they are
+# dropped when queued, and dropped once too old (bot/visits.py, bot/courier.py).
+# The conversion of a join carries its visit's attribution itself, so a dropped
+# forward costs AdTarget's visit records, never a conversion's attribution.
+FORWARD_KINDS = ("visit", "update_fbp")
+# Forwards are always queued at this priority (NewRow checks it): asking for it
+# lets the index outbox_due serve the count and the sweep below.
+FORWARD_PRIORITY = 1
+_FORWARD = (
+    f"priority = {FORWARD_PRIORITY} AND kind IN ({', '.join(repr(k) for k in FORWARD_KINDS)})"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class NewRow:
@@ -100,6 +114,11 @@ class NewRow:
         if self.priority not in PRIORITIES:
             # A priority outside PRIORITIES would never be claimed.
             raise ValueError(f"outbox priority must be one of {PRIORITIES}, not {self.priority}")
+        if self.kind in FORWARD_KINDS and self.priority != FORWARD_PRIORITY:
+            # Elsewhere the cap and the age sweep would never see it.
+            raise ValueError(
+                f"{self.kind} rows go at priority {FORWARD_PRIORITY}, not {self.priority}"
+            )
 
 
 _INSERT = (
@@ -148,6 +167,49 @@ def enqueue_many(conn: sqlite3.Connection, rows: list[NewRow]) -> None:
     if rows:
         now = time.time()
         conn.executemany(_INSERT, [_params(row, now) for row in rows])
+
+
+# Forwards waiting to be sent, counted up to a limit: the walk stops there.
+_QUEUED_FORWARDS = (
+    "SELECT count(*) FROM (SELECT 1 FROM outbox WHERE state IN ('pending', 'sending')"
+    f" AND {_FORWARD} LIMIT ?)"
+)
+
+
+def queued_forwards_in(conn: sqlite3.Connection, *, limit: int) -> int:
+    """Visit and update-fbp forwards pending or being sent, counted up to `limit`."""
+    return int(conn.execute(_QUEUED_FORWARDS, (limit,)).fetchone()[0])
+
+
+async def queued_forwards(conn: aiosqlite.Connection, *, limit: int) -> int:
+    """`queued_forwards_in`, in an open `Database.transaction`."""
+    async with conn.execute(_QUEUED_FORWARDS, (limit,)) as cursor:
+        found = await cursor.fetchone()
+    return int(found[0]) if found else 0
+
+
+# A forward too old to be worth sending: pending, or parked (refused by AdTarget
+# or impossible to send) and shown to admins until then. A row being sent is
+# left to finish. A batch per transaction, so that the writer (and the joins
+# waiting on it) is not held for the whole backlog of an outage at once.
+_DROP_BATCH = 2000
+_AGED_FORWARDS = (
+    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state IN ('pending', 'parked')"
+    f" AND {_FORWARD} AND created_at < ? LIMIT {_DROP_BATCH}) RETURNING kind"
+)
+
+
+async def drop_aged_forwards(
+    db: Database, *, max_age: float, now: float | None = None
+) -> list[str]:
+    """Delete forwards older than `max_age` seconds; the kinds of those deleted."""
+    before = (time.time() if now is None else now) - max_age
+    dropped: list[str] = []
+    while True:
+        kinds = await db.write(lambda conn: [r[0] for r in conn.execute(_AGED_FORWARDS, (before,))])
+        dropped += kinds
+        if len(kinds) < _DROP_BATCH:
+            return dropped
 
 
 async def claim(

@@ -174,7 +174,16 @@ def _seed_rows(conn: sqlite3.Connection) -> None:
             if state
         ]
         # Not a conversion: never counted.
-        + [outbox.NewRow(kind="visit", path="/v", body={}, idempotency_key="v", chat_id=A)],
+        + [
+            outbox.NewRow(
+                kind="visit",
+                path="/v",
+                body={},
+                idempotency_key="v",
+                chat_id=A,
+                priority=outbox.FORWARD_PRIORITY,
+            )
+        ],
     )
     conn.executemany(
         "UPDATE outbox SET state = ? WHERE idempotency_key = ?",
