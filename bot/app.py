@@ -143,7 +143,12 @@ async def build(settings: Settings) -> Bridge:
     )
     minter = InviteMinter(bot, db, ttl=settings.invite_ttl)
     pool = InvitePool(
-        bot, minter, db, size=settings.invite_pool_size, pace=settings.invite_mint_interval
+        bot,
+        minter,
+        db,
+        size=settings.invite_pool_size,
+        per_client=settings.invite_links_per_client_hour,
+        pace=settings.invite_mint_interval,
     )
     rate = settings.member_check_rate
     retention = RetentionChecker(

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # Seconds between two link creations while refilling a pool (Telegram publishes
     # no limit for createChatInviteLink; 429s are waited out either way).
     invite_mint_interval: float = Field(default=0.05, ge=0)
+    # Personal links one client (an IP, an IPv6 /64; a server-side caller: per
+    # visitor it names) gets per channel an hour; past it, the channel's fallback link.
+    invite_links_per_client_hour: int = Field(default=3, ge=1)
     approve_join_requests: bool = True
 
     # The tracker: the landing page's side (visits, invite links, health).

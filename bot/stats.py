@@ -73,6 +73,7 @@ def render(title: str, period: str, stats: StatsRow) -> str:
         _line("Joins", _count(stats.joins)),
         _line("  attributed", _count(stats.joins_attributed)),
         _line("  campaign", _count(stats.joins_campaign)),
+        _line("  fallback", _count(stats.joins_fallback)),
         _line("  organic", _count(stats.joins_organic)),
         _line("Attribution", _percent(stats.attribution_rate)),
         _line("Conversions"),

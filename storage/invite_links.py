@@ -12,6 +12,16 @@ from storage.db import Database
 from storage.sql import marks
 from storage.visits import ATTRIBUTION_COLUMNS, Attribution
 
+# The campaign name reserved for a channel's fallback link: the campaign link a
+# visitor is sent to when no personal link can be had (past the client's quota, or
+# the pool empty while Telegram says wait). Its joins are campaign joins by kind,
+# counted apart as "fallback" in /stats.
+FALLBACK_CAMPAIGN = "fallback"
+# When a visitor link was given out: a pool link when assigned, one minted on
+# demand when created. The expression of the indexes invite_links_issued and
+# invite_links_client, verbatim.
+ISSUED_AT = "coalesce(assigned_at, created_at)"
+
 
 @dataclass(frozen=True, slots=True)
 class InviteLink:
@@ -24,6 +34,11 @@ class InviteLink:
     campaign: str | None
     creates_join_request: bool
     expire_date: int | None
+
+    @property
+    def fallback(self) -> bool:
+        """The channel's fallback link (a campaign link under the reserved name)."""
+        return self.kind == "campaign" and self.campaign == FALLBACK_CAMPAIGN
 
 
 LINK_COLUMNS = "id, url, chat_id, kind, name, visit_id, campaign, creates_join_request, expire_date"
@@ -44,11 +59,13 @@ async def insert(
     campaign: str | None,
     creates_join_request: bool,
     expire_date: int | None,
+    client_key: str | None = None,
 ) -> InviteLink:
+    """`client_key`: the client a visitor link is handed to, for its quota."""
     async with conn.execute(
         "INSERT INTO invite_links (url, chat_id, kind, name, visit_id, campaign,"
-        " creates_join_request, expire_date, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " RETURNING id",
+        " creates_join_request, expire_date, created_at, client_key)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (
             url,
             chat_id,
@@ -59,6 +76,7 @@ async def insert(
             int(creates_join_request),
             expire_date,
             time.time(),
+            client_key,
         ),
     ) as cursor:
         row = await cursor.fetchone()
@@ -137,3 +155,37 @@ async def campaign_links(db: Database, chat_ids: list[int]) -> list[tuple[Invite
         chat_ids,
     )
     return [(link_from_row(r), int(r["joins"]), int(r["present"])) for r in rows]
+
+
+# A fallback link that still works: not revoked by us, not expired (campaign links
+# are minted without an expiry; the term keeps one edited in Telegram out).
+_LIVE_FALLBACK = (
+    f"kind = 'campaign' AND campaign = '{FALLBACK_CAMPAIGN}' AND revoked_at IS NULL"
+    " AND (expire_date IS NULL OR expire_date > ?)"
+)
+
+
+async def find_fallback(
+    conn: aiosqlite.Connection, *, chat_id: int, creates_join_request: bool
+) -> InviteLink | None:
+    """The channel's live fallback link for its mode, the newest if there are several
+    (read through invite_links_campaign: a flood of refused visitors reads it)."""
+    rows = await conn.execute_fetchall(
+        f"SELECT {LINK_COLUMNS} FROM invite_links WHERE chat_id = ? AND {_LIVE_FALLBACK}"
+        " AND creates_join_request = ? ORDER BY id DESC LIMIT 1",
+        (chat_id, time.time(), int(creates_join_request)),
+    )
+    rows = list(rows)
+    return link_from_row(rows[0]) if rows else None
+
+
+async def fallbacks(db: Database) -> dict[tuple[int, bool], InviteLink]:
+    """Every live fallback link by (chat, join-request mode); the newest of several.
+    Read on every pass of the pool's upkeep: from the campaign links' index alone,
+    never a scan of the whole table."""
+    rows = await db.fetchall(
+        f"SELECT {LINK_COLUMNS} FROM invite_links INDEXED BY invite_links_campaign"
+        f" WHERE {_LIVE_FALLBACK} ORDER BY id",
+        (time.time(),),
+    )
+    return {(link.chat_id, link.creates_join_request): link for link in map(link_from_row, rows)}

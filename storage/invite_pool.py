@@ -8,7 +8,7 @@ import time
 import aiosqlite
 
 from storage.db import Database
-from storage.invite_links import LINK_COLUMNS, InviteLink, link_from_row
+from storage.invite_links import ISSUED_AT, LINK_COLUMNS, InviteLink, link_from_row
 
 # Pool links this close to expiry are not handed out: a visitor needs time to join.
 _USABLE = "visit_id IS NULL AND kind = 'visitor' AND discarded_at IS NULL AND revoked_at IS NULL"
@@ -60,24 +60,72 @@ async def find_assigned(
     return link_from_row(rows[0]) if rows else None
 
 
+# Personal links of a channel handed to a client since a time: a range of
+# invite_links_client, a handful of entries per client.
+_HANDED_TO = (
+    "SELECT count(*) FROM invite_links WHERE client_key = :client AND chat_id = :chat"
+    f" AND {ISSUED_AT} >= :since"
+)
+
+
 async def take(
     conn: aiosqlite.Connection,
     *,
     chat_id: int,
     creates_join_request: bool,
     visit_id: int,
+    client_key: str,
+    quota: tuple[int, float],
     usable_after: float,
 ) -> InviteLink | None:
-    """Assign the pool link that expires soonest (but not too soon) to a visit."""
+    """Assign the pool link that expires soonest (but not too soon) to a visit,
+    handed to `client_key`, unless that client already had `quota` = (links,
+    since) of this channel's. None: the pool is empty, or the quota reached (ask
+    `handed_to`). One statement: the quota costs the common path no round trip."""
+    limit, since = quota
     rows = await conn.execute_fetchall(
-        f"UPDATE invite_links SET visit_id = ?, assigned_at = ? WHERE id = ("
-        f" SELECT id FROM invite_links WHERE {_USABLE} AND chat_id = ?"
-        f" AND creates_join_request = ? AND expire_date > ? ORDER BY expire_date, id LIMIT 1)"
+        f"UPDATE invite_links SET visit_id = :visit, assigned_at = :now, client_key = :client"
+        f" WHERE id = (SELECT id FROM invite_links WHERE {_USABLE} AND chat_id = :chat"
+        f" AND creates_join_request = :mode AND expire_date > :usable_after"
+        f" ORDER BY expire_date, id LIMIT 1) AND ({_HANDED_TO}) < :limit"
         f" RETURNING {LINK_COLUMNS}",
-        (visit_id, time.time(), chat_id, int(creates_join_request), usable_after),
+        {
+            "visit": visit_id,
+            "now": time.time(),
+            "client": client_key,
+            "chat": chat_id,
+            "mode": int(creates_join_request),
+            "usable_after": usable_after,
+            "since": since,
+            "limit": limit,
+        },
     )
     rows = list(rows)
     return link_from_row(rows[0]) if rows else None
+
+
+async def handed_to(
+    conn: aiosqlite.Connection, *, chat_id: int, client_key: str, since: float
+) -> int:
+    """Personal links of this channel handed to this client since `since`."""
+    rows = await conn.execute_fetchall(
+        _HANDED_TO, {"client": client_key, "chat": chat_id, "since": since}
+    )
+    return int(next(iter(rows))[0])
+
+
+async def forget_clients(db: Database, *, before: float) -> int:
+    """Clear the client of links handed out before `before`: the quota no longer
+    looks at them, and the address is personal data kept for nothing after that."""
+
+    def forget(conn: sqlite3.Connection) -> int:
+        return conn.execute(
+            f"UPDATE invite_links SET client_key = NULL"
+            f" WHERE client_key IS NOT NULL AND {ISSUED_AT} < ?",
+            (before,),
+        ).rowcount
+
+    return await db.write(forget)
 
 
 async def discard_stale(db: Database, *, usable_after: float) -> int:

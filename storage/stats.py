@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from storage.db import BUSY_TIMEOUT_MS, Database
+from storage.invite_links import FALLBACK_CAMPAIGN, ISSUED_AT
 
 T = TypeVar("T")
 
@@ -32,7 +33,7 @@ CAMPAIGN_PREFIX = "campaign:"
 
 @dataclass(frozen=True, slots=True)
 class SourceRow:
-    source: str  # utm_source, or "campaign:<name>" for campaign links
+    source: str  # utm_source, "campaign:<name>" for campaign links, "fallback"
     campaign: str | None  # utm_campaign (None for campaign links)
     joins: int
     present: int  # of those joins, members still in the channel
@@ -50,7 +51,8 @@ class StatsRow:
     visits: int
     links_issued: int
     joins_attributed: int
-    joins_campaign: int
+    joins_campaign: int  # not counting the fallback link's
+    joins_fallback: int  # through the channel's fallback link (a campaign link too)
     joins_organic: int
     conversions_delivered: int
     conversions_pending: int  # pending + sending
@@ -60,14 +62,19 @@ class StatsRow:
     top_sources: tuple[SourceRow, ...]
 
     @property
+    def joins_through_links(self) -> int:
+        """Joins through links the bot minted."""
+        return self.joins_attributed + self.joins_campaign + self.joins_fallback
+
+    @property
     def joins(self) -> int:
-        return self.joins_attributed + self.joins_campaign + self.joins_organic
+        return self.joins_through_links + self.joins_organic
 
     @property
     def attribution_rate(self) -> float | None:
         """Share of joins that came through our links (None: no joins)."""
         total = self.joins
-        return (self.joins_attributed + self.joins_campaign) / total if total else None
+        return self.joins_through_links / total if total else None
 
 
 async def channel_stats(
@@ -90,6 +97,7 @@ async def channel_stats(
         links_issued=other.links,
         joins_attributed=joins.attributed,
         joins_campaign=joins.campaign,
+        joins_fallback=joins.fallback,
         joins_organic=joins.organic,
         conversions_delivered=other.delivered,
         conversions_pending=other.pending,
@@ -158,6 +166,7 @@ def _count(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> int:
 class _Joins:
     attributed: int
     campaign: int
+    fallback: int
     organic: int
     present: int
     sources: tuple[SourceRow, ...]
@@ -176,14 +185,20 @@ def _joins(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -
         " GROUP BY chat_id, kind, utm_source, utm_campaign, campaign",
         params,
     ).fetchall()
-    per_kind = {"attributed": 0, "campaign": 0, "organic": 0}
+    per_kind = {"attributed": 0, "campaign": 0, "fallback": 0, "organic": 0}
     present = 0
     sources: dict[tuple[str, str | None], list[int]] = {}
     for kind, utm_source, utm_campaign, campaign, joined, left in rows:
+        if kind == "campaign" and campaign == FALLBACK_CAMPAIGN:
+            # A campaign join by kind (and in the outbox), shown apart: these are
+            # visitors who could not have a personal link.
+            kind = FALLBACK_CAMPAIGN
         per_kind[kind] = per_kind.get(kind, 0) + joined
         if kind == "attributed":
             present += joined - left
             key = (utm_source or NO_SOURCE, utm_campaign)
+        elif kind == FALLBACK_CAMPAIGN:
+            key = (FALLBACK_CAMPAIGN, None)
         elif kind == "campaign":
             key = (f"{CAMPAIGN_PREFIX}{campaign or ''}", None)
         else:
@@ -195,6 +210,7 @@ def _joins(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -
     return _Joins(
         attributed=per_kind["attributed"],
         campaign=per_kind["campaign"],
+        fallback=per_kind["fallback"],
         organic=per_kind["organic"],
         present=present,
         sources=tuple(
@@ -214,8 +230,7 @@ class _Other:
     leaves: int
 
 
-# The expression and terms of the partial index invite_links_issued, verbatim.
-_ISSUED_AT = "coalesce(assigned_at, created_at)"
+# The terms of the partial index invite_links_issued (on ISSUED_AT), verbatim.
 _ISSUED = ("kind = 'visitor'", "visit_id IS NOT NULL")
 
 
@@ -248,7 +263,7 @@ def _other(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -
 
 def _links(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -> tuple[int, int]:
     """(visits, links issued): distinct visitors given a link there, or all visits."""
-    where, params = _where(chat_id, since, _ISSUED_AT, *_ISSUED)
+    where, params = _where(chat_id, since, ISSUED_AT, *_ISSUED)
     table = "invite_links INDEXED BY invite_links_issued"
     if chat_id is not None:
         row = conn.execute(

@@ -235,7 +235,8 @@ async def test_healthz_reports_database_polling_courier_and_pools(
     bridge: RunningBridge, http: httpx.AsyncClient
 ) -> None:
     await bridge.wait_scalar(
-        "SELECT count(*) FROM invite_links WHERE visit_id IS NULL", bridge.settings.invite_pool_size
+        "SELECT count(*) FROM invite_links WHERE visit_id IS NULL AND kind = 'visitor'",
+        bridge.settings.invite_pool_size,
     )
     report = (await http.get("/healthz")).json()
     assert report["database"]["ok"] is True
@@ -251,7 +252,7 @@ async def test_pool_refills_after_links_are_handed_out(
     bridge: RunningBridge, telegram: FakeTelegram, http: httpx.AsyncClient
 ) -> None:
     size = bridge.settings.invite_pool_size
-    pool_sql = "SELECT count(*) FROM invite_links WHERE visit_id IS NULL"
+    pool_sql = "SELECT count(*) FROM invite_links WHERE visit_id IS NULL AND kind = 'visitor'"
     await bridge.wait_scalar(pool_sql, size)
     for i in range(size):
         response = await post(

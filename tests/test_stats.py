@@ -11,6 +11,7 @@ import pytest
 from bot.stats import PERIODS, period_start, render
 from storage import channels, joins, outbox
 from storage.db import Database, open_database
+from storage.invite_links import FALLBACK_CAMPAIGN
 from storage.stats import SourceRow, StatsRow, channel_stats
 
 DAY = 86400
@@ -256,6 +257,37 @@ async def test_top_sources(db: Database) -> None:
     assert (await top(None, "all"))[0].retention == pytest.approx(0.4)
 
 
+async def test_fallback_joins_are_counted_apart_from_campaigns(db: Database) -> None:
+    """Joins through the channel's fallback link are campaign joins by kind, on a line
+    (and a source) of their own."""
+    await _seed(db)
+    before = await channel_stats(db, chat_id=A, since=period_start("today", NOW), now=NOW)
+
+    def add(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO invite_links (id, url, chat_id, kind, name, campaign, created_at)"
+            " VALUES (40, 'https://t.me/+fallback', ?, 'campaign', 'jb-c fallback', ?, ?)",
+            (A, FALLBACK_CAMPAIGN, D3),
+        )
+        joins.insert_many(
+            conn,
+            [
+                joins.NewJoin(A, user, "campaign", 40, None, False, T, None, campaign="fallback")
+                for user in (40, 41)
+            ],
+        )
+
+    await db.write(add)
+    row = await channel_stats(db, chat_id=A, since=period_start("today", NOW), now=NOW)
+    assert (row.joins_fallback, row.joins_campaign) == (2, before.joins_campaign)
+    assert row.joins == before.joins + 2
+    assert row.attribution_rate == pytest.approx(
+        (before.joins_attributed + before.joins_campaign + 2) / (before.joins + 2)
+    )
+    assert SourceRow("fallback", None, 2, 2) in row.top_sources
+    assert "  fallback               2\n" in render("A", "today", row)
+
+
 async def test_empty_database(db: Database) -> None:
     for chat in (A, None):
         for period in PERIODS:
@@ -291,6 +323,7 @@ async def test_render(db: Database) -> None:
         "Joins                    9\n"
         "  attributed             5\n"
         "  campaign               2\n"
+        "  fallback               0\n"
         "  organic                2\n"
         "Attribution            78%\n"
         "Conversions\n"
@@ -320,6 +353,7 @@ def test_render_escapes_and_clips_sources() -> None:
         links_issued=0,
         joins_attributed=0,
         joins_campaign=0,
+        joins_fallback=0,
         joins_organic=0,
         conversions_delivered=0,
         conversions_pending=0,
