@@ -79,6 +79,8 @@ async def stage(
             invite_mint_interval=0,
             tracker_rate_per_minute=10_000_000,
             tracker_burst=100_000,
+            # One load generator stands for thousands of visitors.
+            tracker_visits_per_hour=10_000_000,
             **settings,
         )
         env["TRACKER_PORT"] = str(port)

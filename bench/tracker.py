@@ -23,16 +23,23 @@ from tests.fakes.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID
 
 
+def visitor_ip(i: int) -> str:
+    """A distinct visitor per request: the bench's process is the landing page's
+    server, naming each visitor it forwards (the tracker limits per visitor)."""
+    return f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
+
+
 async def open_loop(
     session: aiohttp.ClientSession, url: str, bodies: list[dict[str, object]], rate: float
 ) -> list[float]:
     latencies: list[float] = []
     failures = 0
 
-    async def one(body: dict[str, object]) -> None:
+    async def one(i: int, body: dict[str, object]) -> None:
         nonlocal failures
         started = time.perf_counter()
-        async with session.post(url, json=body) as response:
+        headers = {"X-Adtarget-Client-IP": visitor_ip(i)}
+        async with session.post(url, json=body, headers=headers) as response:
             await response.read()
             if response.status != 200:
                 failures += 1
@@ -44,7 +51,7 @@ async def open_loop(
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(body)))
+        tasks.append(asyncio.create_task(one(i, body)))
     await asyncio.gather(*tasks)
     if failures:
         raise RuntimeError(f"{failures} requests failed")

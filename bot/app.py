@@ -43,9 +43,11 @@ from bot.settings import Settings
 from bot.sync import ChannelSync
 from bot.telegram_calls import BadBotToken
 from bot.telegram_session import UpdatesSession
-from bot.tracker import Tracker, TrackerConfig
+from bot.tracker import Tracker
+from bot.tracker_guards import TrackerConfig
 from bot.tracker_health import Health
 from bot.visits import VisitRecorder
+from bot.watchdog import Watchdog, WatchdogConfig
 from handlers import get_routers
 from storage.db import Database, open_database, open_readonly
 
@@ -102,6 +104,7 @@ class Bridge:
     retention: RetentionChecker
     privacy: PrivacySweeper
     metrics: Metrics
+    watchdog: Watchdog
     tracker_url: str = ""
 
     async def close(self) -> None:
@@ -219,6 +222,15 @@ async def build(settings: Settings) -> Bridge:
     health = Health(
         db, reads, poller.stats, courier, pool, courier_enabled=settings.courier_enabled
     )
+    watchdog = Watchdog(
+        settings.database_path,
+        poll_stats,
+        notifier,
+        WatchdogConfig(
+            poll_alert_after=settings.poll_alert_minutes * 60,
+            min_free_bytes=settings.min_free_disk_mb * 2**20,
+        ),
+    )
     tracker = Tracker(
         db,
         visits,
@@ -230,8 +242,11 @@ async def build(settings: Settings) -> Bridge:
             token=settings.tracker_token.get_secret_value() if settings.tracker_token else None,
             rate_per_minute=settings.tracker_rate_per_minute,
             burst=settings.tracker_burst,
+            visits_per_hour=settings.tracker_visits_per_hour,
+            body_timeout=settings.tracker_body_timeout,
         ),
         metrics=metrics.exposition if settings.metrics_enabled else None,
+        storage_low=lambda: watchdog.disk_low,
     )
     metrics.watch(
         reads,
@@ -266,6 +281,7 @@ async def build(settings: Settings) -> Bridge:
         retention=retention,
         privacy=PrivacySweeper(db, settings.retention_days),
         metrics=metrics,
+        watchdog=watchdog,
     )
 
 
@@ -349,6 +365,7 @@ async def _run_locked(
         asyncio.create_task(bridge.db.checkpoints(stop), name="wal-checkpoints"),
         asyncio.create_task(bridge.notifier.run(stop), name="notifier"),
         asyncio.create_task(bridge.retention.run(stop), name="retention-checks"),
+        asyncio.create_task(bridge.watchdog.run(stop), name="watchdog"),
     }
     # Not among `tasks`: those run until stop, and the first to end ends the bridge.
     first_contact = asyncio.create_task(_first_contact(bridge), name="first-contact")

@@ -53,7 +53,7 @@ from bot.joins import LEAVE, JoinRecorder
 from bot.visits import VisitRecorder
 from storage import outbox, retention, updates
 from storage.db import Database
-from storage.outbox import OutboxCounts
+from storage.outbox import FORWARD_KINDS, OutboxCounts
 
 log = logging.getLogger(__name__)
 
@@ -251,12 +251,13 @@ class _BridgeCollector(Collector):
                 "chat_join_request": self._watched.join_requests.untracked,
             },
         )
-        if poller.last_poll_ok_at is not None:
-            yield GaugeMetricFamily(
-                "joinbridge_telegram_last_poll_timestamp_seconds",
-                "When getUpdates last answered (Unix time)",
-                value=poller.last_poll_ok_at,
-            )
+        # From the start, 0 until the first answer: an alert on its age fires for a
+        # bridge that never reached Telegram, too.
+        yield GaugeMetricFamily(
+            "joinbridge_telegram_last_poll_timestamp_seconds",
+            "When getUpdates last answered (Unix time; 0: not yet since start)",
+            value=poller.last_poll_ok_at or 0.0,
+        )
 
     def _joins_and_visits(self) -> Iterator[Metric]:
         counts = self._watched.joins.counts

@@ -15,8 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.events import EventType
-from bot.tracker_client import LOOPBACK
-from bot.tracker_input import IPNetwork, parse_trusted_proxies
+from bot.tracker_client import LOOPBACK, IPNetwork, parse_trusted_proxies
 
 _TOKEN_SHAPE = re.compile(r"^\d+:[\w-]+$")
 
@@ -65,6 +64,15 @@ class Settings(BaseSettings):
     tracker_token: SecretStr | None = None
     tracker_rate_per_minute: float = Field(default=120.0, gt=0)
     tracker_burst: int = Field(default=30, ge=1)
+    # Visits one client may record per hour (a server-side caller: per visitor it
+    # names). A landing page's visitor makes a handful; a flood writes the disk.
+    tracker_visits_per_hour: int = Field(default=120, ge=1)
+    # Seconds a client may take to send its body; a slow sender holds a connection.
+    tracker_body_timeout: float = Field(default=10.0, gt=0)
+    # Below this much free disk (MB) where the database lives, new visits get a 503.
+    min_free_disk_mb: int = Field(default=200, ge=0)
+    # Minutes without an answer to getUpdates before the admins are alerted.
+    poll_alert_minutes: float = Field(default=5.0, gt=0)
     # GET /metrics on the tracker (Prometheus text format).
     metrics_enabled: bool = True
 

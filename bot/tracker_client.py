@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from bot.tracker_input import IPNetwork, resolve_client
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+UA_MAX = 1024  # a User-Agent longer than this is cut
 
 # TRUSTED_PROXIES' default. Setting TRUSTED_PROXIES replaces it.
 LOOPBACK: tuple[IPNetwork, ...] = (
@@ -108,8 +112,10 @@ def identify(
 
 
 def is_local(request: web.Request, trusted: tuple[IPNetwork, ...]) -> bool:
-    """A client on this host: loopback once X-Forwarded-For is resolved, so a
-    request a local proxy forwarded from outside is not local."""
+    """A client on this host that the operator trusts: a loopback address in
+    TRUSTED_PROXIES once X-Forwarded-For is resolved, so a request a local proxy
+    forwarded from outside is not local (nor, with TRUSTED_PROXIES=127.0.0.1, a
+    container or user that reaches the tracker from another loopback address)."""
     ip, _ = resolve_client(
         header_ip=None,
         header_ua=None,
@@ -121,7 +127,7 @@ def is_local(request: web.Request, trusted: tuple[IPNetwork, ...]) -> bool:
         trusted_proxies=trusted,
         server_side=False,
     )
-    return ip is not None and ipaddress.ip_address(ip).is_loopback
+    return ip is not None and ipaddress.ip_address(ip).is_loopback and in_networks(ip, trusted)
 
 
 def in_networks(ip: str, networks: tuple[IPNetwork, ...]) -> bool:
@@ -159,3 +165,108 @@ class ClientRateLimiter:
         while len(self._buckets) > self._max_clients:
             self._buckets.popitem(last=False)
         return 0.0 if allowed else (1.0 - tokens) / self._rate
+
+
+def resolve_client(
+    *,
+    header_ip: str | None,
+    header_ua: str | None,
+    body_ip: str | None,
+    body_ua: str | None,
+    peer_ip: str | None,
+    forwarded_for: str | None,
+    request_ua: str | None,
+    trusted_proxies: Sequence[IPNetwork],
+    server_side: bool,
+) -> tuple[str | None, str | None]:
+    """The visitor's (IP, User-Agent).
+
+    A server-side caller (see bot/tracker_client.py) forwards visitors, so its
+    X-Adtarget-Client-* headers, else the body's clientIp / userAgent, name the
+    visitor; each is taken independently and invalid IPs fall through to the
+    request itself. From anyone else they are ignored: a browser could name any
+    address. The request's own address is the peer, or behind trusted proxies the
+    nearest untrusted X-Forwarded-For hop (`forwarded_for`: every X-Forwarded-For
+    header joined with ",")."""
+    if not server_side:
+        header_ip = body_ip = header_ua = body_ua = None
+    address = ip_address_or_none(header_ip)
+    if address is None:
+        address = ip_address_or_none(body_ip)
+    if address is None:
+        address = _request_ip(peer_ip, forwarded_for, trusted_proxies)
+    user_agent = None
+    for candidate in (header_ua, body_ua, request_ua):
+        # Sent on to AdTarget as a header: only printable ASCII can be. Like an
+        # invalid IP, anything else falls through to the next source.
+        if candidate is not None and candidate.strip() and header_text(candidate):
+            user_agent = candidate.strip()[:UA_MAX]
+            break
+    return (None if address is None else str(address)), user_agent
+
+
+def header_text(text: str) -> bool:
+    """Printable ASCII (and spaces): what may be sent on as an HTTP header value."""
+    return text.isascii() and text.replace("\t", " ").isprintable()
+
+
+def parse_trusted_proxies(text: str) -> list[IPNetwork]:
+    """Networks from "10.0.0.0/8, 127.0.0.1" (commas or whitespace between entries)."""
+    networks: list[IPNetwork] = []
+    for entry in re.split(r"[,\s]+", text):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"trusted proxy {entry!r} is not an IP address or network") from None
+    return networks
+
+
+def ip_address_or_none(text: str | None) -> IPAddress | None:
+    """A plain IP address (IPv4-mapped IPv6 unwrapped), or None when absent or invalid."""
+    if text is None:
+        return None
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _forwarded_ip(entry: str) -> IPAddress | None:
+    """One X-Forwarded-For entry; tolerates "1.2.3.4:port" and "[v6]:port"."""
+    entry = entry.strip()
+    address = ip_address_or_none(entry)
+    if address is None and entry.startswith("[") and "]" in entry:
+        address = ip_address_or_none(entry[1 : entry.index("]")])
+    elif address is None and entry.count(":") == 1:
+        address = ip_address_or_none(entry.split(":", 1)[0])
+    return address
+
+
+def _trusted(address: IPAddress, networks: Sequence[IPNetwork]) -> bool:
+    return any(address in network for network in networks)
+
+
+def _request_ip(
+    peer_ip: str | None, forwarded_for: str | None, trusted: Sequence[IPNetwork]
+) -> IPAddress | None:
+    """The peer, or when the peer is a trusted proxy the right-most X-Forwarded-For
+    entry that is not itself trusted. Entries left of it are client-controlled and
+    ignored. An unparsable entry stops the walk at the last address known good."""
+    client = ip_address_or_none(peer_ip)
+    if client is None or not forwarded_for or not _trusted(client, trusted):
+        return client
+    for entry in reversed(forwarded_for.split(",")):
+        if not entry.strip():
+            continue
+        address = _forwarded_ip(entry)
+        if address is None:
+            break
+        client = address
+        if not _trusted(address, trusted):
+            break
+    return client

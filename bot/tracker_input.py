@@ -7,7 +7,6 @@ contract (camelCase in the body, snake_case in `VisitInput`).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import zlib
@@ -16,12 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from bot.tracker_client import UA_MAX, header_text, ip_address_or_none
 
 MAX_BODY_BYTES = 16 * 1024
 ID_MAX = 512  # tempId, clientSessionId, externalUserId and the click ids
-UA_MAX = 1024
 URL_MAX = 2048  # href, landingPage, referrer
 TEXT_MAX = 256  # everything else
 CHANNEL_ID_MAX = 128
@@ -168,60 +165,11 @@ def visit_from_query(
     return _visit({"referrer": referrer}, page, from_url)
 
 
-def resolve_client(
-    *,
-    header_ip: str | None,
-    header_ua: str | None,
-    body_ip: str | None,
-    body_ua: str | None,
-    peer_ip: str | None,
-    forwarded_for: str | None,
-    request_ua: str | None,
-    trusted_proxies: Sequence[IPNetwork],
-    server_side: bool,
-) -> tuple[str | None, str | None]:
-    """The visitor's (IP, User-Agent).
-
-    A server-side caller (see bot/tracker_client.py) forwards visitors, so its
-    X-Adtarget-Client-* headers, else the body's clientIp / userAgent, name the
-    visitor; each is taken independently and invalid IPs fall through to the
-    request itself. From anyone else they are ignored: a browser could name any
-    address. The request's own address is the peer, or behind trusted proxies the
-    nearest untrusted X-Forwarded-For hop (`forwarded_for`: every X-Forwarded-For
-    header joined with ",")."""
-    if not server_side:
-        header_ip = body_ip = header_ua = body_ua = None
-    address = _ip(header_ip)
-    if address is None:
-        address = _ip(body_ip)
-    if address is None:
-        address = _request_ip(peer_ip, forwarded_for, trusted_proxies)
-    user_agent = None
-    for candidate in (header_ua, body_ua, request_ua):
-        if candidate is not None and candidate.strip():
-            user_agent = candidate.strip()[:UA_MAX]
-            break
-    return (None if address is None else str(address)), user_agent
-
-
-def parse_trusted_proxies(text: str) -> list[IPNetwork]:
-    """Networks from "10.0.0.0/8, 127.0.0.1" (commas or whitespace between entries)."""
-    networks: list[IPNetwork] = []
-    for entry in re.split(r"[,\s]+", text):
-        if not entry:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            raise ValueError(f"trusted proxy {entry!r} is not an IP address or network") from None
-    return networks
-
-
 def _visit(body: Mapping[str, Any], href: str, from_url: Mapping[str, str | None]) -> VisitInput:
     """The body's fields, with `from_url` filling click ids and UTM the body lacks."""
     client_ip = _opt_str(body, "clientIp", TEXT_MAX)
     if client_ip is not None:
-        address = _ip(client_ip)
+        address = ip_address_or_none(client_ip)
         if address is None:
             raise InputError("clientIp", "must be an IP address")
         client_ip = str(address)
@@ -238,7 +186,7 @@ def _visit(body: Mapping[str, Any], href: str, from_url: Mapping[str, str | None
         landing_page=_opt_str(body, "landingPage", URL_MAX),
         referrer=_opt_str(body, "referrer", URL_MAX),
         client_ip=client_ip,
-        user_agent=_opt_str(body, "userAgent", UA_MAX),
+        user_agent=_header_str(body, "userAgent", UA_MAX),
         country=_opt_str(body, "country", TEXT_MAX),
         city=_opt_str(body, "city", TEXT_MAX),
         region=_opt_str(body, "region", TEXT_MAX),
@@ -277,6 +225,14 @@ def _checked(field: str, value: object, limit: int) -> str | None:
 
 def _opt_str(body: Mapping[str, Any], field: str, limit: int) -> str | None:
     return _checked(field, body.get(field), limit)
+
+
+def _header_str(body: Mapping[str, Any], field: str, limit: int) -> str | None:
+    """A field that is sent on to AdTarget as an HTTP header: printable ASCII only."""
+    value = _opt_str(body, field, limit)
+    if value is not None and not header_text(value):
+        raise InputError(field, "must be printable ASCII (it is sent on as an HTTP header)")
+    return value
 
 
 def _opt_uuid(body: Mapping[str, Any], field: str) -> str | None:
@@ -381,52 +337,3 @@ def _url_fields(sources: Sequence[Mapping[str, str]], *, now_ms: int) -> dict[st
                 fields["fbc"] = fbc
                 break
     return fields
-
-
-def _ip(text: str | None) -> IPAddress | None:
-    """A plain IP address (IPv4-mapped IPv6 unwrapped), or None when absent or invalid."""
-    if text is None:
-        return None
-    try:
-        address = ipaddress.ip_address(text.strip())
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def _forwarded_ip(entry: str) -> IPAddress | None:
-    """One X-Forwarded-For entry; tolerates "1.2.3.4:port" and "[v6]:port"."""
-    entry = entry.strip()
-    address = _ip(entry)
-    if address is None and entry.startswith("[") and "]" in entry:
-        address = _ip(entry[1 : entry.index("]")])
-    elif address is None and entry.count(":") == 1:
-        address = _ip(entry.split(":", 1)[0])
-    return address
-
-
-def _trusted(address: IPAddress, networks: Sequence[IPNetwork]) -> bool:
-    return any(address in network for network in networks)
-
-
-def _request_ip(
-    peer_ip: str | None, forwarded_for: str | None, trusted: Sequence[IPNetwork]
-) -> IPAddress | None:
-    """The peer, or when the peer is a trusted proxy the right-most X-Forwarded-For
-    entry that is not itself trusted. Entries left of it are client-controlled and
-    ignored. An unparsable entry stops the walk at the last address known good."""
-    client = _ip(peer_ip)
-    if client is None or not forwarded_for or not _trusted(client, trusted):
-        return client
-    for entry in reversed(forwarded_for.split(",")):
-        if not entry.strip():
-            continue
-        address = _forwarded_ip(entry)
-        if address is None:
-            break
-        client = address
-        if not _trusted(address, trusted):
-            break
-    return client

@@ -270,3 +270,19 @@ def test_an_ipv6_client_is_keyed_by_its_slash_64() -> None:
     assert rate_key("2001:db8:1:3::1") != rate_key("2001:db8:1:2::1")
     assert rate_key("198.51.100.1") != rate_key("198.51.100.2")
     assert rate_key(None) == rate_key("garbage") == "unknown"
+
+
+async def test_cors_answers_exact_origins_only_never_null(start_bridge: StartBridge) -> None:
+    running = await start_bridge(tracker_allowed_origins="https://landing.example")
+    preflight = {"Access-Control-Request-Method": "POST"}
+    async with client_at(running, "127.0.0.1") as http:
+        ok = await http.post(
+            VISIT, json={"href": PAGE}, headers={"Origin": "https://landing.example"}
+        )
+        null = await http.post(VISIT, json={"href": PAGE}, headers={"Origin": "null"})
+        null_preflight = await http.options(VISIT, headers={"Origin": "null", **preflight})
+        other = await http.options(VISIT, headers={"Origin": "https://evil.example", **preflight})
+    assert ok.headers["Access-Control-Allow-Origin"] == "https://landing.example"
+    assert "Access-Control-Allow-Origin" not in null.headers
+    assert null_preflight.status_code == other.status_code == 403
+    assert null_preflight.json()["error"]["code"] == "ORIGIN_NOT_ALLOWED"

@@ -8,16 +8,15 @@ from typing import Any
 
 import pytest
 
+from bot.tracker_client import parse_trusted_proxies, resolve_client
 from bot.tracker_input import (
     MAX_BODY_BYTES,
     InputError,
     VisitInput,
     parse_invite,
     parse_json_object,
-    parse_trusted_proxies,
     parse_update_fbp,
     parse_visit,
-    resolve_client,
     visit_from_query,
 )
 
@@ -801,3 +800,16 @@ def test_parse_trusted_proxies_names_bad_entry(bad: str) -> None:
     with pytest.raises(ValueError, match=bad.replace(".", r"\.")) as exc:
         parse_trusted_proxies(f"127.0.0.1, {bad}")
     assert not isinstance(exc.value, InputError)
+
+
+@pytest.mark.parametrize("user_agent", ["Mozilla\x00", "A\r\nX-Evil: 1", "Mozilla é", "\x7f"])
+def test_a_user_agent_that_cannot_be_a_header_is_refused_from_the_body(user_agent: str) -> None:
+    with pytest.raises(InputError, match="userAgent: must be printable ASCII"):
+        parse_visit({"href": "https://a.example/", "userAgent": user_agent}, now_ms=NOW_MS)
+
+
+def test_a_user_agent_that_cannot_be_a_header_falls_through() -> None:
+    assert client(header_ua="bad\x01", body_ua="Mozilla é", request_ua="Real/1.0")[1] == (
+        "Real/1.0"
+    )
+    assert client(request_ua="Mozilla é")[1] is None
