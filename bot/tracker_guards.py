@@ -35,6 +35,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 VISIT_PATH = "/api/v1/events/visit"
 # Set by the _limits middleware on every rate-limited request: who sent it.
 CLIENT = web.RequestKey("client", Client)
+# The parsed JSON body, once read (Guards.read_json).
+BODY = web.RequestKey("body", dict[str, Any])
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,13 +173,19 @@ class Guards:
         )
 
     async def read_json(self, request: web.Request) -> dict[str, Any]:
+        """The body as a JSON object, read and parsed once per request: a server-side
+        caller's visit is read by the rate limit (for the visitor it names) first."""
+        if BODY in request:
+            return request[BODY]
         try:
             async with asyncio.timeout(self._config.body_timeout):
                 received = await request.read()
         except TimeoutError:
             raise _SlowBody from None
         raw = decoded_body(received, request.headers.get("Content-Encoding"))
-        return parse_json_object(raw, request.headers.get("Content-Type"))
+        body = parse_json_object(raw, request.headers.get("Content-Type"))
+        request[BODY] = body
+        return body
 
 
 def _auth_required() -> web.Response:
