@@ -48,7 +48,24 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     """`run` takes no arguments: everything comes from the environment (.env)."""
 
 
+def preflight(settings: Settings) -> None:
+    """What the bridge cannot start without and doctor already checks: the database
+    path and the tracker's address. A problem is one line and exit status 2, as for
+    a bad setting, instead of a traceback from deep inside the start."""
+    from bot.checklist import Status
+    from bot.doctor_local import database_path_problem, tracker_port
+
+    for check in (
+        database_path_problem(settings.database_path),
+        tracker_port(settings.tracker_host, settings.tracker_port, settings.database_path),
+    ):
+        if check is not None and check.status is Status.FAIL:
+            print(f"joinbridge: {check.detail}: {check.fix}", file=sys.stderr)
+            raise SystemExit(2)
+
+
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
+    preflight(settings)
     logs.configure(settings.log_level, secrets(settings), settings.log_format)
     return asyncio.run(_serve(settings))

@@ -150,6 +150,14 @@ def _file_problem(path: Path) -> DatabaseLook | None:
     return None
 
 
+def database_path_problem(path: Path) -> Check | None:
+    """The failed check when the file system alone rules the path out (a directory,
+    a parent that cannot be created or written), else None. The bridge asks this at
+    start, so a bad DATABASE_PATH is one line there too, not a traceback."""
+    verdict = _file_problem(path)
+    return verdict.check if verdict is not None and verdict.channels is None else None
+
+
 async def database(path: Path) -> DatabaseLook:
     if (verdict := _file_problem(path)) is not None:
         return verdict

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,57 @@ def test_env_example_lists_every_setting() -> None:
     expected = {name.upper() for name in Settings.model_fields}
     assert expected - listed == set(), "settings missing from .env.example"
     assert listed - expected == set(), ".env.example names unknown settings"
+
+
+def _start(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        "BOT_TOKEN": TOKEN,
+        "ADTARGET_API_KEY": "k",
+        "TELEGRAM_API_URL": "http://127.0.0.1:9",
+        "ADTARGET_API_URL": "http://127.0.0.1:9",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [
+        ("{tmp}", "is a directory"),
+        ("{tmp}/a-file/bridge.db", "is not a directory"),
+    ],
+)
+def test_an_unusable_database_path_is_one_line_and_exit_2(
+    tmp_path: Path, where: str, said: str
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    result = _start(tmp_path, DATABASE_PATH=where.format(tmp=tmp_path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert said in result.stderr
+
+
+def test_a_tracker_address_that_cannot_be_used_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = _start(tmp_path, DATABASE_PATH=str(tmp_path / "b.db"), TRACKER_PORT=str(port))
+    unknown = _start(
+        tmp_path, DATABASE_PATH=str(tmp_path / "b.db"), TRACKER_HOST="no-such-host.invalid"
+    )
+    for result, said in ((taken, "is in use"), (unknown, "does not resolve")):
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        assert said in result.stderr
