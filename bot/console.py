@@ -100,6 +100,15 @@ class Console:
         self._minter = minter
         self._default_event = default_event
 
+    async def unknown_message(self, user_id: int, text: str | None) -> Reply:
+        """The answer to a message no command took."""
+        if await self.allowed(user_id) is None:
+            return Reply(REFUSAL)
+        word = (text or "").split(maxsplit=1)[0] if (text or "").startswith("/") else None
+        if word:
+            return Reply(f"I don't know {html.escape(word)}. /help lists the commands.")
+        return Reply("I answer commands only. /help lists them.")
+
     async def allowed(self, user_id: int) -> list[Channel] | None:
         """The user's channels; None when the user may not use the bot at all."""
         mine = await self._gate.channels_for(user_id)

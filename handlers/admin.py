@@ -131,6 +131,13 @@ async def on_stats_button(query: CallbackQuery, console: Console) -> None:
     await _answer(query)
 
 
+async def on_other_message(message: Message, console: Console) -> None:
+    """A private message no handler took: an unknown command, plain text, a sticker.
+    Silence would look like a dead bot; a stranger gets the usual refusal."""
+    assert message.from_user is not None
+    await _send(message, await console.unknown_message(message.from_user.id, message.text))
+
+
 async def on_other_button(query: CallbackQuery) -> None:
     """Any button no handler before this one took: not one this bridge makes now."""
     await _out_of_date(query, f"its data {query.data!r} is none of ours")
@@ -169,5 +176,6 @@ def make_router() -> Router:
     router.message.register(on_sync, Command("sync"))
     router.callback_query.register(on_stats_button, CallbackData(STATS_BUTTON_PREFIX))
     # Last, in the last router (handlers/__init__.py): whatever no handler took.
+    router.message.register(on_other_message)
     router.callback_query.register(on_other_button)
     return router

@@ -233,3 +233,12 @@ async def test_pause_and_resume(
     assert adtarget.conversions == []
     assert "resumed" in await ask(telegram, OWNER, "/resume")
     await adtarget.wait_for_conversions(1)
+
+
+async def test_an_unknown_command_or_plain_text_gets_an_answer(
+    admin_bridge: RunningBridge, telegram: FakeTelegram
+) -> None:
+    assert "I don't know /statz" in await ask(telegram, OWNER, "/statz today")
+    assert "commands only" in await ask(telegram, OWNER, "how many joined today?")
+    # A stranger gets the usual refusal, nothing about the bridge.
+    assert "only answers the admins" in await ask(telegram, 987654, "hello")
