@@ -317,22 +317,16 @@ class JoinRecorder:
             join_id = new_ids.get(index)
             report = join_id is not None and (kind != "organic" or self._policy.send_organic)
             recorded.append(JoinRecorded(kind, join_id, report))
-            if index in rejoined:
-                log.info(
-                    "update %s: user %d rejoined %d through the same link; present again,"
-                    " its conversion was sent for the first join",
-                    seen.update_id,
-                    seen.user_id,
-                    seen.chat.id,
-                    extra=ids(update_id=seen.update_id, user_id=seen.user_id, chat_id=seen.chat.id),
-                )
-                continue
             if join_id is None:
                 log.info(
-                    "update %s: join of user %d in %d already recorded; nothing to send",
+                    "update %s: user %d in %d %s",
                     seen.update_id,
                     seen.user_id,
                     seen.chat.id,
+                    "rejoined through the same link: present again, its conversion was sent"
+                    " for the first join"
+                    if index in rejoined
+                    else "already recorded as joined: nothing to send",
                     extra=ids(update_id=seen.update_id, user_id=seen.user_id, chat_id=seen.chat.id),
                 )
                 continue

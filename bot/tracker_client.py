@@ -54,11 +54,8 @@ class Client:
 
 
 def rate_key(ip: str | None) -> str:
-    if ip is None:
-        return "unknown"
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
+    address = ip_address_or_none(ip)
+    if address is None:
         return "unknown"
     if isinstance(address, ipaddress.IPv6Address):
         return str(ipaddress.ip_network(f"{address}/{_IPV6_PREFIX}", strict=False))
@@ -90,13 +87,14 @@ def is_server_side(request: web.Request, token: str | None, trusted: tuple[IPNet
 
 def identify(
     request: web.Request,
-    token: str | None,
     trusted: tuple[IPNetwork, ...],
     *,
+    server_side: bool,
     body_ip: str | None = None,
     body_ua: str | None = None,
 ) -> Client:
-    server_side = is_server_side(request, token, trusted)
+    """The client, `server_side` as is_server_side found it (the caller reads a
+    server-side caller's body for the visitor it names)."""
     ip, user_agent = resolve_client(
         header_ip=request.headers.get("X-Adtarget-Client-IP"),
         header_ua=request.headers.get("X-Adtarget-Client-User-Agent"),
@@ -131,13 +129,8 @@ def is_local(request: web.Request, trusted: tuple[IPNetwork, ...]) -> bool:
 
 
 def in_networks(ip: str, networks: tuple[IPNetwork, ...]) -> bool:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
+    address = ip_address_or_none(ip)
+    return address is not None and _trusted(address, networks)
 
 
 class ClientRateLimiter:

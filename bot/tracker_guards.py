@@ -159,9 +159,8 @@ class Guards:
         visitor in the body when not in the X-Adtarget-Client-* headers."""
         config = self._config
         body_ip = body_ua = None
-        if request.path == VISIT_PATH and is_server_side(
-            request, config.token, config.trusted_proxies
-        ):
+        server_side = is_server_side(request, config.token, config.trusted_proxies)
+        if server_side and request.path == VISIT_PATH:
             try:
                 body = await self.read_json(request)
             except InputError:
@@ -169,7 +168,11 @@ class Guards:
             body_ip = _text(body.get("clientIp"))
             body_ua = _text(body.get("userAgent"))
         return identify(
-            request, config.token, config.trusted_proxies, body_ip=body_ip, body_ua=body_ua
+            request,
+            config.trusted_proxies,
+            server_side=server_side,
+            body_ip=body_ip,
+            body_ua=body_ua,
         )
 
     async def read_json(self, request: web.Request) -> dict[str, Any]:
