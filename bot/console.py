@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 REFUSAL = "Sorry, this bot only answers the admins of the channels it tracks."
 OWNERS_ONLY = "Only the bridge's admins (ADMIN_IDS) can do that."
+NOT_YET_ADMIN = "If you run this bridge, put that id in ADMIN_IDS in its .env and restart it."
 
 HELP = """<b>Joinbridge</b> reports the people who join your channels through your landing \
 page to AdTarget, so your ads learn which clicks became subscribers.
@@ -99,6 +100,14 @@ class Console:
         self._pool = pool
         self._minter = minter
         self._default_event = default_event
+
+    async def start(self, user_id: int) -> Reply:
+        """/start answers anyone with their own numeric id: a new owner needs it for
+        ADMIN_IDS, and Telegram's apps show it nowhere."""
+        yours = f"Your Telegram user id is <code>{user_id}</code>."
+        if await self.allowed(user_id) is None:
+            return Reply(f"{yours}\n{REFUSAL}\n{NOT_YET_ADMIN}")
+        return Reply(f"{yours}\n\n{HELP}")
 
     async def unknown_message(self, user_id: int, text: str | None) -> Reply:
         """The answer to a message no command took."""

@@ -47,6 +47,11 @@ async def on_help(message: Message) -> None:
     await message.answer(HELP, parse_mode="HTML")
 
 
+async def on_start(message: Message, console: Console) -> None:
+    assert message.from_user is not None
+    await _send(message, await console.start(message.from_user.id))
+
+
 async def on_stats(message: Message, command: CommandObject, console: Console) -> None:
     assert message.from_user is not None
     await _send(message, await console.stats(message.from_user.id, _args(command)))
@@ -160,7 +165,7 @@ async def _answer(query: CallbackQuery, text: str | None = None) -> None:
 def make_router() -> Router:
     router = Router(name="admin")
     router.message.filter(PRIVATE)
-    router.message.register(on_help, CommandStart())
+    router.message.register(on_start, CommandStart())
     router.message.register(on_help, Command("help"))
     router.message.register(on_stats, Command("stats"))
     router.message.register(on_channels, Command("channels"))

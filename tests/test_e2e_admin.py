@@ -242,3 +242,16 @@ async def test_an_unknown_command_or_plain_text_gets_an_answer(
     assert "commands only" in await ask(telegram, OWNER, "how many joined today?")
     # A stranger gets the usual refusal, nothing about the bridge.
     assert "only answers the admins" in await ask(telegram, 987654, "hello")
+
+
+async def test_start_tells_anyone_their_own_user_id(
+    admin_bridge: RunningBridge, telegram: FakeTelegram
+) -> None:
+    # A new owner fills ADMIN_IDS from this answer: it must hold their numeric id.
+    stranger = await ask(telegram, 987654, "/start")
+    assert "Your Telegram user id is <code>987654</code>." in stranger
+    assert "ADMIN_IDS" in stranger
+    assert "/stats" not in stranger  # the commands are for admins
+    owner = await ask(telegram, OWNER, "/start")
+    assert f"Your Telegram user id is <code>{OWNER}</code>." in owner
+    assert "/stats" in owner
