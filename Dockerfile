@@ -1,4 +1,4 @@
-# Joinbridge in a container: `docker build -t joinbridge .`, then see README "Docker".
+# Joinbridge in a container: `docker build -t joinbridge .`, then see docs/deploy.md.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -8,7 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # The package only: no dev extras (pytest, ruff, mypy, playwright), no tests.
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY bot ./bot
 COPY handlers ./handlers
 COPY storage ./storage

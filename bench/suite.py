@@ -3,7 +3,7 @@
 Each figure is the median of `--runs` runs (min and max beside it), measured in
 this one invocation, so the bridge and the baseline share the machine's state.
 
-    python -m bench.suite [--runs 3] [--quick]
+    python -m bench.suite [--runs 3] [--quick] [--latency-only | --rss-only]
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ async def main() -> None:
         help="joins in the peak-RSS runs (default 20,000; `make bench-rss`: 100,000)",
     )
     parser.add_argument("--rss-only", action="store_true", help="only the peak-RSS pair")
+    parser.add_argument(
+        "--latency-only", action="store_true", help="only the lone-join latency, both sides"
+    )
     args = parser.parse_args()
     rss_joins = args.rss_joins or (5_000 if args.quick else 20_000)
     runs, quick = args.runs, args.quick
@@ -76,6 +79,11 @@ async def main() -> None:
         )
         add_rss(add, rss, naive_rss, rss_joins)
         print_table(figures, "1 run each side, side by side", started)
+        return
+
+    if args.latency_only:
+        await add_latency(add, runs, seconds=4 if quick else 6)
+        print_table(figures, f"{runs} run(s) per figure, bridge and baseline alternated", started)
         return
 
     # ---- Quiet phase: throughput and latency figures, one measurement at a time.
@@ -96,27 +104,7 @@ async def main() -> None:
     add(f"ingest, {burst:,}-join burst (naive baseline)", naive_ingest, "joins/s", "-", None)
     add("ingest ratio bridge/baseline", [ratio], "x", ">= 1", ratio >= 1)
 
-    seconds = 4 if quick else 6
-    # Alternated, bridge then baseline: the two are within a millisecond of each
-    # other, and this machine's speed drifts by more than that over a minute.
-    lat: list[tuple[float, float]] = []
-    naive_lat: list[tuple[float, float]] = []
-    for _ in range(runs):
-        lat.append(await flows.latency("bot", rate=50, seconds=seconds))
-        naive_lat.append(await flows.latency("bench.naive_bot", rate=50, seconds=seconds))
-    p50, p99 = [a for a, _ in lat], [b for _, b in lat]
-    naive_p50 = [a for a, _ in naive_lat]
-    add("join -> POST p50 at 50/s (bridge)", p50, "ms", "<= 50 ms", statistics.median(p50) <= 50)
-    add("join -> POST p99 at 50/s (bridge)", p99, "ms", "<= 250 ms", statistics.median(p99) <= 250)
-    add("join -> POST p50 at 50/s (baseline)", naive_p50, "ms", "-", None)
-    add("join -> POST p99 at 50/s (baseline)", [b for _, b in naive_lat], "ms", "-", None)
-    add(
-        "latency ratio bridge/baseline (p50)",
-        [statistics.median(p50) / statistics.median(naive_p50)],
-        "x",
-        "<= 1 (not slower)",
-        statistics.median(p50) <= statistics.median(naive_p50),
-    )
+    await add_latency(add, runs, seconds=4 if quick else 6)
 
     tracker_runs = [await tracker_bench.one_run(4 if quick else 8) for _ in range(runs)]
     invite99 = [r["invite"][1] for r in tracker_runs]
@@ -201,8 +189,51 @@ async def main() -> None:
     )
 
 
+Add = Callable[[str, list[float], str, str, bool | None], None]
+
+# The owner accepts a lone join at parity with the naive baseline rather than
+# faster: the bridge commits the join and its conversion before the POST, and
+# the baseline keeps nothing. Parity: p50 at most 15 % above the baseline's (a
+# durable commit's share of ~3 ms), p99 no higher than the baseline's.
+P50_RATIO_MAX = 1.15
+P99_RATIO_MAX = 1.0
+
+
+async def add_latency(add: Add, runs: int, *, seconds: float) -> None:
+    """Join -> POST at a steady 50 joins/s, bridge and baseline."""
+    # Alternated, bridge then baseline: the two are within a millisecond of each
+    # other, and this machine's speed drifts by more than that over a minute.
+    lat: list[tuple[float, float]] = []
+    naive_lat: list[tuple[float, float]] = []
+    for _ in range(runs):
+        lat.append(await flows.latency("bot", rate=50, seconds=seconds))
+        naive_lat.append(await flows.latency("bench.naive_bot", rate=50, seconds=seconds))
+    p50, p99 = [a for a, _ in lat], [b for _, b in lat]
+    naive_p50, naive_p99 = [a for a, _ in naive_lat], [b for _, b in naive_lat]
+    add("join -> POST p50 at 50/s (bridge)", p50, "ms", "<= 50 ms", statistics.median(p50) <= 50)
+    add("join -> POST p99 at 50/s (bridge)", p99, "ms", "<= 250 ms", statistics.median(p99) <= 250)
+    add("join -> POST p50 at 50/s (baseline)", naive_p50, "ms", "-", None)
+    add("join -> POST p99 at 50/s (baseline)", naive_p99, "ms", "-", None)
+    ratio50 = statistics.median(p50) / statistics.median(naive_p50)
+    ratio99 = statistics.median(p99) / statistics.median(naive_p99)
+    add(
+        "latency ratio bridge/baseline (p50)",
+        [ratio50],
+        "x",
+        f"<= {P50_RATIO_MAX:.2f} (at most 15 % above)",
+        ratio50 <= P50_RATIO_MAX,
+    )
+    add(
+        "latency ratio bridge/baseline (p99)",
+        [ratio99],
+        "x",
+        f"<= {P99_RATIO_MAX:.2f} (no higher)",
+        ratio99 <= P99_RATIO_MAX,
+    )
+
+
 def add_rss(
-    add: Callable[[str, list[float], str, str, bool | None], None],
+    add: Add,
     rss: float,
     naive_rss: float,
     joins: int,

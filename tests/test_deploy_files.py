@@ -86,7 +86,8 @@ def test_dockerignore_keeps_secrets_and_databases_out_of_the_image() -> None:
     # An allow-list: everything is out unless named, and neither .env nor data is named.
     assert rules[0] == "*"
     allowed = {rule[1:] for rule in rules if rule.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "bot", "handlers", "storage"}
+    # LICENSE: the MIT notice goes with every copy, the image's wheel included.
+    assert allowed == {"pyproject.toml", "README.md", "LICENSE", "bot", "handlers", "storage"}
     for path in re.findall(r"^COPY (\S+)", DOCKERFILE, re.MULTILINE):
         assert path in allowed, f"COPY {path} is excluded by .dockerignore"
 
