@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
+from bot import event_console
 from bot.admins import AdminGate, describe, pick_channel
 from bot.courier import Courier
-from bot.events import EventType
+from bot.events import EventType, effective_event, parse_join_event
 from bot.invite_pool import InvitePool
 from bot.invites import InviteMinter
-from bot.joins import effective_event
 from bot.stats import PERIODS, period_start, render
 from storage import channels, invite_links, outbox, updates
 from storage.channels import Channel
@@ -39,7 +39,10 @@ page to AdTarget, so your ads learn which clicks became subscribers.
 /stats [channel] [today|7d|30d|all] — visits, links, joins, conversions
 /channels — tracked channels, mode, event, rights
 /track &lt;@channel|-100…&gt; — track a channel where the bot already is admin
-/event &lt;channel&gt; &lt;Lead|Subscribe|CompleteRegistration|Custom:Name&gt;
+/event &lt;channel&gt; &lt;Lead|Subscribe|CompleteRegistration|Custom:Name&gt; — what joins \
+are reported as
+/event &lt;channel&gt; Purchase &lt;value&gt; &lt;currency&gt; — a Purchase with its value, \
+like 9.99 EUR
 /mode &lt;channel&gt; &lt;link|request&gt; — single-use links or join requests
 /link &lt;channel&gt; &lt;campaign&gt; — a named link for a post, partner or QR code
 /links — campaign links and their joins
@@ -187,7 +190,7 @@ class Console:
                     else f"ok, {pool.size if pool else 0}/{pool.target if pool else 0} links ready"
                 )
             )
-            event = html.escape(str(effective_event(c, self._default_event)))
+            event = event_console.listed(effective_event(c, self._default_event))
             mapped = (
                 f", AdTarget id {html.escape(c.adtarget_channel_id)}"
                 if c.adtarget_channel_id
@@ -197,21 +200,16 @@ class Console:
         return Reply("\n".join(lines))
 
     async def set_event(self, user_id: int, args: list[str]) -> Reply:
-        usage = (
-            "Usage: /event &lt;channel&gt; &lt;Lead|Subscribe|CompleteRegistration|Custom:Name&gt;"
-        )
-        channel = await self._channel_arg(user_id, args[:-1], usage, need=len(args) >= 2)
+        try:
+            words, join_event = parse_join_event(args)
+        except ValueError as error:
+            if await self.allowed(user_id) is None:
+                return Reply(REFUSAL)
+            return Reply(event_console.refused(args, error))
+        channel = await self._channel_arg(user_id, words, event_console.USAGE, need=True)
         if isinstance(channel, Reply):
             return channel
-        try:
-            event = EventType.parse(args[-1])
-        except ValueError as error:
-            return Reply(f"{usage}\n{html.escape(str(error))}")
-        await channels.set_event_type(self._db, channel.chat_id, str(event))
-        return Reply(
-            f"{describe(channel)}: joins from now on are reported as "
-            f"<b>{html.escape(str(event))}</b>."
-        )
+        return Reply(await event_console.store(self._db, channel, join_event))
 
     async def set_mode(self, user_id: int, args: list[str]) -> Reply:
         usage = "Usage: /mode &lt;channel&gt; &lt;link|request&gt;"

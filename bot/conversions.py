@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.events import EventType
+from bot.events import EventType, JoinEvent
 from storage.visits import Attribution
 
 CONVERSION_PATH = "/events/conversion"
@@ -27,13 +27,14 @@ def conversion_body(
     *,
     telegram_user_id: int,
     channel_id: str,
-    event: EventType,
+    event: EventType | JoinEvent,
     joined_at: int,
     visit: Attribution | None,
     campaign: str | None = None,
     site_id: str | None = None,
 ) -> dict[str, Any]:
-    """`joined_at` is Telegram's date in seconds; AdTarget wants milliseconds."""
+    """`joined_at` is Telegram's date in seconds; AdTarget wants milliseconds. A
+    `JoinEvent` brings its value and currency (a Purchase always has them)."""
     body: dict[str, Any] = {
         "telegramUserId": telegram_user_id,
         "channelId": channel_id,

@@ -1,9 +1,10 @@
 """`python -m bot doctor`: is this setup ready to report joins?
 
 The checks run in the order an owner sets things up, each one checklist line
-(bot/checklist.py): settings, the bot token, chat_member updates, the AdTarget
-key, the database, every tracked channel (rights, public or private, its
-AdTarget channel), the tracker port. Nothing is changed: Telegram and AdTarget
+(bot/checklist.py): settings (and those that are legal but break a deploy), the
+bot token, chat_member updates, the AdTarget key, the database, every tracked
+channel (rights, public or private, its join event, its AdTarget channel), the
+tracker port. Nothing is changed: Telegram and AdTarget
 are only read, the database is opened read-only (a probe file shows that its
 directory is writable, and is removed at once), the port is let go at once.
 Every network call has a short deadline, so a dead network gives an answer,
@@ -26,7 +27,9 @@ from bot.adtarget_errors import (
 from bot.adtarget_models import RemoteChannel
 from bot.checklist import Check, fail, ok, skip, warn
 from bot.doctor_local import database, tracker_port
+from bot.doctor_setup import channel_event, settings_checks
 from bot.doctor_telegram import TelegramProbe, channel_label
+from bot.events import EventType
 from bot.settings import Settings
 from storage.channels import Channel
 
@@ -54,6 +57,8 @@ async def run_checks(settings: Settings) -> AsyncIterator[Check]:
         settings.adtarget_api_url, settings.adtarget_api_key, timeout=CALL_TIMEOUT / 2
     )
     try:
+        for check in settings_checks(settings):
+            yield check
         token = await telegram.token()
         yield token
         if telegram.me is None:
@@ -67,7 +72,8 @@ async def run_checks(settings: Settings) -> AsyncIterator[Check]:
         if look.channels is None:
             yield skip(CHANNELS, look.unread)
         else:
-            async for check in channel_checks(look.channels, telegram, remote):
+            checks = channel_checks(look.channels, telegram, remote, settings.default_event)
+            async for check in checks:
                 yield check
         yield tracker_port(settings.tracker_host, settings.tracker_port, settings.database_path)
     finally:
@@ -120,7 +126,10 @@ async def adtarget_key(
 
 
 async def channel_checks(
-    tracked: list[Channel], telegram: TelegramProbe, remote: dict[str, RemoteChannel] | None
+    tracked: list[Channel],
+    telegram: TelegramProbe,
+    remote: dict[str, RemoteChannel] | None,
+    default_event: EventType,
 ) -> AsyncIterator[Check]:
     active = [channel for channel in tracked if channel.active]
     for channel in tracked:
@@ -140,6 +149,7 @@ async def channel_checks(
     for channel in active:
         yield await telegram.rights(channel)
         yield await telegram.visibility(channel)
+        yield channel_event(channel, default_event)
         yield mapping(channel, remote)
 
 

@@ -195,8 +195,8 @@ class TelegramProbe:
             fix += f", or switch it to join requests: /mode @{chat.username} request"
         return warn(
             name,
-            f"public (@{chat.username}): people can join without a personal link, so their"
-            " joins are organic",
+            f"public (@{chat.username}): personal links still work, but anyone can join"
+            f" through t.me/{chat.username} without one, so their joins are organic",
             fix + ".",
         )
 

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 
 from pydantic import ValidationError
 
-from bot import privacy
+from bot import events, privacy
 from bot.adtarget import conversion_value_path, lead_events_path
 from bot.adtarget_errors import ErrorCode
 from bot.adtarget_models import LeadEventRequest, ValueRequest, describe_invalid
@@ -54,12 +54,9 @@ def parse_user_id(text: str) -> int:
 
 def parse_amount(text: str) -> float:
     try:
-        amount = float(text.replace(",", ".")) if re.fullmatch(r"-?[0-9.,]+", text) else None
-    except ValueError:
-        amount = None
-    if amount is None:
-        raise InvalidFollowUp(f"value: a number like 19.99, not {text!r}")
-    return amount
+        return events.parse_amount(text)
+    except ValueError as error:
+        raise InvalidFollowUp(f"value: {error}") from None
 
 
 def check_conversion_id(text: str) -> str:

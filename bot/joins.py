@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from bot.conversions import CONVERSION_PATH, conversion_body, conversion_key
-from bot.events import EventType
+from bot.events import EventType, JoinEvent, effective_event
 from bot.logs import ids
 from storage import channels, invite_links, join_requests, joins, outbox, visits
 from storage.channels import Channel
@@ -95,23 +95,6 @@ class ReportingPolicy:
     default_event: EventType
     site_id: str | None = None
     send_organic: bool = False
-
-
-def effective_event(channel: Channel, default: EventType) -> EventType:
-    """The channel's own setting (/event), else AdTarget's for the channel, else
-    DEFAULT_EVENT_TYPE."""
-    for text in (channel.event_type, channel.adtarget_event_type):
-        if text:
-            try:
-                return EventType.parse(text)
-            except ValueError:
-                log.warning(
-                    "channel %d: ignoring event type %r",
-                    channel.chat_id,
-                    text,
-                    extra=ids(chat_id=channel.chat_id),
-                )
-    return default
 
 
 def join_kind(link: InviteLink | None) -> str:
@@ -311,7 +294,7 @@ class JoinRecorder:
     ) -> list[JoinRecorded]:
         rows: list[outbox.NewRow] = []
         recorded: list[JoinRecorded] = []
-        events: dict[int, EventType] = {}  # by channel: parsed once per batch
+        events: dict[int, JoinEvent] = {}  # by channel: parsed once per batch
         for index, (seen, link) in enumerate(zip(seen_joins, matched, strict=True)):
             kind = join_kind(link)
             join_id = new_ids.get(index)
@@ -373,7 +356,7 @@ class JoinRecorder:
                     join_id=join_id,
                     telegram_user_id=seen.user_id,
                     chat_id=seen.chat.id,
-                    event_type=str(event),
+                    event_type=str(event.event),
                     event_time_ms=seen.joined_at * 1000,
                 )
             )

@@ -20,8 +20,8 @@ from aiogram.exceptions import AiogramError, TelegramAPIError
 from aiogram.types import ChatMemberAdministrator, ChatMemberOwner
 
 from bot.admins import AdminGate
-from bot.events import EventType
-from bot.joins import ChatRef, effective_event
+from bot.events import EventType, effective_event
+from bot.joins import ChatRef
 from bot.notifier import Notifier
 from bot.snippet import landing_snippet
 from storage import channels

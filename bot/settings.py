@@ -172,6 +172,19 @@ class Settings(BaseSettings):
             return tuple(int(p) for p in parts)
         return value
 
+    @field_validator("admin_ids")
+    @classmethod
+    def _admin_users(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        # A user's id is positive; a group's or channel's is negative (-100…), and
+        # an alert sent there would go to its members, or nowhere.
+        wrong = [i for i in value if i <= 0]
+        if wrong:
+            raise ValueError(
+                f"{wrong[0]} is not a user id (groups' and channels' ids are negative);"
+                " send /start to the bot from your own account to learn yours"
+            )
+        return value
+
     @property
     def public_tracker_url(self) -> str:
         return self.tracker_public_url or f"http://{self.tracker_host}:{self.tracker_port}"

@@ -26,6 +26,9 @@ class Channel:
     adtarget_event_type: str | None = None
     promoted_by: int | None = None
     onboarded_at: float | None = None  # the full onboarding was sent
+    # Set with event_type by /event; a Purchase needs both (bot/events.py JoinEvent).
+    event_value: float | None = None
+    event_currency: str | None = None
 
     @property
     def report_id(self) -> str:
@@ -35,7 +38,7 @@ class Channel:
 
 _COLUMNS = (
     "chat_id, title, username, active, can_invite_users, event_type, mode, adtarget_channel_id,"
-    " adtarget_event_type, promoted_by, onboarded_at"
+    " adtarget_event_type, promoted_by, onboarded_at, event_value, event_currency"
 )
 
 
@@ -52,6 +55,8 @@ def _channel(row: sqlite3.Row) -> Channel:
         adtarget_event_type=row["adtarget_event_type"],
         promoted_by=row["promoted_by"],
         onboarded_at=row["onboarded_at"],
+        event_value=row["event_value"],
+        event_currency=row["event_currency"],
     )
 
 
@@ -153,11 +158,21 @@ async def list_all(db: Database) -> list[Channel]:
     return [_channel(r) for r in rows]
 
 
-async def set_event_type(db: Database, chat_id: int, event_type: str | None) -> None:
+async def set_event_type(
+    db: Database,
+    chat_id: int,
+    event_type: str | None,
+    *,
+    value: float | None = None,
+    currency: str | None = None,
+) -> None:
+    """The channel's join event with its value and currency, all three together:
+    an event set without a value clears the one before."""
     async with db.transaction() as conn:
         await conn.execute(
-            "UPDATE channels SET event_type = ?, updated_at = ? WHERE chat_id = ?",
-            (event_type, time.time(), chat_id),
+            "UPDATE channels SET event_type = ?, event_value = ?, event_currency = ?,"
+            " updated_at = ? WHERE chat_id = ?",
+            (event_type, value, currency, time.time(), chat_id),
         )
 
 

@@ -21,6 +21,7 @@ from tests.fakes.telegram import FakeTelegram
 from tests.harness import (
     CHANNEL_ID,
     CHANNEL_TITLE,
+    OWNER,
     ROOT,
     RunningBridge,
     bridge_env,
@@ -32,6 +33,8 @@ NO_RIGHT = -1001000000001
 PUBLIC = -1001000000002
 UNMAPPED = -1001000000003
 DEMOTED = -1001000000004
+# What a deployed bridge has set; a test unsets one by giving it as "".
+DEPLOYED = {"TRACKER_PUBLIC_URL": "https://track.example.com", "ADMIN_IDS": str(OWNER)}
 
 
 @dataclass
@@ -64,6 +67,7 @@ async def doctor(env: dict[str, str], cwd: Path, encoding: str = "utf-8") -> Ran
             "PATH": os.environ.get("PATH", ""),
             "PYTHONPATH": str(ROOT),
             "PYTHONIOENCODING": encoding,
+            **DEPLOYED,
             **env,
         },
         stdin=asyncio.subprocess.DEVNULL,
@@ -121,6 +125,9 @@ async def test_a_good_setup_passes_every_line(
     checks = [line for line in ran.out.splitlines() if line and not line[0].isdigit()]
     assert all(line.startswith("✓ ") for line in checks), ran.out
     assert ran.line("✓ settings: loaded from the environment")
+    assert ran.line("✓ public tracker URL: the landing snippet calls https://track.example.com")
+    assert ran.line("✓ admins: ADMIN_IDS: 1 user(s) get the alerts")
+    assert ran.line("✓ trusted proxies: TRUSTED_PROXIES: 127.0.0.0/8, ::1/128")
     assert ran.line("✓ bot token: @joinbridge_test_bot (id 123456)")
     updates = ran.line("✓ chat_member updates: requested in getUpdates' allowed_updates")
     assert "Telegram delivers them now" in updates  # the bridge asked for them
@@ -130,9 +137,10 @@ async def test_a_good_setup_passes_every_line(
     label = f"channel “{CHANNEL_TITLE}” ({CHANNEL_ID})"
     assert ran.line(f"✓ {label} rights: administrator with Invite users via link")
     assert ran.line(f"✓ {label} visibility: private")
+    assert ran.line(f"✓ {label} event: joins are reported as Lead (DEFAULT_EVENT_TYPE)")
     assert ran.line(f"✓ {label} on AdTarget: AdTarget channel {ADTARGET_CHANNEL}")
     assert ran.line("✓ tracker port: TRACKER_PORT=0")
-    assert ran.out.rstrip().endswith("9 passed, 0 warning(s), 0 failed")
+    assert ran.out.rstrip().endswith("13 passed, 0 warning(s), 0 failed")
     assert ran.err == ""
 
 
@@ -236,9 +244,11 @@ async def test_each_channel_problem_is_its_own_line(
     assert "the bot is not an administrator (status: member)" in ran.line(demoted)
 
     public = f"! channel “Public” ({PUBLIC}) visibility"
-    assert "public (@public_channel): people can join without a personal link" in ran.line(public)
+    assert "public (@public_channel): personal links still work" in ran.line(public)
+    assert "anyone can join through t.me/public_channel without one" in ran.line(public)
     assert "their joins are organic" in ran.line(public)
     assert "make the channel private" in ran.fix_after(public)
+    assert "/mode @public_channel request" in ran.fix_after(public)
 
     unmapped = f"✗ channel “Unmapped” ({UNMAPPED}) on AdTarget"
     assert "not among AdTarget's channels" in ran.line(unmapped)
@@ -265,7 +275,7 @@ async def test_a_public_channel_warns_and_exits_1(
     checks = [line for line in ran.out.splitlines() if line and not line[0].isdigit()]
     not_passed = [line for line in checks if not line.startswith(("✓ ", "    fix: "))]
     assert not_passed == [ran.line(public)], ran.out
-    assert ran.out.rstrip().endswith("11 passed, 1 warning(s), 0 failed")
+    assert ran.out.rstrip().endswith("16 passed, 1 warning(s), 0 failed")
 
 
 async def test_a_taken_tracker_port_fails(
@@ -376,3 +386,74 @@ async def test_an_env_file_others_may_read_warns_with_the_chmod(
     assert tight.status == 0, tight.out
     assert tight.line("✓ settings: loaded from .env and the environment")
     assert tight.line(f"✓ .env: {env_file} is for its owner only (mode 0600)")
+
+
+async def test_settings_that_break_a_deploy_warn_with_the_fix(
+    tmp_path: Path, telegram: FakeTelegram, mapped: FakeAdTarget
+) -> None:
+    env = await run_bridge_once(tmp_path, telegram, mapped)
+    risky = {"TRACKER_PUBLIC_URL": "", "ADMIN_IDS": "", "TRUSTED_PROXIES": "0.0.0.0/0, ::/0"}
+    ran = await doctor({**env, **risky}, tmp_path)
+    assert ran.status == 1, ran.out + ran.err
+    url = ran.line("! public tracker URL: TRACKER_PUBLIC_URL is not set")
+    button = f"the landing snippet's button points at http://127.0.0.1:{env['TRACKER_PORT']},"
+    assert f"{button} which no visitor can reach" in url
+    assert "set TRACKER_PUBLIC_URL to the public https URL your reverse proxy (nginx)" in (
+        ran.fix_after("! public tracker URL:")
+    )
+    assert "the bridge's alerts" in ran.line("! admins: ADMIN_IDS is empty")
+    assert "go to nobody" in ran.line("! admins:")
+    assert "send /start to the bot" in ran.fix_after("! admins:")
+    assert "answers with your numeric user id" in ran.fix_after("! admins:")
+    proxies = ran.line("! trusted proxies: TRUSTED_PROXIES holds 0.0.0.0/0, ::/0")
+    assert "any client can forge X-Forwarded-For" in proxies
+    assert "list only your reverse proxy's address" in ran.fix_after("! trusted proxies:")
+    assert ran.out.rstrip().endswith("3 warning(s), 0 failed")
+
+    # A public URL visitors cannot use; a proxy network of a good part of the internet.
+    worse = {
+        "TRACKER_PUBLIC_URL": "http://track.example.com",
+        "TRUSTED_PROXIES": "127.0.0.1, 128.0.0.0/1",
+    }
+    ran = await doctor({**env, **worse}, tmp_path)
+    assert "browsers block mixed content" in ran.line("! public tracker URL:")
+    assert ran.line("! trusted proxies: TRUSTED_PROXIES holds 128.0.0.0/1: any client")
+    local = await doctor({**env, "TRACKER_PUBLIC_URL": "http://localhost:8080"}, tmp_path)
+    assert "this machine's own address" in local.line("! public tracker URL:")
+    # A proxy fleet's network is not flagged.
+    fleet = await doctor({**env, "TRUSTED_PROXIES": "10.0.0.0/8, 2400:cb00::/32"}, tmp_path)
+    assert fleet.status == 0, fleet.out
+    assert fleet.line("✓ trusted proxies: TRUSTED_PROXIES: 10.0.0.0/8, 2400:cb00::/32")
+
+
+async def test_a_group_id_in_admin_ids_is_a_bad_setting(tmp_path: Path) -> None:
+    env = {"BOT_TOKEN": "123:abc", "ADTARGET_API_KEY": FakeAdTarget.API_KEY}
+    ran = await doctor({**env, "ADMIN_IDS": f"{OWNER},-1001234567890"}, tmp_path)
+    assert ran.status == 2
+    line = ran.line("✗ settings: ADMIN_IDS is invalid: -1001234567890 is not a user id")
+    assert "send /start to the bot" in line
+
+
+async def test_a_purchase_without_a_value_warns(
+    tmp_path: Path, telegram: FakeTelegram, mapped: FakeAdTarget
+) -> None:
+    env = await run_bridge_once(tmp_path, telegram, mapped)
+    # As an older release could leave it: Purchase with no value.
+    with sqlite3.connect(env["DATABASE_PATH"]) as conn:
+        conn.execute("UPDATE channels SET event_type = 'Purchase' WHERE chat_id = ?", (CHANNEL_ID,))
+    ran = await doctor(env, tmp_path)
+    assert ran.status == 1, ran.out
+    event = f"! channel “{CHANNEL_TITLE}” ({CHANNEL_ID}) event"
+    assert "/event set its event to Purchase, which cannot be used" in ran.line(event)
+    assert "ad platforms drop a Purchase without a value" in ran.line(event)
+    assert "its joins are reported as Lead instead" in ran.line(event)
+    assert f"/event {CHANNEL_ID} Purchase <value> <currency>" in ran.fix_after(event)
+
+    with sqlite3.connect(env["DATABASE_PATH"]) as conn:
+        conn.execute("UPDATE channels SET event_value = 9.99, event_currency = 'EUR'")
+    valued = await doctor(env, tmp_path)
+    assert valued.status == 0, valued.out
+    assert valued.line(
+        f"✓ channel “{CHANNEL_TITLE}” ({CHANNEL_ID}) event: joins are reported as"
+        " Purchase 9.99 EUR (set with /event)"
+    )

@@ -62,6 +62,8 @@ def test_secret_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"BOT_TOKEN": "nope"}, "BOT_TOKEN is invalid"),
         ({"DEFAULT_EVENT_TYPE": "Purchase"}, "DEFAULT_EVENT_TYPE is invalid"),
         ({"ADMIN_IDS": "12,abc"}, "ADMIN_IDS is invalid: must be comma-separated"),
+        ({"ADMIN_IDS": "12,-1001234567890"}, "ADMIN_IDS is invalid: -1001234567890 is not a user"),
+        ({"ADMIN_IDS": "0"}, "ADMIN_IDS is invalid: 0 is not a user id"),
         ({"ADTARGET_API_URL": "adtarget.io"}, "ADTARGET_API_URL is invalid"),
         ({"TRUSTED_PROXIES": "10.0.0.0/8, localhost"}, "TRUSTED_PROXIES is invalid"),
         ({"TRACKER_ALLOWED_ORIGINS": "*"}, "TRACKER_ALLOWED_ORIGINS is invalid: '*' is not"),
@@ -91,6 +93,19 @@ def test_trusted_proxies_default_to_loopback_and_setting_them_replaces_it(
     assert [str(n) for n in Settings().trusted_proxies] == ["127.0.0.0/8", "::1/128"]
     monkeypatch.setenv("TRUSTED_PROXIES", "127.0.0.1")
     assert [str(n) for n in Settings().trusted_proxies] == ["127.0.0.1/32"]
+
+
+def test_risky_but_legal_settings_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    # doctor warns about each of these (tests/test_doctor.py); the bridge runs with them.
+    monkeypatch.setenv("BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("ADTARGET_API_KEY", "k")
+    monkeypatch.setenv("ADMIN_IDS", "")
+    monkeypatch.setenv("TRUSTED_PROXIES", "0.0.0.0/0, ::/0")
+    monkeypatch.delenv("TRACKER_PUBLIC_URL", raising=False)
+    settings = Settings()
+    assert settings.admin_ids == ()
+    assert [str(n) for n in settings.trusted_proxies] == ["0.0.0.0/0", "::/0"]
+    assert settings.public_tracker_url == "http://127.0.0.1:8080"
 
 
 def test_missing_setting_exits_2_without_traceback(tmp_path: Path) -> None:
