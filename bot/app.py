@@ -177,7 +177,7 @@ async def build(settings: Settings) -> Bridge:
         tracker_url=settings.public_tracker_url,
         default_event=settings.default_event,
         bot_name=lambda: f"@{poll_stats.username}" if poll_stats.username else "the bot",
-        on_change=pool.wake,
+        pool=pool,
     )
     console = Console(
         db,

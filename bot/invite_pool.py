@@ -174,7 +174,7 @@ class InvitePool:
                     except (TelegramAPIError, OSError, TimeoutError) as error:
                         # The visitor still gets into the channel, by the fallback link.
                         _telegram_failed("minting an invite link on demand", channel.chat_id, error)
-        return await self._fallback(channel)
+        return await self.fallback(channel)
 
     async def _over_quota(
         self, conn: aiosqlite.Connection, channel: Channel, client_key: str
@@ -184,9 +184,9 @@ class InvitePool:
         )
         return handed >= self.per_client
 
-    async def _fallback(self, channel: Channel) -> InviteLink:
+    async def fallback(self, channel: Channel) -> InviteLink:
         """The channel's fallback link; minted now if none is kept and Telegram
-        allows it, else PoolEmpty."""
+        allows it, else PoolEmpty. Also what onboarding puts in the snippet."""
         kept = await self._minter.kept_fallback(channel)
         if kept is not None:
             return kept

@@ -21,9 +21,10 @@ from aiogram.types import ChatMemberAdministrator, ChatMemberOwner
 
 from bot.admins import AdminGate
 from bot.events import EventType, effective_event
+from bot.invite_pool import InvitePool, PoolEmpty
 from bot.joins import ChatRef
 from bot.notifier import Notifier
-from bot.snippet import landing_snippet
+from bot.snippet import CLICK_WAIT_MS, landing_snippet, public_link
 from storage import channels
 from storage.db import Database
 
@@ -65,7 +66,7 @@ class Onboarding:
         tracker_url: str,
         default_event: EventType,
         bot_name: Callable[[], str],
-        on_change: Callable[[], None] = lambda: None,
+        pool: InvitePool,
     ) -> None:
         self._bot = bot
         self._db = db
@@ -74,8 +75,9 @@ class Onboarding:
         self._tracker_url = tracker_url
         self._default_event = default_event
         self._bot_name = bot_name
-        # The invite pool listens: a newly tracked channel needs its pool filled.
-        self._on_change = on_change
+        # Woken on every change (a newly tracked channel needs its pool filled), and
+        # asked for the channel's fallback link for the snippet.
+        self._pool = pool
 
     async def bot_status_changed(self, change: BotMembership) -> None:
         """Track or untrack the chat, and tell the owner what changed.
@@ -113,7 +115,7 @@ class Onboarding:
                 channels.mark_onboarded_in(conn, chat.id)
 
         await self._db.write(write)
-        self._on_change()
+        self._pool.wake()
         title = html.escape(chat.title or str(chat.id))
         was_tracking = before is not None and before.active
         if not change.is_admin:
@@ -142,7 +144,7 @@ class Onboarding:
         if onboard:
             channel = await channels.get(self._db, chat.id)
             assert channel is not None
-            self._to_promoter(change, self._onboarding(channel, chat, title))
+            self._to_promoter(change, await self._onboarding(channel, chat, title))
         elif not was_tracking:
             log.info("channel %d (%s) tracked again", chat.id, chat.title)
             self._to_promoter(change, f"✅ <b>{title}</b> is tracked again.")
@@ -194,7 +196,7 @@ class Onboarding:
         else:
             log.info("message about %d not sent: unknown promoter", change.chat.id)
 
-    def _onboarding(self, channel: channels.Channel, chat: ChatRef, title: str) -> str:
+    async def _onboarding(self, channel: channels.Channel, chat: ChatRef, title: str) -> str:
         handle = f"@{chat.username}" if chat.username else str(chat.id)
         event = effective_event(channel, self._default_event)
         lines = [
@@ -206,11 +208,49 @@ class Onboarding:
         ]
         if chat.username:
             lines.append(PUBLIC_WARNING.format(title=title, username=chat.username, handle=handle))
+        way_in, about_it = await self._way_in(channel, chat, handle)
         lines += [
             "",
             "Paste this on your landing page (it records the visit and puts the visitor's"
             " own link on the button):",
-            f"<pre>{html.escape(landing_snippet(self._tracker_url, handle))}</pre>",
+            f"<pre>{html.escape(landing_snippet(self._tracker_url, handle, way_in))}</pre>",
+            about_it,
         ]
         log.info("channel %d (%s) tracked", chat.id, chat.title)
         return "\n".join(lines)
+
+    async def _way_in(
+        self, channel: channels.Channel, chat: ChatRef, handle: str
+    ) -> tuple[str | None, str]:
+        """The snippet's fallback link, and the line telling the owner what it is.
+
+        Only links that stay valid can be pasted into a page: a public channel's
+        own link (nobody can revoke it), else the channel's fallback link, the one
+        the tracker also hands out when it has no personal link (kept, or minted
+        now). Telegram refusing to mint just now leaves None: the button then goes
+        through the tracker until the owner puts that link in."""
+        if chat.username:
+            link = public_link(chat.username)
+            return link, _href_is(f"the channel's public link {html.escape(link)}", "organic")
+        try:
+            link = (await self._pool.fallback(channel)).url
+        except PoolEmpty:
+            return None, (
+                "⚠️ Telegram gave no fallback link just now, so this button goes through the"
+                f" tracker and fails while it is down. Send /link {handle} fallback and put"
+                " the link it answers in the button's href."
+            )
+        about = _href_is(f"the channel's fallback link {html.escape(link)}", "“fallback”")
+        return link, (
+            f"{about} Should you revoke it in Telegram, /link {handle} fallback gives its"
+            " replacement."
+        )
+
+
+def _href_is(link: str, counted_as: str) -> str:
+    return (
+        f"The button's href is {link}; the script puts the visitor's own link there when"
+        " the tracker answers. With the tracker down or slower than"
+        f" {CLICK_WAIT_MS / 1000:g} s, the visitor still joins by that link ({counted_as}"
+        " in /stats)."
+    )

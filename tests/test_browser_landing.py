@@ -1,34 +1,56 @@
 """examples/landing.html in a real headless Chromium against the real bridge.
 
-The page is served by a small local server with the tracker's address put into
-its Joinbridge block; the bridge runs against the loopback fakes. Chromium is
+The page is served by a small local server with the tracker's address and the
+channel's fallback link (the one the onboarding message gave) put into its
+Joinbridge block; the bridge runs against the loopback fakes. Chromium is
 Debian's (`.ci/ensure-chromium` installs it); Playwright drives it without a
 browser download of its own. Only loopback addresses resolve in the browser, so
-nothing leaves the machine, not even the redirect to t.me.
+nothing leaves the machine: navigations to t.me are answered by the test's own
+route, which records where the button led.
 """
 
 from __future__ import annotations
 
+import asyncio
+import html
 import os
 import re
+import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
-from playwright.async_api import Browser, BrowserContext, Page, Request, async_playwright
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Request,
+    Route,
+    async_playwright,
+)
 
 from bot.snippet import landing_snippet
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import CHANNEL_ID, ROOT, RunningBridge, bridge_settings, eventually
+from tests.harness import (
+    CHANNEL_ID,
+    ROOT,
+    RunningBridge,
+    bridge_settings,
+    eventually,
+    sent_to,
+)
 
 LANDING = ROOT / "examples" / "landing.html"
 # What the example ships with; the test swaps in the running tracker.
 PLACEHOLDER_TRACKER = "https://bridge.example"
 PLACEHOLDER_CHANNEL = "@mychannel"
+PLACEHOLDER_FALLBACK = "https://t.me/mychannel"
+PROMOTER = 1  # who promotes the bot in the fake: the onboarding message goes to them
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 OUTPUT = ROOT / "test-output" / "browser"
 
@@ -43,6 +65,18 @@ class Landing:
     bridge: RunningBridge
     origin: str  # where the page is served
     url: str  # the page, as an ad click would open it
+    # The snippet's settings, read when the page is served: a test may point the
+    # page at a tracker that is not there, or render it as onboarding does when
+    # Telegram gave no fallback link (None).
+    tracker: str
+    channel: str
+    fallback: str | None
+
+    @property
+    def way_in(self) -> str:
+        """The fallback link the page's button carries."""
+        assert self.fallback is not None
+        return self.fallback
 
     async def visit(self, temp_id: str) -> dict[str, object]:
         row = await self.bridge.bridge.db.fetchone(
@@ -62,12 +96,21 @@ class Landing:
         return await self.visit(row[0])
 
 
-def landing_page(tracker_url: str) -> str:
-    """examples/landing.html with its Joinbridge block pointed at `tracker_url`."""
+def landing_page(tracker_url: str, channel: str, fallback: str | None) -> str:
+    """examples/landing.html with its Joinbridge block set up for this bridge."""
     page = LANDING.read_text(encoding="utf-8")
-    block = landing_snippet(PLACEHOLDER_TRACKER, PLACEHOLDER_CHANNEL)
+    block = landing_snippet(PLACEHOLDER_TRACKER, PLACEHOLDER_CHANNEL, PLACEHOLDER_FALLBACK)
     assert page.count(block) == 1, "examples/landing.html must embed bot/snippet.py's output"
-    return page.replace(block, landing_snippet(tracker_url, str(CHANNEL_ID)))
+    return page.replace(block, landing_snippet(tracker_url, channel, fallback))
+
+
+async def onboarding_fallback(telegram: FakeTelegram) -> str:
+    """The button's href in the snippet the onboarding message gave the promoter."""
+    await eventually(lambda: bool(sent_to(telegram, PROMOTER)), what="onboarding message")
+    (message,) = sent_to(telegram, PROMOTER)
+    snippet = html.unescape(message.split("<pre>", 1)[1].split("</pre>", 1)[0])
+    (href,) = re.findall(r'<a id="jb-join" href="([^"]+)"', snippet)
+    return html.unescape(href)
 
 
 @pytest.fixture
@@ -76,11 +119,12 @@ async def landing(
 ) -> AsyncIterator[Landing]:
     # The page's server starts first: the bridge must know its origin for CORS,
     # and the page must know the tracker's port, so the page is rendered per request.
-    bridge: RunningBridge | None = None
+    landing: Landing | None = None
 
     async def serve(_: web.Request) -> web.Response:
-        assert bridge is not None
-        return web.Response(text=landing_page(bridge.bridge.tracker_url), content_type="text/html")
+        assert landing is not None
+        page = landing_page(landing.tracker, landing.channel, landing.fallback)
+        return web.Response(text=page, content_type="text/html")
 
     app = web.Application()
     app.router.add_get("/offer", serve)
@@ -95,7 +139,24 @@ async def landing(
     await bridge.start()
     try:
         await bridge.track_channel(telegram)
-        yield Landing(bridge, origin, f"{origin}/offer?{QUERY}")
+        fallback = await onboarding_fallback(telegram)
+        # The channel's fallback link, the one the tracker also hands out.
+        assert (
+            await bridge.scalar(
+                "SELECT campaign FROM invite_links WHERE url = ? AND revoked_at IS NULL",
+                (fallback,),
+            )
+            == "fallback"
+        )
+        landing = Landing(
+            bridge,
+            origin,
+            f"{origin}/offer?{QUERY}",
+            tracker=bridge.bridge.tracker_url,
+            channel=str(CHANNEL_ID),
+            fallback=fallback,
+        )
+        yield landing
     finally:
         if not bridge.stop_event.is_set():
             assert await bridge.stop() == 0
@@ -146,6 +207,30 @@ async def join_href(page: Page) -> str:
     return href
 
 
+async def telegram_opened(context: BrowserContext) -> list[str]:
+    """Answer every navigation to t.me in `context` with a stand-in page; the list
+    fills with the URLs the browser went to."""
+    opened: list[str] = []
+
+    async def answer(route: Route) -> None:
+        opened.append(route.request.url)
+        await route.fulfill(status=200, content_type="text/html", body="<title>Telegram</title>")
+
+    await context.route(re.compile(r"^https://t\.me/"), answer)
+    return opened
+
+
+async def own_link(page: Page, fallback: str) -> str:
+    """The visitor's own link, once the page put it on the button."""
+    await page.wait_for_function(
+        "fallback => { const href = document.getElementById('jb-join').href;"
+        " return href !== fallback && href.startsWith('https://t.me/+'); }",
+        arg=fallback,
+        timeout=15_000,
+    )
+    return await join_href(page)
+
+
 async def test_landing_page_records_the_visit_and_its_link_converts(
     landing: Landing, browser: Browser, telegram: FakeTelegram, adtarget: FakeAdTarget
 ) -> None:
@@ -184,10 +269,7 @@ async def test_landing_page_records_the_visit_and_its_link_converts(
     assert visit["client_ip"] == "127.0.0.1"
 
     # The button now carries the visitor's own link, minted by the bot for this visit.
-    await page.wait_for_function(
-        "document.getElementById('jb-join').href.startsWith('https://t.me/+')", timeout=15_000
-    )
-    link = await join_href(page)
+    link = await own_link(page, landing.way_in)
     assert INVITE.fullmatch(link), link
     assert link in telegram.links
     assert (await landing.visit_of_link(link))["temp_id"] == visitor
@@ -222,9 +304,31 @@ async def test_landing_page_records_the_visit_and_its_link_converts(
     assert conversion["eventSourceUrl"] == landing.url
 
 
-async def test_landing_page_without_javascript_goes_through_the_redirect(
+async def test_without_javascript_the_button_leads_into_the_channel(
+    landing: Landing, browser: Browser
+) -> None:
+    context = await browser.new_context(java_script_enabled=False)
+    opened = await telegram_opened(context)
+    page = await context.new_page()
+    tracker_requests: list[str] = []
+    page.on(
+        "request",
+        lambda r: tracker_requests.append(r.url) if r.url.startswith(landing.tracker) else None,
+    )
+    await page.goto(landing.url)
+    assert await join_href(page) == landing.fallback
+    await page.click("#jb-join")
+    await page.wait_for_url(landing.way_in)
+    assert opened == [landing.fallback]
+    assert tracker_requests == []
+    await context.close()
+
+
+async def test_a_snippet_without_a_fallback_link_goes_through_the_redirect_without_javascript(
     landing: Landing, browser: Browser, telegram: FakeTelegram, adtarget: FakeAdTarget
 ) -> None:
+    # Onboarding's snippet when Telegram gave no fallback link just now.
+    landing.fallback = None
     context = await browser.new_context(java_script_enabled=False)
     page = await context.new_page()
     await page.goto(landing.url)
@@ -266,3 +370,139 @@ async def test_landing_page_without_javascript_goes_through_the_redirect(
     assert conversion["telegramUserId"] == 7700002
     assert conversion["fbc"] == visit["fbc"]
     assert conversion["eventSourceUrl"] == landing.url
+
+
+async def test_a_click_before_the_tracker_answers_waits_for_the_visitors_own_link(
+    landing: Landing, browser: Browser, telegram: FakeTelegram
+) -> None:
+    context = await browser.new_context()
+    opened = await telegram_opened(context)
+    page = await context.new_page()
+    # The tracker is slow: its invite answer is held until after the click.
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_invite(route: Route) -> None:
+        arrived.set()
+        await release.wait()
+        await route.continue_()
+
+    await page.route(f"{landing.tracker}/api/v1/events/invite", slow_invite)
+    await page.goto(landing.url)
+    await asyncio.wait_for(arrived.wait(), 15)
+    assert await join_href(page) == landing.fallback
+    await page.click("#jb-join")  # held by the page, not followed yet
+    assert opened == []
+    release.set()
+    # The answer arrives within the click's wait: the click goes to the visitor's own link.
+    await page.wait_for_url(INVITE)
+    (link,) = opened
+    assert INVITE.fullmatch(link), link
+    assert link != landing.fallback
+    assert link in telegram.links
+    await landing.visit_of_link(link)
+    await context.close()
+
+
+async def test_with_the_tracker_stopped_the_button_leads_into_the_channel(
+    landing: Landing, browser: Browser
+) -> None:
+    assert await landing.bridge.stop() == 0  # the page still points at its address
+    context = await browser.new_context()
+    opened = await telegram_opened(context)
+    page = await context.new_page()
+    failed: list[str] = []
+    page.on("requestfailed", lambda r: failed.append(r.url))
+    await page.goto(landing.url)
+    # The visit's POST is refused at once: the button keeps its fallback link.
+    await eventually(lambda: bool(failed), what="the visit's POST refused")
+    assert failed[0] == f"{landing.tracker}/api/v1/events/visit"
+    assert await join_href(page) == landing.fallback
+    await page.click("#jb-join")
+    await page.wait_for_url(landing.way_in)
+    assert opened == [landing.fallback]
+    await context.close()
+
+
+async def test_a_tracker_that_never_answers_lets_a_click_through_to_the_fallback_link(
+    landing: Landing, browser: Browser, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    async with silent_server() as (tracker, connections):
+        landing.tracker = tracker
+        context = await browser.new_context()
+        opened = await telegram_opened(context)
+        page = await context.new_page()
+        await page.goto(landing.url)
+        await eventually(lambda: bool(connections), what="the page's request to the silent tracker")
+        # Clicked while the tracker has not answered: after the wait, the fallback link.
+        await page.click("#jb-join")
+        await page.wait_for_url(landing.way_in)
+        assert opened == [landing.fallback]
+        await context.close()
+    # And through it the visitor is in the channel, counted as a fallback join.
+    telegram.join(CHANNEL_ID, 7700003, landing.way_in)
+    (conversion,) = await adtarget.wait_for_conversions(1, timeout=15)
+    assert conversion["telegramUserId"] == 7700003
+    assert conversion["contentName"] == "fallback"
+
+
+async def test_a_tracker_answering_with_an_error_leaves_the_fallback_link(
+    landing: Landing, browser: Browser
+) -> None:
+    landing.channel = "-1009999999999"  # not a tracked channel: the invite is a 404
+    context = await browser.new_context()
+    opened = await telegram_opened(context)
+    page = await context.new_page()
+    answers: list[tuple[str, int]] = []
+    page.on(
+        "response",
+        lambda r: (
+            answers.append((urlsplit(r.url).path, r.status)) if r.request.method == "POST" else None
+        ),
+    )
+    await page.goto(landing.url)
+    invite = ("/api/v1/events/invite", 404)
+    await eventually(lambda: invite in answers, what="the tracker's 404 to the invite")
+    assert ("/api/v1/events/visit", 200) in answers
+    assert await join_href(page) == landing.fallback
+    await page.click("#jb-join")
+    await page.wait_for_url(landing.way_in)
+    assert opened == [landing.fallback]
+    await context.close()
+
+
+async def test_a_script_error_leaves_the_fallback_link(landing: Landing, browser: Browser) -> None:
+    context = await browser.new_context()
+    # A browser whose fetch throws (blocked, or too old): the script fails mid-way.
+    await context.add_init_script("window.fetch = function () { throw new Error('no fetch'); };")
+    opened = await telegram_opened(context)
+    page = await context.new_page()
+    await page.goto(landing.url)
+    assert await join_href(page) == landing.fallback
+    await page.click("#jb-join")
+    await page.wait_for_url(landing.way_in)
+    assert opened == [landing.fallback]
+    await context.close()
+
+
+@asynccontextmanager
+async def silent_server() -> AsyncIterator[tuple[str, list[socket.socket]]]:
+    """A tracker that accepts connections, reads, and never answers. Yields its URL
+    and the connections it holds."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    connections: list[socket.socket] = []
+
+    async def accept() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            connection, _ = await loop.sock_accept(listener)
+            connections.append(connection)
+
+    task = asyncio.create_task(accept())
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", connections
+    finally:
+        task.cancel()
+        for connection in connections:
+            connection.close()
+        listener.close()

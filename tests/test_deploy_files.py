@@ -135,7 +135,7 @@ def test_nginx_forwards_the_visitor_to_the_tracker() -> None:
     assert 'proxy_set_header X-Adtarget-Client-IP "";' in NGINX
     assert 'proxy_set_header X-Adtarget-Client-User-Agent "";' in NGINX
     # The prefix the proxy serves is the one TRACKER_PUBLIC_URL and the page use.
-    public = re.search(r"TRACKER_PUBLIC_URL=https://[^/\s]+(/\S+)", NGINX)
+    public = re.search(r"TRACKER_PUBLIC_URL=(https://[^/\s]+(/\S+))", NGINX)
     assert public is not None
-    assert f"location {public.group(1)}/ {{" in NGINX
-    assert f"{public.group(1)}/track/invite?channelId=" in NGINX
+    assert f"location {public.group(2)}/ {{" in NGINX
+    assert f"data-tracker becomes\n#   {public.group(1)}\n" in NGINX

@@ -39,7 +39,7 @@ async def test_promotion_sends_the_setup_summary_and_snippet(
     (text,) = sent_to(telegram, 1)
     assert "is now tracked" in text
     assert "Lead" in text
-    assert "/track/invite?channelId=" in text
+    assert "data-tracker=" in text
     assert "/api/v1/events" in text
     assert "update-fbp" in text
     assert "is public" not in text
