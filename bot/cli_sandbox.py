@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # the modules themselves import aiogram: only once the argume
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+GOODBYE = "Stopping the sandbox."
 
 
 def _port(text: str) -> int:
@@ -127,7 +128,10 @@ def run(args: argparse.Namespace) -> int:
 async def _main(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # Ctrl-C is the usual way out, and a clean stop (exit 0). SIGHUP too: a closed
+    # terminal, or a shell that exits while the sandbox is stopped, ends it the
+    # same way, so its temporary database goes with it.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
 
     from bot.sandbox import simulators
@@ -208,6 +212,7 @@ async def _session(
     _introduce(sandbox, database, temporary=args.database is None)
     walked = await until_stopped(_walk(sandbox), stop)
     if walked is None:  # Ctrl-C during the walkthrough
+        say(GOODBYE)
         return EXIT_OK
     if args.once:
         return EXIT_OK if walked else EXIT_FAILED
@@ -220,7 +225,7 @@ async def _session(
     say()
     say(f"Sandbox ready: tracker on {sandbox.tracker_url} (Ctrl-C stops it)")
     await SandboxConsole(sandbox).run(stop)
-    say("Stopping the sandbox.")
+    say(GOODBYE)
     return EXIT_OK
 
 
