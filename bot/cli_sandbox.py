@@ -94,6 +94,15 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _free_port() -> int:
+    # Chosen here rather than left to the bind, so that the settings, and the
+    # onboarding message's snippet built from them, name the port in use.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 @contextlib.contextmanager
 def _database(given: Path | None) -> Iterator[Path]:
     if given is not None:
@@ -111,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"joinbridge sandbox: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    args.port = args.port or _free_port()
     # The walkthrough prints arrows and quotes: a terminal that cannot show them gets
     # a replacement character rather than a crash.
     if isinstance(sys.stdout, io.TextIOWrapper):

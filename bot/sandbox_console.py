@@ -17,8 +17,8 @@ from bot.sandbox import (
     WAIT,
     Sandbox,
     StepFailed,
+    as_seen,
     block,
-    plain_text,
     say,
     until_stopped,
 )
@@ -30,7 +30,7 @@ COMMANDS = """Type here (Enter alone shows /stats):
   join <inviteLink> [telegram-user-id]  a simulated user joins through that link
   join                                  someone joins without a link (organic)
   leave <telegram-user-id>              that user leaves the channel
-  stats [today|7d|30d|all]              /stats as an admin sees it in Telegram
+  stats [today|7d|30d|all]              /stats as an admin sees it in Telegram, buttons too
   help                                  the curl commands and this list again
   quit                                  stop the sandbox (Ctrl-C works too)"""
 
@@ -154,7 +154,7 @@ class SandboxConsole:
         except TimeoutError:
             raise StepFailed(f"no answer to {command} within {WAIT:.0f} s") from None
         say(f"{command} (what the admin sees in Telegram):")
-        say(block(plain_text(reply.raw.get("text", ""))))
+        say(block(as_seen(reply)))
 
     async def join(self, args: list[str]) -> None:
         if len(args) > 2:
