@@ -30,7 +30,7 @@ COMMANDS = """Type here (Enter alone shows /stats):
   join <inviteLink> [telegram-user-id]  a simulated user joins through that link
   join                                  someone joins without a link (organic)
   leave <telegram-user-id>              that user leaves the channel
-  stats [today|7d|30d|all]              /stats as an admin sees it in Telegram, buttons too
+  stats [today|7d|30d|all]              /stats as an admin sees it in Telegram
   help                                  the curl commands and this list again
   quit                                  stop the sandbox (Ctrl-C works too)"""
 
