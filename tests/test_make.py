@@ -113,10 +113,11 @@ def test_a_changed_pyproject_reinstalls(tmp_path: Path) -> None:
 
 
 # Makes the pseudo-terminal the controlling terminal of a new session, as a login
-# shell's terminal is, and then runs the command in it (in the foreground).
+# shell's terminal is, and runs the command in its foreground with SIGINT's default
+# action, as a shell starts it (a test run in the background may inherit it ignored).
 _IN_TERMINAL = (
-    "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-    "os.execvp(sys.argv[1], sys.argv[1:])"
+    "import fcntl, os, signal, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"
 )
 
 
