@@ -6,19 +6,31 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The package only: no dev extras (pytest, ruff, mypy, playwright), no tests.
+# The runtime dependencies first, read from pyproject.toml alone: this layer is
+# rebuilt when they change, not at every change to the code. No dev extras
+# (pytest, ruff, mypy, playwright), no tests.
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > requirements.txt \
+    && pip install -r requirements.txt
+
+# Then the package itself, its dependencies already there; pip check fails the
+# build if pyproject.toml asks for something the layer above did not install.
+COPY README.md LICENSE ./
 COPY bot ./bot
 COPY handlers ./handlers
 COPY storage ./storage
-RUN pip install . && rm -rf /src
+RUN pip install --no-deps . && pip check && rm -rf /src
 
-# A dedicated user that owns nothing but the database volume.
-RUN useradd --system --uid 10001 --user-group --home-dir /app --create-home \
+# A dedicated user that owns nothing but the database volume. USER is numeric so
+# that a runtime (Kubernetes' runAsNonRoot) can tell it is not root without
+# reading /etc/passwd.
+RUN groupadd --system --gid 10001 joinbridge \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /app --create-home \
         --shell /usr/sbin/nologin joinbridge \
     && mkdir -p /data \
-    && chown joinbridge:joinbridge /data
+    && chown 10001:10001 /data
 WORKDIR /app
 
 # The database (with its -wal/-shm files) lives on the volume, so an upgrade keeps it.
@@ -32,7 +44,7 @@ ENV DATABASE_PATH=/data/joinbridge.db \
 # `docker run --env-file .env`, never baked into the image.
 EXPOSE 8080
 
-USER joinbridge
+USER 10001:10001
 
 # SIGTERM stops polling and hands unsent rows back to the queue within
 # SHUTDOWN_GRACE (5 s); docker's default 10 s stop timeout leaves room for it.

@@ -5,44 +5,64 @@ CODE := bot handlers storage
 
 .PHONY: run sandbox test lint typecheck unit bench bench-rss soak clean
 
-# The venv is rebuilt only when pyproject.toml changes.
-$(BIN)/.installed: pyproject.toml
+# Two stamps, both rebuilt when pyproject.toml changes: the runtime dependencies,
+# all that `make run` and `make sandbox` need, and on top of them the dev extras
+# (pytest, ruff, mypy, playwright: some 170 MB the bot never uses) for the checks.
+# `make run` after `make test` finds its stamp and installs nothing; `make test`
+# after `make run` adds only the extras.
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
+
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(DEV): $(RUNTIME)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-run: $(BIN)/.installed
-	$(BIN)/python -m bot
+run: $(RUNTIME)
+	$(BIN)/joinbridge
 
-# The bridge against its built-in Telegram and AdTarget simulators: no token, no network.
-sandbox: $(BIN)/.installed
-	$(BIN)/python -m bot sandbox
+# The bridge against its built-in Telegram and AdTarget simulators: no token, no
+# network. `make sandbox ARGS="--port 9000"` passes arguments on.
+#
+# Ctrl-C is how one leaves the sandbox, and it then exits 0. The terminal sends
+# SIGINT to its whole foreground process group, make included, and a make that
+# gets SIGINT waits for its child and then kills itself with it (status 130),
+# whatever the child's status. Job control (set -m) runs the sandbox in a process
+# group of its own that the shell makes the terminal's foreground, so Ctrl-C
+# reaches the sandbox alone and make passes its 0 on. The `exit` keeps the shell
+# from exec'ing the sandbox in its place: the shell hands the terminal back.
+sandbox: $(RUNTIME)
+	@set -m 2>/dev/null; $(BIN)/joinbridge sandbox $(ARGS); exit $$?
 
-lint: $(BIN)/.installed
+lint: $(DEV)
 	$(BIN)/ruff check $(CODE) tests bench
 	$(BIN)/ruff format --check $(CODE) tests bench
 
-typecheck: $(BIN)/.installed
+typecheck: $(DEV)
 	$(BIN)/mypy $(CODE)
 
 # The browser test needs Debian's chromium; the script installs it when run as root.
-unit: $(BIN)/.installed
+unit: $(DEV)
 	bash .ci/ensure-chromium
 	$(BIN)/pytest
 
 test: lint typecheck unit
 
-bench: $(BIN)/.installed
+bench: $(DEV)
 	$(BIN)/python -m bench.suite
 
 # Peak RSS over 100,000 joins, bridge and baseline side by side (about 6 minutes;
 # `make bench` measures it over 20,000 to stay within 10 minutes).
-bench-rss: $(BIN)/.installed
+bench-rss: $(DEV)
 	$(BIN)/python -m bench.suite --rss-only --rss-joins 100000
 
 # 30 minutes of mixed traffic with faults and a SIGKILL; not part of `make test`.
-soak: $(BIN)/.installed
+soak: $(DEV)
 	$(BIN)/python -m bench.soak --minutes 30
 
 clean:

@@ -1,4 +1,5 @@
-"""`python -m bot [command]`: the bridge itself, and the one-shot tools beside it.
+"""`joinbridge [command]` (or `python -m bot [command]`): the bridge itself, and the
+one-shot tools beside it.
 
 Each command lives in its own module, imported only when asked for, so that
 `python -m bot doctor` does not pay for what `python -m bot` needs and a typo
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Protocol, cast
@@ -27,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 EXIT_USAGE = 2
+# The distribution's name: `[project] name` in pyproject.toml, whose `version` is the
+# one `--version` prints.
+DISTRIBUTION = "joinbridge"
 
 
 class CommandModule(Protocol):
@@ -42,10 +47,32 @@ def _load(command: str) -> CommandModule:
 
 def usage() -> str:
     width = max(len(name) for name in COMMANDS)
-    lines = ["usage: python -m bot [command] [arguments]", "", "commands:"]
+    lines = ["usage: joinbridge [command] [arguments]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
-    lines += ["", "`python -m bot <command> --help` shows a command's arguments."]
+    lines += ["", "`joinbridge <command> --help` shows a command's arguments;"]
+    lines += ["`joinbridge --version` the version."]
     return "\n".join(lines)
+
+
+def version() -> str:
+    """The installed package's version: pyproject.toml's, as pip recorded it."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a checkout that was never `pip install`ed
+        return "unknown (not installed: pip install -e .)"
+
+
+def entry() -> int:
+    """The `joinbridge` command and `python -m bot`: the process starts here."""
+    # Set once, where the process starts and before any command creates a file: the
+    # database and its -wal, -shm and .lock files, backups, the data directory itself.
+    # They hold visitors' IPs and click ids; only the bridge's own user may read them
+    # (files 0600, directories 0700). Not in main(), which tests call in-process.
+    os.umask(0o077)
+    return main()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,15 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in ("-h", "--help", "help"):
         print(usage())
         return 0
+    if command in ("-V", "--version"):
+        print(f"{DISTRIBUTION} {version()}")
+        return 0
     if command not in COMMANDS:
         print(f"joinbridge: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return EXIT_USAGE
     # Only the asked-for command's module is imported, so one tool never pays
     # for another's imports (aiogram alone takes seconds).
     module = _load(command)
-    parser = argparse.ArgumentParser(
-        prog=f"python -m bot {command}", description=COMMANDS[command][1]
-    )
+    parser = argparse.ArgumentParser(prog=f"joinbridge {command}", description=COMMANDS[command][1])
     module.add_arguments(parser, command)
     try:
         args = parser.parse_args(arguments[1:])

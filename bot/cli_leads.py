@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         if key is not None:
             check_idempotency_key(key)
     except InvalidFollowUp as error:
-        _say(command, f"{error} (usage: python -m bot {command} {_ARGS[command]})")
+        _say(command, f"{error} (usage: joinbridge {command} {_ARGS[command]})")
         return EXIT_USAGE
     database = settings.database_path
     if not database.is_file():

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # the modules themselves import aiogram: only once the argume
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+GOODBYE = "Stopping the sandbox."
 
 
 def _port(text: str) -> int:
@@ -93,6 +94,15 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _free_port() -> int:
+    # Chosen here rather than left to the bind, so that the settings, and the
+    # onboarding message's snippet built from them, name the port in use.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 @contextlib.contextmanager
 def _database(given: Path | None) -> Iterator[Path]:
     if given is not None:
@@ -110,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"joinbridge sandbox: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    args.port = args.port or _free_port()
     # The walkthrough prints arrows and quotes: a terminal that cannot show them gets
     # a replacement character rather than a crash.
     if isinstance(sys.stdout, io.TextIOWrapper):
@@ -127,7 +138,10 @@ def run(args: argparse.Namespace) -> int:
 async def _main(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # Ctrl-C is the usual way out, and a clean stop (exit 0). SIGHUP too: a closed
+    # terminal, or a shell that exits while the sandbox is stopped, ends it the
+    # same way, so its temporary database goes with it.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
 
     from bot.sandbox import simulators
@@ -208,6 +222,7 @@ async def _session(
     _introduce(sandbox, database, temporary=args.database is None)
     walked = await until_stopped(_walk(sandbox), stop)
     if walked is None:  # Ctrl-C during the walkthrough
+        say(GOODBYE)
         return EXIT_OK
     if args.once:
         return EXIT_OK if walked else EXIT_FAILED
@@ -220,7 +235,7 @@ async def _session(
     say()
     say(f"Sandbox ready: tracker on {sandbox.tracker_url} (Ctrl-C stops it)")
     await SandboxConsole(sandbox).run(stop)
-    say("Stopping the sandbox.")
+    say(GOODBYE)
     return EXIT_OK
 
 

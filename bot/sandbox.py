@@ -23,15 +23,15 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from bot.app import Bridge
 from bot.settings import Settings
 from bot.simulators.adtarget import FakeAdTarget
-from bot.simulators.telegram import FakeTelegram
+from bot.simulators.telegram import Call, FakeTelegram
 
 # Shaped like a real token (aiogram checks the shape); the simulator accepts only it.
 SANDBOX_TOKEN = "123456:SANDBOX-not-a-real-token"  # noqa: S105 - a simulator's token
 CHANNEL_ID = -1001234567890
 CHANNEL_TITLE = "Sandbox Channel"
 ADTARGET_CHANNEL_ID = "chn_sandbox"
-# The bridge's admin (ADMIN_IDS), who asks for /stats; not the simulator's channel
-# owner (user 1), who gets the onboarding message when the bot is promoted.
+# The bridge's admin (ADMIN_IDS) and the channel's owner: makes the bot an admin of
+# the channel, so gets its onboarding message, and asks for /stats.
 OWNER_ID = 4242
 FIRST_VISITOR_ID = 777000001
 # Generous: the machine may be busy; every wait ends as soon as its condition holds.
@@ -157,6 +157,18 @@ def mask_key(value: str) -> str:
 def plain_text(message_html: str) -> str:
     """A Telegram HTML message as the app shows it, without the tags."""
     return html.unescape(re.sub(r"<[^>]+>", "", message_html))
+
+
+def as_seen(message: Call) -> str:
+    """A message the bot sent (a sendMessage call), as the Telegram app shows it: the
+    text without its tags, then its inline buttons, a line per row."""
+    markup = message.params.get("reply_markup")
+    rows = markup.get("inline_keyboard") if isinstance(markup, dict) else None
+    lines = [plain_text(message.raw.get("text", ""))]
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, list) and row:
+            lines.append(" ".join(f"[ {button.get('text', '')} ]" for button in row))
+    return "\n".join(lines)
 
 
 async def until(probe: Callable[[], Awaitable[T | None]], what: str, seconds: float = WAIT) -> T:

@@ -17,8 +17,8 @@ from bot.sandbox import (
     WAIT,
     Sandbox,
     StepFailed,
+    as_seen,
     block,
-    plain_text,
     say,
     until_stopped,
 )
@@ -154,7 +154,7 @@ class SandboxConsole:
         except TimeoutError:
             raise StepFailed(f"no answer to {command} within {WAIT:.0f} s") from None
         say(f"{command} (what the admin sees in Telegram):")
-        say(block(plain_text(reply.raw.get("text", ""))))
+        say(block(as_seen(reply)))
 
     async def join(self, args: list[str]) -> None:
         if len(args) > 2:

@@ -22,8 +22,11 @@ from bot.sandbox import (
     ADTARGET_CHANNEL_ID,
     CHANNEL_ID,
     CHANNEL_TITLE,
+    OWNER_ID,
+    WAIT,
     Sandbox,
     StepFailed,
+    as_seen,
     block,
     mask_key,
     pretty_json,
@@ -31,6 +34,7 @@ from bot.sandbox import (
     until,
 )
 from bot.simulators.adtarget import Received
+from bot.simulators.telegram import Call
 from storage import channels, leads, outbox
 from storage.leads import JoinSeen, OutboxSeen
 
@@ -60,7 +64,8 @@ async def track_channel(sandbox: Sandbox) -> None:
     """The owner makes the bot an admin; the bridge tracks and maps the channel."""
     say()
     say(f"[setup] The channel owner makes the bot an admin of “{CHANNEL_TITLE}” ({CHANNEL_ID}).")
-    if sandbox.telegram.bot_status_change(CHANNEL_ID, "administrator") is None:
+    promoted_at = time.monotonic()
+    if sandbox.telegram.bot_status_change(CHANNEL_ID, "administrator", by_user_id=OWNER_ID) is None:
         raise StepFailed("the promotion update was not queued by the Telegram simulator")
 
     async def tracked() -> bool | None:
@@ -74,6 +79,24 @@ async def track_channel(sandbox: Sandbox) -> None:
         raise StepFailed(f"AdTarget channel mapping: {'; '.join(problems) or 'nothing mapped'}")
     say("        The bridge got the my_chat_member update and tracks the channel; AdTarget's")
     say(f"        GET /api/v1/channels maps it to {ADTARGET_CHANNEL_ID}.")
+    await _show_onboarding(sandbox, promoted_at)
+
+
+async def _show_onboarding(sandbox: Sandbox, promoted_at: float) -> None:
+    """The bot's message to the owner who promoted it, as they read it in Telegram."""
+
+    def onboarding(call: Call) -> bool:
+        to_owner = call.params.get("chat_id") == OWNER_ID and call.at >= promoted_at
+        return to_owner and CHANNEL_TITLE in call.raw.get("text", "")
+
+    try:
+        message = await sandbox.telegram.wait_for_call("sendMessage", onboarding, WAIT)
+    except TimeoutError:
+        raise StepFailed(f"no onboarding message to the owner within {WAIT:.0f} s") from None
+    say()
+    say(f"        The bot's message to the owner (user {OWNER_ID}), as Telegram shows it:")
+    for line in as_seen(message).splitlines():
+        say("        │ " + line if line else "        │")
 
 
 async def walk_through(sandbox: Sandbox) -> None:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import PurePosixPath
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path, PurePosixPath
 
 from bot.app import EXIT_BAD_TOKEN
 from bot.settings import Settings
@@ -64,16 +68,56 @@ def test_every_setting_the_deploy_files_name_exists() -> None:
     assert "TRUSTED_PROXIES" in named
 
 
+def _instructions() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions in order, (KEYWORD, arguments), continuation
+    lines joined and comments left out."""
+    steps = []
+    for line in DOCKERFILE.replace("\\\n", " ").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            keyword, _, arguments = line.strip().partition(" ")
+            steps.append((keyword.upper(), " ".join(arguments.split())))
+    return steps
+
+
+def test_dockerfile_installs_the_dependencies_before_the_code_is_copied(tmp_path: Path) -> None:
+    steps = _instructions()
+    copied = [(i, arguments.split()[0]) for i, (k, arguments) in enumerate(steps) if k == "COPY"]
+    deps, package = (i for i, (k, arguments) in enumerate(steps) if "pip install" in arguments)
+    # The dependencies' layer sees pyproject.toml alone, so a change to the code
+    # leaves it cached; the package comes after the code, without its dependencies.
+    assert [path for i, path in copied if i < deps] == ["pyproject.toml"]
+    assert {path for i, path in copied if deps < i < package} == {
+        "README.md",
+        "bot",
+        "handlers",
+        "storage",
+    }
+    assert "pip install -r requirements.txt" in steps[deps][1]
+    assert "pip install --no-deps . && pip check" in steps[package][1]
+    assert "[dev]" not in DOCKERFILE
+    # The command that writes requirements.txt, run here: pyproject's dependencies.
+    write = steps[deps][1].split(" && ")[0]
+    assert re.fullmatch(r"python -c .+ > requirements\.txt", write), write
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    command = shlex.quote(sys.executable) + write.removeprefix("python")
+    subprocess.run(["/bin/sh", "-c", command], cwd=tmp_path, check=True, timeout=60)
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        wanted = tomllib.load(file)["project"]["dependencies"]
+    assert (tmp_path / "requirements.txt").read_text().splitlines() == wanted
+
+
 def test_dockerfile_runs_the_package_as_a_user_with_the_database_on_the_volume() -> None:
     assert re.search(r"^FROM python:3\.11-slim\b", DOCKERFILE, re.MULTILINE)
-    assert re.search(r"^RUN pip install \.\s", DOCKERFILE, re.MULTILINE)
-    assert "[dev]" not in DOCKERFILE
+    # Numeric, so a runtime can tell it is not root without reading /etc/passwd.
     (user,) = re.findall(r"^USER (\S+)", DOCKERFILE, re.MULTILINE)
-    assert user not in ("root", "0")
+    assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", user), user  # uid:gid, neither root's 0
+    uid, _, gid = user.partition(":")
+    assert re.search(rf"^RUN groupadd --system --gid {gid} joinbridge\b", DOCKERFILE, re.MULTILINE)
+    assert f"useradd --system --uid {uid} --gid {gid} " in DOCKERFILE
     env = _docker_env()
     (volume,) = re.findall(r'^VOLUME \["([^"]+)"\]', DOCKERFILE, re.MULTILINE)
     assert PurePosixPath(env["DATABASE_PATH"]).parent == PurePosixPath(volume)
-    assert f"chown {user}:{user} {volume}" in DOCKERFILE
+    assert f"chown {uid}:{gid} {volume}" in DOCKERFILE
     # The tracker listens on every interface inside the container, on the exposed port.
     assert env["TRACKER_HOST"] == "0.0.0.0"
     assert re.findall(r"^EXPOSE (\d+)", DOCKERFILE, re.MULTILINE) == [env["TRACKER_PORT"]]

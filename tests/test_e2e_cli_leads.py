@@ -163,7 +163,7 @@ async def test_bad_arguments_exit_2_with_the_reason(
         assert "Traceback" not in ran.err
     usage = (await bot(env, tmp_path, "fire", str(JOINER), "Purchase")).err
     assert usage.count("\n") == 1, "one line"
-    assert "(usage: python -m bot fire <telegram-user-id> <Lead|Purchase|" in usage
+    assert "(usage: joinbridge fire <telegram-user-id> <Lead|Purchase|" in usage
     assert await running.scalar("SELECT count(*) FROM outbox") == 1, "nothing queued"
     assert adtarget.events == []
 

@@ -157,6 +157,15 @@ async def test_once_walks_through_to_the_conversion_request_and_exits_0(
     assert database, out
     assert Path(database.group(1)).parent.parent == tmp_path
     assert not Path(database.group(1)).parent.exists()
+    # Before the walkthrough: the onboarding message the bot sent the owner who made it
+    # an admin, as Telegram shows it (no tags), with the snippet naming this tracker.
+    onboarding = out[out.index("[setup]") : out.index("[1/5]")]
+    assert "The bot's message to the owner (user 4242), as Telegram shows it:" in onboarding
+    assert "│ ✅ Sandbox Channel is now tracked." in onboarding
+    assert "│ Event reported for each join: Lead (/event to change)" in onboarding
+    assert f'href="{visit.group(1)}/track/invite?channelId=-1001234567890"' in onboarding
+    assert "<b>" not in onboarding
+    assert "&lt;" not in onboarding
 
 
 async def test_interactive_serves_curl_joins_and_stats_until_ctrl_c(
@@ -203,6 +212,10 @@ async def test_interactive_serves_curl_joins_and_stats_until_ctrl_c(
     assert await sandbox.rest() == 0, sandbox.output
     assert "Stopping the sandbox." in sandbox.output
     assert database.exists()  # --database is the user's: kept
+    # /stats's inline buttons, listed under its text, the period shown marked.
+    stats = sandbox.output[sandbox.output.rindex("/stats all") :]
+    buttons = r"^    \[ today \] \[ 7d \] \[ 30d \] \[ • all \]$"
+    assert re.search(buttons, stats, re.MULTILINE), stats
 
 
 async def test_bad_arguments_name_the_argument(
