@@ -1,4 +1,4 @@
-"""One line of `python -m bot doctor`'s checklist: what was checked, how it went,
+"""One line of `joinbridge doctor`'s checklist: what was checked, how it went,
 what was found, and for anything not fine the fix in one sentence."""
 
 from __future__ import annotations

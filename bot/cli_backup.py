@@ -1,4 +1,4 @@
-"""`python -m bot backup <file>`: a consistent copy of the database, even while the
+"""`joinbridge backup <file>`: a consistent copy of the database, even while the
 bridge runs. The copying itself is in storage/backup.py; this parses and prints.
 
 Exit status: 0 copied and verified, 2 bad arguments or no database, 1 failure.

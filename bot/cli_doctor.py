@@ -1,4 +1,4 @@
-"""`python -m bot doctor`: check a real setup and print a checklist, one line per
+"""`joinbridge doctor`: check a real setup and print a checklist, one line per
 check with a mark, and under anything that is not fine the fix. The checks are
 in bot/doctor.py; this loads the settings and prints.
 
@@ -35,7 +35,7 @@ ASCII_TEXT = str.maketrans({"→": "->", "…": "...", "“": '"', "”": '"', "
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    """`doctor` takes no arguments: it checks what `python -m bot` would run with."""
+    """`doctor` takes no arguments: it checks what `joinbridge` would run with."""
 
 
 class Printer:

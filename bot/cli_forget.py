@@ -1,4 +1,4 @@
-"""`python -m bot forget <telegram-user-id>`: erase one person's joins, visits and
+"""`joinbridge forget <telegram-user-id>`: erase one person's joins, visits and
 everything else the bridge holds about them, and say how many rows went.
 
 Safe while the bridge runs (one short transaction on the shared database).

@@ -1,4 +1,4 @@
-"""`python -m bot lead|fire|value`: /lead, /fire and /value for scripts (a CRM, a
+"""`joinbridge lead|fire|value`: /lead, /fire and /value for scripts (a CRM, a
 payment webhook) on the bridge's host.
 
 `lead` reads AdTarget directly and the database read-only. `fire` and `value`

@@ -1,4 +1,4 @@
-"""`python -m bot run` (the default): run the bridge until SIGTERM or SIGINT."""
+"""`joinbridge` (or `joinbridge run`): run the bridge until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`python -m bot sandbox`: try the bridge without credentials.
+"""`joinbridge sandbox`: try the bridge without credentials.
 
 Starts the simulators of Telegram and AdTarget on loopback ports and the real
 bridge against them, in this one process, walks a visitor through visit ->

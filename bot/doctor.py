@@ -1,4 +1,4 @@
-"""`python -m bot doctor`: is this setup ready to report joins?
+"""`joinbridge doctor`: is this setup ready to report joins?
 
 The checks run in the order an owner sets things up, each one checklist line
 (bot/checklist.py): settings (and those that are legal but break a deploy), the

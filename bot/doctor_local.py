@@ -206,7 +206,7 @@ async def _inspect(path: Path) -> DatabaseLook:
                 fail(
                     DATABASE,
                     f"{path} is damaged: quick_check says {'; '.join(problems)}",
-                    "stop the bridge and restore the latest backup (python -m bot backup).",
+                    "stop the bridge and restore the latest backup (joinbridge backup).",
                 ),
                 None,
             )

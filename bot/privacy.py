@@ -3,7 +3,7 @@
 Visitor IPs, User-Agents and click ids are personal data. `PrivacySweeper`
 clears them from visits and finished outbox rows older than RETENTION_DAYS (at
 start, then hourly; the rows and so the /stats counts stay). `forget` (the
-`/forget` command and `python -m bot forget`) erases one Telegram user's rows.
+`/forget` command and `joinbridge forget`) erases one Telegram user's rows.
 The SQL is in storage/privacy.py.
 """
 

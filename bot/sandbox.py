@@ -1,4 +1,4 @@
-"""`python -m bot sandbox`: the pieces shared by the walkthrough and the console.
+"""`joinbridge sandbox`: the pieces shared by the walkthrough and the console.
 
 The sandbox runs the real bridge (`bot.app.run_bridge`) against the built-in
 simulators of Telegram and AdTarget (bot/simulators/), in one process, with

@@ -1,4 +1,4 @@
-"""Read-only looks at a database file for `python -m bot doctor`: which schema
+"""Read-only looks at a database file for `joinbridge doctor`: which schema
 version it carries and whether SQLite finds it sound. Nothing here writes."""
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def test_unit_restarts_on_failure_and_stops_gracefully() -> None:
     grace = _default("shutdown_grace")
     assert isinstance(grace, float)
     assert float(unit["TimeoutStopSec"][0]) >= 2 * grace + 10
-    assert unit["ExecStart"][0].endswith("python -m bot")
+    assert unit["ExecStart"][0].endswith("/.venv/bin/joinbridge")
     assert unit["User"][0] not in ("root", "0")
     assert unit["EnvironmentFile"]
 
