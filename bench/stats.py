@@ -3,7 +3,8 @@
 Seeds a fresh database (all migrations applied) with N joins and M visits over
 60 days in 5 channels of unequal size -- 80% attributed joins (each through a
 visitor link given to a visit), 5% campaign, 15% organic; 10% of members left;
-a conversion row, mostly delivered, per attributed and campaign join -- then
+a conversion row, mostly delivered (30% of those skipped by AdTarget with a
+warning), per attributed and campaign join -- then
 times `channel_stats` for the largest channel and for all channels, per period.
 
     python -m bench.stats [--joins 1000000] [--visits 1000000] [--runs 5] [--db PATH]
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from bench.common import summary
+from bot.simulators.adtarget_rules import NO_SIGNAL_WARNING
 from bot.stats import PERIODS, period_start
 from storage.db import open_database
 from storage.stats import channel_stats
@@ -140,16 +142,20 @@ def seed(path: Path, *, joins: int, visits: int, now: float) -> None:
             "INSERT INTO leaves (chat_id, user_id, left_at)"
             " SELECT chat_id, user_id, left_at FROM joins WHERE left_at IS NOT NULL"
         )
-        # Conversions: 2% pending, 0.5% sending, 0.5% parked, the rest delivered.
+        # Conversions: 2% pending, 0.5% sending, 0.5% parked, the rest delivered. Of the
+        # delivered, AdTarget skipped 30% with a warning (1 in 10 of them another text).
         conn.execute(
             "INSERT INTO outbox (kind, path, body, idempotency_key, join_id, telegram_user_id,"
             " chat_id, event_type, event_time_ms, state, attempts, next_attempt_at, created_at,"
-            " delivered_at, priority)"
+            " delivered_at, priority, dispatched, warning)"
             " SELECT 'conversion', '/events/conversion', '{}', 'conv-' || id, id, user_id,"
             " chat_id, 'subscribe', joined_at * 1000,"
             " CASE WHEN id % 200 < 4 THEN 'pending' WHEN id % 200 = 4 THEN 'sending'"
             " WHEN id % 200 = 5 THEN 'parked' ELSE 'delivered' END, 1, joined_at, joined_at,"
-            " CASE WHEN id % 200 > 5 THEN joined_at + 1 END, 0"
+            " CASE WHEN id % 200 > 5 THEN joined_at + 1 END, 0,"
+            " CASE WHEN id % 200 > 5 THEN id % 10 >= 3 END,"
+            " CASE WHEN id % 200 > 5 AND id % 10 < 3 THEN CASE WHEN id % 100 = 1"
+            f" THEN 'Pixel paused' ELSE '{NO_SIGNAL_WARNING}' END END"
             " FROM joins WHERE kind != 'organic'"
         )
         conn.execute("COMMIT")
@@ -177,7 +183,10 @@ async def measure(path: Path, *, runs: int, now: float) -> list[tuple[str, str, 
             f" ({row.joins_attributed:,} attributed, {row.joins_campaign:,} campaign,"
             f" {row.joins_organic:,} organic), conversions {row.conversions_delivered:,}"
             f" delivered / {row.conversions_pending:,} pending / {row.conversions_parked:,}"
-            f" parked, leaves {row.leaves:,}, net {row.net_present:,}"
+            f" parked ({row.conversions_dispatched:,} to ad platforms,"
+            f" {row.conversions_skipped:,} skipped, {row.top_warning_count:,} warned"
+            f" {row.top_warning!r}), leaves {row.leaves:,},"
+            f" still subscribed {row.still_subscribed:,}"
         )
     finally:
         await db.close()

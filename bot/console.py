@@ -162,11 +162,9 @@ class Console:
         figures = await channel_stats(
             self._db, chat_id=chat_id, since=period_start(period, now), now=now
         )
-        title = "All channels"
-        if chat_id is not None:
-            title = next(c.title for c in mine if c.chat_id == chat_id)
+        covered = mine if chat_id is None else [c for c in mine if c.chat_id == chat_id]
         buttons = _stats_buttons(mine, chat_id, period, show_all=self._gate.is_owner(user_id))
-        return Reply(render(title, period, figures), buttons)
+        return Reply(render(covered, period, figures), buttons)
 
     async def list_channels(self, user_id: int) -> Reply:
         mine = await self.allowed(user_id)

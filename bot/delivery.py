@@ -80,11 +80,18 @@ class Accepted:
     def of(cls, body: Any) -> Accepted:
         fields = body if isinstance(body, dict) else {}
         dispatched = fields.get("dispatched")
+        if not isinstance(dispatched, bool):
+            # capiStatus says the same ("pending": a send scheduled) should an
+            # answer lack dispatched; any other status leaves it unknown.
+            dispatched = _CAPI_DISPATCHED.get(str(fields.get("capiStatus")))
         return cls(
             conversion_id=_opt_str(fields.get("conversionId")),
-            dispatched=dispatched if isinstance(dispatched, bool) else None,
+            dispatched=dispatched,
             warning=_opt_str(fields.get("warning")),
         )
+
+
+_CAPI_DISPATCHED = {"pending": True, "skipped": False}
 
 
 def _opt_str(value: Any) -> str | None:

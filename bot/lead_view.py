@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from bot.adtarget_models import LeadConversion, Timestamp
+from bot.adtarget_warnings import capi_words, dispatch_words
 from bot.followups import KIND_EVENT, KIND_VALUE
 from bot.lead_desk import Look, Result
 from storage.channels import Channel
@@ -74,7 +75,7 @@ def _titles(channels: list[Channel]) -> dict[str, str]:
 def _conversion(c: LeadConversion, titles: dict[str, str], esc: Callable[[str], str]) -> str:
     channel = titles.get(c.channel_id)
     where = f"{channel} ({c.channel_id})" if channel else c.channel_id
-    parts = [f"{c.event_type} on {where}", f"capi {c.capi_status}", when(c.attributed_at)]
+    parts = [f"{c.event_type} on {where}", capi_words(c.capi_status), when(c.attributed_at)]
     if c.event_value is not None:
         parts.append(f"value {c.event_value:g} {c.event_currency or ''}".rstrip())
     parts.append(f"id {c.conversion_id}" + (f" ({c.source})" if c.source else ""))
@@ -161,6 +162,8 @@ def _bridge(out: _Writer, seen: BridgeLead, titles: dict[str, str]) -> None:
         if row.problem:
             line += f" — {row.problem}"
         out.add(esc(line))
+        if row.state == "delivered" and (words := dispatch_words(row.dispatched, row.warning)):
+            out.add(esc(f"  {words}"))
 
 
 def describe_result(result: Result, what: str, *, html_mode: bool) -> str:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 
+from bot.adtarget_warnings import warning_words
+from storage.channels import Channel
 from storage.stats import StatsRow
 
 PERIODS = ("today", "7d", "30d", "all")
@@ -18,6 +21,9 @@ DAY = 86400
 WIDTH = 26  # the figures table: label, value right-aligned under "joins" below
 SOURCE_WIDTH = 18  # the top-sources table: source/campaign, joins, retention
 MISSING = "–"
+# All channels: the header names them, the first few when there are many.
+NAMED_CHANNELS = 3
+TITLE_CLIP = 24
 
 
 def period_start(period: str, now: float) -> float | None:
@@ -64,9 +70,55 @@ def _sources(stats: StatsRow) -> list[str]:
     return lines
 
 
-def render(title: str, period: str, stats: StatsRow) -> str:
-    """The /stats message: a bold title line, then the figures as a monospace table."""
-    label = PERIOD_LABELS.get(period, period)
+def _esc(text: str) -> str:
+    return html.escape(text, quote=False)
+
+
+def header(covered: Sequence[Channel], period: str) -> str:
+    """What the figures cover: one channel's title (and @username), or every channel
+    named (the first NAMED_CHANNELS and how many more, past NAMED_CHANNELS + 1)."""
+    label = _esc(PERIOD_LABELS.get(period, period))
+    if len(covered) == 1:
+        (channel,) = covered
+        handle = f" (@{_esc(channel.username)})" if channel.username else ""
+        return f"<b>{_esc(channel.title)}</b>{handle} · {label}"
+    if not covered:
+        return f"<b>All channels</b> · {label}\nnone tracked yet"
+    names = [_esc(_clip(c.title, TITLE_CLIP)) for c in covered]
+    if len(names) > NAMED_CHANNELS + 1:
+        names = [*names[:NAMED_CHANNELS], f"{len(names) - NAMED_CHANNELS} more"]
+    listed = ", ".join(names[:-1]) + " and " + names[-1]
+    return f"<b>All {len(covered)} channels</b> · {label}\n{listed}"
+
+
+def _conversions(stats: StatsRow) -> list[str]:
+    """Conversions by state; the delivered split by what AdTarget did with them."""
+    unknown = stats.conversions_delivered - stats.conversions_dispatched
+    unknown -= stats.conversions_skipped
+    return [
+        _line("Conversions"),
+        _line("  delivered", _count(stats.conversions_delivered)),
+        _line("    to ad platform", _count(stats.conversions_dispatched)),
+        _line("    skipped", _count(stats.conversions_skipped)),
+        # Only replays confirmed through /leads lack AdTarget's answer: rare, so the
+        # line shows only when there are some.
+        *([_line("    not known", _count(unknown))] if unknown else []),
+        _line("  pending", _count(stats.conversions_pending)),
+        _line("  parked", _count(stats.conversions_parked)),
+    ]
+
+
+def _warning(stats: StatsRow) -> str | None:
+    if stats.top_warning is None:
+        return None
+    count = stats.top_warning_count
+    on = f"{_count(count)} conversion" + ("" if count == 1 else "s")
+    return f"Most frequent warning from AdTarget, on {on}: {_esc(warning_words(stats.top_warning))}"
+
+
+def render(covered: Sequence[Channel], period: str, stats: StatsRow) -> str:
+    """The /stats message: the header, the figures as a monospace table, AdTarget's
+    most frequent warning in plain words, then the top sources."""
     lines = [
         _line("Visits", _count(stats.visits)),
         _line("Links issued", _count(stats.links_issued)),
@@ -76,14 +128,22 @@ def render(title: str, period: str, stats: StatsRow) -> str:
         _line("  fallback", _count(stats.joins_fallback)),
         _line("  organic", _count(stats.joins_organic)),
         _line("Attribution", _percent(stats.attribution_rate)),
-        _line("Conversions"),
-        _line("  delivered", _count(stats.conversions_delivered)),
-        _line("  pending", _count(stats.conversions_pending)),
-        _line("  parked", _count(stats.conversions_parked)),
-        _line("Leaves", _count(stats.leaves)),
-        _line("Net present", _count(stats.net_present)),
-        "",
-        *_sources(stats),
+        # Of the joins above; a leave counts whoever left in the period, so the two
+        # need not add up to the joins.
+        _line("Still subscribed", _count(stats.still_subscribed)),
+        _line("Left (any member)", _count(stats.leaves)),
+        *_conversions(stats),
     ]
-    table = html.escape("\n".join(lines), quote=False)
-    return f"<b>{html.escape(title, quote=False)}</b> · {html.escape(label)}\n<pre>{table}</pre>"
+    warning = _warning(stats)
+    return "\n".join(
+        [
+            header(covered, period),
+            _pre(lines),
+            *([warning] if warning is not None else []),
+            _pre(_sources(stats)),
+        ]
+    )
+
+
+def _pre(lines: list[str]) -> str:
+    return "<pre>" + _esc("\n".join(lines)) + "</pre>"

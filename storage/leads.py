@@ -57,6 +57,10 @@ class OutboxSeen:
     delivered_at: float | None
     conversion_id: str | None
     problem: str | None  # parked reason, or the last error while still pending
+    # AdTarget's answer to a delivered conversion or event: passed on to an ad
+    # platform or skipped (None: not known), and its warning.
+    dispatched: bool | None
+    warning: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +140,8 @@ async def bridge_lead(
     )
     outbox_rows = await db.fetchall(
         "SELECT id, kind, state, chat_id, event_type, attempts, created_at, delivered_at,"
-        " conversion_id, CASE WHEN state = 'parked' THEN coalesce(parked_reason, last_error)"
+        " conversion_id, dispatched, warning,"
+        " CASE WHEN state = 'parked' THEN coalesce(parked_reason, last_error)"
         " WHEN state != 'delivered' THEN last_error END AS problem"
         f" FROM outbox WHERE telegram_user_id = ?{where} ORDER BY id DESC LIMIT ?",
         (user_id, *scope, limit),
@@ -160,6 +165,8 @@ async def bridge_lead(
                 delivered_at=r["delivered_at"],
                 conversion_id=r["conversion_id"],
                 problem=r["problem"],
+                dispatched=None if r["dispatched"] is None else bool(r["dispatched"]),
+                warning=r["warning"],
             )
             for r in outbox_rows
         ],

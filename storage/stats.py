@@ -5,11 +5,13 @@ channels" uses the same indexes: walked channel by channel for a period
 (`chat_id IN (SELECT chat_id FROM channels)`), scanned whole for all time. Joins carry their
 attribution (utm_source, utm_campaign, campaign), copied at join time, so the
 counts per kind and the top sources come from one scan, in the index's order.
+Delivered conversions carry AdTarget's answer (dispatched, warning), which
+migration 013 put in indexes too.
 
-The queries run on read connections of their own, two at once: in WAL mode
+The queries run on read connections of their own, three at once: in WAL mode
 readers never block the writer, so a /stats over a million joins neither waits
 for the bridge's connection nor holds it (and its ingest) for the duration. The
-two halves may see commits a moment apart; for statistics that is immaterial.
+three parts may see commits a moment apart; for statistics that is immaterial.
 """
 
 from __future__ import annotations
@@ -55,11 +57,19 @@ class StatsRow:
     joins_fallback: int  # through the channel's fallback link (a campaign link too)
     joins_organic: int
     conversions_delivered: int
+    # Of the delivered: AdTarget's answer, passed on to an ad platform (dispatched) or
+    # skipped; the rest are not known (delivered as a replay found through /leads).
+    conversions_dispatched: int
+    conversions_skipped: int
     conversions_pending: int  # pending + sending
     conversions_parked: int
-    leaves: int
-    net_present: int  # attributed joins of the period still in the channel
+    leaves: int  # anyone who left in the period, whenever they joined
+    still_subscribed: int  # the period's joins (every kind) still in the channel
     top_sources: tuple[SourceRow, ...]
+    # AdTarget's most frequent warning on the period's delivered conversions, as
+    # AdTarget wrote it, and on how many (None, 0: no warning).
+    top_warning: str | None = None
+    top_warning_count: int = 0
 
     @property
     def joins_through_links(self) -> int:
@@ -85,9 +95,10 @@ async def channel_stats(
     `now` is the moment the figures describe; rows stamped after it (clock skew
     between Telegram and us) still count, so no recent join is ever hidden.
     """
-    joins, other = await asyncio.gather(
+    joins, other, (warning, warned) = await asyncio.gather(
         asyncio.to_thread(_read, db.path, _joins, chat_id, since),
         asyncio.to_thread(_read, db.path, _other, chat_id, since),
+        asyncio.to_thread(_read, db.path, _top_warning, chat_id, since),
     )
     return StatsRow(
         chat_id=chat_id,
@@ -100,11 +111,15 @@ async def channel_stats(
         joins_fallback=joins.fallback,
         joins_organic=joins.organic,
         conversions_delivered=other.delivered,
+        conversions_dispatched=other.dispatched,
+        conversions_skipped=other.skipped,
         conversions_pending=other.pending,
         conversions_parked=other.parked,
         leaves=other.leaves,
-        net_present=joins.present,
+        still_subscribed=joins.present,
         top_sources=joins.sources,
+        top_warning=warning,
+        top_warning_count=warned,
     )
 
 
@@ -173,7 +188,7 @@ class _Joins:
 
 
 def _joins(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -> _Joins:
-    """Joins per kind, attributed ones still present, and the top sources.
+    """Joins per kind, those still present, and the top sources.
 
     Grouped per channel in the order of joins_sources, so the scan needs no sort;
     the few groups are then merged across channels here.
@@ -194,8 +209,8 @@ def _joins(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -
             # visitors who could not have a personal link.
             kind = FALLBACK_CAMPAIGN
         per_kind[kind] = per_kind.get(kind, 0) + joined
+        present += joined - left
         if kind == "attributed":
-            present += joined - left
             key = (utm_source or NO_SOURCE, utm_campaign)
         elif kind == FALLBACK_CAMPAIGN:
             key = (FALLBACK_CAMPAIGN, None)
@@ -225,6 +240,8 @@ class _Other:
     visits: int
     links: int
     delivered: int
+    dispatched: int
+    skipped: int
     pending: int
     parked: int
     leaves: int
@@ -232,6 +249,8 @@ class _Other:
 
 # The terms of the partial index invite_links_issued (on ISSUED_AT), verbatim.
 _ISSUED = ("kind = 'visitor'", "visit_id IS NOT NULL")
+# The terms of the partial index outbox_warnings (migration 013), verbatim.
+_WARNED = ("kind = 'conversion'", "warning IS NOT NULL")
 
 
 def _other(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -> _Other:
@@ -240,25 +259,59 @@ def _other(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -
     # the index range applies. One range count per state.
     ms = None if since is None else since * 1000
 
-    def conversions(state: str) -> int:
+    def conversions(state: str, counts: str = "count(*)") -> list[int]:
         where, params = _where(
             chat_id, ms, "event_time_ms", "kind = 'conversion'", state, scan_all=False
         )
-        return _count(
-            conn, f"SELECT count(*) FROM outbox INDEXED BY outbox_conversions{where}", params
-        )
+        row = conn.execute(
+            f"SELECT {counts} FROM outbox INDEXED BY outbox_conversions{where}", params
+        ).fetchone()
+        return [int(value or 0) for value in row]
 
+    # dispatched is 1, 0 or NULL (not known): one walk of the delivered range splits it
+    # (plain aggregates: a comparison per row costs more over a million).
+    delivered, known, dispatched = conversions(
+        "state = 'delivered'", "count(*), count(dispatched), total(dispatched)"
+    )
     where, params = _where(chat_id, since, "left_at")
     return _Other(
         visits=visits,
         links=links,
-        delivered=conversions("state = 'delivered'"),
-        pending=conversions("state IN ('pending', 'sending')"),
-        parked=conversions("state = 'parked'"),
+        delivered=delivered,
+        dispatched=dispatched,
+        skipped=known - dispatched,
+        pending=conversions("state IN ('pending', 'sending')")[0],
+        parked=conversions("state = 'parked'")[0],
         leaves=_count(
             conn, f"SELECT count(*) FROM leaves INDEXED BY leaves_chat_time{where}", params
         ),
     )
+
+
+def _top_warning(
+    conn: sqlite3.Connection, chat_id: int | None, since: float | None
+) -> tuple[str | None, int]:
+    """AdTarget's most frequent warning and its count (ties: the first by text).
+
+    Grouped per channel in the order of outbox_warnings, so the scan needs no sort;
+    the groups (a few distinct texts) are merged across channels here. The scan
+    covers a channel's warned conversions of all time (the period is no range in
+    this order): only conversions AdTarget warned about are in the index.
+    """
+    ms = None if since is None else since * 1000  # event_time_ms, as in _other
+    where, params = _where(chat_id, ms, "event_time_ms", *_WARNED)
+    rows = conn.execute(
+        f"SELECT warning, count(*) FROM outbox INDEXED BY outbox_warnings{where}"
+        " GROUP BY chat_id, warning",
+        params,
+    ).fetchall()
+    counts: dict[str, int] = {}
+    for warning, count in rows:
+        counts[warning] = counts.get(warning, 0) + int(count)
+    if not counts:
+        return None, 0
+    warning, count = min(counts.items(), key=lambda item: (-item[1], item[0]))
+    return warning, count
 
 
 def _links(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -> tuple[int, int]:

@@ -9,6 +9,7 @@ import pytest
 
 from bot.adtarget import ApiAnswer, parse_retry_after
 from bot.delivery import (
+    Accepted,
     Verdict,
     backoff_delay,
     classify_answer,
@@ -43,6 +44,30 @@ def answer(status: int, code: str | None = None, retry_after: float | None = Non
 )
 def test_classify_answer(status: int, code: str | None, verdict: Verdict) -> None:
     assert classify_answer(answer(status, code)).verdict is verdict
+
+
+@pytest.mark.parametrize(
+    ("body", "dispatched", "warning"),
+    [
+        ({"capiStatus": "pending", "dispatched": True}, True, None),
+        (
+            {"capiStatus": "skipped", "dispatched": False, "warning": "No signal"},
+            False,
+            "No signal",
+        ),
+        # An answer without dispatched: capiStatus says the same.
+        ({"capiStatus": "skipped", "warning": "No signal"}, False, "No signal"),
+        ({"capiStatus": "pending"}, True, None),
+        ({"capiStatus": "queued"}, None, None),
+        ({"success": True}, None, None),  # not a conversion's answer
+        ("not an object", None, None),
+    ],
+)
+def test_what_adtarget_did_with_a_conversion(
+    body: object, dispatched: bool | None, warning: str | None
+) -> None:
+    accepted = Accepted.of(body)
+    assert (accepted.dispatched, accepted.warning) == (dispatched, warning)
 
 
 def test_park_reason_names_status_and_code() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.adtarget_warnings import NO_SIGNAL
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import (
@@ -135,6 +136,47 @@ async def test_stats_counts_each_period_and_buttons_edit_the_message(
     assert edit.params["message_id"] == message["message_id"]
     assert figure(str(edit.raw["text"]), "Joins") == 2
     await telegram.wait_for_call("answerCallbackQuery")
+
+
+async def test_stats_and_lead_say_what_adtarget_passed_on_to_an_ad_platform(
+    admin_bridge: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
+) -> None:
+    telegram.add_channel(OTHER_CHANNEL, "Second Channel")
+    await admin_bridge.track_channel(telegram, OTHER_CHANNEL)
+    # One visitor came from an ad click (fbc), one did not: AdTarget passes the first
+    # conversion on to the pixel and skips the second, with its warning.
+    clicked = await admin_bridge.mint("00000000-0000-4000-8000-0000000000c1", fbc="fb.1.1.ad")
+    plain = await admin_bridge.mint("00000000-0000-4000-8000-0000000000c2", utm_source="mail")
+    telegram.join(CHANNEL_ID, 801, clicked)
+    telegram.join(CHANNEL_ID, 802, plain)
+    answers = {c["telegramUserId"]: c for c in await adtarget.wait_for_conversions(2)}
+    await admin_bridge.wait_scalar(
+        "SELECT count(*) FROM outbox WHERE kind = 'conversion' AND state = 'delivered'", 2
+    )
+
+    # The bridge's admin sees every channel, each named.
+    text = await ask(telegram, OWNER, "/stats")
+    assert text.startswith(
+        "<b>All 2 channels</b> · last 7 days\nSecond Channel and Test Channel\n<pre>"
+    ), text
+    assert figure(text, "  delivered") == 2
+    assert figure(text, "    to ad platform") == 1
+    assert figure(text, "    skipped") == 1
+    assert figure(text, "Still subscribed") == 2
+    assert f"\nMost frequent warning from AdTarget, on 1 conversion: {NO_SIGNAL}\n" in text
+    one = await ask(telegram, OWNER, "/stats Test")
+    assert one.startswith("<b>Test Channel</b> · last 7 days\n<pre>"), one
+    assert figure(one, "    skipped") == 1
+
+    # /lead says the same for each conversion, in the same words.
+    skipped = await ask(telegram, OWNER, "/lead 802")
+    assert f"Lead on Test Channel ({CHANNEL_ID}) — capi skipped (not passed on" in skipped
+    assert f"\n  not passed on to an ad platform: {NO_SIGNAL}" in skipped
+    assert answers[802]["conversionId"] in skipped
+    passed = await ask(telegram, OWNER, "/lead 801")
+    assert "capi pending (passed on to the ad platform)" in passed
+    assert "\n  passed on to the ad platform\n" in passed + "\n"
+    assert "not passed on" not in passed
 
 
 async def test_strangers_are_refused(admin_bridge: RunningBridge, telegram: FakeTelegram) -> None:

@@ -196,7 +196,7 @@ async def test_interactive_serves_curl_joins_and_stats_until_ctrl_c(
     assert re.search(r'"fbc": "fb\.1\.\d{13}\.IwAR_try_me"', sandbox.output)
     await sandbox.type("stats all")
     await sandbox.read_until(r"^/stats all \(what the admin sees in Telegram\):$")
-    await sandbox.read_until(r"Net present")
+    await sandbox.read_until(r"Top sources")
     stats = sandbox.output[sandbox.output.rindex("/stats all") :]
     assert "<" not in stats  # plain text, no HTML tags
     # The walkthrough's visitor and the one made with curl.
@@ -204,7 +204,8 @@ async def test_interactive_serves_curl_joins_and_stats_until_ctrl_c(
     assert figure(stats, "Joins") == 2
     assert figure(stats, "attributed") == 2
     assert figure(stats, "delivered") == 2
-    assert figure(stats, "Net present") == 2
+    assert figure(stats, "Still subscribed") == 2
+    assert figure(stats, "to ad platform") == 2
     # A digit that int() refuses is a mistake named on one line, not the end of the sandbox.
     for typed in ("leave ²", f"join {link} ²"):
         await sandbox.type(typed)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bot.stats import PERIODS, period_start, render
+from bot.adtarget_warnings import NO_SIGNAL, WARNING_CLIP, capi_words, dispatch_words, warning_words
+from bot.simulators.adtarget_rules import NO_SIGNAL_WARNING
+from bot.stats import PERIODS, header, period_start, render
 from storage import channels, joins, outbox
+from storage.channels import Channel
 from storage.db import Database, open_database
 from storage.invite_links import FALLBACK_CAMPAIGN
 from storage.stats import SourceRow, StatsRow, channel_stats
@@ -76,6 +81,19 @@ JOINS = [
     (B, 22, 31, D100, "delivered"),
     (B, 23, 13, D100, "delivered"),
 ]
+PAUSED = "Pixel 77 is paused"  # a warning the bridge does not know
+# AdTarget's answer to a delivered conversion, (chat, user): (dispatched, warning);
+# A 11's is not known (a delivery confirmed through /leads).
+ANSWERS: dict[tuple[int, int], tuple[bool | None, str | None]] = {
+    (A, 1): (True, None),
+    (A, 7): (False, NO_SIGNAL_WARNING),
+    (A, 9): (False, PAUSED),
+    (A, 10): (False, NO_SIGNAL_WARNING),
+    (A, 11): (None, None),
+    (B, 1): (False, NO_SIGNAL_WARNING),
+    (B, 22): (True, PAUSED),
+    (B, 23): (False, PAUSED),
+}
 LEAVES = [
     (A, 2, T + 60),
     (A, 7, D3 + 3600),
@@ -84,20 +102,21 @@ LEAVES = [
     (B, 22, D100 + DAY),
 ]
 
-# (visits, links, attributed, campaign, organic, delivered, pending, parked, leaves, net)
+# (visits, links, attributed, campaign, organic, delivered, pending, parked, leaves,
+#  still subscribed: the period's joins of every kind with no leave since)
 EXPECTED: dict[tuple[int | None, str], tuple[int, ...]] = {
-    (A, "today"): (3, 4, 2, 1, 1, 1, 2, 0, 2, 1),
-    (A, "7d"): (5, 7, 4, 1, 2, 2, 2, 1, 3, 2),
-    (A, "30d"): (6, 8, 5, 2, 2, 4, 2, 1, 4, 3),
-    (A, "all"): (7, 9, 6, 2, 3, 5, 2, 1, 4, 3),
+    (A, "today"): (3, 4, 2, 1, 1, 1, 2, 0, 2, 3),
+    (A, "7d"): (5, 7, 4, 1, 2, 2, 2, 1, 3, 4),
+    (A, "30d"): (6, 8, 5, 2, 2, 4, 2, 1, 4, 6),
+    (A, "all"): (7, 9, 6, 2, 3, 5, 2, 1, 4, 7),
     (B, "today"): (2, 2, 1, 0, 0, 1, 0, 0, 0, 1),
-    (B, "7d"): (2, 2, 1, 0, 1, 1, 0, 0, 0, 1),
-    (B, "30d"): (3, 3, 2, 0, 1, 1, 1, 0, 0, 2),
-    (B, "all"): (4, 4, 3, 1, 1, 3, 1, 0, 1, 3),
-    (None, "today"): (3, 6, 3, 1, 1, 2, 2, 0, 2, 2),
-    (None, "7d"): (5, 9, 5, 1, 3, 3, 2, 1, 3, 3),
-    (None, "30d"): (8, 11, 7, 2, 3, 5, 3, 1, 4, 5),
-    (None, "all"): (10, 13, 9, 3, 4, 8, 3, 1, 5, 6),
+    (B, "7d"): (2, 2, 1, 0, 1, 1, 0, 0, 0, 2),
+    (B, "30d"): (3, 3, 2, 0, 1, 1, 1, 0, 0, 3),
+    (B, "all"): (4, 4, 3, 1, 1, 3, 1, 0, 1, 4),
+    (None, "today"): (3, 6, 3, 1, 1, 2, 2, 0, 2, 4),
+    (None, "7d"): (5, 9, 5, 1, 3, 3, 2, 1, 3, 6),
+    (None, "30d"): (8, 11, 7, 2, 3, 5, 3, 1, 4, 9),
+    (None, "all"): (10, 13, 9, 3, 4, 8, 3, 1, 5, 11),
 }
 
 
@@ -190,6 +209,10 @@ def _seed_rows(conn: sqlite3.Connection) -> None:
         "UPDATE outbox SET state = ? WHERE idempotency_key = ?",
         [(state, f"conv-{index}") for index, (*_, state) in enumerate(JOINS) if state],
     )
+    conn.executemany(
+        "UPDATE outbox SET dispatched = ?, warning = ? WHERE chat_id = ? AND telegram_user_id = ?",
+        [(sent, warning, chat, user) for (chat, user), (sent, warning) in ANSWERS.items()],
+    )
     joins.record_leaves(conn, [joins.NewLeave(chat, user, at, None) for chat, user, at in LEAVES])
 
 
@@ -204,7 +227,7 @@ def _figures(row: StatsRow) -> tuple[int, ...]:
         row.conversions_pending,
         row.conversions_parked,
         row.leaves,
-        row.net_present,
+        row.still_subscribed,
     )
 
 
@@ -216,6 +239,39 @@ async def test_figures_per_channel_and_period(db: Database) -> None:
         total = expected[2] + expected[3] + expected[4]
         assert row.joins == total
         assert row.attribution_rate == pytest.approx((expected[2] + expected[3]) / total)
+
+
+# (dispatched, skipped, top warning, on how many); delivered as in EXPECTED.
+DISPATCH: dict[tuple[int | None, str], tuple[int, int, str | None, int]] = {
+    (A, "today"): (1, 0, None, 0),
+    (A, "7d"): (1, 1, NO_SIGNAL_WARNING, 1),
+    (A, "30d"): (1, 3, NO_SIGNAL_WARNING, 2),
+    (A, "all"): (1, 3, NO_SIGNAL_WARNING, 2),  # and A 11's answer not known
+    (B, "today"): (0, 1, NO_SIGNAL_WARNING, 1),
+    (B, "7d"): (0, 1, NO_SIGNAL_WARNING, 1),
+    (B, "30d"): (0, 1, NO_SIGNAL_WARNING, 1),
+    (B, "all"): (1, 2, PAUSED, 2),  # a warning on a dispatched conversion counts too
+    (None, "today"): (1, 1, NO_SIGNAL_WARNING, 1),
+    (None, "7d"): (1, 2, NO_SIGNAL_WARNING, 2),
+    (None, "30d"): (1, 4, NO_SIGNAL_WARNING, 3),
+    (None, "all"): (2, 5, NO_SIGNAL_WARNING, 3),  # a tie with PAUSED: the first by text
+}
+
+
+async def test_dispatched_skipped_and_the_top_warning(db: Database) -> None:
+    await _seed(db)
+    for (chat, period), expected in DISPATCH.items():
+        row = await channel_stats(db, chat_id=chat, since=period_start(period, NOW), now=NOW)
+        figures = (
+            row.conversions_dispatched,
+            row.conversions_skipped,
+            row.top_warning,
+            row.top_warning_count,
+        )
+        assert figures == expected, (chat, period)
+    # Only delivered conversions carry an answer; the unknown one is the difference.
+    row = await channel_stats(db, chat_id=A, since=None, now=NOW)
+    assert row.conversions_delivered - row.conversions_dispatched - row.conversions_skipped == 1
 
 
 async def test_top_sources(db: Database) -> None:
@@ -285,7 +341,7 @@ async def test_fallback_joins_are_counted_apart_from_campaigns(db: Database) -> 
         (before.joins_attributed + before.joins_campaign + 2) / (before.joins + 2)
     )
     assert SourceRow("fallback", None, 2, 2) in row.top_sources
-    assert "  fallback               2\n" in render("A", "today", row)
+    assert "  fallback               2\n" in render([_channel(A, "A")], "today", row)
 
 
 async def test_empty_database(db: Database) -> None:
@@ -296,9 +352,11 @@ async def test_empty_database(db: Database) -> None:
             assert row.joins == 0
             assert row.attribution_rate is None
             assert row.top_sources == ()
-    text = render("Nothing yet", "all", row)
+    text = render([], "all", row)
+    assert text.startswith("<b>All channels</b> · all time\nnone tracked yet\n<pre>")
     assert "Attribution" + " " * 14 + "–" in text
     assert "Top sources: none yet" in text
+    assert "warning" not in text
 
 
 def test_period_start() -> None:
@@ -311,12 +369,16 @@ def test_period_start() -> None:
         period_start("1y", NOW)
 
 
+def _channel(chat_id: int, title: str, username: str | None = None) -> Channel:
+    return Channel(chat_id, title, username, True, True, None, "link", None)
+
+
 async def test_render(db: Database) -> None:
     await _seed(db)
     row = await channel_stats(db, chat_id=A, since=period_start("30d", NOW), now=NOW)
-    text = render("Cats & <Dogs>", "30d", row)
+    text = render([_channel(A, "Cats & <Dogs>", "cats")], "30d", row)
     assert text == (
-        "<b>Cats &amp; &lt;Dogs&gt;</b> · last 30 days\n"
+        "<b>Cats &amp; &lt;Dogs&gt;</b> (@cats) · last 30 days\n"
         "<pre>"
         "Visits                   6\n"
         "Links issued             8\n"
@@ -326,13 +388,19 @@ async def test_render(db: Database) -> None:
         "  fallback               0\n"
         "  organic                2\n"
         "Attribution            78%\n"
+        "Still subscribed         6\n"
+        "Left (any member)        4\n"
         "Conversions\n"
         "  delivered              4\n"
+        "    to ad platform       1\n"
+        "    skipped              3\n"
         "  pending                2\n"
-        "  parked                 1\n"
-        "Leaves                   4\n"
-        "Net present              3\n"
-        "\n"
+        "  parked                 1"
+        "</pre>\n"
+        "Most frequent warning from AdTarget, on 2 conversions: no ad click id or browser id"
+        " (fbc, fbp, gclid…) matched a pixel — check that the landing page sends fbc/fbp;"
+        " campaign-link joins carry none\n"
+        "<pre>"
         "Top sources          joins  kept\n"
         "facebook/spring          3   33%\n"
         "campaign:promo           2  100%\n"
@@ -340,29 +408,95 @@ async def test_render(db: Database) -> None:
         "tiktok/x                 1  100%"
         "</pre>"
     )
-    table = text.split("\n", 1)[1].removeprefix("<pre>").removesuffix("</pre>")
-    assert max(len(line) for line in table.split("\n")) <= 34
+    tables = re.findall(r"<pre>(.*?)</pre>", text, re.DOTALL)
+    assert max(len(line) for table in tables for line in table.split("\n")) <= 34
+    # All time: A 11's answer is not known, on a line of its own.
+    row = await channel_stats(db, chat_id=A, since=None, now=NOW)
+    assert "    skipped              3\n    not known            1\n" in render(
+        [_channel(A, "A")], "all", row
+    )
 
 
-def test_render_escapes_and_clips_sources() -> None:
-    row = StatsRow(
+def test_header_names_the_channels_it_covers() -> None:
+    one = [_channel(A, "Cats & <Dogs>")]
+    assert header(one, "7d") == "<b>Cats &amp; &lt;Dogs&gt;</b> · last 7 days"
+    assert header([_channel(A, "Cats", "cats")], "today") == "<b>Cats</b> (@cats) · today (UTC)"
+    titles = ["Alpha", "Beta & Co", "A title far longer than anyone would read", "Delta", "Eps"]
+    several = [_channel(A - i, title) for i, title in enumerate(titles)]
+    assert header(several[:2], "all") == "<b>All 2 channels</b> · all time\nAlpha and Beta &amp; Co"
+    # Up to four are all named; past that the first three and how many more.
+    assert header(several[:4], "30d") == (
+        "<b>All 4 channels</b> · last 30 days\n"
+        "Alpha, Beta &amp; Co, A title far longer than… and Delta"
+    )
+    assert header(several, "30d") == (
+        "<b>All 5 channels</b> · last 30 days\n"
+        "Alpha, Beta &amp; Co, A title far longer than… and 2 more"
+    )
+
+
+def test_warning_wording() -> None:
+    assert warning_words(NO_SIGNAL_WARNING) == NO_SIGNAL
+    # Recognised by what it says, not its exact text (which AdTarget does not document).
+    assert warning_words("no signal matched any pixel on site 12") == NO_SIGNAL
+    assert warning_words("No fbc/fbp matched a configured pixel") == NO_SIGNAL
+    assert (
+        warning_words("Pixel matched; value missing")
+        == "AdTarget says “Pixel matched; value missing”"
+    )
+    long = "Unknown  thing\n" + "x" * 200
+    clipped = warning_words(long)
+    assert clipped == "AdTarget says “Unknown thing " + "x" * (WARNING_CLIP - 15) + "…”"
+    assert dispatch_words(True, None) == "passed on to the ad platform"
+    assert (
+        dispatch_words(False, NO_SIGNAL_WARNING) == f"not passed on to an ad platform: {NO_SIGNAL}"
+    )
+    assert dispatch_words(False, None) == "not passed on to an ad platform: AdTarget gave no reason"
+    assert dispatch_words(None, None) is None
+    assert capi_words("skipped") == "capi skipped (not passed on to an ad platform)"
+    assert capi_words("sent") == "capi sent"
+
+
+def test_render_shows_an_unknown_warning_as_written() -> None:
+    row = replace(_empty_row(), conversions_delivered=3, conversions_skipped=3)
+    text = render(
+        [_channel(A, "A")], "7d", replace(row, top_warning="<b>Pixel</b> off", top_warning_count=1)
+    )
+    assert (
+        "\nMost frequent warning from AdTarget, on 1 conversion:"
+        " AdTarget says “&lt;b&gt;Pixel&lt;/b&gt; off”\n" in text
+    )
+
+
+def _empty_row() -> StatsRow:
+    return StatsRow(
         chat_id=A,
         since=None,
         now=NOW,
-        visits=1_234_567,
+        visits=0,
         links_issued=0,
         joins_attributed=0,
         joins_campaign=0,
         joins_fallback=0,
         joins_organic=0,
         conversions_delivered=0,
+        conversions_dispatched=0,
+        conversions_skipped=0,
         conversions_pending=0,
         conversions_parked=0,
         leaves=0,
-        net_present=0,
+        still_subscribed=0,
+        top_sources=(),
+    )
+
+
+def test_render_escapes_and_clips_sources() -> None:
+    row = replace(
+        _empty_row(),
+        visits=1_234_567,
         top_sources=(SourceRow("<script>&a-very-long-source", "spring", 10, 0),),
     )
-    text = render("T", "all", row)
+    text = render([_channel(A, "T")], "all", row)
     assert "Visits" + " " * 11 + "1,234,567\n" in text
     assert "Attribution" + " " * 14 + "–\n" in text
     assert "&lt;script&gt;&amp;a-very-l…      10    0%" in text
