@@ -24,7 +24,12 @@ from aiogram.exceptions import (
 from aiogram.types import BotCommand, BufferedInputFile, ChatMemberUpdated, Update
 from pydantic import ValidationError
 
-from bot.simulators.telegram_models import OLD_SERVER_OMITS, mask_invite_url, member_json
+from bot.simulators.telegram_models import (
+    OLD_SERVER_OMITS,
+    image_size,
+    mask_invite_url,
+    member_json,
+)
 from tests.fakes.telegram import FakeTelegram
 
 CHANNEL = -1001234567890
@@ -356,6 +361,16 @@ def tiny_png(width: int, height: int) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
     )
+
+
+def test_image_size_reads_png_and_jpeg_headers() -> None:
+    assert image_size(tiny_png(640, 480)) == (640, 480)
+    # A JPEG's size is in its frame header (SOF0), after any other segments (APP0).
+    app0 = b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    sof0 = b"\xff\xc0\x00\x11\x08" + (720).to_bytes(2) + (1280).to_bytes(2) + b"\x03"
+    assert image_size(b"\xff\xd8" + app0 + sof0 + bytes(12)) == (1280, 720)
+    assert image_size(b"\xff\xd8" + app0) is None  # cut short
+    assert image_size(b"GIF89a") is None
 
 
 async def test_send_photo_takes_aiogram_uploads(fake: FakeTelegram, bot: Bot) -> None:
