@@ -48,7 +48,7 @@ def render(days: Sequence[Day], period: str) -> bytes:
         raise ValueError("no days to draw")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator, PercentFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
     with _drawing:
         figure = Figure(figsize=(WIDTH_PX / DPI, HEIGHT_PX / DPI), dpi=DPI)
@@ -69,21 +69,24 @@ def render(days: Sequence[Day], period: str) -> bytes:
             x, rates, color=RATE_COLOUR, marker="o", markersize=3, linewidth=2,
             label="share through your links (right axis)",
         )  # fmt: skip
-        low, high = min(min(leaves), 0) * 1.1 - 0.5, max(max(bottom), 1) * 1.1
+        high = max(max(bottom), 1) * 1.1
+        low = -max(max(day.leaves for day in days) * 1.1, high * 0.04)  # a margin at least
         joins_axis.set_ylim(low, high)
         # 0 % on the joins' zero line, 100 % just under the top.
         rate_axis.set_ylim(1.05 * low / high, 1.05)
         rate_axis.set_yticks([0, 0.25, 0.5, 0.75, 1])
         rate_axis.yaxis.set_major_formatter(PercentFormatter(1.0))
         joins_axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+        # Leaves are drawn below zero but are counts: 3 leaves read "3", not "−3".
+        joins_axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{abs(value):,.0f}"))
         joins_axis.set_ylabel("joins per day (leaves below zero)")
         step = max(1, math.ceil(len(days) / 15))
         joins_axis.set_xticks(x[::step], [day_label(day.day) for day in days[::step]])
         joins_axis.set_xlim(-0.6, len(days) - 0.4)
         joins_axis.grid(axis="y", alpha=0.3)
+        joins, left = sum(d.joins for d in days), sum(d.leaves for d in days)
         joins_axis.set_title(
-            f"Joins per day, {period} (UTC): {sum(d.joins for d in days):,} joins,"
-            f" {sum(d.leaves for d in days):,} leaves"
+            f"Joins per day, {period} (UTC): {_count(joins, 'join')}, {_count(left, 'leave')}"
         )
         handles, labels = joins_axis.get_legend_handles_labels()
         rate_handles, rate_labels = rate_axis.get_legend_handles_labels()
@@ -100,3 +103,7 @@ def render(days: Sequence[Day], period: str) -> bytes:
         out = io.BytesIO()
         figure.savefig(out, format="png", dpi=DPI)
     return out.getvalue()
+
+
+def _count(value: int, noun: str) -> str:
+    return f"{value:,} {noun}{'' if value == 1 else 's'}"
