@@ -22,6 +22,7 @@ from bot.admins import AdminGate
 from bot.adtarget import AdTargetClient
 from bot.alerts import courier_alerts, pool_empty_alert, unreadable_alert
 from bot.batch_handler import PollerStats
+from bot.chart_console import ChartConsole
 from bot.console import COMMANDS, Console
 from bot.courier import Courier
 from bot.delivery import CourierConfig
@@ -179,14 +180,7 @@ async def build(settings: Settings) -> Bridge:
         bot_name=lambda: f"@{poll_stats.username}" if poll_stats.username else "the bot",
         pool=pool,
     )
-    console = Console(
-        db,
-        gate,
-        courier,
-        pool,
-        minter,
-        settings.default_event,
-    )
+    console = Console(db, gate, courier, pool, minter, settings.default_event)
     # No conversation state is kept between messages: without FSM every update
     # skips a storage lookup and two middlewares.
     dispatcher = Dispatcher(disable_fsm=True)
@@ -200,6 +194,7 @@ async def build(settings: Settings) -> Bridge:
         console=console,
         leads_console=LeadsConsole(db, gate, console, LeadDesk(db, adtarget, courier.wake)),
         retention_console=RetentionConsole(db, console),
+        chart_console=ChartConsole(db, console),
         channel_sync=channel_sync,
         privacy=PrivacyDesk(db, settings.admin_ids),
         gate=gate,

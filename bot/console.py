@@ -37,6 +37,7 @@ page to AdTarget, so your ads learn which clicks became subscribers.
 
 <b>Commands</b>
 /stats [channel] [today|7d|30d|all] — visits, links, joins, conversions
+/chart [channel] [30d|90d] — joins per day by kind, leaves and attribution, as a picture
 /channels — tracked channels, mode, event, rights
 /track &lt;@channel|-100…&gt; — track a channel where the bot already is admin
 /event &lt;channel&gt; &lt;Lead|Subscribe|CompleteRegistration|Custom:Name&gt; — what joins \
@@ -62,6 +63,7 @@ COMMANDS = {
     "start": "What this bot does",
     "help": "Commands",
     "stats": "Visits, joins and conversions",
+    "chart": "Joins per day as a picture",
     "channels": "Tracked channels",
     "track": "Track a channel the bot is admin of",
     "event": "Set a channel's event type",

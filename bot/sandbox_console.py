@@ -8,8 +8,11 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import TextIO
 
+from bot.chart_console import DEFAULT_PERIOD
+from bot.chart_console import PERIODS as CHART_PERIODS
 from bot.privacy import parse_user_id
 from bot.sandbox import (
     CHANNEL_ID,
@@ -20,17 +23,20 @@ from bot.sandbox import (
     as_seen,
     block,
     say,
+    until,
     until_stopped,
 )
 from bot.sandbox_walk import follow_join, simulate_join
 from bot.simulators.telegram import Call
 from bot.stats import PERIODS
 
+CHART_FILE = "joinbridge-chart.png"  # in the working directory, kept after the sandbox
 COMMANDS = """Type here (Enter alone shows /stats):
   join <inviteLink> [telegram-user-id]  a simulated user joins through that link
   join                                  someone joins without a link (organic)
   leave <telegram-user-id>              that user leaves the channel
   stats [today|7d|30d|all]              /stats as an admin sees it in Telegram
+  chart [30d|90d] [file.png]            /chart's picture, written to a file
   help                                  the curl commands and this list again
   quit                                  stop the sandbox (Ctrl-C works too)"""
 
@@ -121,6 +127,8 @@ class SandboxConsole:
                 return False
             if command == "stats":
                 await self.stats(args)
+            elif command == "chart":
+                await self.chart(args)
             elif command == "join":
                 await self.join(args)
             elif command == "leave":
@@ -156,6 +164,37 @@ class SandboxConsole:
         say(f"{command} (what the admin sees in Telegram):")
         say(block(as_seen(reply)))
 
+    async def chart(self, args: list[str]) -> None:
+        """/chart asked as the bridge's admin; the photo the bot sends, to a file."""
+        period = DEFAULT_PERIOD
+        if args and args[0].lower() in CHART_PERIODS:
+            period, args = args[0].lower(), args[1:]
+        if len(args) > 1 or (args and not args[0].lower().endswith(".png")):
+            raise StepFailed("chart: expected `chart [30d|90d] [file.png]`")
+        command = f"/chart {period}"
+        telegram = self._sandbox.telegram
+        asked_at = time.monotonic()
+        telegram.message(OWNER_ID, OWNER_ID, command)
+
+        def answer(call: Call) -> bool:
+            if call.at < asked_at or call.params.get("chat_id") != OWNER_ID:
+                return False
+            text = call.raw.get("text", "")
+            return call.method == "sendPhoto" or text.startswith("Nothing to draw")
+
+        async def sent() -> Call | None:
+            return next((c for c in reversed(telegram.calls) if answer(c)), None)
+
+        reply = await until(sent, f"an answer to {command}")
+        png = reply.upload("photo")
+        if png is None:
+            say(f"{command}: {plain_text(reply.raw.get('text', ''))}")
+            return
+        target = await asyncio.to_thread(_write, args[0] if args else CHART_FILE, png)
+        say(f"{command}: the picture the admin gets in Telegram ({len(png):,} bytes PNG):")
+        say(f"    {target}")
+        say(block(plain_text(reply.raw.get("caption", ""))))
+
     async def join(self, args: list[str]) -> None:
         if len(args) > 2:
             raise StepFailed("join: expected `join [inviteLink] [telegram-user-id]`")
@@ -171,6 +210,16 @@ class SandboxConsole:
         user_id = _user_id(args[0])
         update_id = self._sandbox.telegram.leave(CHANNEL_ID, user_id)
         say(f"update {update_id}: user {user_id} left; /stats counts the leave.")
+
+
+def _write(name: str, data: bytes) -> Path:
+    """`data` to the file `name` (relative to the working directory); its full path."""
+    target = Path(name).expanduser().absolute()
+    try:
+        target.write_bytes(data)
+    except OSError as error:
+        raise StepFailed(f"chart: cannot write {target}: {error.strerror}") from None
+    return target
 
 
 def _user_id(text: str) -> int:

@@ -14,8 +14,9 @@ import logging
 from aiogram import Router
 from aiogram.exceptions import TelegramBadRequest
 from aiogram.filters import Command, CommandObject, CommandStart
-from aiogram.types import CallbackQuery, Message
+from aiogram.types import BufferedInputFile, CallbackQuery, Message
 
+from bot.chart_console import ChartConsole
 from bot.console import HELP, STATS_BUTTON_PREFIX, Console, Reply, parse_stats_button
 from bot.onboarding import Onboarding
 from bot.sync import ChannelSync
@@ -55,6 +56,16 @@ async def on_start(message: Message, console: Console) -> None:
 async def on_stats(message: Message, command: CommandObject, console: Console) -> None:
     assert message.from_user is not None
     await _send(message, await console.stats(message.from_user.id, _args(command)))
+
+
+async def on_chart(message: Message, command: CommandObject, chart_console: ChartConsole) -> None:
+    assert message.from_user is not None
+    answer = await chart_console.chart(message.from_user.id, _args(command))
+    if isinstance(answer, Reply):
+        await _send(message, answer)
+        return
+    photo = BufferedInputFile(answer.png, filename="joins.png")
+    await message.answer_photo(photo, caption=answer.caption, parse_mode="HTML")
 
 
 async def on_channels(message: Message, console: Console) -> None:
@@ -168,6 +179,7 @@ def make_router() -> Router:
     router.message.register(on_start, CommandStart())
     router.message.register(on_help, Command("help"))
     router.message.register(on_stats, Command("stats"))
+    router.message.register(on_chart, Command("chart"))
     router.message.register(on_channels, Command("channels"))
     router.message.register(on_track, Command("track"))
     router.message.register(on_event, Command("event"))

@@ -21,12 +21,13 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 from storage.db import BUSY_TIMEOUT_MS, Database
 from storage.invite_links import FALLBACK_CAMPAIGN, ISSUED_AT
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 TOP_SOURCES = 5
 NO_SOURCE = "(none)"  # attributed joins whose visit carried no utm_source
@@ -125,16 +126,17 @@ async def channel_stats(
 
 def _read(
     path: Path,
-    query: Callable[[sqlite3.Connection, int | None, float | None], T],
-    chat_id: int | None,
-    since: float | None,
+    query: Callable[Concatenate[sqlite3.Connection, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
 ) -> T:
-    """Run `query` on a read-only connection of its own (in a worker thread)."""
+    """Run `query` on a read-only connection of its own (in a worker thread).
+    Also /chart's (storage/daily.py)."""
     uri = f"{path.resolve().as_uri()}?mode=rw"  # never create a missing database
     conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     try:
         conn.execute("PRAGMA query_only = ON")
-        return query(conn, chat_id, since)
+        return query(conn, *args, **kwargs)
     finally:
         conn.close()
 
@@ -177,6 +179,16 @@ def _count(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> int:
     return int(row[0] or 0) if row else 0
 
 
+def join_kind(kind: str, campaign: str | None) -> str:
+    """How a join is shown: its stored kind (attributed, campaign, organic), except
+    that a join through the channel's fallback link is "fallback". It is a campaign
+    join by kind (and in the outbox), shown apart: these are visitors who could not
+    have a personal link."""
+    if kind == "campaign" and campaign == FALLBACK_CAMPAIGN:
+        return FALLBACK_CAMPAIGN
+    return kind
+
+
 @dataclass(frozen=True, slots=True)
 class _Joins:
     attributed: int
@@ -203,11 +215,8 @@ def _joins(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -
     per_kind = {"attributed": 0, "campaign": 0, "fallback": 0, "organic": 0}
     present = 0
     sources: dict[tuple[str, str | None], list[int]] = {}
-    for kind, utm_source, utm_campaign, campaign, joined, left in rows:
-        if kind == "campaign" and campaign == FALLBACK_CAMPAIGN:
-            # A campaign join by kind (and in the outbox), shown apart: these are
-            # visitors who could not have a personal link.
-            kind = FALLBACK_CAMPAIGN
+    for stored_kind, utm_source, utm_campaign, campaign, joined, left in rows:
+        kind = join_kind(stored_kind, campaign)
         per_kind[kind] = per_kind.get(kind, 0) + joined
         present += joined - left
         if kind == "attributed":

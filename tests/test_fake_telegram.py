@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import io
 import time
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,10 +21,15 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramUnauthorizedError,
 )
-from aiogram.types import BotCommand, ChatMemberUpdated, Update
+from aiogram.types import BotCommand, BufferedInputFile, ChatMemberUpdated, Update
 from pydantic import ValidationError
 
-from bot.simulators.telegram_models import OLD_SERVER_OMITS, mask_invite_url, member_json
+from bot.simulators.telegram_models import (
+    OLD_SERVER_OMITS,
+    image_size,
+    mask_invite_url,
+    member_json,
+)
 from tests.fakes.telegram import FakeTelegram
 
 CHANNEL = -1001234567890
@@ -341,6 +348,90 @@ async def test_multipart_body_is_accepted(fake: FakeTelegram) -> None:
     [call] = fake.calls_to("createChatInviteLink")
     assert call.params["chat_id"] == CHANNEL
     assert call.raw["doc"] == "file bytes"
+
+
+def tiny_png(width: int, height: int) -> bytes:
+    """A valid PNG of that size, all black: 8-bit greyscale, each row filter 0."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4)
+
+    header = width.to_bytes(4) + height.to_bytes(4) + bytes([8, 0, 0, 0, 0])
+    pixels = zlib.compress(bytes(height * (width + 1)))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+def test_image_size_reads_png_and_jpeg_headers() -> None:
+    assert image_size(tiny_png(640, 480)) == (640, 480)
+    # A JPEG's size is in its frame header (SOF0), after any other segments (APP0).
+    app0 = b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    sof0 = b"\xff\xc0\x00\x11\x08" + (720).to_bytes(2) + (1280).to_bytes(2) + b"\x03"
+    assert image_size(b"\xff\xd8" + app0 + sof0 + bytes(12)) == (1280, 720)
+    assert image_size(b"\xff\xd8" + app0) is None  # cut short
+    assert image_size(b"GIF89a") is None
+
+
+async def test_send_photo_takes_aiogram_uploads(fake: FakeTelegram, bot: Bot) -> None:
+    png = tiny_png(320, 200)
+    sent = await bot.send_photo(
+        42, BufferedInputFile(png, filename="c.png"), caption="<b>hi</b>", parse_mode="HTML"
+    )
+    assert sent.chat.id == 42
+    assert sent.caption == "<b>hi</b>"
+    assert sent.photo is not None
+    assert (sent.photo[-1].width, sent.photo[-1].height) == (320, 200)
+    assert sent.photo[-1].file_size == len(png)
+    [call] = fake.calls_to("sendPhoto")
+    assert call.raw["photo"].startswith("attach://")  # aiogram names another part
+    assert call.upload("photo") == png
+    assert fake.sent_messages[-1]["photo"][0]["file_id"] == sent.photo[-1].file_id
+    # A photo has no text to edit.
+    with pytest.raises(TelegramBadRequest, match="there is no text in the message to edit"):
+        await bot.edit_message_text("x", chat_id=42, message_id=sent.message_id)
+
+
+async def test_send_photo_wire_forms_and_refusals(fake: FakeTelegram) -> None:
+    """The photo as the `photo` part itself (as curl -F sends it), and what the Bot
+    API refuses: a file it does not hold, a file that is no image, odd dimensions."""
+
+    async def post(photo: bytes | str, chat: str = "42") -> dict[str, Any]:
+        form = aiohttp.FormData()
+        form.add_field("chat_id", chat)
+        if isinstance(photo, str):
+            form.add_field("photo", photo)
+        else:
+            # As a stream: aiohttp refuses to wrap bytes over 1 MB for a form by itself.
+            form.add_field("photo", io.BytesIO(photo), filename="p.png", content_type="image/png")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{fake.url}/bot{fake.token}/sendPhoto", data=form) as resp,
+        ):
+            body: dict[str, Any] = await resp.json()
+        return body
+
+    png = tiny_png(30, 40)
+    body = await post(png)
+    assert body["ok"] is True, body
+    assert body["result"]["photo"][0]["width"] == 30
+    assert fake.calls_to("sendPhoto")[-1].upload("photo") == png
+    refusals = {
+        "AgACAgIAAxkBAAIBZ2Vx": "wrong file identifier/HTTP URL specified",
+        b"GIF89a not a photo we can read": "IMAGE_PROCESS_FAILED",
+        tiny_png(2, 100): "PHOTO_INVALID_DIMENSIONS",
+    }
+    for photo, description in refusals.items():
+        body = await post(photo)
+        assert body == {
+            "ok": False,
+            "error_code": 400,
+            "description": f"Bad Request: {description}",
+        }
+    assert (await post(png, chat="-100999"))["description"] == "Bad Request: chat not found"
+    # Larger than aiohttp's default 1 MB body: the Bot API takes photos up to 10 MB.
+    noise = tiny_png(1500, 1500)[:-12] + bytes(3 * 2**20) + tiny_png(1, 1)[-12:]
+    assert (await post(noise))["ok"] is True
 
 
 # ---- server shapes: what real and self-hosted Bot API servers send ----------------------

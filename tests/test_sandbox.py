@@ -19,7 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
+from bot.chart import HEIGHT_PX, WIDTH_PX
 from bot.simulators.adtarget import FakeAdTarget
 from tests.harness import ROOT
 
@@ -219,6 +221,35 @@ async def test_interactive_serves_curl_joins_and_stats_until_ctrl_c(
     stats = sandbox.output[sandbox.output.rindex("/stats all") :]
     buttons = r"^    \[ today \] \[ 7d \] \[ 30d \] \[ • all \]$"
     assert re.search(buttons, stats, re.MULTILINE), stats
+
+
+async def test_chart_writes_the_admins_picture_to_a_file(
+    tmp_path: Path, start_sandbox: list[Sandbox]
+) -> None:
+    sandbox = await launch(tmp_path, start_sandbox, "--port", "0")
+    await sandbox.read_until(r"Sandbox ready: tracker on", START)
+    await sandbox.type("chart 7d")  # /stats's period, not /chart's
+    await sandbox.read_until(r"chart: expected `chart \[30d\|90d\] \[file\.png\]`")
+    await sandbox.type("chart")  # the walkthrough's join is there to draw
+    await sandbox.read_until(r"^/chart 30d: the picture the admin gets in Telegram")
+    written = Path((await sandbox.read_until(r"^\s+(/\S+\.png)$")).group(1))
+    assert written == tmp_path / "joinbridge-chart.png"
+    await sandbox.read_until(r"Joins 1, through your links 100%")
+    await sandbox.type("chart 90d pictures/ninety.png")
+    await sandbox.read_until(r"chart: cannot write .*/pictures/ninety\.png")
+    await sandbox.type("chart 90d ninety.png")
+    await sandbox.read_until(r"^\s+/\S+/ninety\.png$")
+    await sandbox.read_until(r"last 90 days")
+    for path in (written, tmp_path / "ninety.png"):
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+            assert image.size == (WIDTH_PX, HEIGHT_PX)
+            colours = image.convert("RGB").getcolors(maxcolors=WIDTH_PX * HEIGHT_PX)
+        assert colours is not None
+        assert len(colours) > 10  # drawn, not a blank canvas
+    sandbox.process.send_signal(signal.SIGINT)
+    assert await sandbox.rest() == 0, sandbox.output
+    assert (tmp_path / "joinbridge-chart.png").exists()  # the user's file outlives the sandbox
 
 
 async def test_bad_arguments_name_the_argument(

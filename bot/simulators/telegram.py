@@ -26,6 +26,8 @@ from bot.simulators.telegram_models import ApiError, Call, read_params
 
 __all__ = ["ApiError", "Call", "FakeTelegram"]
 
+UPLOAD_LIMIT = 50 * 2**20
+
 
 class FakeTelegram(BotApiMethods):
     def __init__(
@@ -56,7 +58,8 @@ class FakeTelegram(BotApiMethods):
     # ---- server lifecycle -------------------------------------------------------------
 
     async def start(self, port: int = 0) -> None:
-        app = web.Application()
+        # Uploads (sendPhoto) up to the Bot API's 50 MB, not aiohttp's default 1 MB.
+        app = web.Application(client_max_size=UPLOAD_LIMIT)
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
         # A short shutdown timeout: stop() already wakes every long poll.
         self._runner = web.AppRunner(app, shutdown_timeout=1.0)
@@ -153,10 +156,10 @@ class FakeTelegram(BotApiMethods):
     async def _handle(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
             return ApiError(401, "Unauthorized").response()
-        params, raw = await read_params(request)
+        params, raw, files = await read_params(request)
         name = request.match_info["method"]
         entry = self._handlers.get(name.lower())
-        call = Call(entry[0] if entry else name, params, time.monotonic(), raw)
+        call = Call(entry[0] if entry else name, params, time.monotonic(), raw, files)
         self.calls.append(call)
         self._notify()
         try:

@@ -15,10 +15,12 @@ from bot.simulators.telegram_models import (
     Call,
     chat_full_info_json,
     chat_json,
+    image_size,
     invite_link_json,
     member_json,
     message_json,
     new_invite_url,
+    photo_sizes_json,
 )
 from bot.simulators.telegram_state import ADMIN_ID, PRESENT, SimulatedChat, TelegramWorld
 
@@ -28,6 +30,7 @@ METHODS = (
     *("approveChatJoinRequest", "declineChatJoinRequest", "getChat", "getChatMember"),
     *("getChatAdministrators", "getChatMemberCount", "sendMessage", "editMessageText"),
     *("answerCallbackQuery", "setMyCommands", "deleteMyCommands", "getMyCommands"),
+    "sendPhoto",
 )
 
 
@@ -224,22 +227,54 @@ class BotApiMethods(TelegramWorld):
         present = sum(1 for (c, _), m in tracked if c == chat.id and m["status"] in PRESENT)
         return 1 + present + (chat.bot_status in PRESENT)  # the owner, members, the bot
 
-    async def _api_sendMessage(self, call: Call) -> JSON:
+    def _chat_to_send_to(self, call: Call) -> JSON:
         chat_id = call.params.get("chat_id")
         if isinstance(chat_id, int) and chat_id > 0 and chat_id not in self._chats:
             first = self._user(chat_id)["first_name"]
-            chat = chat_json(chat_id, "private", title=first)
-        else:
-            chat = self._target(call).json()
-        self._next_message_id += 1
-        text = call.raw.get("text", "")
-        msg = message_json(self._next_message_id, chat, int(time.time()), text, self.bot_user)
-        msg.pop("entities", None)  # the bot's own text carries only entities it sent
+            return chat_json(chat_id, "private", title=first)
+        return self._target(call).json()
+
+    def _sent(self, call: Call, msg: JSON) -> JSON:
         markup = call.params.get("reply_markup")
         if isinstance(markup, dict) and "inline_keyboard" in markup:
             msg["reply_markup"] = markup
         self.sent_messages.append(msg)
         return msg
+
+    async def _api_sendMessage(self, call: Call) -> JSON:
+        chat = self._chat_to_send_to(call)
+        self._next_message_id += 1
+        text = call.raw.get("text", "")
+        msg = message_json(self._next_message_id, chat, int(time.time()), text, self.bot_user)
+        msg.pop("entities", None)  # the bot's own text carries only entities it sent
+        return self._sent(call, msg)
+
+    async def _api_sendPhoto(self, call: Call) -> JSON:
+        """A photo uploaded as multipart/form-data (`photo` the file part, or
+        `attach://<part>`); file_ids and URLs name files the simulator does not hold."""
+        chat = self._chat_to_send_to(call)
+        photo = call.upload("photo")
+        if photo is None:
+            raise ApiError(400, "Bad Request: wrong file identifier/HTTP URL specified")
+        size = image_size(photo)
+        if size is None:
+            raise ApiError(400, "Bad Request: IMAGE_PROCESS_FAILED")
+        width, height = size
+        # The Bot API's limits: width + height at most 10000, a ratio of at most 20.
+        short, long = sorted(size)
+        if short < 1 or width + height > 10000 or long > 20 * short:
+            raise ApiError(400, "Bad Request: PHOTO_INVALID_DIMENSIONS")
+        self._next_message_id += 1
+        msg: JSON = {
+            "message_id": self._next_message_id,
+            "date": int(time.time()),
+            "chat": chat,
+            "from": self.bot_user,
+            "photo": photo_sizes_json(photo, width, height),
+        }
+        if caption := call.raw.get("caption"):
+            msg["caption"] = caption
+        return self._sent(call, msg)
 
     async def _api_editMessageText(self, call: Call) -> JSON | bool:
         if "inline_message_id" in call.params:
@@ -247,6 +282,8 @@ class BotApiMethods(TelegramWorld):
         chat_id, message_id = call.params.get("chat_id"), call.params.get("message_id")
         for msg in self.sent_messages:
             if msg["chat"]["id"] == chat_id and msg["message_id"] == message_id:
+                if "text" not in msg:
+                    raise ApiError(400, "Bad Request: there is no text in the message to edit")
                 if msg["text"] == call.raw.get("text"):
                     raise ApiError(400, "Bad Request: message is not modified")
                 msg.update(text=call.raw.get("text", ""), edit_date=int(time.time()))

@@ -26,6 +26,7 @@ POLL_CONFLICT = (
     "make sure that only one bot instance is running"
 )
 NO_INVITE_RIGHTS = "Bad Request: not enough rights to manage chat invite links"
+ATTACH = "attach://"  # an InputFile parameter naming another multipart part
 
 
 @dataclass
@@ -35,6 +36,17 @@ class Call:
     at: float
     # The undecoded form values: text such as "123" or "true" stays a string here.
     raw: dict[str, str] = field(default_factory=dict)
+    # The multipart/form-data file parts, by part name, byte for byte.
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    def upload(self, param: str) -> bytes | None:
+        """The file uploaded for an InputFile parameter (sendPhoto's `photo`): a
+        file part of that name, or the part that `attach://<name>` names (aiogram
+        sends every upload that way); None for a file_id or URL."""
+        if param in self.files:
+            return self.files[param]
+        value = self.raw.get(param, "")
+        return self.files.get(value.removeprefix(ATTACH)) if value.startswith(ATTACH) else None
 
 
 class ApiError(Exception):
@@ -59,9 +71,13 @@ def decode_value(value: str) -> Any:
     return value
 
 
-async def read_params(request: web.Request) -> tuple[dict[str, Any], dict[str, str]]:
+async def read_params(
+    request: web.Request,
+) -> tuple[dict[str, Any], dict[str, str], dict[str, bytes]]:
+    """(decoded params, raw form values, uploaded files) of a Bot API request."""
     raw: dict[str, str] = dict(request.query)
     params: dict[str, Any] = {}
+    files: dict[str, bytes] = {}
     if request.content_type == "application/json":
         body = await request.json()
         params = dict(body) if isinstance(body, dict) else {}
@@ -71,12 +87,13 @@ async def read_params(request: web.Request) -> tuple[dict[str, Any], dict[str, s
         for key, value in form.items():
             if isinstance(value, str):
                 raw[key] = value
-            elif isinstance(value, web.FileField):  # uploads: keep their text, if any
-                raw[key] = value.file.read().decode(errors="replace")
+            elif isinstance(value, web.FileField):  # uploads: their bytes, and text if any
+                files[key] = value.file.read()
+                raw[key] = files[key].decode(errors="replace")
             else:
                 raw[key] = bytes(value).decode(errors="replace")
     params.update({k: decode_value(v) for k, v in raw.items() if k not in params})
-    return params, raw
+    return params, raw, files
 
 
 # Rights of a freshly added channel admin bot as the Telegram apps grant them.
@@ -261,3 +278,35 @@ def message_json(message_id: int, chat: JSON, date: int, text: str, sender: JSON
         length = len(text.split(maxsplit=1)[0])
         msg["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
     return msg
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a PNG or JPEG, from its header; None for anything else
+    (Telegram answers IMAGE_PROCESS_FAILED to a photo it cannot decode)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    at = 2  # JPEG: walk the segments to the frame header (SOFn) that holds the size
+    while at + 9 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height = int.from_bytes(data[at + 5 : at + 7], "big")
+            return int.from_bytes(data[at + 7 : at + 9], "big"), height
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return None
+
+
+def photo_sizes_json(data: bytes, width: int, height: int) -> list[JSON]:
+    """A sent photo's PhotoSize list. Telegram adds smaller copies (90, 320, 800 px);
+    the simulator keeps only the one it was sent."""
+    file_id = "AgACAgIAAx" + secrets.token_urlsafe(24)
+    return [
+        {
+            "file_id": file_id,
+            "file_unique_id": file_id[-12:],
+            "width": width,
+            "height": height,
+            "file_size": len(data),
+        }
+    ]
