@@ -22,6 +22,7 @@ from bot.sandbox import (
     StepFailed,
     as_seen,
     block,
+    plain_text,
     say,
     until,
     until_stopped,
