@@ -25,7 +25,9 @@ def refused(args: list[str], error: ValueError) -> str:
     """The reply to /event arguments `parse_join_event` refused; nothing was changed."""
     why = html.escape(str(error))
     if str(error) == PURCHASE_NEEDS_VALUE:
-        channel = html.escape(" ".join(args[:-1]) or "&lt;channel&gt;")
+        # Only `<channel…> Purchase` gets here: parse_join_event refuses a missing
+        # channel first, and a value given would have satisfied the rule.
+        channel = html.escape(" ".join(args[:-1]))
         why = (
             "A Purchase needs a value and a currency, like"
             f" <code>/event {channel} Purchase 9.99 EUR</code>: ad platforms drop a Purchase"
