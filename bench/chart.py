@@ -15,7 +15,7 @@ leaves) over 90 days into the bridge's database and asks /chart 90d as ADMIN_IDS
 - next chart: the same again, matplotlib already loaded;
 - chart 10: the tenth in a row, and the RSS then (where the memory settles).
 
-Last, in this process, bot.chart.render alone over 90 days (no database).
+Last, in this process, bot.admin.chart.render alone over 90 days (no database).
 
     python -m bench.chart [--runs 5] [--joins 100000] [--tree PATH]
     python -m bench.chart --db PATH  # only the daily series, on a bench.stats database
@@ -125,7 +125,7 @@ async def series_on(path: Path, runs: int) -> None:
 
 
 def render_alone(runs: int) -> list[float]:
-    from bot.chart import render
+    from bot.admin.chart import render
     from storage.daily import Day
 
     rng = random.Random(18)

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from bench.common import summary
+from bot.admin.stats import PERIODS, period_start
 from bot.simulators.adtarget_rules import NO_SIGNAL_WARNING
-from bot.stats import PERIODS, period_start
 from storage.db import open_database
 from storage.stats import channel_stats
 

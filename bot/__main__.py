@@ -1,4 +1,4 @@
-"""`python -m bot`, the same as the `joinbridge` command: see bot/cli.py."""
+"""`python -m bot`, the same as the `joinbridge` command: see bot/cli/__init__.py."""
 
 import sys
 

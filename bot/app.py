@@ -18,37 +18,37 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import BotCommand, BotCommandScopeAllPrivateChats
 from aiohttp import web
 
-from bot.admins import AdminGate
-from bot.adtarget import AdTargetClient
-from bot.alerts import courier_alerts, pool_empty_alert, unreadable_alert
-from bot.batch_handler import PollerStats
-from bot.chart_console import ChartConsole
-from bot.console import COMMANDS, Console
-from bot.courier import Courier
-from bot.delivery import CourierConfig
-from bot.invite_pool import InvitePool
-from bot.invites import InviteMinter
-from bot.join_requests import JoinRequestDesk
-from bot.joins import JoinRecorder, ReportingPolicy
-from bot.lead_desk import LeadDesk
-from bot.leads_console import LeadsConsole
-from bot.metrics import Metrics, Watched
-from bot.notifier import Notifier
-from bot.onboarding import Onboarding
-from bot.pacing import TokenBucket
-from bot.poller import Poller, PollerConfig
-from bot.privacy import PrivacyDesk, PrivacySweeper
-from bot.retention import RetentionChecker
-from bot.retention_console import RetentionConsole
+from bot.admin.alerts import courier_alerts, pool_empty_alert, unreadable_alert
+from bot.admin.chart_command import ChartConsole
+from bot.admin.commands import COMMANDS, Console
+from bot.admin.gate import AdminGate
+from bot.admin.notifier import Notifier
+from bot.admin.onboarding import Onboarding
+from bot.adtarget.client import AdTargetClient
+from bot.adtarget.sync import ChannelSync
+from bot.courier.pacing import TokenBucket
+from bot.courier.service import Courier
+from bot.courier.verdicts import CourierConfig
+from bot.followups.lead_command import LeadsConsole
+from bot.followups.lead_desk import LeadDesk
+from bot.followups.stay import RetentionChecker
+from bot.followups.stay_command import RetentionConsole
+from bot.invites.minter import InviteMinter
+from bot.invites.pool import InvitePool
+from bot.joins.recorder import JoinRecorder, ReportingPolicy
+from bot.joins.requests import JoinRequestDesk
+from bot.ops.metrics import Metrics, Watched
+from bot.ops.privacy import PrivacyDesk, PrivacySweeper
+from bot.ops.watchdog import Watchdog, WatchdogConfig
+from bot.polling.batches import PollerStats
+from bot.polling.calls import BadBotToken
+from bot.polling.poller import Poller, PollerConfig
+from bot.polling.session import UpdatesSession
 from bot.settings import Settings
-from bot.sync import ChannelSync
-from bot.telegram_calls import BadBotToken
-from bot.telegram_session import UpdatesSession
-from bot.tracker import Tracker
-from bot.tracker_guards import TrackerConfig
-from bot.tracker_health import Health
-from bot.visits import VisitRecorder
-from bot.watchdog import Watchdog, WatchdogConfig
+from bot.tracker.guards import TrackerConfig
+from bot.tracker.health import Health
+from bot.tracker.server import Tracker
+from bot.tracker.visits import VisitRecorder
 from handlers import get_routers
 from storage.db import Database, open_database, open_readonly
 

@@ -14,8 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from bot.events import EventType
-from bot.tracker_client import LOOPBACK, IPNetwork, parse_trusted_proxies
+from bot.adtarget.events import EventType
+from bot.tracker.clients import LOOPBACK, IPNetwork, parse_trusted_proxies
 
 _TOKEN_SHAPE = re.compile(r"^\d+:[\w-]+$")
 

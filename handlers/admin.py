@@ -16,10 +16,10 @@ from aiogram.exceptions import TelegramBadRequest
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import BufferedInputFile, CallbackQuery, Message
 
-from bot.chart_console import ChartConsole
-from bot.console import HELP, STATS_BUTTON_PREFIX, Console, Reply, parse_stats_button
-from bot.onboarding import Onboarding
-from bot.sync import ChannelSync
+from bot.admin.chart_command import ChartConsole
+from bot.admin.commands import HELP, STATS_BUTTON_PREFIX, Console, Reply, parse_stats_button
+from bot.admin.onboarding import Onboarding
+from bot.adtarget.sync import ChannelSync
 from handlers.filters import PRIVATE, CallbackData
 
 log = logging.getLogger(__name__)

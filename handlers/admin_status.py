@@ -1,6 +1,6 @@
 """chat_member updates that make someone an admin of a channel, or stop them being one.
 
-The admin commands trust getChatMember's answer for a few minutes (bot/admins.py).
+The admin commands trust getChatMember's answer for a few minutes (bot/admin/gate.py).
 When Telegram reports that a person's admin status changed, that answer is
 dropped at once: a demoted admin is refused from the next command on, a promoted
 one is let in.
@@ -8,7 +8,7 @@ one is let in.
 The update then goes on to the other routers (SkipHandler), because the same
 change can also be a join or a leave (an admin who leaves, or someone added as
 an admin straight away), which handlers/joins.py records. Like those handlers,
-this one calls nothing and may run twice (bot/batch_handler.py handles small
+this one calls nothing and may run twice (bot/polling/batches.py handles small
 chat_member batches before storing them): forgetting a cached answer is all it
 does, and forgetting twice is the same as once.
 """
@@ -22,7 +22,7 @@ from aiogram.dispatcher.event.bases import SkipHandler
 from aiogram.filters import Filter
 from aiogram.types import ChatMemberUpdated, TelegramObject
 
-from bot.admins import ADMIN_STATUSES, AdminGate
+from bot.admin.gate import ADMIN_STATUSES, AdminGate
 from bot.logs import ids
 from handlers.filters import CHANNELS
 

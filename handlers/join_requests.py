@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiogram import Router
 from aiogram.types import ChatJoinRequest, Update
 
-from bot.join_requests import JoinRequestSeen
+from bot.joins.requests import JoinRequestSeen
 from handlers.filters import CHANNELS
 from handlers.joins import chat_ref
 

@@ -3,7 +3,7 @@
 The handlers only read the update; they return plain data that the poller
 persists for the whole getUpdates batch in one transaction. Keep them so: a
 small batch of chat_member updates is handled before it is stored (see
-bot/batch_handler.py), and may be handled a second time.
+bot/polling/batches.py), and may be handled a second time.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from aiogram import Router
 from aiogram.filters import JOIN_TRANSITION, LEAVE_TRANSITION, ChatMemberUpdatedFilter
 from aiogram.types import Chat, ChatMemberUpdated, Update
 
-from bot.joins import ChatRef, JoinSeen, LeaveSeen
+from bot.joins.recorder import ChatRef, JoinSeen, LeaveSeen
 from handlers.filters import CHANNELS, PEOPLE
 
 

@@ -7,7 +7,7 @@ from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
-from bot.leads_console import LeadsConsole
+from bot.followups.lead_command import LeadsConsole
 from handlers.filters import PRIVATE
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiogram import Router
 from aiogram.types import ChatMemberAdministrator, ChatMemberOwner, ChatMemberUpdated
 
-from bot.onboarding import BotMembership, Onboarding
+from bot.admin.onboarding import BotMembership, Onboarding
 from handlers.filters import CHANNELS
 from handlers.joins import chat_ref
 

@@ -9,7 +9,7 @@ from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
-from bot.privacy import PrivacyDesk
+from bot.ops.privacy import PrivacyDesk
 from handlers.filters import PRIVATE
 
 

@@ -6,7 +6,7 @@ from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
-from bot.retention_console import RetentionConsole
+from bot.followups.stay_command import RetentionConsole
 from handlers.filters import PRIVATE
 
 

@@ -26,7 +26,7 @@ class Channel:
     adtarget_event_type: str | None = None
     promoted_by: int | None = None
     onboarded_at: float | None = None  # the full onboarding was sent
-    # Set with event_type by /event; a Purchase needs both (bot/events.py JoinEvent).
+    # Set with event_type by /event; a Purchase needs both (bot/adtarget/events.py JoinEvent).
     event_value: float | None = None
     event_currency: str | None = None
 

@@ -82,7 +82,7 @@ _PRIORITY_IN = f"priority IN ({', '.join(str(p) for p in PRIORITIES)})"
 # Forwards of what a visitor did on the landing page: best effort, unlike
 # conversions and follow-ups. Each becomes a request on the key's 300/min, so a
 # flood of visits must not grow the queue without bound: beyond a cap they are
-# dropped when queued, and dropped once too old (bot/visits.py, bot/courier.py).
+# dropped when queued, and dropped once too old (bot/tracker/visits.py, bot/courier/service.py).
 # The conversion of a join carries its visit's attribution itself, so a dropped
 # forward costs AdTarget's visit records, never a conversion's attribution.
 FORWARD_KINDS = ("visit", "update_fbp")

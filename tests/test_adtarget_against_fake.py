@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import SecretStr
 
-from bot import adtarget_errors as errors
-from bot.adtarget import AdTargetClient
-from bot.adtarget_models import (
+from bot.adtarget import errors
+from bot.adtarget.client import AdTargetClient
+from bot.adtarget.models import (
     ConversionRequest,
     InviteRequest,
     LeadEventRequest,

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from bot.adtarget import AdTargetClient
+from bot.adtarget.client import AdTargetClient
 
 KEY = "atk_live_abcd1234_0123456789abcdefghijklmnopqrstuv"
 

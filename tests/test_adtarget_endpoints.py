@@ -11,9 +11,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from bot import adtarget_errors as errors
-from bot.adtarget import AdTargetClient, visitor_headers
-from bot.adtarget_models import (
+from bot.adtarget import errors
+from bot.adtarget.client import AdTargetClient, visitor_headers
+from bot.adtarget.models import (
     ConversionRequest,
     InviteRequest,
     LeadEventRequest,

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from bot.adtarget_models import (
+from bot.adtarget.models import (
     ConversionAnswer,
     ConversionRequest,
     InviteRequest,

@@ -33,7 +33,7 @@ from playwright.async_api import (
     async_playwright,
 )
 
-from bot.snippet import landing_snippet
+from bot.tracker.snippet import landing_snippet
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import (
@@ -100,7 +100,9 @@ def landing_page(tracker_url: str, channel: str, fallback: str | None) -> str:
     """examples/landing.html with its Joinbridge block set up for this bridge."""
     page = LANDING.read_text(encoding="utf-8")
     block = landing_snippet(PLACEHOLDER_TRACKER, PLACEHOLDER_CHANNEL, PLACEHOLDER_FALLBACK)
-    assert page.count(block) == 1, "examples/landing.html must embed bot/snippet.py's output"
+    assert page.count(block) == 1, (
+        "examples/landing.html must embed bot/tracker/snippet.py's output"
+    )
     return page.replace(block, landing_snippet(tracker_url, channel, fallback))
 
 

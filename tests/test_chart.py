@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.chart import HEIGHT_PX, KINDS, LEAVES_COLOUR, WIDTH_PX, render
-from bot.console import REFUSAL
+from bot.admin.chart import HEIGHT_PX, KINDS, LEAVES_COLOUR, WIDTH_PX, render
+from bot.admin.commands import REFUSAL
 from storage import channels, joins
 from storage.daily import DAY, Day, daily
 from storage.db import Database, open_database
@@ -191,7 +191,7 @@ def test_render_draws_each_kind_and_the_leaves() -> None:
 
 def test_importing_the_bridge_does_not_import_matplotlib() -> None:
     code = (
-        "import sys, bot.app, bot.chart, bot.chart_console, handlers, handlers.admin;"
+        "import sys, bot.app, bot.admin.chart, bot.admin.chart_command, handlers, handlers.admin;"
         "handlers.get_routers();"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'numpy', 'PIL')))"
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.conversions import conversion_body, conversion_key
-from bot.events import EventType
+from bot.adtarget.events import EventType
+from bot.joins.conversion import conversion_body, conversion_key
 from storage.visits import Attribution
 
 

@@ -7,8 +7,8 @@ import random
 import httpx
 import pytest
 
-from bot.adtarget import ApiAnswer, parse_retry_after
-from bot.delivery import (
+from bot.adtarget.client import ApiAnswer, parse_retry_after
+from bot.courier.verdicts import (
     Accepted,
     Verdict,
     backoff_delay,

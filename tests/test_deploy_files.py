@@ -23,7 +23,7 @@ DOCKERIGNORE = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
 UNIT = (ROOT / "examples" / "joinbridge.service").read_text(encoding="utf-8")
 NGINX = (ROOT / "examples" / "nginx.conf").read_text(encoding="utf-8")
 SETTINGS = {name.upper() for name in Settings.model_fields}
-EXIT_CONFIG_ERROR = 2  # bot/cli_run.py: a missing or invalid setting
+EXIT_CONFIG_ERROR = 2  # bot/cli/run.py: a missing or invalid setting
 
 # NAME=value where NAME looks like one of ours: upper case with an underscore.
 _ASSIGNMENT = re.compile(r"\b([A-Z][A-Z0-9]*_[A-Z0-9_]+)=")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.adtarget_warnings import NO_SIGNAL
+from bot.adtarget.dispatch import NO_SIGNAL
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import (

@@ -14,10 +14,10 @@ import pytest
 from aiogram.types import TelegramObject
 from pydantic import SecretStr
 
-from bot.adtarget import AdTargetClient
-from bot.events import EventType
-from bot.joins import ChatRef, JoinSeen
-from bot.pacing import TokenBucket
+from bot.adtarget.client import AdTargetClient
+from bot.adtarget.events import EventType
+from bot.courier.pacing import TokenBucket
+from bot.joins.recorder import ChatRef, JoinSeen
 from storage import outbox
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram

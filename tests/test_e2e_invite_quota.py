@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.invite_pool import QUOTA_WINDOW
+from bot.invites.pool import QUOTA_WINDOW
 from storage import invite_pool
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram

@@ -9,7 +9,7 @@ import html
 import re
 from pathlib import Path
 
-from bot.snippet import landing_snippet
+from bot.tracker.snippet import landing_snippet
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import (

@@ -122,7 +122,7 @@ async def test_an_old_servers_updates_track_the_channel_and_attribute_its_joins(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     running = await start_bridge()
-    caplog.set_level(logging.INFO, logger="bot.update_reader")
+    caplog.set_level(logging.INFO, logger="bot.polling.reader")
     # A self-hosted Bot API server older than aiogram: no can_send_welcome_messages,
     # no can_react_to_messages, no 6.5 media rights, ...
     telegram.omit_fields = OLD_SERVER_OMITS

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.tracker_client import ClientRateLimiter, rate_key
+from bot.tracker.clients import ClientRateLimiter, rate_key
 from tests.harness import RunningBridge, StartBridge
 
 VISIT = "/api/v1/events/visit"

@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-from bot.conversions import conversion_body
-from bot.events import (
+from bot.adtarget.events import (
     PURCHASE_NEEDS_VALUE,
     EventType,
     JoinEvent,
@@ -16,6 +15,7 @@ from bot.events import (
     parse_join_event,
     refusal,
 )
+from bot.joins.conversion import conversion_body
 from storage.channels import Channel
 
 PURCHASE = EventType("Purchase")

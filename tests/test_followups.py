@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from bot import followups
-from bot.adtarget import ApiAnswer
-from bot.adtarget_models import Lead
-from bot.delivery import Verdict, classify_answer
-from bot.followups import InvalidFollowUp
-from bot.lead_desk import Look, parse_fire, parse_value
-from bot.lead_view import render_look
+from bot.adtarget.client import ApiAnswer
+from bot.adtarget.models import Lead
+from bot.courier.verdicts import Verdict, classify_answer
+from bot.followups import rows as followups
+from bot.followups.lead_desk import Look, parse_fire, parse_value
+from bot.followups.lead_view import render_look
+from bot.followups.rows import InvalidFollowUp
 from storage import outbox
 from storage.db import Database, open_database, open_readonly
 from storage.leads import BridgeLead

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from bot.snippet import landing_snippet, public_link
+from bot.tracker.snippet import landing_snippet, public_link
 from tests.harness import ROOT
 
 LANDING = ROOT / "examples" / "landing.html"

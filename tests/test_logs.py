@@ -16,7 +16,7 @@ import pytest
 from aiogram.types import TelegramObject
 from pydantic import ValidationError
 
-from bot.cli_run import secrets
+from bot.cli.run import secrets
 from bot.logs import JsonFormatter, RedactingFormatter, configure, ids
 from bot.settings import Settings, describe_error
 from tests.fakes.adtarget import FakeAdTarget
@@ -75,7 +75,7 @@ def test_every_configured_secret_is_passed_to_the_logs() -> None:
 
 
 def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
-    record = logging.LogRecord("bot.courier", logging.INFO, __file__, 1, msg, args, None)
+    record = logging.LogRecord("bot.courier.service", logging.INFO, __file__, 1, msg, args, None)
     record.__dict__.update(extra)
     return record
 
@@ -89,7 +89,7 @@ def test_json_line_has_time_level_logger_message_and_ids() -> None:
     entry = json.loads(line)
     assert entry["msg"] == "outbox row 17 delivered"
     assert entry["level"] == "INFO"
-    assert entry["logger"] == "bot.courier"
+    assert entry["logger"] == "bot.courier.service"
     assert entry["outbox_id"] == 17
     assert entry["chat_id"] == -100
     assert "user_id" not in entry  # None ids are left out

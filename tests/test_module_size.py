@@ -1,5 +1,5 @@
 """The project's rule: no module over ~400 lines. A module that grows past it
-is split along a seam (as bot/lead_check.py came out of bot/courier.py)."""
+is split along a seam (as bot/courier/lead_check.py came out of bot/courier/service.py)."""
 
 from __future__ import annotations
 

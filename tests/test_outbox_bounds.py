@@ -20,10 +20,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from bot.adtarget import CLIENT_UA_HEADER, AdTargetClient
-from bot.adtarget_errors import Unsendable
-from bot.pacing import TokenBucket
-from bot.visits import ForwardCap
+from bot.adtarget.client import CLIENT_UA_HEADER, AdTargetClient
+from bot.adtarget.errors import Unsendable
+from bot.courier.pacing import TokenBucket
+from bot.tracker.visits import ForwardCap
 from storage import outbox
 from storage.db import Database, open_database
 from tests.fakes.adtarget import FakeAdTarget

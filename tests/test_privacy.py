@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from bot import cli
-from bot.events import EventType
-from bot.joins import ChatRef, JoinRecorder, JoinSeen, LeaveSeen, ReportingPolicy
-from bot.privacy import PrivacySweeper, parse_user_id
-from bot.tracker_input import VisitInput
-from bot.visits import VisitRecorder
+from bot.adtarget.events import EventType
+from bot.joins.recorder import ChatRef, JoinRecorder, JoinSeen, LeaveSeen, ReportingPolicy
+from bot.ops.privacy import PrivacySweeper, parse_user_id
+from bot.tracker.input import VisitInput
+from bot.tracker.visits import VisitRecorder
 from storage import channels, invite_links, join_requests, outbox, updates
 from storage.db import Database, open_database
 from storage.outbox import OutboxRow

@@ -18,9 +18,9 @@ from aiogram.types import (
     ChatMemberRestricted,
 )
 
-from bot.events import EventType
-from bot.retention import follow_up_row, is_present
-from bot.retention_console import RetentionChange, parse_change
+from bot.adtarget.events import EventType
+from bot.followups.stay import follow_up_row, is_present
+from bot.followups.stay_command import RetentionChange, parse_change
 from storage import channels, joins, outbox, retention
 from storage.db import Database, open_database
 from tests.fakes.telegram_models import member_json

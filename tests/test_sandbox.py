@@ -21,7 +21,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from bot.chart import HEIGHT_PX, WIDTH_PX
+from bot.admin.chart import HEIGHT_PX, WIDTH_PX
 from bot.simulators.adtarget import FakeAdTarget
 from tests.harness import ROOT
 

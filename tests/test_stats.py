@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.adtarget_warnings import NO_SIGNAL, WARNING_CLIP, capi_words, dispatch_words, warning_words
+from bot.admin.stats import PERIODS, header, period_start, render
+from bot.adtarget.dispatch import NO_SIGNAL, WARNING_CLIP, capi_words, dispatch_words, warning_words
 from bot.simulators.adtarget_rules import NO_SIGNAL_WARNING
-from bot.stats import PERIODS, header, period_start, render
 from storage import channels, joins, outbox
 from storage.channels import Channel
 from storage.db import Database, open_database

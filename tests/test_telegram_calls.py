@@ -19,7 +19,7 @@ from aiogram.exceptions import (
 )
 from aiogram.methods import GetUpdates
 
-from bot.telegram_calls import PersistentCaller, failure
+from bot.polling.calls import PersistentCaller, failure
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, RunningBridge, eventually

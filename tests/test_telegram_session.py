@@ -16,7 +16,7 @@ from aiogram.methods import GetUpdates
 from aiogram.methods.base import Response
 from aiogram.types import ChatInviteLink
 
-from bot.telegram_session import UpdatesSession
+from bot.polling.session import UpdatesSession
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID as CHANNEL
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from bot.tracker_client import parse_trusted_proxies, resolve_client
-from bot.tracker_input import (
+from bot.tracker.clients import parse_trusted_proxies, resolve_client
+from bot.tracker.input import (
     MAX_BODY_BYTES,
     InputError,
     VisitInput,

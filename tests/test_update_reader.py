@@ -13,7 +13,7 @@ from aiogram.types import Update
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.update_reader import ERRORS_KEPT, Unreadable, UpdateReader, update_kind
+from bot.polling.reader import ERRORS_KEPT, Unreadable, UpdateReader, update_kind
 from tests.harness import PAYLOADS
 from tests.harness import load_payload as load
 
@@ -117,7 +117,7 @@ def test_an_unknown_status_reads_as_not_a_member_and_is_logged_once(
         "is_member": True,
     }
     reader = UpdateReader()
-    caplog.set_level(logging.INFO, logger="bot.update_reader")
+    caplog.set_level(logging.INFO, logger="bot.polling.reader")
     for update_id in (1, 2):
         read = reader.read_one({**raw, "update_id": update_id}, bot)
         assert isinstance(read, Update)

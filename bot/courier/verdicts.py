@@ -1,0 +1,216 @@
+"""What an AdTarget answer means for an outbox row, how long to back off, and
+the courier's settings.
+
+Pure functions and plain data: the courier applies them, the unit tests pin them.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from bot.adtarget.client import ApiAnswer
+from bot.adtarget.errors import ErrorCode, Unsendable
+from bot.followups.rows import park_reason
+from storage.outbox import OutboxRow
+
+# Codes that will not change by sending again: the row waits for a human.
+_PARK_CODES = {
+    ErrorCode.INVALID_PAYLOAD,
+    ErrorCode.CHANNEL_NOT_FOUND,
+    ErrorCode.LEAD_NOT_FOUND,  # a follow-up for a lead AdTarget does not hold
+    ErrorCode.CONVERSION_NOT_FOUND,  # a value for a conversion it does not hold
+}
+
+
+class Verdict(enum.Enum):
+    DELIVERED = "delivered"
+    RETRY = "retry"  # transient: back off and send again
+    RATE_LIMITED = "rate_limited"  # wait Retry-After, then send again
+    PARK = "park"  # will not succeed as is: keep it visible for an admin
+    PAUSE_AUTH = "pause_auth"  # 401: stop sending anything, probe now and then
+    PAUSE_BILLING = "pause_billing"  # 402: stop sending, probe slowly
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    verdict: Verdict
+    reason: str
+    retry_after: float | None = None
+
+
+def classify_answer(answer: ApiAnswer, row: OutboxRow | None = None) -> Outcome:
+    status = answer.status
+    reason = answer.describe()
+    if 200 <= status < 300:
+        return Outcome(Verdict.DELIVERED, reason)
+    if status == 429:
+        return Outcome(Verdict.RATE_LIMITED, reason, answer.retry_after)
+    if status == 401:
+        return Outcome(Verdict.PAUSE_AUTH, reason)
+    if status == 402:
+        return Outcome(Verdict.PAUSE_BILLING, reason)
+    if status >= 500 or status in (408, 425):
+        return Outcome(Verdict.RETRY, reason, answer.retry_after)
+    if answer.error_code in _PARK_CODES:
+        if row is not None:
+            reason = park_reason(answer.error_code, row.path, row.telegram_user_id, reason)
+        return Outcome(Verdict.PARK, reason)
+    # Any other 4xx (an unknown route, 403, 413, ...) will not fix itself by
+    # being sent again; parking keeps it visible and retryable by an admin.
+    return Outcome(Verdict.PARK, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What a success answer says about the row (a conversion's fields; others
+    answer none of them)."""
+
+    conversion_id: str | None
+    dispatched: bool | None
+    warning: str | None
+
+    @classmethod
+    def of(cls, body: Any) -> Accepted:
+        fields = body if isinstance(body, dict) else {}
+        dispatched = fields.get("dispatched")
+        if not isinstance(dispatched, bool):
+            # capiStatus says the same ("pending": a send scheduled) should an
+            # answer lack dispatched; any other status leaves it unknown.
+            dispatched = _CAPI_DISPATCHED.get(str(fields.get("capiStatus")))
+        return cls(
+            conversion_id=_opt_str(fields.get("conversionId")),
+            dispatched=dispatched,
+            warning=_opt_str(fields.get("warning")),
+        )
+
+
+_CAPI_DISPATCHED = {"pending": True, "skipped": False}
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def classify_exception(error: Exception) -> Outcome:
+    """Timeouts and connection errors: AdTarget may or may not have processed it,
+    so the row is sent again with the same Idempotency-Key. A request that could
+    not be built was never sent, and never will be: parked at once."""
+    if isinstance(error, Unsendable):
+        return Outcome(Verdict.PARK, f"request cannot be built: {error.message}")
+    if isinstance(error, httpx.TimeoutException):
+        return Outcome(Verdict.RETRY, f"timeout ({type(error).__name__})")
+    if isinstance(error, httpx.TransportError):
+        return Outcome(Verdict.RETRY, f"connection error ({type(error).__name__}: {error})")
+    return Outcome(Verdict.RETRY, f"unexpected error ({type(error).__name__}: {error})")
+
+
+def backoff_delay(
+    attempt: int, *, base: float, cap: float, rng: random.Random | None = None
+) -> float:
+    """Exponential backoff with jitter: base, 2*base, 4*base ... capped at `cap`.
+
+    The jitter spreads the retries of many rows over the second half of the
+    interval, so a recovering AdTarget is not hit by them all at once.
+    """
+    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    draw = (rng or random).random()
+    return float(ceiling / 2 + draw * ceiling / 2)
+
+
+# Rows whose delivery AdTarget's lead record can confirm, past the idempotency window.
+CHECKABLE_KINDS = frozenset({"conversion", "lead_event", "conversion_value"})
+
+
+def find_matching_conversion(lead: dict[str, Any], row: OutboxRow) -> str | None:
+    """The conversion AdTarget holds that this row already created, if any.
+
+    A conversion or follow-up event: one of the row's event type (and channel,
+    when the row names one; a follow-up may leave it to AdTarget) at or after the
+    row's event time. A value: the named conversion already carries a value.
+    """
+    conversions = [c for c in lead.get("conversions") or [] if isinstance(c, dict)]
+    if row.kind == "conversion_value":
+        wanted = row.path.rstrip("/").split("/")[-2]  # .../conversions/{id}/value
+        for conversion in conversions:
+            if str(conversion.get("conversionId")) == wanted and conversion.get("eventValue"):
+                return wanted
+        return None
+    channel = row.body.get("channelId")
+    event = row.body.get("eventType")
+    since_ms = row.event_time_ms or 0
+    for conversion in conversions:
+        if channel is not None and str(conversion.get("channelId")) != str(channel):
+            continue
+        if conversion.get("eventType") != event:
+            continue
+        at = _parse_time_ms(conversion.get("attributedAt"))
+        if at is not None and at >= since_ms:
+            found = conversion.get("conversionId")
+            return (None if found is None else str(found)) or "unknown"
+    return None
+
+
+def _parse_time_ms(value: Any) -> int | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # Tolerate seconds or milliseconds: the public reference does not say.
+        return int(value if value > 10**11 else value * 1000)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return int(parsed.timestamp() * 1000)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CourierConfig:
+    concurrency: int = 4
+    request_timeout: float = 10.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    retry_window: float = 23 * 3600.0
+    idempotency_window: float = 24 * 3600.0
+    auth_probe_interval: float = 300.0
+    billing_probe_interval: float = 1800.0
+    shutdown_grace: float = 5.0
+    # In-process writers wake the courier; a row written by another process
+    # (`joinbridge fire`) is only seen by looking, so it looks this often.
+    poll_interval: float = 2.0
+    # Visit and update-fbp forwards older than this are dropped (OUTBOX_FORWARDS_MAX_AGE).
+    forwards_max_age: float = 6 * 3600.0
+
+    @property
+    def lease(self) -> float:
+        # Long enough that a send still in flight is never rescued under it.
+        return self.request_timeout * 2 + 30.0
+
+    @property
+    def sweep_interval(self) -> float:
+        """How often expired leases are rescued and forwards past their age
+        dropped: a minute, or a quarter of that age when it is shorter, so a
+        forward outlives its age by a quarter of it at most."""
+        return min(60.0, self.forwards_max_age / 4)
+
+
+@dataclass(slots=True)
+class CourierAlerts:
+    """Hooks for telling admins; the defaults do nothing."""
+
+    paused: Callable[[str], None] = lambda reason: None
+    resumed: Callable[[], None] = lambda: None
+    parked: Callable[[int, str], None] = lambda row_id, reason: None
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    reason: str
+    since: float
+    manual: bool = False

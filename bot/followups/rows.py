@@ -1,0 +1,236 @@
+"""Follow-ups for an existing lead, queued through the outbox.
+
+Another event for the lead (POST /leads/{id}/events) or a value for a
+conversion awaiting one (POST /leads/{id}/conversions/{cid}/value). Both are
+checked against the request models *before* anything is queued, so a bad
+argument is refused at once with the field and the reason, never parked later.
+The courier delivers the row like any other, with the row's Idempotency-Key.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from pydantic import ValidationError
+
+from bot.adtarget import events
+from bot.adtarget.client import conversion_value_path, lead_events_path
+from bot.adtarget.errors import ErrorCode
+from bot.adtarget.events import EventType
+from bot.adtarget.models import LeadEventRequest, ValueRequest, describe_invalid
+from bot.ops import privacy
+from storage import outbox
+from storage.db import Database
+
+KIND_EVENT = "lead_event"
+KIND_VALUE = "conversion_value"
+MAX_KEY = 128  # AdTarget's limit on Idempotency-Key
+_KEY = re.compile(r"[\x21-\x7e]+")
+_CONVERSION_ID = re.compile(r"[A-Za-z0-9_.:~-]{1,128}")
+_VALUE_PATH = re.compile(r"/leads/(\d+)/conversions/([^/]+)/value$")
+
+
+class InvalidFollowUp(ValueError):
+    """A follow-up that AdTarget would refuse; str() names the field and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    row_id: int | None  # None: a row with this Idempotency-Key was queued before
+    idempotency_key: str
+
+
+def parse_user_id(text: str) -> int:
+    """The one rule for a typed Telegram user id (bot/privacy), named as this argument."""
+    try:
+        return privacy.parse_user_id(text)
+    except ValueError as error:
+        raise InvalidFollowUp(f"telegram-user-id: {error}") from None
+
+
+def parse_amount(text: str) -> float:
+    try:
+        return events.parse_amount(text)
+    except ValueError as error:
+        raise InvalidFollowUp(f"value: {error}") from None
+
+
+def check_conversion_id(text: str) -> str:
+    if not _CONVERSION_ID.fullmatch(text):
+        raise InvalidFollowUp(
+            f"conversion-id: AdTarget's id as /lead shows it (letters, digits, '-'), not {text!r}"
+        )
+    return text
+
+
+def event_request(
+    event: EventType | str,
+    *,
+    value: float | None = None,
+    currency: str | None = None,
+    channel_id: str | None = None,
+    event_time_ms: int | None = None,
+) -> LeadEventRequest:
+    """The /leads/{id}/events body, validated; `event` may be "Custom:Name"."""
+    if isinstance(event, str):
+        try:
+            event = EventType.parse(event)
+        except ValueError as error:
+            raise InvalidFollowUp(f"event: {error}") from None
+    try:
+        return LeadEventRequest(
+            event_type=event.name,
+            custom_event_name=event.custom_name,
+            value=value,
+            currency=currency,
+            channel_id=channel_id,
+            event_time=event_time_ms if event_time_ms is not None else int(time.time() * 1000),
+        )
+    except ValidationError as error:
+        raise InvalidFollowUp(describe_invalid(error)) from None
+
+
+def value_request(value: float, currency: str) -> ValueRequest:
+    try:
+        return ValueRequest(value=value, currency=currency)
+    except ValidationError as error:
+        raise InvalidFollowUp(describe_invalid(error)) from None
+
+
+def check_idempotency_key(text: str) -> str:
+    """A caller's own key (a payment id, say): it goes out as an HTTP header as is."""
+    if not 0 < len(text) <= MAX_KEY:
+        raise InvalidFollowUp(f"idempotency key: 1-{MAX_KEY} characters, got {len(text)}")
+    if not _KEY.fullmatch(text):
+        raise InvalidFollowUp(
+            f"idempotency key: printable ASCII without spaces (a header value), not {text!r}"
+        )
+    return text
+
+
+def _key(given: str | None, prefix: str) -> str:
+    return check_idempotency_key(given if given is not None else f"{prefix}-{uuid.uuid4()}")
+
+
+def event_row(
+    telegram_user_id: int,
+    request: LeadEventRequest,
+    *,
+    idempotency_key: str | None = None,
+    chat_id: int | None = None,
+) -> outbox.NewRow:
+    """The outbox row for an event; for callers that queue it in their own transaction."""
+    if telegram_user_id <= 0:
+        raise InvalidFollowUp("telegram-user-id: must be a positive whole number")
+    event_type: str = request.event_type
+    if request.custom_event_name:
+        event_type = f"Custom:{request.custom_event_name}"
+    return outbox.NewRow(
+        kind=KIND_EVENT,
+        path=lead_events_path(telegram_user_id),
+        body=request.body(),
+        idempotency_key=_key(idempotency_key, "jb-fire"),
+        telegram_user_id=telegram_user_id,
+        chat_id=chat_id,
+        event_type=event_type,
+        event_time_ms=request.event_time,
+    )
+
+
+def value_row(
+    telegram_user_id: int,
+    conversion_id: str,
+    request: ValueRequest,
+    *,
+    idempotency_key: str | None = None,
+    chat_id: int | None = None,
+) -> outbox.NewRow:
+    if telegram_user_id <= 0:
+        raise InvalidFollowUp("telegram-user-id: must be a positive whole number")
+    return outbox.NewRow(
+        kind=KIND_VALUE,
+        path=conversion_value_path(telegram_user_id, check_conversion_id(conversion_id)),
+        body=request.body(),
+        idempotency_key=_key(idempotency_key, "jb-value"),
+        telegram_user_id=telegram_user_id,
+        chat_id=chat_id,
+    )
+
+
+async def queue(db: Database, row: outbox.NewRow, wake: Callable[[], None] | None = None) -> Queued:
+    async with db.transaction() as conn:
+        row_id = await outbox.enqueue(conn, row)
+    if wake is not None:
+        wake()
+    return Queued(row_id, row.idempotency_key)
+
+
+async def queue_event(
+    db: Database,
+    telegram_user_id: int,
+    event: EventType | str,
+    *,
+    value: float | None = None,
+    currency: str | None = None,
+    channel_id: str | None = None,
+    chat_id: int | None = None,
+    event_time_ms: int | None = None,
+    idempotency_key: str | None = None,
+    wake: Callable[[], None] | None = None,
+) -> Queued:
+    """Validate, then queue POST /leads/{id}/events. A given `idempotency_key`
+    makes a repeat a no-op (Queued.row_id None); without one each call is new.
+    Raises InvalidFollowUp before anything is written."""
+    request = event_request(
+        event, value=value, currency=currency, channel_id=channel_id, event_time_ms=event_time_ms
+    )
+    row = event_row(telegram_user_id, request, idempotency_key=idempotency_key, chat_id=chat_id)
+    return await queue(db, row, wake)
+
+
+async def queue_value(
+    db: Database,
+    telegram_user_id: int,
+    conversion_id: str,
+    value: float,
+    currency: str,
+    *,
+    chat_id: int | None = None,
+    idempotency_key: str | None = None,
+    wake: Callable[[], None] | None = None,
+) -> Queued:
+    """Validate, then queue POST /leads/{id}/conversions/{cid}/value."""
+    row = value_row(
+        telegram_user_id,
+        conversion_id,
+        value_request(value, currency),
+        idempotency_key=idempotency_key,
+        chat_id=chat_id,
+    )
+    return await queue(db, row, wake)
+
+
+def no_lead(telegram_user_id: int) -> str:
+    return f"AdTarget has no lead for user {telegram_user_id}"
+
+
+def no_conversion(telegram_user_id: int, conversion_id: str) -> str:
+    return f"AdTarget has no conversion {conversion_id} for user {telegram_user_id}"
+
+
+def park_reason(code: str | None, path: str, telegram_user_id: int | None, described: str) -> str:
+    """A follow-up's 404 said plainly, with AdTarget's own words after it."""
+    if telegram_user_id is None:
+        return described
+    if code == ErrorCode.LEAD_NOT_FOUND:
+        return f"{no_lead(telegram_user_id)} ({described})"
+    if code == ErrorCode.CONVERSION_NOT_FOUND:
+        match = _VALUE_PATH.search(path)
+        conversion = unquote(match.group(2)) if match else "?"
+        return f"{no_conversion(telegram_user_id, conversion)} ({described})"
+    return described

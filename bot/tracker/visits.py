@@ -1,0 +1,318 @@
+"""Visits from the landing page: stored locally (for the join that comes later)
+and forwarded to AdTarget through the outbox, so the answer never waits on it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import sqlite3
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bot.logs import ids
+from bot.tracker.input import VisitInput
+from storage import outbox, visits
+from storage.db import Database
+from storage.visits import Attribution
+
+log = logging.getLogger(__name__)
+
+VISIT_PATH = "/events/visit"
+UPDATE_FBP_PATH = "/events/update-fbp"
+TEMP_ID_COOKIE = "adtarget_temp_id"
+SESSION_COOKIE = "adtarget_session_id"
+TEMP_ID_MAX_AGE = 365 * 24 * 3600
+SESSION_MAX_AGE = 30 * 60
+
+# AdTarget's body field for each VisitInput attribute, in its documented order.
+_FORWARDED = (
+    ("temp_id", "tempId"),
+    ("client_session_id", "clientSessionId"),
+    ("external_user_id", "externalUserId"),
+    ("href", "href"),
+    ("landing_page", "landingPage"),
+    ("referrer", "referrer"),
+    ("country", "country"),
+    ("city", "city"),
+    ("region", "region"),
+    ("fbc", "fbc"),
+    ("fbp", "fbp"),
+    ("gclid", "gclid"),
+    ("ttclid", "ttclid"),
+    ("sccid", "sccid"),
+    ("utm_source", "utmSource"),
+    ("utm_medium", "utmMedium"),
+    ("utm_campaign", "utmCampaign"),
+    ("utm_content", "utmContent"),
+    ("utm_term", "utmTerm"),
+)
+
+_SESSION_NAMESPACE = uuid.UUID("6d1f6f0e-3a0b-4c58-9a54-1d4b7f2c9e10")
+
+
+@dataclass(frozen=True, slots=True)
+class VisitAnswer:
+    visit_id: str
+    session_id: str
+    temp_id: str
+    client_session_id: str
+
+    def as_json(self) -> dict[str, Any]:
+        """AdTarget's visit answer, built locally."""
+        return {
+            "visitId": self.visit_id,
+            "sessionId": self.session_id,
+            "tempId": self.temp_id,
+            "clientSessionId": self.client_session_id,
+            "cookies": {
+                "tempId": {
+                    "name": TEMP_ID_COOKIE,
+                    "value": self.temp_id,
+                    "maxAge": TEMP_ID_MAX_AGE,
+                    "sameSite": "Lax",
+                },
+                "session": {
+                    "name": SESSION_COOKIE,
+                    "value": self.client_session_id,
+                    "maxAge": SESSION_MAX_AGE,
+                    "sameSite": "Lax",
+                },
+            },
+        }
+
+
+def attribution_of(visit: VisitInput, temp_id: str, client_session_id: str) -> Attribution:
+    return Attribution(
+        temp_id=temp_id,
+        client_session_id=client_session_id,
+        external_user_id=visit.external_user_id,
+        href=visit.href,
+        referrer=visit.referrer,
+        fbc=visit.fbc,
+        fbp=visit.fbp,
+        gclid=visit.gclid,
+        ttclid=visit.ttclid,
+        sccid=visit.sccid,
+        client_ip=visit.client_ip,
+        user_agent=visit.user_agent,
+        utm_source=visit.utm_source,
+        utm_medium=visit.utm_medium,
+        utm_campaign=visit.utm_campaign,
+        utm_content=visit.utm_content,
+        utm_term=visit.utm_term,
+    )
+
+
+# The queued forwards are counted at most this often (seconds; see ForwardCap).
+RECOUNT_EVERY = 1.0
+
+
+class ForwardCap:
+    """Room for visit and update-fbp forwards under OUTBOX_FORWARDS_MAX.
+
+    Counting what is queued walks up to `limit` index entries (~1.5 ms at
+    10,000): too slow for every group commit of a busy landing page. The room
+    counted once stays an upper bound while it is used up, since only this
+    recorder queues forwards (an admin's /retry aside) and the courier only
+    takes them away. So the count runs once the room is used up, and at most
+    once per RECOUNT_EVERY: at the cap the courier frees a few rows a second,
+    while a flood commits hundreds of batches a second.
+    Used under the database's lock only (in `Database.write` or an open
+    transaction), so never by two threads at once.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._room = 0
+        self._count_after = 0.0  # monotonic
+
+    def wants_count(self, wanted: int) -> bool:
+        return wanted > self._room and time.monotonic() >= self._count_after
+
+    def counted(self, queued: int) -> None:
+        self._room = max(self.limit - queued, 0)
+        self._count_after = time.monotonic() + RECOUNT_EVERY
+
+    def take(self, wanted: int) -> int:
+        """How many of `wanted` forwards may be queued; the rest are dropped."""
+        granted = min(wanted, self._room)
+        self._room -= granted
+        return granted
+
+
+@dataclass(slots=True)
+class _Pending:
+    attribution: Attribution
+    row: outbox.NewRow
+    done: asyncio.Future[None]
+
+
+def _store(conn: sqlite3.Connection, batch: list[_Pending], cap: ForwardCap) -> list[str]:
+    """Store the visits and queue their forwards while there is room; the kinds
+    of the forwards dropped."""
+    visits.upsert_many(conn, [p.attribution for p in batch])
+    if cap.wants_count(len(batch)):
+        cap.counted(outbox.queued_forwards_in(conn, limit=cap.limit))
+    kept = cap.take(len(batch))
+    outbox.enqueue_many(conn, [p.row for p in batch[:kept]])
+    return [p.row.kind for p in batch[kept:]]
+
+
+def _settle(batch: list[_Pending], error: BaseException | None) -> None:
+    for p in batch:
+        if not p.done.done():
+            if error is None:
+                p.done.set_result(None)
+            else:
+                p.done.set_exception(error)
+
+
+class VisitRecorder:
+    """Stores visits with group commit: the visits that arrive while a transaction
+    is being written go together into the next one, so a busy landing page costs
+    a few statements per batch, not per visit."""
+
+    def __init__(
+        self, db: Database, wake_courier: Callable[[], None], *, forwards_max: int = 10_000
+    ) -> None:
+        self._db = db
+        self._wake = wake_courier
+        self._queue: list[_Pending] = []
+        self._queued = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._cap = ForwardCap(forwards_max)
+        self.recorded = 0  # visits committed, read by /metrics
+        # Forwards dropped at the cap, by kind, read by /metrics.
+        self.dropped: Counter[str] = Counter()
+        self._warn_after = 0.0  # monotonic: one warning a minute while dropping
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            batch, self._queue = self._queue, []
+            if not batch:
+                continue
+            try:
+                await self._commit(batch)
+            except Exception as error:
+                if len(batch) == 1:
+                    _settle(batch, error)
+                    continue
+                # One visit's failure must not fail its neighbours: each alone, then.
+                log.warning(
+                    "a batch of %d visits failed (%s: %s); writing each on its own",
+                    len(batch),
+                    type(error).__name__,
+                    error,
+                )
+                for one in batch:
+                    try:
+                        await self._commit([one])
+                    except Exception as one_error:
+                        log.error(
+                            "visit (tempId %s) could not be stored: %s: %s",
+                            one.attribution.temp_id,
+                            type(one_error).__name__,
+                            one_error,
+                            extra=ids(temp_id=one.attribution.temp_id),
+                        )
+                        _settle([one], one_error)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        dropped = await self._db.write(functools.partial(_store, batch=batch, cap=self._cap))
+        self.recorded += len(batch)
+        self._count_dropped(dropped)
+        _settle(batch, None)
+        self._wake()
+
+    async def aclose(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+
+    async def record(self, visit: VisitInput) -> VisitAnswer:
+        temp_id = visit.temp_id or str(uuid.uuid4())
+        client_session_id = visit.client_session_id or str(uuid.uuid4())
+        visit_key = str(uuid.uuid4())
+        body: dict[str, Any] = {"tempId": temp_id, "clientSessionId": client_session_id}
+        for attribute, field in _FORWARDED[2:]:
+            value = getattr(visit, attribute)
+            if value:
+                body[field] = value
+        # The real visitor's IP and User-Agent travel as headers: AdTarget lets
+        # them win over the body, and they never become our own request's.
+        headers = {
+            name: value
+            for name, value in (
+                ("X-Adtarget-Client-IP", visit.client_ip),
+                ("X-Adtarget-Client-User-Agent", visit.user_agent),
+            )
+            if value
+        }
+        pending = _Pending(
+            attribution_of(visit, temp_id, client_session_id),
+            outbox.NewRow(
+                kind="visit",
+                path=VISIT_PATH,
+                body=body,
+                headers=headers or None,
+                idempotency_key=f"jb-visit-{visit_key}",
+                priority=outbox.FORWARD_PRIORITY,
+            ),
+            asyncio.get_running_loop().create_future(),
+        )
+        self._queue.append(pending)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_loop(), name="visit-writer")
+        self._queued.set()
+        # Answer only once the visit is committed.
+        await pending.done
+        log.info("visit recorded (tempId %s)", temp_id, extra=ids(temp_id=temp_id))
+        return VisitAnswer(
+            visit_id=visit_key,
+            session_id=str(uuid.uuid5(_SESSION_NAMESPACE, client_session_id)),
+            temp_id=temp_id,
+            client_session_id=client_session_id,
+        )
+
+    async def update_fbp(self, temp_id: str, fbp: str) -> bool:
+        """Patch the stored visit and forward; False when the tempId is unknown."""
+        async with self._db.transaction() as conn:
+            if not await visits.set_fbp(conn, temp_id, fbp):
+                return False
+            if self._cap.wants_count(1):
+                self._cap.counted(await outbox.queued_forwards(conn, limit=self._cap.limit))
+            kept = self._cap.take(1)
+            if kept:
+                await outbox.enqueue(
+                    conn,
+                    outbox.NewRow(
+                        kind="update_fbp",
+                        path=UPDATE_FBP_PATH,
+                        body={"tempId": temp_id, "fbp": fbp},
+                        idempotency_key=f"jb-fbp-{uuid.uuid4()}",
+                        priority=outbox.FORWARD_PRIORITY,
+                    ),
+                )
+        self._count_dropped([] if kept else ["update_fbp"])
+        self._wake()
+        return True
+
+    def _count_dropped(self, kinds: list[str]) -> None:
+        self.dropped.update(kinds)
+        if kinds and time.monotonic() >= self._warn_after:
+            self._warn_after = time.monotonic() + 60.0
+            log.warning(
+                "outbox: OUTBOX_FORWARDS_MAX (%d) visit and update-fbp forwards are queued;"
+                " new ones are dropped until the courier catches up (%d so far)",
+                self._cap.limit,
+                sum(self.dropped.values()),
+            )
