@@ -80,7 +80,7 @@ class Database:
                 with contextlib.suppress(_WriteLockBusy):
                     return _in_transaction(conn._conn, work, wait=False)
             # aiosqlite has no public "run this on your thread": `_execute` and `_conn`
-            # are how its own methods do it (pinned in pyproject; tests/test_storage.py
+            # are how its own methods do it (pinned in pyproject; tests/unit/storage/test_storage.py
             # fails first if a release changes them).
             result: T = await conn._execute(lambda: _in_transaction(conn._conn, work))  # type: ignore[no-untyped-call]
         return result

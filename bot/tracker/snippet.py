@@ -1,6 +1,6 @@
 """The landing-page snippet the bot hands out at onboarding.
 
-examples/landing.html embeds exactly this snippet (tests/test_landing_example.py
+examples/landing.html embeds exactly this snippet (tests/unit/tracker/test_landing_example.py
 keeps the two in step), so what the browser test proves is what owners paste.
 """
 

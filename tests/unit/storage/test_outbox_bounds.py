@@ -29,7 +29,7 @@ from storage.db import Database, open_database
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, RunningBridge, StartBridge, eventually
-from tests.test_metrics import scrape, value
+from tests.unit.ops.test_metrics import scrape, value
 
 VISIT = "/api/v1/events/visit"
 UPDATE_FBP = "/api/v1/events/update-fbp"

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.test_e2e_tracker_clients import STRANGER, VISIT, client_at, raw_request
 from tests.fakes.adtarget import FakeAdTarget
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import (
@@ -22,8 +23,7 @@ from tests.harness import (
     eventually,
     sent_to,
 )
-from tests.test_e2e_tracker_clients import STRANGER, VISIT, client_at, raw_request
-from tests.test_metrics import scrape, value
+from tests.unit.ops.test_metrics import scrape, value
 
 PAGE = "https://landing.example/?utm_source=meta"
 MINIMAL = {"status": "ok"}

@@ -1,7 +1,7 @@
 """The snippet in the onboarding message carries the channel's way in without the
 tracker: a public channel's own link, else its fallback link, else (Telegram
 refusing to mint one just now) the tracker's redirect and a note saying how to
-get the link. The browser side is tests/test_browser_landing.py."""
+get the link. The browser side is tests/e2e/test_browser_landing.py."""
 
 from __future__ import annotations
 

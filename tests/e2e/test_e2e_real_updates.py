@@ -32,7 +32,7 @@ from tests.harness import (
     eventually,
     sent_to,
 )
-from tests.test_metrics import scrape, value
+from tests.unit.ops.test_metrics import scrape, value
 
 OTHER = CHANNEL_ID - 1
 STRANGER = CHANNEL_ID - 2

@@ -12,9 +12,9 @@ import pytest
 from pydantic import ValidationError
 
 from bot.settings import Settings, describe_error
+from tests.harness import ROOT
 
 TOKEN = "123456:ABC-def_ghi"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +96,7 @@ def test_trusted_proxies_default_to_loopback_and_setting_them_replaces_it(
 
 
 def test_risky_but_legal_settings_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    # doctor warns about each of these (tests/test_doctor.py); the bridge runs with them.
+    # doctor warns about each of these (tests/e2e/test_doctor.py); the bridge runs with them.
     monkeypatch.setenv("BOT_TOKEN", TOKEN)
     monkeypatch.setenv("ADTARGET_API_KEY", "k")
     monkeypatch.setenv("ADMIN_IDS", "")

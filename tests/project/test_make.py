@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.e2e.test_sandbox import sandbox_env
 from tests.harness import ROOT
-from tests.test_sandbox import sandbox_env
 
 START = 120.0  # seconds; generous, the machine is shared
 CHECKS = ("test", "lint", "typecheck", "unit", "bench")

@@ -18,6 +18,7 @@ from storage.channels import Channel
 from storage.db import Database, open_database
 from storage.invite_links import FALLBACK_CAMPAIGN
 from storage.stats import SourceRow, StatsRow, channel_stats
+from tests.harness import ROOT
 
 DAY = 86400
 NOW = 1_760_054_400 + 12 * 3600  # 12:00 UTC
@@ -506,7 +507,7 @@ def test_render_escapes_and_clips_sources() -> None:
 async def test_migration_fills_attribution_of_earlier_joins(tmp_path: Path) -> None:
     """Joins recorded before migration 004 get their utm / campaign copied over."""
     path = tmp_path / "old.db"
-    migrations = Path(__file__).parent.parent / "storage" / "migrations"
+    migrations = ROOT / "storage" / "migrations"
     with sqlite3.connect(path) as conn:
         conn.execute(
             "CREATE TABLE schema_migrations"
