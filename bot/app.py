@@ -131,20 +131,11 @@ async def build(settings: Settings) -> Bridge:
         pacer=TokenBucket(settings.adtarget_rate_per_minute / 60.0, settings.adtarget_burst),
         # The courier's sends, plus reads (lead checks, /sync, /lead) beside them.
         max_connections=settings.courier_concurrency + 2,
+        on_answer=metrics.adtarget_answered,
     )
-    adtarget.on_answer = metrics.adtarget_answered
     notifier = Notifier(bot, settings.admin_ids)
     poll_stats = PollerStats()
     courier = Courier(db, adtarget, courier_config(settings), courier_alerts(notifier))
-    joins = JoinRecorder(
-        db,
-        ReportingPolicy(
-            default_event=settings.default_event,
-            site_id=settings.adtarget_site_id,
-            send_organic=settings.send_organic,
-        ),
-        courier,
-    )
     minter = InviteMinter(bot, db, ttl=settings.invite_ttl)
     pool = InvitePool(
         bot,
@@ -153,6 +144,7 @@ async def build(settings: Settings) -> Bridge:
         size=settings.invite_pool_size,
         per_client=settings.invite_links_per_client_hour,
         pace=settings.invite_mint_interval,
+        on_empty=lambda chat_id, title: pool_empty_alert(notifier, chat_id, title),
     )
     rate = settings.member_check_rate
     retention = RetentionChecker(
@@ -163,9 +155,16 @@ async def build(settings: Settings) -> Bridge:
         pool.wake()  # revoke the used link soon after the join
         retention.wake()  # schedule its retention check, if the channel has one
 
-    joins.on_attributed_join = attributed_join
-
-    pool.on_empty = lambda chat_id, title: pool_empty_alert(notifier, chat_id, title)
+    joins = JoinRecorder(
+        db,
+        ReportingPolicy(
+            default_event=settings.default_event,
+            site_id=settings.adtarget_site_id,
+            send_organic=settings.send_organic,
+        ),
+        courier,
+        on_attributed_join=attributed_join,
+    )
     desk = JoinRequestDesk(bot, db, joins, approve=settings.approve_join_requests)
     visits = VisitRecorder(db, courier.wake, forwards_max=settings.outbox_forwards_max)
     channel_sync = ChannelSync(adtarget, db)

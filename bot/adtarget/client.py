@@ -144,13 +144,14 @@ class AdTargetClient:
         pacer: TokenBucket | None = None,
         max_connections: int = 8,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_answer: Callable[[str, float], None] = lambda status, seconds: None,
     ) -> None:
         # Every request takes a token: AdTarget's limit is per key, whatever the call.
         self.pacer = pacer or TokenBucket(300 / 60.0, 50)
         self.timeout = timeout
         # Told each request's HTTP status ("error" when no answer came) and its
         # duration in seconds, pacing wait excluded (the bridge's /metrics).
-        self.on_answer: Callable[[str, float], None] = lambda status, seconds: None
+        self._on_answer = on_answer
         self._api = base_url.rstrip("/") + API_PREFIX
         # Parsed once per path: httpx parses and merges a str URL on every request.
         self._post_urls: dict[str, httpx.URL] = {}
@@ -249,9 +250,9 @@ class AdTargetClient:
         try:
             response = await request
         except httpx.HTTPError:
-            self.on_answer("error", time.perf_counter() - started)
+            self._on_answer("error", time.perf_counter() - started)
             raise
-        self.on_answer(str(response.status_code), time.perf_counter() - started)
+        self._on_answer(str(response.status_code), time.perf_counter() - started)
         answer = _answer(response)
         # httpx binds a response's stream to the response itself, a reference
         # cycle that leaves every answer (~45 objects: headers, request, the

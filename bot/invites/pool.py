@@ -84,6 +84,7 @@ class InvitePool:
         size: int,
         per_client: int,
         pace: float = 0.05,
+        on_empty: Callable[[int, str], None] = lambda chat_id, title: None,
     ) -> None:
         self._bot = bot
         self._minter = minter
@@ -100,7 +101,7 @@ class InvitePool:
         self._fallback_due_at: dict[tuple[int, bool], float] = {}
         self._clients_forgotten = 0.0  # monotonic
         # Told (chat id, title) when a pool has stayed empty for EMPTY_ALERT_AFTER.
-        self.on_empty: Callable[[int, str], None] = lambda chat_id, title: None
+        self._on_empty = on_empty
         self.minted = 0
         self.revoked = 0
 
@@ -310,7 +311,7 @@ class InvitePool:
             return
         since = self._empty_since.setdefault(channel.chat_id, time.monotonic())
         if time.monotonic() - since >= EMPTY_ALERT_AFTER:
-            self.on_empty(channel.chat_id, channel.title)
+            self._on_empty(channel.chat_id, channel.title)
 
     async def _mint_one(self, channel: Channel) -> bool:
         try:

@@ -104,12 +104,20 @@ def join_kind(link: InviteLink | None) -> str:
 
 
 class JoinRecorder:
-    def __init__(self, db: Database, policy: ReportingPolicy, courier: CourierDoor) -> None:
+    def __init__(
+        self,
+        db: Database,
+        policy: ReportingPolicy,
+        courier: CourierDoor,
+        *,
+        on_attributed_join: Callable[[], None] = lambda: None,
+    ) -> None:
         self._db = db
         self._policy = policy
         self._courier = courier
-        # Set by the invite pool: used personal links are revoked after the join.
-        self.on_attributed_join: Callable[[], None] = lambda: None
+        # Told after a join through one of our links is committed: the invite pool
+        # revokes the used link, the follow-ups schedule their checks.
+        self._on_attributed_join = on_attributed_join
         # Committed joins by kind and leaves, read by /metrics.
         self.counts: Counter[str] = Counter()
         # Joins and leaves seen in chats nobody set the bot up in, read by /metrics.
@@ -132,7 +140,7 @@ class JoinRecorder:
             # First: the send starts before anything else gets the event loop.
             self._courier.send_claimed(batch.claimed)
         if any(r.join_id is not None and r.kind != "organic" for r in recorded):
-            self.on_attributed_join()
+            self._on_attributed_join()
 
     def persist(self, conn: sqlite3.Connection, items: Sequence[object]) -> JoinBatch:
         """Write joins, their outbox rows and leaves in the caller's transaction
