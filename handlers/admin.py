@@ -16,11 +16,9 @@ from aiogram.exceptions import TelegramBadRequest
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import BufferedInputFile, CallbackQuery, Message
 
-from bot.admin.chart_command import ChartConsole
-from bot.admin.commands import HELP, STATS_BUTTON_PREFIX, Console, Reply, parse_stats_button
-from bot.admin.onboarding import Onboarding
-from bot.adtarget.sync import ChannelSync
+from bot.admin.commands import HELP, STATS_BUTTON_PREFIX, Reply, parse_stats_button
 from handlers.filters import PRIVATE, CallbackData
+from handlers.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +46,19 @@ async def on_help(message: Message) -> None:
     await message.answer(HELP, parse_mode="HTML")
 
 
-async def on_start(message: Message, console: Console) -> None:
+async def on_start(message: Message, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await console.start(message.from_user.id))
+    await _send(message, await services.console.start(message.from_user.id))
 
 
-async def on_stats(message: Message, command: CommandObject, console: Console) -> None:
+async def on_stats(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await console.stats(message.from_user.id, _args(command)))
+    await _send(message, await services.console.stats(message.from_user.id, _args(command)))
 
 
-async def on_chart(message: Message, command: CommandObject, chart_console: ChartConsole) -> None:
+async def on_chart(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    answer = await chart_console.chart(message.from_user.id, _args(command))
+    answer = await services.chart_console.chart(message.from_user.id, _args(command))
     if isinstance(answer, Reply):
         await _send(message, answer)
         return
@@ -68,73 +66,75 @@ async def on_chart(message: Message, command: CommandObject, chart_console: Char
     await message.answer_photo(photo, caption=answer.caption, parse_mode="HTML")
 
 
-async def on_channels(message: Message, console: Console) -> None:
+async def on_channels(message: Message, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await console.list_channels(message.from_user.id))
+    await _send(message, await services.console.list_channels(message.from_user.id))
 
 
-async def on_event(message: Message, command: CommandObject, console: Console) -> None:
+async def on_event(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await console.set_event(message.from_user.id, _args(command)))
+    await _send(message, await services.console.set_event(message.from_user.id, _args(command)))
 
 
-async def on_mode(message: Message, command: CommandObject, console: Console) -> None:
+async def on_mode(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await console.set_mode(message.from_user.id, _args(command)))
+    await _send(message, await services.console.set_mode(message.from_user.id, _args(command)))
 
 
-async def on_link(message: Message, command: CommandObject, console: Console) -> None:
+async def on_link(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await console.campaign_link(message.from_user.id, _args(command)))
+    await _send(message, await services.console.campaign_link(message.from_user.id, _args(command)))
 
 
-async def on_links(message: Message, console: Console) -> None:
+async def on_links(message: Message, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await console.list_links(message.from_user.id))
+    await _send(message, await services.console.list_links(message.from_user.id))
 
 
-async def on_outbox(message: Message, console: Console) -> None:
+async def on_outbox(message: Message, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await console.outbox_status(message.from_user.id))
+    await _send(message, await services.console.outbox_status(message.from_user.id))
 
 
-async def on_retry(message: Message, command: CommandObject, console: Console) -> None:
+async def on_retry(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await console.retry(message.from_user.id, _args(command)))
+    await _send(message, await services.console.retry(message.from_user.id, _args(command)))
 
 
-async def on_pause(message: Message, console: Console) -> None:
+async def on_pause(message: Message, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await console.pause(message.from_user.id, _who(message)))
+    await _send(message, await services.console.pause(message.from_user.id, _who(message)))
 
 
-async def on_resume(message: Message, console: Console) -> None:
+async def on_resume(message: Message, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await console.resume(message.from_user.id, _who(message)))
+    await _send(message, await services.console.resume(message.from_user.id, _who(message)))
 
 
-async def on_sync(message: Message, console: Console, channel_sync: ChannelSync) -> None:
+async def on_sync(message: Message, services: Services) -> None:
     assert message.from_user is not None
     # Bridge-wide: it rewrites every channel's AdTarget mapping and spends the key's
     # rate limit, so it is not for one channel's admins.
-    if (refusal := await console.owners_only(message.from_user.id)) is not None:
+    if (refusal := await services.console.owners_only(message.from_user.id)) is not None:
         await _send(message, refusal)
         return
-    await message.answer(await channel_sync.run_and_describe(), parse_mode="HTML")
+    await message.answer(await services.channel_sync.run_and_describe(), parse_mode="HTML")
 
 
-async def on_track(message: Message, command: CommandObject, onboarding: Onboarding) -> None:
+async def on_track(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, Reply(await onboarding.track(message.from_user.id, command.args or "")))
+    await _send(
+        message, Reply(await services.onboarding.track(message.from_user.id, command.args or ""))
+    )
 
 
-async def on_stats_button(query: CallbackQuery, console: Console) -> None:
+async def on_stats_button(query: CallbackQuery, services: Services) -> None:
     """`st:<chat id|all>:<period>`: edit the same message in place."""
     wanted = parse_stats_button(query.data or "")
     if wanted is None:
         await _out_of_date(query, f"its data {query.data!r} is none of ours")
         return
-    reply = await console.stats_view(query.from_user.id, *wanted)
+    reply = await services.console.stats_view(query.from_user.id, *wanted)
     if isinstance(query.message, Message):
         try:
             await query.message.edit_text(reply.text, parse_mode="HTML", reply_markup=reply.buttons)
@@ -147,11 +147,11 @@ async def on_stats_button(query: CallbackQuery, console: Console) -> None:
     await _answer(query)
 
 
-async def on_other_message(message: Message, console: Console) -> None:
+async def on_other_message(message: Message, services: Services) -> None:
     """A private message no handler took: an unknown command, plain text, a sticker.
     Silence would look like a dead bot; a stranger gets the usual refusal."""
     assert message.from_user is not None
-    await _send(message, await console.unknown_message(message.from_user.id, message.text))
+    await _send(message, await services.console.unknown_message(message.from_user.id, message.text))
 
 
 async def on_other_button(query: CallbackQuery) -> None:

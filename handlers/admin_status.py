@@ -22,9 +22,10 @@ from aiogram.dispatcher.event.bases import SkipHandler
 from aiogram.filters import Filter
 from aiogram.types import ChatMemberUpdated, TelegramObject
 
-from bot.admin.gate import ADMIN_STATUSES, AdminGate
+from bot.admin.gate import ADMIN_STATUSES
 from bot.logs import ids
 from handlers.filters import CHANNELS
+from handlers.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,9 @@ class AdminStatusChanged(Filter):
         return was_admin != (event.new_chat_member.status in ADMIN_STATUSES)
 
 
-async def on_admin_status_changed(event: ChatMemberUpdated, gate: AdminGate) -> None:
+async def on_admin_status_changed(event: ChatMemberUpdated, services: Services) -> None:
     user_id = event.new_chat_member.user.id
-    gate.forget(user_id, event.chat.id)
+    services.gate.forget(user_id, event.chat.id)
     now_admin = event.new_chat_member.status in ADMIN_STATUSES
     log.info(
         "user %d %s in chat %d; their access to the admin commands is checked again",

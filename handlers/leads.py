@@ -7,8 +7,8 @@ from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
-from bot.followups.lead_command import LeadsConsole
 from handlers.filters import PRIVATE
+from handlers.services import Services
 
 
 def _args(command: CommandObject) -> list[str]:
@@ -19,21 +19,21 @@ async def _answer(message: Message, text: str) -> None:
     await message.answer(text, parse_mode="HTML", disable_web_page_preview=True)
 
 
-async def on_lead(message: Message, command: CommandObject, leads_console: LeadsConsole) -> None:
+async def on_lead(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    reply = await leads_console.lead(message.from_user.id, _args(command))
+    reply = await services.leads_console.lead(message.from_user.id, _args(command))
     await _answer(message, reply.text)
 
 
-async def on_fire(message: Message, command: CommandObject, leads_console: LeadsConsole) -> None:
+async def on_fire(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    reply = await leads_console.fire(message.from_user.id, _args(command))
+    reply = await services.leads_console.fire(message.from_user.id, _args(command))
     await _answer(message, reply.text)
 
 
-async def on_value(message: Message, command: CommandObject, leads_console: LeadsConsole) -> None:
+async def on_value(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    reply = await leads_console.value(message.from_user.id, _args(command))
+    reply = await services.leads_console.value(message.from_user.id, _args(command))
     await _answer(message, reply.text)
 
 

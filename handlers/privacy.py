@@ -9,13 +9,13 @@ from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
-from bot.ops.privacy import PrivacyDesk
 from handlers.filters import PRIVATE
+from handlers.services import Services
 
 
-async def on_forget(message: Message, command: CommandObject, privacy: PrivacyDesk) -> None:
+async def on_forget(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    reply = await privacy.forget(message.from_user.id, (command.args or "").split())
+    reply = await services.privacy.forget(message.from_user.id, (command.args or "").split())
     await message.answer(reply, parse_mode="HTML")
 
 

@@ -6,15 +6,15 @@ from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
-from bot.followups.stay_command import RetentionConsole
 from handlers.filters import PRIVATE
+from handlers.services import Services
 
 
-async def on_retention(
-    message: Message, command: CommandObject, retention_console: RetentionConsole
-) -> None:
+async def on_retention(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    reply = await retention_console.retention(message.from_user.id, (command.args or "").split())
+    reply = await services.retention_console.retention(
+        message.from_user.id, (command.args or "").split()
+    )
     await message.answer(
         reply.text, parse_mode="HTML", reply_markup=reply.buttons, disable_web_page_preview=True
     )

@@ -134,7 +134,7 @@ class _Stored:
 
 
 class Metrics:
-    """The metrics of one bridge: built first in bot/app.py build(), fed by the
+    """The metrics of one bridge: built first in bot/factory.py build(), fed by the
     services, served by the tracker."""
 
     def __init__(self) -> None:
@@ -172,7 +172,7 @@ class Metrics:
         return TelegramErrorCounter(self.telegram_errors)
 
     def watch(self, reads: Database, watched: Watched) -> None:
-        """`reads`: a read-only connection of the bridge's own (bot/app.py): in WAL
+        """`reads`: a read-only connection of the bridge's own (bot/factory.py): in WAL
         mode the scrape-time counts neither wait for the writer nor hold it (and
         ingest) while they count a large outbox."""
         self._db = reads

@@ -74,7 +74,7 @@ async def track_channel(sandbox: Sandbox) -> None:
 
     await until(tracked, "the bridge tracking the channel")
     # What an admin's /sync does: map the channel to AdTarget's id for it.
-    mapped, problems = await sandbox.bridge.channel_sync.run()
+    mapped, problems = await sandbox.bridge.services.channel_sync.run()
     if not mapped:
         raise StepFailed(f"AdTarget channel mapping: {'; '.join(problems) or 'nothing mapped'}")
     say("        The bridge got the my_chat_member update and tracks the channel; AdTarget's")

@@ -1,0 +1,36 @@
+"""What the handlers are given: one typed object.
+
+bot/factory.py builds it and hands it to the dispatcher as the workflow data
+`services` (aiogram's dependency injection: a `Dispatcher(...)` keyword argument
+reaches every handler with a parameter of that name). A handler takes
+`services: Services` and reads the one it needs, so the names are checked by
+mypy, not matched as strings at each update.
+
+It lives with the handlers, not the factory: the handlers depend on what they
+are given, never on how the bridge is assembled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.admin.chart_command import ChartConsole
+from bot.admin.commands import Console
+from bot.admin.gate import AdminGate
+from bot.admin.onboarding import Onboarding
+from bot.adtarget.sync import ChannelSync
+from bot.followups.lead_command import LeadsConsole
+from bot.followups.stay_command import RetentionConsole
+from bot.ops.privacy import PrivacyDesk
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    gate: AdminGate  # an admin's status changed: drop the cached answer
+    onboarding: Onboarding  # the bot's own status in a channel, /track
+    console: Console  # the admin commands and the /stats buttons
+    chart_console: ChartConsole  # /chart
+    channel_sync: ChannelSync  # /sync (and once at start, bot/app.py)
+    leads_console: LeadsConsole  # /lead, /fire, /value
+    retention_console: RetentionConsole  # /retention
+    privacy: PrivacyDesk  # /forget
