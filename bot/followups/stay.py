@@ -30,8 +30,8 @@ from aiogram.types import ChatMember
 
 from bot.adtarget.events import EventType
 from bot.backoff import Backoff
-from bot.courier.pacing import TokenBucket
 from bot.followups import rows as followups
+from bot.token_bucket import TokenBucket
 from bot.waiting import wait_any
 from storage import outbox, retention
 from storage.db import Database
