@@ -26,7 +26,6 @@ from bot.admin.notifier import Notifier
 from bot.admin.onboarding import Onboarding
 from bot.adtarget.client import AdTargetClient
 from bot.adtarget.sync import ChannelSync
-from bot.courier.pacing import TokenBucket
 from bot.courier.service import Courier
 from bot.courier.verdicts import CourierConfig
 from bot.followups.lead_command import LeadsConsole
@@ -44,6 +43,7 @@ from bot.polling.batches import BatchSink, PollerStats
 from bot.polling.poller import Poller, PollerConfig
 from bot.polling.session import UpdatesSession
 from bot.settings import Settings
+from bot.token_bucket import TokenBucket
 from bot.tracker.guards import TrackerConfig
 from bot.tracker.health import Health
 from bot.tracker.server import Tracker

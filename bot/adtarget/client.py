@@ -45,7 +45,7 @@ from bot.adtarget.models import (
     VisitAnswer,
     VisitRequest,
 )
-from bot.courier.pacing import TokenBucket
+from bot.token_bucket import TokenBucket
 
 API_PREFIX = "/api/v1"
 CLIENT_IP_HEADER = "X-Adtarget-Client-IP"

@@ -28,7 +28,6 @@ from bot.courier.verdicts import (
     Outcome,
     Pause,
     Verdict,
-    backoff_delay,
     classify_answer,
     classify_exception,
 )
@@ -293,9 +292,7 @@ class Courier:
 
     async def _retry_later(self, row: OutboxRow, outcome: Outcome) -> None:
         now = time.time()
-        delay = backoff_delay(
-            row.attempts, base=self._config.backoff_base, cap=self._config.backoff_cap
-        )
+        delay = self._config.backoff.delay(row.attempts)  # attempts: this one included
         if outcome.retry_after is not None:
             delay = max(delay, outcome.retry_after)
         first = row.first_attempt_at or now

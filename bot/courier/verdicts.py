@@ -7,7 +7,6 @@ Pure functions and plain data: the courier applies them, the unit tests pin them
 from __future__ import annotations
 
 import enum
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +16,7 @@ import httpx
 
 from bot.adtarget.client import ApiAnswer
 from bot.adtarget.errors import ErrorCode, Unsendable
+from bot.backoff import Backoff
 from bot.followups.rows import park_reason
 from storage.outbox import OutboxRow
 
@@ -111,19 +111,6 @@ def classify_exception(error: Exception) -> Outcome:
     return Outcome(Verdict.RETRY, f"unexpected error ({type(error).__name__}: {error})")
 
 
-def backoff_delay(
-    attempt: int, *, base: float, cap: float, rng: random.Random | None = None
-) -> float:
-    """Exponential backoff with jitter: base, 2*base, 4*base ... capped at `cap`.
-
-    The jitter spreads the retries of many rows over the second half of the
-    interval, so a recovering AdTarget is not hit by them all at once.
-    """
-    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
-    draw = (rng or random).random()
-    return float(ceiling / 2 + draw * ceiling / 2)
-
-
 # Rows whose delivery AdTarget's lead record can confirm, past the idempotency window.
 CHECKABLE_KINDS = frozenset({"conversion", "lead_event", "conversion_value"})
 
@@ -186,6 +173,13 @@ class CourierConfig:
     poll_interval: float = 2.0
     # Visit and update-fbp forwards older than this are dropped (OUTBOX_FORWARDS_MAX_AGE).
     forwards_max_age: float = 6 * 3600.0
+
+    @property
+    def backoff(self) -> Backoff:
+        """A row's wait after its n-th failed attempt. Jittered over the upper half
+        of each wait, so the retries of many rows that failed together do not hit
+        a recovering AdTarget all at once."""
+        return Backoff(base=self.backoff_base, cap=self.backoff_cap, jitter=0.5)
 
     @property
     def lease(self) -> float:

@@ -29,8 +29,9 @@ from aiogram.exceptions import (
 from aiogram.types import ChatMember
 
 from bot.adtarget.events import EventType
-from bot.courier.pacing import TokenBucket
+from bot.backoff import Backoff
 from bot.followups import rows as followups
+from bot.token_bucket import TokenBucket
 from bot.waiting import wait_any
 from storage import outbox, retention
 from storage.db import Database
@@ -95,8 +96,9 @@ class RetentionChecker:
         self._db = db
         self._pacer = pacer
         self._wake_courier = wake_courier
-        self._retry_base = retry_base
-        self._retry_cap = retry_cap
+        # Exact waits, no jitter: every check, retried or not, goes out through
+        # the pacer, which spreads checks that fall due together.
+        self._retry = Backoff(base=retry_base, cap=retry_cap)
         self._wake = asyncio.Event()
         self._sweep_wanted = True
         self._swept_at = -math.inf  # monotonic
@@ -193,7 +195,7 @@ class RetentionChecker:
             await retention.record_failed(self._db, check.id, reason=error.message)
             return True
         except (TelegramAPIError, OSError, TimeoutError) as error:
-            delay = min(self._retry_cap, self._retry_base * 2**check.attempts)
+            delay = self._retry.delay(check.attempts + 1)  # attempts: failures before
             log.warning(
                 "retention check %d: getChatMember failed (%s); again in %.0f s",
                 check.id,

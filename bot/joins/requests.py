@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramRetryAfter
 
+from bot.backoff import Backoff
 from bot.joins.recorder import ChatRef, JoinBatch, JoinRecorder, JoinSeen
 from bot.logs import ids
 from bot.waiting import wait_any
@@ -53,8 +54,9 @@ class JoinRequestDesk:
         self._db = db
         self._recorder = recorder
         self._approve = approve
-        self._retry_base = retry_base
-        self._retry_cap = retry_cap
+        # Exact waits, no jitter: approvals go out one at a time from one loop,
+        # so requests whose retries fall due together still do not arrive at once.
+        self._retry = Backoff(base=retry_base, cap=retry_cap)
         self._wake = asyncio.Event()
         self.approved = 0
         # Requests seen in chats nobody set the bot up in, read by /metrics.
@@ -154,7 +156,7 @@ class JoinRequestDesk:
             )
             return 0.0
         except (TelegramAPIError, OSError, TimeoutError) as error:
-            delay = min(self._retry_cap, self._retry_base * 2**request.attempts)
+            delay = self._retry.delay(request.attempts + 1)  # attempts: failures before
             log.warning(
                 "approving join request %d failed: %s; retrying in %.0f s",
                 request.id,

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from aiogram import Bot, Dispatcher
 from aiogram.types import Update
 
+from bot.backoff import Backoff
 from bot.logs import ids
 from storage import updates as inbox
 from storage.db import Database
@@ -95,8 +96,9 @@ class BatchHandler:
         self._db = db
         self._sinks = list(sinks)
         self._stats = stats
-        self._retry_base = retry_base
-        self._retry_cap = retry_cap
+        # Exact waits, no jitter: the poller retries failed updates in one pass
+        # every `retry_base` seconds anyway, so their times spread by themselves.
+        self._retry = Backoff(base=retry_base, cap=retry_cap)
 
     def count_received(
         self, rows: list[InboxRow], skipped: set[int], why: str = "already handled"
@@ -239,7 +241,7 @@ class BatchHandler:
         return persisted
 
     async def _fail(self, update: Update, attempts: int, error: BaseException) -> None:
-        delay = min(self._retry_cap, self._retry_base * 2**attempts)
+        delay = self._retry.delay(attempts + 1)  # `attempts`: the failures before this one
         total = await inbox.mark_failed(
             self._db,
             update.update_id,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from typing import Any, Protocol
 
 from aiogram import Bot
@@ -23,6 +22,7 @@ from aiogram.exceptions import (
     TelegramUnauthorizedError,
 )
 
+from bot.backoff import Backoff
 from bot.waiting import wait_any
 
 log = logging.getLogger("bot.polling.poller")
@@ -53,8 +53,9 @@ class PersistentCaller:
     def __init__(self, bot: Bot, stats: ErrorCount, *, backoff_base: float, backoff_cap: float):
         self._bot = bot
         self.stats = stats
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
+        # Jittered over the upper half of each wait, so the retries do not fall
+        # into step with another poller's on the same token (a 409 each turn).
+        self._backoff = Backoff(base=backoff_base, cap=backoff_cap, jitter=0.5)
         # One task watches the stop event for every call, and cancels the call in
         # flight when it is set. Racing each call against a fresh `stop.wait()`
         # task through asyncio.wait cost two tasks and an extra turn of the event
@@ -149,8 +150,4 @@ class PersistentCaller:
 
     def next_backoff(self) -> float:
         self.stats.consecutive_errors += 1
-        ceiling = min(
-            self._backoff_cap,
-            self._backoff_base * 2 ** (self.stats.consecutive_errors - 1),
-        )
-        return float(ceiling / 2 + random.random() * ceiling / 2)
+        return self._backoff.delay(self.stats.consecutive_errors)

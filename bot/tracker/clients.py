@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from bot.token_bucket import TokenBucket
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 UA_MAX = 1024  # a User-Agent longer than this is cut
@@ -141,9 +143,10 @@ class ClientRateLimiter:
 
     def __init__(self, rate_per_minute: float, burst: int, max_clients: int = 50_000) -> None:
         self._rate = rate_per_minute / 60.0
-        self._burst = float(burst)
+        self._burst = burst
         self._max_clients = max_clients
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # Least recently seen first.
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -151,13 +154,14 @@ class ClientRateLimiter:
     def take(self, key: str) -> float:
         """0 when allowed, else the seconds until a request would be."""
         now = time.monotonic()
-        tokens, updated = self._buckets.pop(key, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - updated) * self._rate)
-        allowed = tokens >= 1.0
-        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
-        while len(self._buckets) > self._max_clients:
-            self._buckets.popitem(last=False)
-        return 0.0 if allowed else (1.0 - tokens) / self._rate
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self._rate, self._burst, now)
+            while len(self._buckets) > self._max_clients:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket.take(now)
 
 
 def resolve_client(

@@ -16,7 +16,6 @@ from pydantic import SecretStr
 
 from bot.adtarget.client import AdTargetClient
 from bot.adtarget.events import EventType
-from bot.courier.pacing import TokenBucket
 from bot.joins.recorder import ChatRef, JoinSeen
 from storage import outbox
 from tests.fakes.adtarget import FakeAdTarget
@@ -275,13 +274,6 @@ async def test_on_sent_is_told_before_the_answer_comes(adtarget: FakeAdTarget) -
         assert answer.status == 200
     finally:
         await client.aclose()
-
-
-def test_the_pacer_says_whether_a_token_is_there_now() -> None:
-    bucket = TokenBucket(rate_per_second=0.1, burst=1)
-    assert bucket.ready()
-    bucket.hold(30)
-    assert not bucket.ready()
 
 
 async def test_a_send_waiting_for_the_pacer_does_not_hold_polling_back(

@@ -10,8 +10,8 @@ import pytest
 from bot.adtarget.client import ApiAnswer, parse_retry_after
 from bot.courier.verdicts import (
     Accepted,
+    CourierConfig,
     Verdict,
-    backoff_delay,
     classify_answer,
     classify_exception,
     find_matching_conversion,
@@ -108,8 +108,9 @@ def test_transport_errors_are_retried(error: Exception) -> None:
 
 def test_backoff_doubles_from_base_and_is_capped() -> None:
     rng = random.Random(1)
+    backoff = CourierConfig(backoff_base=1, backoff_cap=60).backoff
     for attempt, ceiling in [(1, 1), (2, 2), (3, 4), (4, 8), (7, 60), (30, 60)]:
-        delays = [backoff_delay(attempt, base=1, cap=60, rng=rng) for _ in range(200)]
+        delays = [backoff.delay(attempt, rng) for _ in range(200)]
         assert min(delays) >= ceiling / 2
         assert max(delays) <= ceiling
         # Jitter: the delays are spread, not all equal.

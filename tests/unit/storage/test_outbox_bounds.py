@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from bot.adtarget.client import CLIENT_UA_HEADER, AdTargetClient
 from bot.adtarget.errors import Unsendable
-from bot.courier.pacing import TokenBucket
+from bot.token_bucket import TokenBucket
 from bot.tracker.visits import ForwardCap
 from storage import outbox
 from storage.db import Database, open_database
