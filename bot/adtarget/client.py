@@ -17,7 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -27,6 +26,7 @@ from bot.adtarget.errors import (
     UnexpectedAnswer,
     Unreachable,
     Unsendable,
+    envelope,
     error_from_answer,
     header_problem,
 )
@@ -45,49 +45,21 @@ from bot.adtarget.models import (
     VisitAnswer,
     VisitRequest,
 )
+from bot.adtarget.wire import (
+    API_PREFIX,
+    CHANNELS_PATH,
+    CONVERSION_PATH,
+    INVITE_PATH,
+    UPDATE_FBP_PATH,
+    VISIT_PATH,
+    conversion_value_path,
+    lead_events_path,
+    lead_path,
+    visitor_headers,
+)
 from bot.courier.pacing import TokenBucket
 
-API_PREFIX = "/api/v1"
-CLIENT_IP_HEADER = "X-Adtarget-Client-IP"
-CLIENT_UA_HEADER = "X-Adtarget-Client-User-Agent"
-VISIT_PATH = "/events/visit"
-UPDATE_FBP_PATH = "/events/update-fbp"
-INVITE_PATH = "/events/invite"
-CONVERSION_PATH = "/events/conversion"
-
 _Model = TypeVar("_Model", bound=BaseModel)
-
-
-def lead_path(telegram_user_id: int) -> str:
-    return f"/leads/{telegram_user_id}"
-
-
-def lead_events_path(telegram_user_id: int) -> str:
-    return f"/leads/{telegram_user_id}/events"
-
-
-def conversion_value_path(telegram_user_id: int, conversion_id: str) -> str:
-    # The id is AdTarget's; quoted so that a stray "/" cannot change the route.
-    return f"/leads/{telegram_user_id}/conversions/{quote(conversion_id, safe='')}/value"
-
-
-def visitor_headers(
-    body: dict[str, Any], client_ip: str | None, user_agent: str | None
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Move the real visitor's IP and User-Agent into AdTarget's forwarding headers.
-
-    AdTarget lets the headers win over the body's clientIp / userAgent, so an
-    explicit `client_ip` / `user_agent` wins over the body here too; what is
-    sent is then one unambiguous value per field, in the header.
-    """
-    body = dict(body)
-    body_ip, body_agent = body.pop("clientIp", None), body.pop("userAgent", None)
-    headers = {}
-    if ip := client_ip or body_ip:
-        headers[CLIENT_IP_HEADER] = str(ip)
-    if agent := user_agent or body_agent:
-        headers[CLIENT_UA_HEADER] = str(agent)
-    return body, headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,17 +70,16 @@ class ApiAnswer:
     replay: bool
 
     @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
     def error_code(self) -> str | None:
-        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
-            code = self.body["error"].get("code")
-            return str(code) if code is not None else None
-        return None
+        return envelope(self.body)[0]
 
     @property
     def error_message(self) -> str:
-        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
-            return str(self.body["error"].get("message", ""))
-        return ""
+        return envelope(self.body)[1]
 
     def describe(self) -> str:
         """`HTTP 404 CHANNEL_NOT_FOUND: channel is not assigned`, for logs and reasons."""
@@ -330,7 +301,7 @@ class AdTargetClient:
 
     async def list_channels(self) -> list[RemoteChannel]:
         """The site's active channels."""
-        return (await self._read("/channels", ChannelList)).channels
+        return (await self._read(CHANNELS_PATH, ChannelList)).channels
 
     async def _write(
         self,
@@ -370,7 +341,7 @@ def _unreachable(error: httpx.HTTPError) -> Unreachable:
 
 
 def _parsed(answer: ApiAnswer, model: type[_Model]) -> _Model:
-    if not 200 <= answer.status < 300:
+    if not answer.ok:
         raise answer.error()
     try:
         return model.model_validate(answer.body)

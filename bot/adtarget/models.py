@@ -92,12 +92,12 @@ class _Answer(BaseModel):
 
 
 class VisitRequest(_Request):
-    """POST /api/v1/events/visit. Only `href` is required."""
+    """POST /api/v1/events/visit. Only `href` is required. Fields in the doc's order."""
 
-    href: Url
     temp_id: TempId | None = None
     client_session_id: Text | None = None
     external_user_id: Text | None = None
+    href: Url
     landing_page: Text | None = None
     referrer: str | None = None
     client_ip: Text | None = None

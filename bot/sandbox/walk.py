@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from bot.adtarget import wire
 from bot.sandbox.core import (
     ADTARGET_CHANNEL_ID,
     CHANNEL_ID,
@@ -46,10 +47,10 @@ PAGE = (
 # As a reverse proxy forwards them; a browser calling the tracker directly is
 # seen by its own address and User-Agent.
 VISITOR_HEADERS = {
-    "X-Adtarget-Client-IP": "203.0.113.7",
-    "X-Adtarget-Client-User-Agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X)",
+    wire.CLIENT_IP_HEADER: "203.0.113.7",
+    wire.CLIENT_UA_HEADER: "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X)",
 }
-CONVERSION_PATH = "/api/v1/events/conversion"
+CONVERSION_PATH = wire.API_PREFIX + wire.CONVERSION_PATH
 # The _fbp cookie Meta's pixel set on the page; the script sends it with the visit.
 FBP = "fb.1.1764100000000.1357924680"
 STEPS = 5
@@ -113,7 +114,7 @@ async def walk_through(sandbox: Sandbox) -> None:
             "referrer": "https://m.facebook.com/",
             "fbp": FBP,
         }
-        answer = await _post(tracker, "/api/v1/events/visit", visit, VISITOR_HEADERS)
+        answer = await _post(tracker, wire.API_PREFIX + wire.VISIT_PATH, visit, VISITOR_HEADERS)
         cookies = answer.pop("cookies", {})
         say(block(pretty_json(answer)))
         names = ", ".join(str(c.get("name")) for c in cookies.values() if isinstance(c, dict))
@@ -122,7 +123,7 @@ async def walk_through(sandbox: Sandbox) -> None:
 
         _step(2, "The page asks for the visitor's personal invite link")
         invite = {"tempId": temp_id, "channelId": str(CHANNEL_ID)}
-        link = str((await _post(tracker, "/api/v1/events/invite", invite))["inviteLink"])
+        link = str((await _post(tracker, wire.API_PREFIX + wire.INVITE_PATH, invite))["inviteLink"])
     say(f"← inviteLink {link}")
     _describe_link(sandbox, link)
 

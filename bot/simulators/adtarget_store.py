@@ -17,10 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from . import adtarget_rules as rules
+from bot.adtarget.wire import CLIENT_IP_HEADER, CLIENT_UA_HEADER
 
-_IP_HEADER = "X-Adtarget-Client-IP"
-_UA_HEADER = "X-Adtarget-Client-User-Agent"
+from . import adtarget_rules as rules
 
 
 class ApiError(Exception):
@@ -117,8 +116,10 @@ class AdTargetStore:
         rules.check_visit(body)
         headers = call.request.headers
         # Headers win over body; with neither, AdTarget only sees the caller itself.
-        ip = headers.get(_IP_HEADER) or body.get("clientIp") or call.request.remote
-        user_agent = headers.get(_UA_HEADER) or body.get("userAgent") or headers.get("User-Agent")
+        ip = headers.get(CLIENT_IP_HEADER) or body.get("clientIp") or call.request.remote
+        user_agent = (
+            headers.get(CLIENT_UA_HEADER) or body.get("userAgent") or headers.get("User-Agent")
+        )
         temp_id = body.get("tempId") or _new_id()
         client_session = body.get("clientSessionId") or _new_id()
         session_id = self._sessions.setdefault(client_session, _new_id())

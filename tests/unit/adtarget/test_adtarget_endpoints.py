@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from bot.adtarget import errors
-from bot.adtarget.client import AdTargetClient, visitor_headers
+from bot.adtarget.client import AdTargetClient
 from bot.adtarget.models import (
     ConversionRequest,
     InviteRequest,
@@ -22,6 +22,7 @@ from bot.adtarget.models import (
     ValueRequest,
     VisitRequest,
 )
+from bot.adtarget.wire import visitor_headers
 
 KEY = "atk_live_abcd1234_0123456789abcdefghijklmnopqrstuv"
 BASE = "https://adtarget.example"
