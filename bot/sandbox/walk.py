@@ -37,7 +37,7 @@ from bot.sandbox.core import (
 from bot.simulators.adtarget import Received
 from bot.simulators.telegram import Call
 from storage import channels, leads, outbox
-from storage.leads import JoinSeen, OutboxSeen
+from storage.leads import LeadJoin, LeadOutboxRow
 
 FBCLID = "IwAR2sandbox_Zx9"
 PAGE = (
@@ -208,7 +208,7 @@ async def follow_join(sandbox: Sandbox, mark: JoinMark, *, walkthrough: bool = F
     In the walkthrough, also check the request carries the walkthrough's visit."""
     db, user_id = sandbox.bridge.db, mark.user_id
 
-    async def joined() -> JoinSeen | None:
+    async def joined() -> LeadJoin | None:
         lead = await leads.bridge_lead(db, user_id, [CHANNEL_ID])
         return next((j for j in lead.joins if j.joined_at >= int(mark.wall)), None)
 
@@ -251,13 +251,13 @@ async def follow_join(sandbox: Sandbox, mark: JoinMark, *, walkthrough: bool = F
             say(f"      {other.method} {other.path} → {other.status or 'no answer'}")
 
 
-async def _conversion_row(sandbox: Sandbox, mark: JoinMark) -> OutboxSeen | None:
+async def _conversion_row(sandbox: Sandbox, mark: JoinMark) -> LeadOutboxRow | None:
     lead = await leads.bridge_lead(sandbox.bridge.db, mark.user_id, [CHANNEL_ID])
     rows = (r for r in lead.outbox if r.kind == "conversion" and r.created_at >= mark.wall)
     return next(rows, None)
 
 
-async def _delivered(sandbox: Sandbox, mark: JoinMark) -> OutboxSeen | None:
+async def _delivered(sandbox: Sandbox, mark: JoinMark) -> LeadOutboxRow | None:
     row = await _conversion_row(sandbox, mark)
     if row is not None and row.state == "parked":
         raise StepFailed(f"outbox row #{row.id} was parked: {row.problem}")

@@ -22,7 +22,7 @@ from bot.adtarget.wire import CLIENT_IP_HEADER, CLIENT_UA_HEADER
 from . import adtarget_rules as rules
 
 
-class ApiError(Exception):
+class ErrorAnswer(Exception):
     """An answer in AdTarget's error envelope: {"error": {"code", "message"}}."""
 
     def __init__(
@@ -79,14 +79,14 @@ class AdTargetStore:
         for channel in self._channels:
             if channel_id in (str(channel.get("channelId")), str(channel.get("telegramChannelId"))):
                 return str(channel["channelId"])
-        raise ApiError(
+        raise ErrorAnswer(
             404, "CHANNEL_NOT_FOUND", f"channelId {channel_id!r} is not assigned to this site"
         )
 
     def _lead(self, user: int) -> dict[str, Any]:
         lead = self._leads.get(user)
         if lead is None:
-            raise ApiError(404, "LEAD_NOT_FOUND", f"no conversion for telegramUserId {user}")
+            raise ErrorAnswer(404, "LEAD_NOT_FOUND", f"no conversion for telegramUserId {user}")
         return lead
 
     def _record(
@@ -184,7 +184,9 @@ class AdTargetStore:
                     {**call.body, "telegramUserId": user, "conversionId": conversion_id}
                 )
                 return _ok({"success": True})
-        raise ApiError(404, "CONVERSION_NOT_FOUND", f"no conversion {conversion_id!r} for {user}")
+        raise ErrorAnswer(
+            404, "CONVERSION_NOT_FOUND", f"no conversion {conversion_id!r} for {user}"
+        )
 
     def _get_lead(self, call: ApiCall) -> Answer:
         lead = self._lead(rules.user_id(call.params[0]))
