@@ -31,6 +31,7 @@ from bot.adtarget.errors import (
     header_problem,
 )
 from bot.adtarget.models import (
+    Call,
     ChannelList,
     ConversionAnswer,
     ConversionRequest,
@@ -45,18 +46,7 @@ from bot.adtarget.models import (
     VisitAnswer,
     VisitRequest,
 )
-from bot.adtarget.wire import (
-    API_PREFIX,
-    CHANNELS_PATH,
-    CONVERSION_PATH,
-    INVITE_PATH,
-    UPDATE_FBP_PATH,
-    VISIT_PATH,
-    conversion_value_path,
-    lead_events_path,
-    lead_path,
-    visitor_headers,
-)
+from bot.adtarget.wire import API_PREFIX, CHANNELS_PATH, lead_path
 from bot.courier.pacing import TokenBucket
 
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -244,8 +234,7 @@ class AdTargetClient:
         client_ip: str | None = None,
         user_agent: str | None = None,
     ) -> VisitAnswer:
-        body, headers = visitor_headers(visit.body(), client_ip, user_agent)
-        return await self._write(VISIT_PATH, body, idempotency_key, headers, VisitAnswer)
+        return await self._write(visit.call(client_ip, user_agent), idempotency_key, VisitAnswer)
 
     async def update_fbp(
         self,
@@ -255,8 +244,8 @@ class AdTargetClient:
         client_ip: str | None = None,
         user_agent: str | None = None,
     ) -> SuccessAnswer:
-        body, headers = visitor_headers(update.body(), client_ip, user_agent)
-        return await self._write(UPDATE_FBP_PATH, body, idempotency_key, headers, SuccessAnswer)
+        call = update.call(client_ip, user_agent)
+        return await self._write(call, idempotency_key, SuccessAnswer)
 
     async def create_invite(
         self,
@@ -266,21 +255,19 @@ class AdTargetClient:
         client_ip: str | None = None,
         user_agent: str | None = None,
     ) -> InviteAnswer:
-        body, headers = visitor_headers(invite.body(), client_ip, user_agent)
-        return await self._write(INVITE_PATH, body, idempotency_key, headers, InviteAnswer)
+        call = invite.call(client_ip, user_agent)
+        return await self._write(call, idempotency_key, InviteAnswer)
 
     async def send_conversion(
         self, conversion: ConversionRequest, *, idempotency_key: str
     ) -> ConversionAnswer:
-        return await self._write(
-            CONVERSION_PATH, conversion.body(), idempotency_key, None, ConversionAnswer
-        )
+        return await self._write(conversion.call(), idempotency_key, ConversionAnswer)
 
     async def send_lead_event(
         self, telegram_user_id: int, event: LeadEventRequest, *, idempotency_key: str
     ) -> ConversionAnswer:
-        path = lead_events_path(telegram_user_id)
-        return await self._write(path, event.body(), idempotency_key, None, ConversionAnswer)
+        call = event.call(telegram_user_id)
+        return await self._write(call, idempotency_key, ConversionAnswer)
 
     async def send_value(
         self,
@@ -290,8 +277,8 @@ class AdTargetClient:
         *,
         idempotency_key: str,
     ) -> SuccessAnswer:
-        path = conversion_value_path(telegram_user_id, conversion_id)
-        return await self._write(path, value.body(), idempotency_key, None, SuccessAnswer)
+        call = value.call(telegram_user_id, conversion_id)
+        return await self._write(call, idempotency_key, SuccessAnswer)
 
     # ---- typed reads: direct, bounded in time ----
 
@@ -303,17 +290,10 @@ class AdTargetClient:
         """The site's active channels."""
         return (await self._read(CHANNELS_PATH, ChannelList)).channels
 
-    async def _write(
-        self,
-        path: str,
-        body: dict[str, Any],
-        idempotency_key: str,
-        headers: dict[str, str] | None,
-        model: type[_Model],
-    ) -> _Model:
+    async def _write(self, call: Call, idempotency_key: str, model: type[_Model]) -> _Model:
         try:
             answer = await self.post(
-                path, body, idempotency_key=idempotency_key, headers=headers or None
+                call.path, call.body, idempotency_key=idempotency_key, headers=call.headers
             )
         except httpx.HTTPError as error:
             raise _unreachable(error) from error

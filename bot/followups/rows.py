@@ -20,7 +20,6 @@ from pydantic import ValidationError
 from bot.adtarget import events
 from bot.adtarget.events import EventType
 from bot.adtarget.models import LeadEventRequest, ValueRequest, describe_invalid
-from bot.adtarget.wire import conversion_value_path, lead_events_path
 from bot.ops import privacy
 from storage import outbox
 from storage.db import Database
@@ -127,10 +126,11 @@ def event_row(
     event_type: str = request.event_type
     if request.custom_event_name:
         event_type = f"Custom:{request.custom_event_name}"
+    call = request.call(telegram_user_id)
     return outbox.NewRow(
         kind=KIND_EVENT,
-        path=lead_events_path(telegram_user_id),
-        body=request.body(),
+        path=call.path,
+        body=call.body,
         idempotency_key=_key(idempotency_key, "jb-fire"),
         telegram_user_id=telegram_user_id,
         chat_id=chat_id,
@@ -149,10 +149,11 @@ def value_row(
 ) -> outbox.NewRow:
     if telegram_user_id <= 0:
         raise InvalidFollowUp("telegram-user-id: must be a positive whole number")
+    call = request.call(telegram_user_id, check_conversion_id(conversion_id))
     return outbox.NewRow(
         kind=KIND_VALUE,
-        path=conversion_value_path(telegram_user_id, check_conversion_id(conversion_id)),
-        body=request.body(),
+        path=call.path,
+        body=call.body,
         idempotency_key=_key(idempotency_key, "jb-value"),
         telegram_user_id=telegram_user_id,
         chat_id=chat_id,

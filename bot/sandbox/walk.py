@@ -227,7 +227,8 @@ async def follow_join(sandbox: Sandbox, mark: JoinMark, *, walkthrough: bool = F
     stored = await outbox.get(db, row.id)
     if stored is None:
         raise StepFailed(f"outbox row #{row.id} vanished")
-    say(f"    outbox row #{row.id}: {row.kind} ({row.event_type}), POST /api/v1{stored['path']},")
+    posted = wire.API_PREFIX + stored["path"]
+    say(f"    outbox row #{row.id}: {row.kind} ({row.event_type}), POST {posted},")
     say(f"    Idempotency-Key {stored['idempotency_key']}, state {row.state} by now.")
     say("    It was written in the same transaction as the join: a crash loses nothing.")
 

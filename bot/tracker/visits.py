@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.adtarget.models import Cookie, UpdateFbpRequest, VisitAnswer, VisitCookies, VisitRequest
-from bot.adtarget.wire import UPDATE_FBP_PATH, VISIT_PATH, visitor_headers
 from bot.logs import ids
 from bot.tracker.input import VisitInput
 from storage import outbox, visits
@@ -243,16 +242,14 @@ class VisitRecorder:
         visit_key = str(uuid.uuid4())
         # The real visitor's IP and User-Agent travel as headers: AdTarget lets
         # them win over the body, and they never become our own request's.
-        body, headers = visitor_headers(
-            visit_request(visit, temp_id, client_session_id).body(), None, None
-        )
+        call = visit_request(visit, temp_id, client_session_id).call()
         pending = _Pending(
             attribution_of(visit, temp_id, client_session_id),
             outbox.NewRow(
                 kind="visit",
-                path=VISIT_PATH,
-                body=body,
-                headers=headers or None,
+                path=call.path,
+                body=call.body,
+                headers=call.headers,
                 idempotency_key=f"jb-visit-{visit_key}",
                 priority=outbox.FORWARD_PRIORITY,
             ),
@@ -281,12 +278,13 @@ class VisitRecorder:
                 self._cap.counted(await outbox.queued_forwards(conn, limit=self._cap.limit))
             kept = self._cap.take(1)
             if kept:
+                call = UpdateFbpRequest(temp_id=temp_id, fbp=fbp).call()
                 await outbox.enqueue(
                     conn,
                     outbox.NewRow(
                         kind="update_fbp",
-                        path=UPDATE_FBP_PATH,
-                        body=UpdateFbpRequest(temp_id=temp_id, fbp=fbp).body(),
+                        path=call.path,
+                        body=call.body,
                         idempotency_key=f"jb-fbp-{uuid.uuid4()}",
                         priority=outbox.FORWARD_PRIORITY,
                     ),
