@@ -1,12 +1,14 @@
 """The AdTarget HTTP client: one long-lived httpx.AsyncClient, no retry policy.
 
-Retrying, pacing and classification belong to the courier; this module only
-speaks the wire protocol (auth header, Idempotency-Key, error envelope).
+Retrying and what to do about an answer belong to the courier; this module
+only speaks the wire protocol (auth header, Idempotency-Key, error envelope).
 
 Two layers: `post` / `get` carry any stored request and return the raw
-`ApiAnswer` (the courier sends outbox rows this way and classifies the answer
-itself); the typed methods below them take and return the models of
-bot/adtarget/models.py and raise the typed errors of bot/adtarget/errors.py.
+`ApiAnswer` (the courier sends outbox rows this way and turns
+`ApiAnswer.error()` into a verdict); the typed methods below them take the
+request models' calls (bot/adtarget/models.py), return the answer models and
+raise the errors of bot/adtarget/errors.py. Both classify an answer the same
+way, through `errors.error_class`.
 """
 
 from __future__ import annotations
