@@ -7,6 +7,7 @@ as a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,9 +16,29 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.adtarget.events import EventType
-from bot.tracker.clients import LOOPBACK, IPNetwork, parse_trusted_proxies
 
 _TOKEN_SHAPE = re.compile(r"^\d+:[\w-]+$")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# TRUSTED_PROXIES' default. Setting TRUSTED_PROXIES replaces it.
+LOOPBACK: tuple[IPNetwork, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+def parse_trusted_proxies(text: str) -> list[IPNetwork]:
+    """Networks from "10.0.0.0/8, 127.0.0.1" (commas or whitespace between entries)."""
+    networks: list[IPNetwork] = []
+    for entry in re.split(r"[,\s]+", text):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"trusted proxy {entry!r} is not an IP address or network") from None
+    return networks
 
 
 class Settings(BaseSettings):
@@ -144,7 +165,7 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _proxies(cls, value: object) -> object:
-        # The tracker's own parser: one place decides what a proxy entry may be.
+        # One place decides what a proxy entry may be.
         return tuple(parse_trusted_proxies(value)) if isinstance(value, str) else value
 
     @field_validator("tracker_allowed_origins", mode="before")

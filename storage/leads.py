@@ -16,7 +16,10 @@ from storage.sql import marks
 
 
 @dataclass(frozen=True, slots=True)
-class JoinSeen:
+class LeadJoin:
+    """A join as the bridge recorded it for this user (bot/joins' `JoinSeen` is
+    one as a handler read it off an update)."""
+
     chat_id: int
     kind: str  # attributed | campaign | organic
     joined_at: int  # Telegram's date, seconds
@@ -32,13 +35,13 @@ class JoinSeen:
 
 
 @dataclass(frozen=True, slots=True)
-class LeaveSeen:
+class LeadLeave:
     chat_id: int
     left_at: int
 
 
 @dataclass(frozen=True, slots=True)
-class RequestSeen:
+class LeadJoinRequest:
     chat_id: int
     requested_at: int
     state: str
@@ -46,7 +49,7 @@ class RequestSeen:
 
 
 @dataclass(frozen=True, slots=True)
-class OutboxSeen:
+class LeadOutboxRow:
     id: int
     kind: str
     state: str
@@ -65,10 +68,10 @@ class OutboxSeen:
 
 @dataclass(frozen=True, slots=True)
 class BridgeLead:
-    joins: list[JoinSeen]
-    leaves: list[LeaveSeen]
-    requests: list[RequestSeen]
-    outbox: list[OutboxSeen]
+    joins: list[LeadJoin]
+    leaves: list[LeadLeave]
+    requests: list[LeadJoinRequest]
+    outbox: list[LeadOutboxRow]
 
     @property
     def empty(self) -> bool:
@@ -112,7 +115,7 @@ async def bridge_lead(
         (user_id, *scope, limit),
     )
     joins = [
-        JoinSeen(
+        LeadJoin(
             chat_id=int(r["chat_id"]),
             kind=r["kind"],
             joined_at=int(r["joined_at"]),
@@ -148,13 +151,13 @@ async def bridge_lead(
     )
     return BridgeLead(
         joins=joins,
-        leaves=[LeaveSeen(int(r["chat_id"]), int(r["left_at"])) for r in leave_rows],
+        leaves=[LeadLeave(int(r["chat_id"]), int(r["left_at"])) for r in leave_rows],
         requests=[
-            RequestSeen(int(r["chat_id"]), int(r["requested_at"]), r["state"], r["last_error"])
+            LeadJoinRequest(int(r["chat_id"]), int(r["requested_at"]), r["state"], r["last_error"])
             for r in request_rows
         ],
         outbox=[
-            OutboxSeen(
+            LeadOutboxRow(
                 id=int(r["id"]),
                 kind=r["kind"],
                 state=r["state"],

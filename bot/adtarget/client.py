@@ -1,12 +1,14 @@
 """The AdTarget HTTP client: one long-lived httpx.AsyncClient, no retry policy.
 
-Retrying, pacing and classification belong to the courier; this module only
-speaks the wire protocol (auth header, Idempotency-Key, error envelope).
+Retrying and what to do about an answer belong to the courier; this module
+only speaks the wire protocol (auth header, Idempotency-Key, error envelope).
 
 Two layers: `post` / `get` carry any stored request and return the raw
-`ApiAnswer` (the courier sends outbox rows this way and classifies the answer
-itself); the typed methods below them take and return the models of
-bot/adtarget/models.py and raise the typed errors of bot/adtarget/errors.py.
+`ApiAnswer` (the courier sends outbox rows this way and turns
+`ApiAnswer.error()` into a verdict); the typed methods below them take the
+request models' calls (bot/adtarget/models.py), return the answer models and
+raise the errors of bot/adtarget/errors.py. Both classify an answer the same
+way, through `errors.error_class`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -27,10 +28,12 @@ from bot.adtarget.errors import (
     UnexpectedAnswer,
     Unreachable,
     Unsendable,
+    envelope,
     error_from_answer,
     header_problem,
 )
 from bot.adtarget.models import (
+    Call,
     ChannelList,
     ConversionAnswer,
     ConversionRequest,
@@ -45,49 +48,10 @@ from bot.adtarget.models import (
     VisitAnswer,
     VisitRequest,
 )
+from bot.adtarget.wire import API_PREFIX, CHANNELS_PATH, lead_path
 from bot.token_bucket import TokenBucket
 
-API_PREFIX = "/api/v1"
-CLIENT_IP_HEADER = "X-Adtarget-Client-IP"
-CLIENT_UA_HEADER = "X-Adtarget-Client-User-Agent"
-VISIT_PATH = "/events/visit"
-UPDATE_FBP_PATH = "/events/update-fbp"
-INVITE_PATH = "/events/invite"
-CONVERSION_PATH = "/events/conversion"
-
 _Model = TypeVar("_Model", bound=BaseModel)
-
-
-def lead_path(telegram_user_id: int) -> str:
-    return f"/leads/{telegram_user_id}"
-
-
-def lead_events_path(telegram_user_id: int) -> str:
-    return f"/leads/{telegram_user_id}/events"
-
-
-def conversion_value_path(telegram_user_id: int, conversion_id: str) -> str:
-    # The id is AdTarget's; quoted so that a stray "/" cannot change the route.
-    return f"/leads/{telegram_user_id}/conversions/{quote(conversion_id, safe='')}/value"
-
-
-def visitor_headers(
-    body: dict[str, Any], client_ip: str | None, user_agent: str | None
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Move the real visitor's IP and User-Agent into AdTarget's forwarding headers.
-
-    AdTarget lets the headers win over the body's clientIp / userAgent, so an
-    explicit `client_ip` / `user_agent` wins over the body here too; what is
-    sent is then one unambiguous value per field, in the header.
-    """
-    body = dict(body)
-    body_ip, body_agent = body.pop("clientIp", None), body.pop("userAgent", None)
-    headers = {}
-    if ip := client_ip or body_ip:
-        headers[CLIENT_IP_HEADER] = str(ip)
-    if agent := user_agent or body_agent:
-        headers[CLIENT_UA_HEADER] = str(agent)
-    return body, headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,17 +62,16 @@ class ApiAnswer:
     replay: bool
 
     @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
     def error_code(self) -> str | None:
-        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
-            code = self.body["error"].get("code")
-            return str(code) if code is not None else None
-        return None
+        return envelope(self.body)[0]
 
     @property
     def error_message(self) -> str:
-        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
-            return str(self.body["error"].get("message", ""))
-        return ""
+        return envelope(self.body)[1]
 
     def describe(self) -> str:
         """`HTTP 404 CHANNEL_NOT_FOUND: channel is not assigned`, for logs and reasons."""
@@ -274,8 +237,7 @@ class AdTargetClient:
         client_ip: str | None = None,
         user_agent: str | None = None,
     ) -> VisitAnswer:
-        body, headers = visitor_headers(visit.body(), client_ip, user_agent)
-        return await self._write(VISIT_PATH, body, idempotency_key, headers, VisitAnswer)
+        return await self._write(visit.call(client_ip, user_agent), idempotency_key, VisitAnswer)
 
     async def update_fbp(
         self,
@@ -285,8 +247,8 @@ class AdTargetClient:
         client_ip: str | None = None,
         user_agent: str | None = None,
     ) -> SuccessAnswer:
-        body, headers = visitor_headers(update.body(), client_ip, user_agent)
-        return await self._write(UPDATE_FBP_PATH, body, idempotency_key, headers, SuccessAnswer)
+        call = update.call(client_ip, user_agent)
+        return await self._write(call, idempotency_key, SuccessAnswer)
 
     async def create_invite(
         self,
@@ -296,21 +258,19 @@ class AdTargetClient:
         client_ip: str | None = None,
         user_agent: str | None = None,
     ) -> InviteAnswer:
-        body, headers = visitor_headers(invite.body(), client_ip, user_agent)
-        return await self._write(INVITE_PATH, body, idempotency_key, headers, InviteAnswer)
+        call = invite.call(client_ip, user_agent)
+        return await self._write(call, idempotency_key, InviteAnswer)
 
     async def send_conversion(
         self, conversion: ConversionRequest, *, idempotency_key: str
     ) -> ConversionAnswer:
-        return await self._write(
-            CONVERSION_PATH, conversion.body(), idempotency_key, None, ConversionAnswer
-        )
+        return await self._write(conversion.call(), idempotency_key, ConversionAnswer)
 
     async def send_lead_event(
         self, telegram_user_id: int, event: LeadEventRequest, *, idempotency_key: str
     ) -> ConversionAnswer:
-        path = lead_events_path(telegram_user_id)
-        return await self._write(path, event.body(), idempotency_key, None, ConversionAnswer)
+        call = event.call(telegram_user_id)
+        return await self._write(call, idempotency_key, ConversionAnswer)
 
     async def send_value(
         self,
@@ -320,8 +280,8 @@ class AdTargetClient:
         *,
         idempotency_key: str,
     ) -> SuccessAnswer:
-        path = conversion_value_path(telegram_user_id, conversion_id)
-        return await self._write(path, value.body(), idempotency_key, None, SuccessAnswer)
+        call = value.call(telegram_user_id, conversion_id)
+        return await self._write(call, idempotency_key, SuccessAnswer)
 
     # ---- typed reads: direct, bounded in time ----
 
@@ -331,19 +291,12 @@ class AdTargetClient:
 
     async def list_channels(self) -> list[RemoteChannel]:
         """The site's active channels."""
-        return (await self._read("/channels", ChannelList)).channels
+        return (await self._read(CHANNELS_PATH, ChannelList)).channels
 
-    async def _write(
-        self,
-        path: str,
-        body: dict[str, Any],
-        idempotency_key: str,
-        headers: dict[str, str] | None,
-        model: type[_Model],
-    ) -> _Model:
+    async def _write(self, call: Call, idempotency_key: str, model: type[_Model]) -> _Model:
         try:
             answer = await self.post(
-                path, body, idempotency_key=idempotency_key, headers=headers or None
+                call.path, call.body, idempotency_key=idempotency_key, headers=call.headers
             )
         except httpx.HTTPError as error:
             raise _unreachable(error) from error
@@ -371,7 +324,7 @@ def _unreachable(error: httpx.HTTPError) -> Unreachable:
 
 
 def _parsed(answer: ApiAnswer, model: type[_Model]) -> _Model:
-    if not 200 <= answer.status < 300:
+    if not answer.ok:
         raise answer.error()
     try:
         return model.model_validate(answer.body)

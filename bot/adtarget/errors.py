@@ -1,9 +1,11 @@
-"""AdTarget's error envelope as typed exceptions.
+"""AdTarget's error envelope as typed exceptions: the one table of what an answer means.
 
 Every error AdTarget answers is `{"error": {"code", "message"}}` with an HTTP
-status (/work/shared/adtarget-api.md, "Errors"). `error_from_answer` turns one
-into the subclass for its code, so callers catch what they can act on
-(`LeadNotFound`, `RateLimited`, ...) instead of comparing strings.
+status (/work/shared/adtarget-api.md, "Errors"). `error_class` is the one
+classifier of an answer (like aiogram's `check_response`): the typed client
+raises what it returns, and the courier maps it to what happens to an outbox
+row (bot/courier/verdicts.py), so callers act on `LeadNotFound`,
+`RateLimited`, ... instead of comparing statuses and strings.
 """
 
 from __future__ import annotations
@@ -106,6 +108,13 @@ class ApiDisabled(AdTargetError):
     retryable = True
 
 
+class Transient(AdTargetError):
+    """408 or 425 (from AdTarget or a proxy before it): the request was not
+    taken up; sending it again is safe."""
+
+    retryable = True
+
+
 class UnexpectedAnswer(AdTargetError):
     """A status or body the reference does not describe (an unknown code, HTML
     from a proxy, a success body of the wrong shape)."""
@@ -162,28 +171,50 @@ _BY_STATUS: dict[int, type[AdTargetError]] = {
     400: InvalidPayload,
     401: AuthError,
     402: SubscriptionInactive,
+    408: Transient,
+    425: Transient,
     429: RateLimited,
     500: InternalError,
     503: ApiDisabled,
 }
 
 
+def error_class(status: int, code: str | None) -> type[AdTargetError]:
+    """What a non-2xx answer means: AdTarget's own code names it; without a
+    documented code (a proxy's page, an unknown code) the status does, any other
+    5xx being a server fault worth retrying and any other status unexpected."""
+    kind = _BY_CODE.get(code or "") or _BY_STATUS.get(status)
+    if kind is None:
+        kind = InternalError if status >= 500 else UnexpectedAnswer
+    return kind
+
+
+def envelope(body: Any) -> tuple[str | None, str, dict[str, Any]]:
+    """(code, message, other fields) of AdTarget's error envelope; (None, "", {})
+    when `body` (parsed JSON or None) is not one."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return None, "", {}
+    raw_code = error.get("code")
+    code = str(raw_code) if raw_code is not None else None
+    details = {k: v for k, v in error.items() if k not in ("code", "message")}
+    return code, str(error.get("message") or ""), details
+
+
 def error_from_answer(status: int, body: Any, retry_after: float | None) -> AdTargetError:
     """The typed error for a non-2xx answer (`body`: parsed JSON or None)."""
-    envelope = body.get("error") if isinstance(body, dict) else None
-    code: str | None = None
-    message = ""
-    details: dict[str, Any] = {}
-    if isinstance(envelope, dict):
-        raw_code = envelope.get("code")
-        code = str(raw_code) if raw_code is not None else None
-        message = str(envelope.get("message") or "")
-        details = {k: v for k, v in envelope.items() if k not in ("code", "message")}
-    kind = _BY_CODE.get(code or "")
-    if kind is None:
-        kind = _BY_STATUS.get(status)
-        if kind is None:
-            kind = InternalError if status >= 500 else UnexpectedAnswer
+    code, message, details = envelope(body)
+    kind = error_class(status, code)
     if code is None:
         message = message or "not AdTarget's error envelope"
     return kind(code or "", message, status=status, retry_after=retry_after, details=details)
+
+
+def no_lead(telegram_user_id: int) -> str:
+    """LeadNotFound, said plainly."""
+    return f"AdTarget has no lead for user {telegram_user_id}"
+
+
+def no_conversion(telegram_user_id: int, conversion_id: str) -> str:
+    """ConversionNotFound, said plainly."""
+    return f"AdTarget has no conversion {conversion_id} for user {telegram_user_id}"

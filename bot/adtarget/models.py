@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -23,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from bot.adtarget import wire
 
 EventTypeName = Literal["Lead", "Purchase", "CompleteRegistration", "Subscribe", "Custom"]
 
@@ -76,6 +79,24 @@ class _Request(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One AdTarget write as the outbox stores it and the client sends it: the
+    path (under /api/v1), the JSON body and the visitor's forwarding headers.
+    Every write is built as a request model's `call`, wherever it is sent from."""
+
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str] | None = None
+
+
+def _visitor_call(
+    path: str, request: _Request, client_ip: str | None, user_agent: str | None
+) -> Call:
+    body, headers = wire.visitor_headers(request.body(), client_ip, user_agent)
+    return Call(path, body, headers or None)
+
+
 class _Answer(BaseModel):
     # Ids may come back as numbers from some deployments; the bridge keeps text.
     model_config = ConfigDict(
@@ -92,12 +113,12 @@ class _Answer(BaseModel):
 
 
 class VisitRequest(_Request):
-    """POST /api/v1/events/visit. Only `href` is required."""
+    """POST /api/v1/events/visit. Only `href` is required. Fields in the doc's order."""
 
-    href: Url
     temp_id: TempId | None = None
     client_session_id: Text | None = None
     external_user_id: Text | None = None
+    href: Url
     landing_page: Text | None = None
     referrer: str | None = None
     client_ip: Text | None = None
@@ -116,12 +137,19 @@ class VisitRequest(_Request):
     utm_content: Text | None = None
     utm_term: Text | None = None
 
+    def call(self, client_ip: str | None = None, user_agent: str | None = None) -> Call:
+        """The visitor's IP and User-Agent go as headers (`visitor_headers`)."""
+        return _visitor_call(wire.VISIT_PATH, self, client_ip, user_agent)
+
 
 class UpdateFbpRequest(_Request):
     """POST /api/v1/events/update-fbp."""
 
     temp_id: Text
     fbp: Text
+
+    def call(self, client_ip: str | None = None, user_agent: str | None = None) -> Call:
+        return _visitor_call(wire.UPDATE_FBP_PATH, self, client_ip, user_agent)
 
 
 class InviteRequest(_Request):
@@ -130,6 +158,9 @@ class InviteRequest(_Request):
     temp_id: Text
     client_session_id: Text | None = None
     channel_id: Text
+
+    def call(self, client_ip: str | None = None, user_agent: str | None = None) -> Call:
+        return _visitor_call(wire.INVITE_PATH, self, client_ip, user_agent)
 
 
 class Pii(_Request):
@@ -182,12 +213,18 @@ class ConversionRequest(_EventFields):
     telegram_user_id: Annotated[StrictInt, Field(gt=0)]
     channel_id: Text
 
+    def call(self) -> Call:
+        return Call(wire.CONVERSION_PATH, self.body())
+
 
 class LeadEventRequest(_EventFields):
     """POST /api/v1/leads/{telegramUserId}/events: channel optional (AdTarget then
     takes the lead's latest conversion's channel)."""
 
     channel_id: Text | None = None
+
+    def call(self, telegram_user_id: int) -> Call:
+        return Call(wire.lead_events_path(telegram_user_id), self.body())
 
 
 class ValueRequest(_Request):
@@ -196,6 +233,9 @@ class ValueRequest(_Request):
     value: PositiveAmount
     currency: Currency
     pii: Pii | None = None
+
+    def call(self, telegram_user_id: int, conversion_id: str) -> Call:
+        return Call(wire.conversion_value_path(telegram_user_id, conversion_id), self.body())
 
 
 # ---- answers ---------------------------------------------------------------

@@ -8,6 +8,7 @@ import logging
 import time
 
 from bot.adtarget.client import AdTargetClient
+from bot.adtarget.wire import lead_path
 from bot.courier.verdicts import CHECKABLE_KINDS, find_matching_conversion
 from bot.logs import ids
 from storage.outbox import OutboxRow
@@ -34,7 +35,7 @@ async def delivered_earlier(
     if row.telegram_user_id is None:
         return None
     try:
-        answer = await client.get(f"/leads/{row.telegram_user_id}")
+        answer = await client.get(lead_path(row.telegram_user_id))
     except Exception as error:
         log.warning(
             "outbox row %d: lead check failed (%s); sending", row.id, error, extra=row_ids(row)

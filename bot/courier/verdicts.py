@@ -15,18 +15,20 @@ from typing import Any
 import httpx
 
 from bot.adtarget.client import ApiAnswer
-from bot.adtarget.errors import ErrorCode, Unsendable
+from bot.adtarget.errors import (
+    AdTargetError,
+    AuthError,
+    ConversionNotFound,
+    LeadNotFound,
+    RateLimited,
+    SubscriptionInactive,
+    Unsendable,
+    no_conversion,
+    no_lead,
+)
+from bot.adtarget.wire import value_path_conversion
 from bot.backoff import Backoff
-from bot.followups.rows import park_reason
 from storage.outbox import OutboxRow
-
-# Codes that will not change by sending again: the row waits for a human.
-_PARK_CODES = {
-    ErrorCode.INVALID_PAYLOAD,
-    ErrorCode.CHANNEL_NOT_FOUND,
-    ErrorCode.LEAD_NOT_FOUND,  # a follow-up for a lead AdTarget does not hold
-    ErrorCode.CONVERSION_NOT_FOUND,  # a value for a conversion it does not hold
-}
 
 
 class Verdict(enum.Enum):
@@ -45,26 +47,51 @@ class Outcome:
     retry_after: float | None = None
 
 
+# What each kind of AdTarget answer (bot/adtarget/errors.py classifies them)
+# does to an outbox row; any other kind is retried when it may pass later and
+# parked otherwise (an invalid body, an unknown channel, lead or route: the row
+# waits, visible and retryable, for an admin).
+_VERDICTS: dict[type[AdTargetError], Verdict] = {
+    AuthError: Verdict.PAUSE_AUTH,
+    SubscriptionInactive: Verdict.PAUSE_BILLING,
+    RateLimited: Verdict.RATE_LIMITED,
+}
+
+
+def verdict_of(error: AdTargetError) -> Verdict:
+    """The one place an AdTarget answer becomes what the outbox does with the row."""
+    verdict = _VERDICTS.get(type(error))
+    if verdict is None:
+        verdict = Verdict.RETRY if error.retryable else Verdict.PARK
+    return verdict
+
+
 def classify_answer(answer: ApiAnswer, row: OutboxRow | None = None) -> Outcome:
-    status = answer.status
     reason = answer.describe()
-    if 200 <= status < 300:
+    if answer.ok:
         return Outcome(Verdict.DELIVERED, reason)
-    if status == 429:
-        return Outcome(Verdict.RATE_LIMITED, reason, answer.retry_after)
-    if status == 401:
-        return Outcome(Verdict.PAUSE_AUTH, reason)
-    if status == 402:
-        return Outcome(Verdict.PAUSE_BILLING, reason)
-    if status >= 500 or status in (408, 425):
-        return Outcome(Verdict.RETRY, reason, answer.retry_after)
-    if answer.error_code in _PARK_CODES:
+    error = answer.error()
+    verdict = verdict_of(error)
+    if verdict is Verdict.PARK:
         if row is not None:
-            reason = park_reason(answer.error_code, row.path, row.telegram_user_id, reason)
-        return Outcome(Verdict.PARK, reason)
-    # Any other 4xx (an unknown route, 403, 413, ...) will not fix itself by
-    # being sent again; parking keeps it visible and retryable by an admin.
-    return Outcome(Verdict.PARK, reason)
+            reason = _park_reason(error, row, reason)
+        return Outcome(verdict, reason)
+    if verdict in (Verdict.RETRY, Verdict.RATE_LIMITED):
+        return Outcome(verdict, reason, answer.retry_after)
+    return Outcome(verdict, reason)
+
+
+def _park_reason(error: AdTargetError, row: OutboxRow, described: str) -> str:
+    """A follow-up's 404 said plainly, with AdTarget's own words after it."""
+    user = row.telegram_user_id
+    if user is None:
+        return described
+    if isinstance(error, LeadNotFound):
+        return f"{no_lead(user)} ({described})"
+    if isinstance(error, ConversionNotFound):
+        conversion = value_path_conversion(row.path) or "?"
+        return f"{no_conversion(user, conversion)} ({described})"
+    return described
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +130,7 @@ def classify_exception(error: Exception) -> Outcome:
     so the row is sent again with the same Idempotency-Key. A request that could
     not be built was never sent, and never will be: parked at once."""
     if isinstance(error, Unsendable):
-        return Outcome(Verdict.PARK, f"request cannot be built: {error.message}")
+        return Outcome(verdict_of(error), f"request cannot be built: {error.message}")
     if isinstance(error, httpx.TimeoutException):
         return Outcome(Verdict.RETRY, f"timeout ({type(error).__name__})")
     if isinstance(error, httpx.TransportError):

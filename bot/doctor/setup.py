@@ -12,8 +12,7 @@ from urllib.parse import urlsplit
 from bot.adtarget.events import STANDARD_EVENTS, EventType, effective_event, refusal
 from bot.doctor.checklist import Check, ok, warn
 from bot.doctor.telegram import channel_label
-from bot.settings import Settings
-from bot.tracker.clients import IPNetwork
+from bot.settings import IPNetwork, Settings
 from storage.channels import Channel
 
 PUBLIC_URL = "public tracker URL"

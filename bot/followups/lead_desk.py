@@ -16,7 +16,14 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from bot.adtarget.client import AdTargetClient
-from bot.adtarget.errors import AdTargetError, AuthError, InvalidPayload, LeadNotFound
+from bot.adtarget.errors import (
+    AdTargetError,
+    AuthError,
+    InvalidPayload,
+    LeadNotFound,
+    no_conversion,
+    no_lead,
+)
 from bot.adtarget.models import Lead, LeadEventRequest, ValueRequest
 from bot.followups import rows as followups
 from bot.followups.rows import InvalidFollowUp, Queued
@@ -110,7 +117,7 @@ class LeadDesk:
             lead: Lead | None = await self._client.get_lead(user)
             problem = None
         except LeadNotFound:
-            lead, problem = None, followups.no_lead(user)
+            lead, problem = None, no_lead(user)
         except AdTargetError as error:
             lead, problem = None, f"could not ask AdTarget: {error}"
         return Look(user, lead, problem, bridge)
@@ -144,7 +151,7 @@ class LeadDesk:
         if lead is not None:
             found = [c for c in lead.conversions if c.conversion_id == args.conversion_id]
             if not found or (channel_ids is not None and found[0].channel_id not in channel_ids):
-                missing = followups.no_conversion(args.user, args.conversion_id)
+                missing = no_conversion(args.user, args.conversion_id)
                 return Result(refusal=f"{missing}; nothing queued")
         elif channel_ids is not None:
             # Whose conversion it is cannot be told without AdTarget's answer.
@@ -164,7 +171,7 @@ class LeadDesk:
         try:
             return await self._client.get_lead(user), None, None
         except LeadNotFound:
-            return None, f"{followups.no_lead(user)}; nothing queued", None
+            return None, f"{no_lead(user)}; nothing queued", None
         except AuthError as error:
             return None, f"AdTarget refused the API key ({error}); check ADTARGET_API_KEY", None
         except InvalidPayload as error:

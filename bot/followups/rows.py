@@ -14,13 +14,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 from pydantic import ValidationError
 
 from bot.adtarget import events
-from bot.adtarget.client import conversion_value_path, lead_events_path
-from bot.adtarget.errors import ErrorCode
 from bot.adtarget.events import EventType
 from bot.adtarget.models import LeadEventRequest, ValueRequest, describe_invalid
 from bot.ops import privacy
@@ -32,7 +29,6 @@ KIND_VALUE = "conversion_value"
 MAX_KEY = 128  # AdTarget's limit on Idempotency-Key
 _KEY = re.compile(r"[\x21-\x7e]+")
 _CONVERSION_ID = re.compile(r"[A-Za-z0-9_.:~-]{1,128}")
-_VALUE_PATH = re.compile(r"/leads/(\d+)/conversions/([^/]+)/value$")
 
 
 class InvalidFollowUp(ValueError):
@@ -130,10 +126,11 @@ def event_row(
     event_type: str = request.event_type
     if request.custom_event_name:
         event_type = f"Custom:{request.custom_event_name}"
+    call = request.call(telegram_user_id)
     return outbox.NewRow(
         kind=KIND_EVENT,
-        path=lead_events_path(telegram_user_id),
-        body=request.body(),
+        path=call.path,
+        body=call.body,
         idempotency_key=_key(idempotency_key, "jb-fire"),
         telegram_user_id=telegram_user_id,
         chat_id=chat_id,
@@ -152,10 +149,11 @@ def value_row(
 ) -> outbox.NewRow:
     if telegram_user_id <= 0:
         raise InvalidFollowUp("telegram-user-id: must be a positive whole number")
+    call = request.call(telegram_user_id, check_conversion_id(conversion_id))
     return outbox.NewRow(
         kind=KIND_VALUE,
-        path=conversion_value_path(telegram_user_id, check_conversion_id(conversion_id)),
-        body=request.body(),
+        path=call.path,
+        body=call.body,
         idempotency_key=_key(idempotency_key, "jb-value"),
         telegram_user_id=telegram_user_id,
         chat_id=chat_id,
@@ -213,24 +211,3 @@ async def queue_value(
         chat_id=chat_id,
     )
     return await queue(db, row, wake)
-
-
-def no_lead(telegram_user_id: int) -> str:
-    return f"AdTarget has no lead for user {telegram_user_id}"
-
-
-def no_conversion(telegram_user_id: int, conversion_id: str) -> str:
-    return f"AdTarget has no conversion {conversion_id} for user {telegram_user_id}"
-
-
-def park_reason(code: str | None, path: str, telegram_user_id: int | None, described: str) -> str:
-    """A follow-up's 404 said plainly, with AdTarget's own words after it."""
-    if telegram_user_id is None:
-        return described
-    if code == ErrorCode.LEAD_NOT_FOUND:
-        return f"{no_lead(telegram_user_id)} ({described})"
-    if code == ErrorCode.CONVERSION_NOT_FOUND:
-        match = _VALUE_PATH.search(path)
-        conversion = unquote(match.group(2)) if match else "?"
-        return f"{no_conversion(telegram_user_id, conversion)} ({described})"
-    return described

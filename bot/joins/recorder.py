@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from bot.adtarget.events import EventType, JoinEvent, effective_event
-from bot.joins.conversion import CONVERSION_PATH, conversion_body, conversion_key
+from bot.adtarget.wire import CONVERSION_PATH
+from bot.joins.conversion import conversion_body, conversion_key
 from bot.logs import ids
 from storage import channels, invite_links, join_requests, joins, outbox, visits
 from storage.channels import Channel

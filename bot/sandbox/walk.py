@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from bot.adtarget import wire
 from bot.sandbox.core import (
     ADTARGET_CHANNEL_ID,
     CHANNEL_ID,
@@ -36,7 +37,7 @@ from bot.sandbox.core import (
 from bot.simulators.adtarget import Received
 from bot.simulators.telegram import Call
 from storage import channels, leads, outbox
-from storage.leads import JoinSeen, OutboxSeen
+from storage.leads import LeadJoin, LeadOutboxRow
 
 FBCLID = "IwAR2sandbox_Zx9"
 PAGE = (
@@ -46,10 +47,10 @@ PAGE = (
 # As a reverse proxy forwards them; a browser calling the tracker directly is
 # seen by its own address and User-Agent.
 VISITOR_HEADERS = {
-    "X-Adtarget-Client-IP": "203.0.113.7",
-    "X-Adtarget-Client-User-Agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X)",
+    wire.CLIENT_IP_HEADER: "203.0.113.7",
+    wire.CLIENT_UA_HEADER: "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X)",
 }
-CONVERSION_PATH = "/api/v1/events/conversion"
+CONVERSION_PATH = wire.API_PREFIX + wire.CONVERSION_PATH
 # The _fbp cookie Meta's pixel set on the page; the script sends it with the visit.
 FBP = "fb.1.1764100000000.1357924680"
 STEPS = 5
@@ -113,7 +114,7 @@ async def walk_through(sandbox: Sandbox) -> None:
             "referrer": "https://m.facebook.com/",
             "fbp": FBP,
         }
-        answer = await _post(tracker, "/api/v1/events/visit", visit, VISITOR_HEADERS)
+        answer = await _post(tracker, wire.API_PREFIX + wire.VISIT_PATH, visit, VISITOR_HEADERS)
         cookies = answer.pop("cookies", {})
         say(block(pretty_json(answer)))
         names = ", ".join(str(c.get("name")) for c in cookies.values() if isinstance(c, dict))
@@ -122,7 +123,7 @@ async def walk_through(sandbox: Sandbox) -> None:
 
         _step(2, "The page asks for the visitor's personal invite link")
         invite = {"tempId": temp_id, "channelId": str(CHANNEL_ID)}
-        link = str((await _post(tracker, "/api/v1/events/invite", invite))["inviteLink"])
+        link = str((await _post(tracker, wire.API_PREFIX + wire.INVITE_PATH, invite))["inviteLink"])
     say(f"← inviteLink {link}")
     _describe_link(sandbox, link)
 
@@ -207,7 +208,7 @@ async def follow_join(sandbox: Sandbox, mark: JoinMark, *, walkthrough: bool = F
     In the walkthrough, also check the request carries the walkthrough's visit."""
     db, user_id = sandbox.bridge.db, mark.user_id
 
-    async def joined() -> JoinSeen | None:
+    async def joined() -> LeadJoin | None:
         lead = await leads.bridge_lead(db, user_id, [CHANNEL_ID])
         return next((j for j in lead.joins if j.joined_at >= int(mark.wall)), None)
 
@@ -226,7 +227,8 @@ async def follow_join(sandbox: Sandbox, mark: JoinMark, *, walkthrough: bool = F
     stored = await outbox.get(db, row.id)
     if stored is None:
         raise StepFailed(f"outbox row #{row.id} vanished")
-    say(f"    outbox row #{row.id}: {row.kind} ({row.event_type}), POST /api/v1{stored['path']},")
+    posted = wire.API_PREFIX + stored["path"]
+    say(f"    outbox row #{row.id}: {row.kind} ({row.event_type}), POST {posted},")
     say(f"    Idempotency-Key {stored['idempotency_key']}, state {row.state} by now.")
     say("    It was written in the same transaction as the join: a crash loses nothing.")
 
@@ -250,13 +252,13 @@ async def follow_join(sandbox: Sandbox, mark: JoinMark, *, walkthrough: bool = F
             say(f"      {other.method} {other.path} → {other.status or 'no answer'}")
 
 
-async def _conversion_row(sandbox: Sandbox, mark: JoinMark) -> OutboxSeen | None:
+async def _conversion_row(sandbox: Sandbox, mark: JoinMark) -> LeadOutboxRow | None:
     lead = await leads.bridge_lead(sandbox.bridge.db, mark.user_id, [CHANNEL_ID])
     rows = (r for r in lead.outbox if r.kind == "conversion" and r.created_at >= mark.wall)
     return next(rows, None)
 
 
-async def _delivered(sandbox: Sandbox, mark: JoinMark) -> OutboxSeen | None:
+async def _delivered(sandbox: Sandbox, mark: JoinMark) -> LeadOutboxRow | None:
     row = await _conversion_row(sandbox, mark)
     if row is not None and row.state == "parked":
         raise StepFailed(f"outbox row #{row.id} was parked: {row.problem}")

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from . import adtarget_rules as rules
-from .adtarget_store import AdTargetStore, Answer, ApiCall, ApiError
+from .adtarget_store import AdTargetStore, Answer, ApiCall, ErrorAnswer
 
 __all__ = ["FakeAdTarget", "Received"]
 
@@ -199,7 +199,7 @@ class FakeAdTarget(AdTargetStore):
         rec.body = body
         try:
             answer = await self._pipeline(request, rec, body, parse_error)
-        except ApiError as exc:
+        except ErrorAnswer as exc:
             answer = exc.answer
         except _Drop:
             if request.transport is not None:
@@ -208,7 +208,7 @@ class FakeAdTarget(AdTargetStore):
         except Exception as exc:
             # An unexpected failure in a handler still answers in AdTarget's
             # envelope ("every error is {"error": {code, message}}"), as a 500.
-            answer = ApiError(500, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}").answer
+            answer = ErrorAnswer(500, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}").answer
         await self._nap(self.latency)
         rec.status = answer.status
         rec.answer_headers = {k.lower(): v for k, v in (answer.headers or {}).items()}
@@ -224,13 +224,13 @@ class FakeAdTarget(AdTargetStore):
     ) -> Answer:
         path = request.path
         if not path.startswith("/api/v1/"):
-            raise ApiError(404, "NOT_FOUND", f"no route for {request.method} {path}")
+            raise ErrorAnswer(404, "NOT_FOUND", f"no route for {request.method} {path}")
         key = self._authenticate(request.headers.get("Authorization", ""))
         await self._apply_fault(path)
         self._take_token(key)
         idem = request.headers.get("Idempotency-Key")
         if idem is not None and not 0 < len(idem) <= rules.MAX_IDEMPOTENCY_KEY:
-            raise ApiError(400, "INVALID_PAYLOAD", "Idempotency-Key: must be 1-128 characters")
+            raise ErrorAnswer(400, "INVALID_PAYLOAD", "Idempotency-Key: must be 1-128 characters")
         handler, params = self._route(request.method, path)
         stored = self._replies.get((key, idem)) if idem is not None else None
         if stored is not None:  # the body is deliberately not compared
@@ -238,13 +238,13 @@ class FakeAdTarget(AdTargetStore):
             return Answer(stored.status, stored.text, {"X-Idempotent-Replay": "true"})
         if request.method == "POST":
             if parse_error is not None:
-                raise ApiError(400, "INVALID_PAYLOAD", parse_error)
+                raise ErrorAnswer(400, "INVALID_PAYLOAD", parse_error)
             if not isinstance(body, dict):
-                raise ApiError(400, "INVALID_PAYLOAD", rules.not_an_object(body))
+                raise ErrorAnswer(400, "INVALID_PAYLOAD", rules.not_an_object(body))
         try:
             answer = handler(ApiCall(body if isinstance(body, dict) else {}, params, request, idem))
         except rules.PayloadError as exc:
-            raise ApiError(400, "INVALID_PAYLOAD", str(exc)) from None
+            raise ErrorAnswer(400, "INVALID_PAYLOAD", str(exc)) from None
         if idem is not None and 200 <= answer.status < 300:  # errors are retried afresh
             self._replies[(key, idem)] = answer
         late = rules.take_fault(self._faults, path, ("late",))
@@ -256,11 +256,11 @@ class FakeAdTarget(AdTargetStore):
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "AUTH_REQUIRED", "Authorization: Bearer <API key> required")
+            raise ErrorAnswer(401, "AUTH_REQUIRED", "Authorization: Bearer <API key> required")
         if token in self._revoked:
-            raise ApiError(401, "REVOKED_KEY", "this API key has been revoked")
+            raise ErrorAnswer(401, "REVOKED_KEY", "this API key has been revoked")
         if token != self._key:
-            raise ApiError(401, "INVALID_KEY", "unknown API key")
+            raise ErrorAnswer(401, "INVALID_KEY", "unknown API key")
         return token
 
     async def _apply_fault(self, path: str) -> None:
@@ -268,7 +268,7 @@ class FakeAdTarget(AdTargetStore):
         if fault is None:
             return
         if fault.kind == "fail":
-            raise ApiError(fault.status, fault.code, fault.message)
+            raise ErrorAnswer(fault.status, fault.code, fault.message)
         if fault.kind == "hang":
             await self._nap(fault.seconds)
         raise _Drop
@@ -277,7 +277,7 @@ class FakeAdTarget(AdTargetStore):
         retry_after = self._limiter.take(key)
         if retry_after is not None:
             message = f"over {self._limiter.rate:g} requests a minute (burst {self._limiter.burst})"
-            raise ApiError(429, "RATE_LIMITED", message, {"Retry-After": str(retry_after)})
+            raise ErrorAnswer(429, "RATE_LIMITED", message, {"Retry-After": str(retry_after)})
 
     def _route(self, method: str, path: str) -> tuple[_Handler, tuple[str, ...]]:
         allowed = []
@@ -288,10 +288,10 @@ class FakeAdTarget(AdTargetStore):
                     return handler, match.groups()
                 allowed.append(route_method)
         if allowed:
-            raise ApiError(
+            raise ErrorAnswer(
                 405, "METHOD_NOT_ALLOWED", f"{method} not allowed", {"Allow": ", ".join(allowed)}
             )
-        raise ApiError(404, "NOT_FOUND", f"no route for {method} {path}")
+        raise ErrorAnswer(404, "NOT_FOUND", f"no route for {method} {path}")
 
     async def _nap(self, seconds: float) -> None:
         """asyncio.sleep that stop() cuts short, so no handler outlives the server."""

@@ -17,13 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.adtarget.wire import CLIENT_IP_HEADER, CLIENT_UA_HEADER
+
 from . import adtarget_rules as rules
 
-_IP_HEADER = "X-Adtarget-Client-IP"
-_UA_HEADER = "X-Adtarget-Client-User-Agent"
 
-
-class ApiError(Exception):
+class ErrorAnswer(Exception):
     """An answer in AdTarget's error envelope: {"error": {"code", "message"}}."""
 
     def __init__(
@@ -80,14 +79,14 @@ class AdTargetStore:
         for channel in self._channels:
             if channel_id in (str(channel.get("channelId")), str(channel.get("telegramChannelId"))):
                 return str(channel["channelId"])
-        raise ApiError(
+        raise ErrorAnswer(
             404, "CHANNEL_NOT_FOUND", f"channelId {channel_id!r} is not assigned to this site"
         )
 
     def _lead(self, user: int) -> dict[str, Any]:
         lead = self._leads.get(user)
         if lead is None:
-            raise ApiError(404, "LEAD_NOT_FOUND", f"no conversion for telegramUserId {user}")
+            raise ErrorAnswer(404, "LEAD_NOT_FOUND", f"no conversion for telegramUserId {user}")
         return lead
 
     def _record(
@@ -117,8 +116,10 @@ class AdTargetStore:
         rules.check_visit(body)
         headers = call.request.headers
         # Headers win over body; with neither, AdTarget only sees the caller itself.
-        ip = headers.get(_IP_HEADER) or body.get("clientIp") or call.request.remote
-        user_agent = headers.get(_UA_HEADER) or body.get("userAgent") or headers.get("User-Agent")
+        ip = headers.get(CLIENT_IP_HEADER) or body.get("clientIp") or call.request.remote
+        user_agent = (
+            headers.get(CLIENT_UA_HEADER) or body.get("userAgent") or headers.get("User-Agent")
+        )
         temp_id = body.get("tempId") or _new_id()
         client_session = body.get("clientSessionId") or _new_id()
         session_id = self._sessions.setdefault(client_session, _new_id())
@@ -183,7 +184,9 @@ class AdTargetStore:
                     {**call.body, "telegramUserId": user, "conversionId": conversion_id}
                 )
                 return _ok({"success": True})
-        raise ApiError(404, "CONVERSION_NOT_FOUND", f"no conversion {conversion_id!r} for {user}")
+        raise ErrorAnswer(
+            404, "CONVERSION_NOT_FOUND", f"no conversion {conversion_id!r} for {user}"
+        )
 
     def _get_lead(self, call: ApiCall) -> Answer:
         lead = self._lead(rules.user_id(call.params[0]))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -27,17 +26,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from bot.adtarget.wire import CLIENT_IP_HEADER, CLIENT_UA_HEADER
+from bot.settings import IPNetwork
 from bot.token_bucket import TokenBucket
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 UA_MAX = 1024  # a User-Agent longer than this is cut
 
-# TRUSTED_PROXIES' default. Setting TRUSTED_PROXIES replaces it.
-LOOPBACK: tuple[IPNetwork, ...] = (
-    ipaddress.ip_network("127.0.0.0/8"),
-    ipaddress.ip_network("::1/128"),
-)
 # An IPv6 client commonly holds a whole /64: one bucket for it, or it could
 # rotate addresses past the limit (and through the limiter's memory).
 _IPV6_PREFIX = 64
@@ -98,8 +93,8 @@ def identify(
     """The client, `server_side` as is_server_side found it (the caller reads a
     server-side caller's body for the visitor it names)."""
     ip, user_agent = resolve_client(
-        header_ip=request.headers.get("X-Adtarget-Client-IP"),
-        header_ua=request.headers.get("X-Adtarget-Client-User-Agent"),
+        header_ip=request.headers.get(CLIENT_IP_HEADER),
+        header_ua=request.headers.get(CLIENT_UA_HEADER),
         body_ip=body_ip,
         body_ua=body_ua,
         peer_ip=request.remote,
@@ -205,19 +200,6 @@ def resolve_client(
 def header_text(text: str) -> bool:
     """Printable ASCII (and spaces): what may be sent on as an HTTP header value."""
     return text.isascii() and text.replace("\t", " ").isprintable()
-
-
-def parse_trusted_proxies(text: str) -> list[IPNetwork]:
-    """Networks from "10.0.0.0/8, 127.0.0.1" (commas or whitespace between entries)."""
-    networks: list[IPNetwork] = []
-    for entry in re.split(r"[,\s]+", text):
-        if not entry:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            raise ValueError(f"trusted proxy {entry!r} is not an IP address or network") from None
-    return networks
 
 
 def ip_address_or_none(text: str | None) -> IPAddress | None:

@@ -14,10 +14,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
+from bot.adtarget import wire
+from bot.settings import IPNetwork
 from bot.tracker.clients import (
     Client,
     ClientRateLimiter,
-    IPNetwork,
     bears_token,
     identify,
     is_server_side,
@@ -32,7 +33,8 @@ from bot.tracker.input import (
 log = logging.getLogger("bot.tracker.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-VISIT_PATH = "/api/v1/events/visit"
+# The tracker serves AdTarget's own contract for the landing page.
+VISIT_PATH = wire.API_PREFIX + wire.VISIT_PATH
 # Set by the _limits middleware on every rate-limited request: who sent it.
 CLIENT = web.RequestKey("client", Client)
 # The parsed JSON body, once read (Guards.read_json).

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from bot.adtarget import wire
 from bot.invites.pool import InvitePool, PoolEmpty
 from bot.tracker.clients import (
     ClientRateLimiter,
@@ -47,7 +48,7 @@ from bot.tracker.visits import (
     SESSION_MAX_AGE,
     TEMP_ID_COOKIE,
     TEMP_ID_MAX_AGE,
-    VisitAnswer,
+    RecordedVisit,
     VisitRecorder,
     attribution_of,
 )
@@ -99,8 +100,8 @@ class Tracker:
             middlewares=self._guards.middlewares,
         )
         app.router.add_post(VISIT_PATH, self.visit)
-        app.router.add_post("/api/v1/events/update-fbp", self.update_fbp)
-        app.router.add_post("/api/v1/events/invite", self.invite)
+        app.router.add_post(wire.API_PREFIX + wire.UPDATE_FBP_PATH, self.update_fbp)
+        app.router.add_post(wire.API_PREFIX + wire.INVITE_PATH, self.invite)
         app.router.add_get("/track/invite", self.track_invite)
         app.router.add_get("/healthz", self.healthz)
         if self._metrics is not None:
@@ -108,7 +109,7 @@ class Tracker:
         return app
 
     def _with_cookies(
-        self, request: web.Request, response: web.StreamResponse, answer: VisitAnswer
+        self, request: web.Request, response: web.StreamResponse, answer: RecordedVisit
     ) -> None:
         """The two cookies AdTarget's answer describes, so the browser keeps its
         tempId and session on later calls."""
@@ -230,7 +231,7 @@ class Tracker:
         temp_id = temp_id or _uuid_or_none(request.cookies.get(TEMP_ID_COOKIE))
         client = request[CLIENT]
         ip, ua = client.ip, client.user_agent
-        answer: VisitAnswer | None = None
+        answer: RecordedVisit | None = None
         if temp_id:
             visitor = Attribution(temp_id=temp_id, client_ip=ip, user_agent=ua)
         else:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bot.adtarget.models import Cookie, UpdateFbpRequest, VisitAnswer, VisitCookies, VisitRequest
 from bot.logs import ids
 from bot.tracker.input import VisitInput
 from storage import outbox, visits
@@ -23,68 +24,65 @@ from storage.visits import Attribution
 
 log = logging.getLogger(__name__)
 
-VISIT_PATH = "/events/visit"
-UPDATE_FBP_PATH = "/events/update-fbp"
 TEMP_ID_COOKIE = "adtarget_temp_id"
 SESSION_COOKIE = "adtarget_session_id"
 TEMP_ID_MAX_AGE = 365 * 24 * 3600
 SESSION_MAX_AGE = 30 * 60
 
-# AdTarget's body field for each VisitInput attribute, in its documented order.
-_FORWARDED = (
-    ("temp_id", "tempId"),
-    ("client_session_id", "clientSessionId"),
-    ("external_user_id", "externalUserId"),
-    ("href", "href"),
-    ("landing_page", "landingPage"),
-    ("referrer", "referrer"),
-    ("country", "country"),
-    ("city", "city"),
-    ("region", "region"),
-    ("fbc", "fbc"),
-    ("fbp", "fbp"),
-    ("gclid", "gclid"),
-    ("ttclid", "ttclid"),
-    ("sccid", "sccid"),
-    ("utm_source", "utmSource"),
-    ("utm_medium", "utmMedium"),
-    ("utm_campaign", "utmCampaign"),
-    ("utm_content", "utmContent"),
-    ("utm_term", "utmTerm"),
-)
-
 _SESSION_NAMESPACE = uuid.UUID("6d1f6f0e-3a0b-4c58-9a54-1d4b7f2c9e10")
 
 
 @dataclass(frozen=True, slots=True)
-class VisitAnswer:
+class RecordedVisit:
+    """A visit the tracker recorded: the ids it answers the landing page with."""
+
     visit_id: str
     session_id: str
     temp_id: str
     client_session_id: str
 
     def as_json(self) -> dict[str, Any]:
-        """AdTarget's visit answer, built locally."""
-        return {
-            "visitId": self.visit_id,
-            "sessionId": self.session_id,
-            "tempId": self.temp_id,
-            "clientSessionId": self.client_session_id,
-            "cookies": {
-                "tempId": {
-                    "name": TEMP_ID_COOKIE,
-                    "value": self.temp_id,
-                    "maxAge": TEMP_ID_MAX_AGE,
-                    "sameSite": "Lax",
-                },
-                "session": {
-                    "name": SESSION_COOKIE,
-                    "value": self.client_session_id,
-                    "maxAge": SESSION_MAX_AGE,
-                    "sameSite": "Lax",
-                },
-            },
-        }
+        """AdTarget's visit answer (bot/adtarget/models.py), built locally."""
+        answer = VisitAnswer(
+            visit_id=self.visit_id,
+            session_id=self.session_id,
+            temp_id=self.temp_id,
+            client_session_id=self.client_session_id,
+            cookies=VisitCookies(
+                temp_id=Cookie(name=TEMP_ID_COOKIE, value=self.temp_id, max_age=TEMP_ID_MAX_AGE),
+                session=Cookie(
+                    name=SESSION_COOKIE, value=self.client_session_id, max_age=SESSION_MAX_AGE
+                ),
+            ),
+        )
+        return answer.model_dump(by_alias=True)
+
+
+def visit_request(visit: VisitInput, temp_id: str, client_session_id: str) -> VisitRequest:
+    """AdTarget's visit body for what the landing page sent."""
+    return VisitRequest(
+        temp_id=temp_id,
+        client_session_id=client_session_id,
+        external_user_id=visit.external_user_id,
+        href=visit.href,
+        landing_page=visit.landing_page,
+        referrer=visit.referrer,
+        client_ip=visit.client_ip,
+        user_agent=visit.user_agent,
+        country=visit.country,
+        city=visit.city,
+        region=visit.region,
+        fbc=visit.fbc,
+        fbp=visit.fbp,
+        gclid=visit.gclid,
+        ttclid=visit.ttclid,
+        sccid=visit.sccid,
+        utm_source=visit.utm_source,
+        utm_medium=visit.utm_medium,
+        utm_campaign=visit.utm_campaign,
+        utm_content=visit.utm_content,
+        utm_term=visit.utm_term,
+    )
 
 
 def attribution_of(visit: VisitInput, temp_id: str, client_session_id: str) -> Attribution:
@@ -238,32 +236,20 @@ class VisitRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
 
-    async def record(self, visit: VisitInput) -> VisitAnswer:
+    async def record(self, visit: VisitInput) -> RecordedVisit:
         temp_id = visit.temp_id or str(uuid.uuid4())
         client_session_id = visit.client_session_id or str(uuid.uuid4())
         visit_key = str(uuid.uuid4())
-        body: dict[str, Any] = {"tempId": temp_id, "clientSessionId": client_session_id}
-        for attribute, field in _FORWARDED[2:]:
-            value = getattr(visit, attribute)
-            if value:
-                body[field] = value
         # The real visitor's IP and User-Agent travel as headers: AdTarget lets
         # them win over the body, and they never become our own request's.
-        headers = {
-            name: value
-            for name, value in (
-                ("X-Adtarget-Client-IP", visit.client_ip),
-                ("X-Adtarget-Client-User-Agent", visit.user_agent),
-            )
-            if value
-        }
+        call = visit_request(visit, temp_id, client_session_id).call()
         pending = _Pending(
             attribution_of(visit, temp_id, client_session_id),
             outbox.NewRow(
                 kind="visit",
-                path=VISIT_PATH,
-                body=body,
-                headers=headers or None,
+                path=call.path,
+                body=call.body,
+                headers=call.headers,
                 idempotency_key=f"jb-visit-{visit_key}",
                 priority=outbox.FORWARD_PRIORITY,
             ),
@@ -276,7 +262,7 @@ class VisitRecorder:
         # Answer only once the visit is committed.
         await pending.done
         log.info("visit recorded (tempId %s)", temp_id, extra=ids(temp_id=temp_id))
-        return VisitAnswer(
+        return RecordedVisit(
             visit_id=visit_key,
             session_id=str(uuid.uuid5(_SESSION_NAMESPACE, client_session_id)),
             temp_id=temp_id,
@@ -292,12 +278,13 @@ class VisitRecorder:
                 self._cap.counted(await outbox.queued_forwards(conn, limit=self._cap.limit))
             kept = self._cap.take(1)
             if kept:
+                call = UpdateFbpRequest(temp_id=temp_id, fbp=fbp).call()
                 await outbox.enqueue(
                     conn,
                     outbox.NewRow(
                         kind="update_fbp",
-                        path=UPDATE_FBP_PATH,
-                        body={"tempId": temp_id, "fbp": fbp},
+                        path=call.path,
+                        body=call.body,
                         idempotency_key=f"jb-fbp-{uuid.uuid4()}",
                         priority=outbox.FORWARD_PRIORITY,
                     ),

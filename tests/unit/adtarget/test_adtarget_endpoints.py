@@ -11,8 +11,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from bot.adtarget import errors
-from bot.adtarget.client import AdTargetClient, visitor_headers
+from bot.adtarget import errors, wire
+from bot.adtarget.client import AdTargetClient
 from bot.adtarget.models import (
     ConversionRequest,
     InviteRequest,
@@ -22,6 +22,7 @@ from bot.adtarget.models import (
     ValueRequest,
     VisitRequest,
 )
+from bot.adtarget.wire import visitor_headers
 
 KEY = "atk_live_abcd1234_0123456789abcdefghijklmnopqrstuv"
 BASE = "https://adtarget.example"
@@ -385,3 +386,17 @@ async def test_a_read_held_by_pacing_ends_with_a_clear_error(
     with pytest.raises(errors.Unreachable, match=r"no answer within 0\.1 s"):
         await client.get_lead(1)
     assert recorder.requests == []
+
+
+@pytest.mark.parametrize("status", [408, 425])
+def test_a_request_not_taken_up_is_transient(status: int) -> None:
+    error = errors.error_from_answer(status, None, None)
+    assert isinstance(error, errors.Transient)
+    assert error.retryable is True
+
+
+def test_a_conversion_id_survives_its_value_path() -> None:
+    path = wire.conversion_value_path(42, "cv/1 x")
+    assert path == "/leads/42/conversions/cv%2F1%20x/value"
+    assert wire.value_path_conversion(path) == "cv/1 x"
+    assert wire.value_path_conversion(wire.lead_events_path(42)) is None

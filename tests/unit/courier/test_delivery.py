@@ -7,6 +7,7 @@ import random
 import httpx
 import pytest
 
+from bot.adtarget import errors
 from bot.adtarget.client import ApiAnswer, parse_retry_after
 from bot.courier.verdicts import (
     Accepted,
@@ -15,6 +16,7 @@ from bot.courier.verdicts import (
     classify_answer,
     classify_exception,
     find_matching_conversion,
+    verdict_of,
 )
 from storage.outbox import OutboxRow
 
@@ -44,6 +46,17 @@ def answer(status: int, code: str | None = None, retry_after: float | None = Non
 )
 def test_classify_answer(status: int, code: str | None, verdict: Verdict) -> None:
     assert classify_answer(answer(status, code)).verdict is verdict
+
+
+@pytest.mark.parametrize("status", [400, 402, 404, 408, 429, 502])
+@pytest.mark.parametrize("code", [None, "TEAPOT", "INVALID_PAYLOAD", "REVOKED_KEY", "RATE_LIMITED"])
+def test_the_courier_reads_an_answer_as_the_client_does(status: int, code: str | None) -> None:
+    """One table: the verdict follows from the error the typed client would raise."""
+    error = errors.error_from_answer(status, answer(status, code).body, None)
+    verdict = classify_answer(answer(status, code)).verdict
+    assert verdict is verdict_of(error)
+    if verdict in (Verdict.RETRY, Verdict.RATE_LIMITED, Verdict.PAUSE_BILLING):
+        assert error.retryable
 
 
 @pytest.mark.parametrize(

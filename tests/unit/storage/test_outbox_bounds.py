@@ -20,8 +20,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from bot.adtarget.client import CLIENT_UA_HEADER, AdTargetClient
+from bot.adtarget.client import AdTargetClient
 from bot.adtarget.errors import Unsendable
+from bot.adtarget.wire import CLIENT_UA_HEADER
 from bot.token_bucket import TokenBucket
 from bot.tracker.visits import ForwardCap
 from storage import outbox

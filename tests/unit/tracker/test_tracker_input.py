@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from bot.tracker.clients import parse_trusted_proxies, resolve_client
+from bot.settings import parse_trusted_proxies
+from bot.tracker.clients import resolve_client
 from bot.tracker.input import (
     MAX_BODY_BYTES,
     InputError,
