@@ -21,8 +21,8 @@ import httpx
 
 from bench.common import count_rows, free_port, harness_gc_paused, percentile, pool_size
 from bot.settings import Settings
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, CHANNEL_TITLE, ROOT, BridgeProcess, bridge_env, eventually
 
 CONVERSION = "/api/v1/events/conversion"

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from bench.common import count_rows, summary, wait_for
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, CHANNEL_TITLE, RunningBridge, bridge_settings
 
 

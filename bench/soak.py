@@ -25,8 +25,8 @@ from pathlib import Path
 import httpx
 
 from bench.flows import stage
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, BridgeProcess, eventually
 
 CONVERSION = "/api/v1/events/conversion"

@@ -19,7 +19,7 @@ import time
 import aiohttp
 
 from bench.common import harness_gc_paused, percentile, summary
-from tests.fakes.telegram import FakeTelegram
+from bot.simulators.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID
 
 

@@ -1,5 +1,5 @@
-"""Shared fixtures: the loopback fakes and a running bridge with one tracked channel
-(`admin_bridge`: the same with OWNER in ADMIN_IDS)."""
+"""Shared fixtures: a bare database (`db`), the loopback fakes, and a running bridge
+with one tracked channel (`admin_bridge`: the same with OWNER in ADMIN_IDS)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
+from storage.db import Database, open_database
 from tests.harness import (
     CHANNEL_ID,
     CHANNEL_TITLE,
@@ -19,6 +20,14 @@ from tests.harness import (
     StartBridge,
     start_tracked,
 )
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    """A migrated database of the test's own, no bridge around it."""
+    database = await open_database(tmp_path / "bridge.db")
+    yield database
+    await database.close()
 
 
 @pytest.fixture

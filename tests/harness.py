@@ -14,9 +14,9 @@ from typing import Any
 
 from bot.app import Bridge, run_bridge
 from bot.settings import Settings
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from storage.visits import Attribution
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
 
 ROOT = Path(__file__).resolve().parent.parent
 CHANNEL_ID = -1001234567890

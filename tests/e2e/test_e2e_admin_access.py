@@ -13,9 +13,9 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 
 from bot.admin.gate import AdminGate
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from storage.db import open_database
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, OWNER, RunningBridge, ask, eventually
 
 CHANNEL_ADMIN = 777

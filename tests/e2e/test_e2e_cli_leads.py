@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from storage.db import open_database
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
 from tests.harness import (
     CHANNEL_ID,
     ROOT,

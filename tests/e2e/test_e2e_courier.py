@@ -7,8 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, RunningBridge, StartBridge, eventually, start_tracked
 
 CONVERSION = "/api/v1/events/conversion"

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from tests.harness import (
     CHANNEL_ID,
     CHANNEL_TITLE,

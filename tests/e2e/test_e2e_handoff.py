@@ -17,9 +17,9 @@ from pydantic import SecretStr
 from bot.adtarget.client import AdTargetClient
 from bot.adtarget.events import EventType
 from bot.joins.recorder import ChatRef, JoinSeen
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from storage import outbox
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, CHANNEL_TITLE, RunningBridge, StartBridge
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]

@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 from bot.invites.pool import QUOTA_WINDOW
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from storage import invite_pool
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, OWNER, RunningBridge, StartBridge, ask, eventually
 
 STRANGER = "127.0.0.2"

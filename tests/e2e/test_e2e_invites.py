@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from storage import channels
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, RunningBridge, bridge_settings
 
 TEMP_ID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"

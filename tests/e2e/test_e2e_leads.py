@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, OWNER, RunningBridge, eventually, sent_to
 from tests.harness import ask as ask_html
 

@@ -9,9 +9,9 @@ import html
 import re
 from pathlib import Path
 
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from bot.tracker.snippet import landing_snippet
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
 from tests.harness import (
     CHANNEL_ID,
     OWNER,

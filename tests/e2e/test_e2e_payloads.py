@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from storage import channels
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, PAYLOADS, RunningBridge, load_payload
 
 # A second channel for the captures of the bot's own promotion (my_chat_member).

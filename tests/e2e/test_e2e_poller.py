@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from aiogram.types import TelegramObject, Update
 
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, RunningBridge, eventually
 
 

@@ -15,8 +15,8 @@ import httpx
 from aiogram.types import ChatMemberUpdated, TelegramObject
 
 from bot import cli
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, OWNER, RunningBridge, ask, bridge_settings
 
 ALICE, BOB = 8800001, 8800002

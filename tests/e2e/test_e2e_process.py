@@ -7,8 +7,8 @@ import socket
 import sqlite3
 from pathlib import Path
 
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from tests.harness import (
     CHANNEL_ID,
     BridgeProcess,

@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from bot.simulators.telegram_models import OLD_SERVER_OMITS, chat_json, user_json
 from storage import channels
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
 from tests.harness import (
     CHANNEL_ID,
     CHANNEL_TITLE,

@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from storage import channels
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, RunningBridge, bridge_settings, eventually
 
 TEMP_ID = "3f2b8c1e-5d4a-4f6b-9c7e-2a1b0c9d8e7f"

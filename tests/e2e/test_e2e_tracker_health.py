@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from tests.e2e.test_e2e_tracker_clients import STRANGER, VISIT, client_at, raw_request
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
 from tests.harness import (
     CHANNEL_ID,
     OWNER,

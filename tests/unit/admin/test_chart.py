@@ -10,20 +10,18 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from bot.admin.chart import HEIGHT_PX, KINDS, LEAVES_COLOUR, WIDTH_PX, render
 from bot.admin.commands import REFUSAL
+from bot.simulators.telegram import Call, FakeTelegram
 from storage import channels, joins
 from storage.daily import DAY, Day, daily
-from storage.db import Database, open_database
+from storage.db import Database
 from storage.invite_links import FALLBACK_CAMPAIGN
 from storage.stats import channel_stats
-from tests.fakes.telegram import Call, FakeTelegram
 from tests.harness import CHANNEL_ID, OWNER, ROOT, RunningBridge, ask, eventually
 
 A = -1001000000001
@@ -64,11 +62,10 @@ LEAVES = [(A, 1, NOON + 600), (A, 5, NOON - DAY), (B, 3, NOON - 30 * DAY)]
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await open_database(tmp_path / "bridge.db")
-    await database.write(_seed)
-    yield database
-    await database.close()
+async def db(db: Database) -> Database:
+    """The shared fixture's database, seeded with the rows above."""
+    await db.write(_seed)
+    return db
 
 
 def _seed(conn: sqlite3.Connection) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,13 +118,6 @@ EXPECTED: dict[tuple[int | None, str], tuple[int, ...]] = {
     (None, "30d"): (8, 11, 7, 2, 3, 5, 3, 1, 4, 9),
     (None, "all"): (10, 13, 9, 3, 4, 8, 3, 1, 5, 11),
 }
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await open_database(tmp_path / "bridge.db")
-    yield database
-    await database.close()
 
 
 async def _seed(db: Database) -> None:

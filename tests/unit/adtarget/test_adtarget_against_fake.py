@@ -18,7 +18,7 @@ from bot.adtarget.models import (
     ValueRequest,
     VisitRequest,
 )
-from tests.fakes.adtarget import FakeAdTarget
+from bot.simulators.adtarget import FakeAdTarget
 
 CHANNELS = [
     {"channelId": "ch_1", "telegramChannelId": "-1001234567890", "title": "One", "funnelOrder": 1}

@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from bot.cli.run import secrets
 from bot.logs import JsonFormatter, RedactingFormatter, configure, ids
 from bot.settings import Settings, describe_error
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, RunningBridge, bridge_settings
 
 TOKEN = "123456:AAE-secret-token-value"

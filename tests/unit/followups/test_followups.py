@@ -4,7 +4,6 @@ the read-only database the command line uses."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,8 @@ from bot.followups.lead_desk import Look, parse_fire, parse_value
 from bot.followups.lead_view import render_look
 from bot.followups.rows import InvalidFollowUp
 from storage import outbox
-from storage.db import Database, open_database, open_readonly
+from storage.db import Database, open_readonly
 from storage.leads import BridgeLead
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await open_database(tmp_path / "bridge.db")
-    yield database
-    await database.close()
 
 
 async def rows(db: Database) -> list[tuple[str, str, str, str | None, int | None]]:

@@ -4,8 +4,6 @@ argument checking, the member-status rule and the follow-up event row."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from aiogram.types import (
@@ -21,9 +19,9 @@ from aiogram.types import (
 from bot.adtarget.events import EventType
 from bot.followups.stay import follow_up_row, is_present
 from bot.followups.stay_command import RetentionChange, parse_change
+from bot.simulators.telegram_models import member_json
 from storage import channels, joins, outbox, retention
-from storage.db import Database, open_database
-from tests.fakes.telegram_models import member_json
+from storage.db import Database
 
 CHAT = -1001
 OTHER = -1002
@@ -31,10 +29,10 @@ DAY = 86400
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await open_database(tmp_path / "bridge.db")
+async def db(db: Database) -> Database:
+    """The shared fixture's database, with both channels tracked."""
     for chat_id in (CHAT, OTHER):
-        await database.write(
+        await db.write(
             lambda conn, chat_id=chat_id: channels.upsert_in(
                 conn,
                 chat_id,
@@ -45,8 +43,7 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
                 can_invite_users=True,
             )
         )
-    yield database
-    await database.close()
+    return db
 
 
 async def add_join(

@@ -15,9 +15,9 @@ import prometheus_client
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.app import Bridge
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from storage import channels
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, CHANNEL_TITLE, RunningBridge, bridge_settings, eventually
 
 CONVERSION = "/api/v1/events/conversion"

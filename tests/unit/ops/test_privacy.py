@@ -7,7 +7,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -75,13 +75,6 @@ PERSONAL_VISIT_COLUMNS = (
     "fbp",
     "gclid",
 )
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await open_database(tmp_path / "bridge.db")
-    yield database
-    await database.close()
 
 
 async def _person(db: Database, user_id: int, temp_id: str, update_id: int) -> None:

@@ -20,8 +20,8 @@ from aiogram.exceptions import (
 from aiogram.methods import GetUpdates
 
 from bot.polling.calls import PersistentCaller, failure
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, RunningBridge, eventually
 
 

@@ -17,7 +17,7 @@ from aiogram.methods.base import Response
 from aiogram.types import ChatInviteLink
 
 from bot.polling.session import UpdatesSession
-from tests.fakes.telegram import FakeTelegram
+from bot.simulators.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID as CHANNEL
 
 

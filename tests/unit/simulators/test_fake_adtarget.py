@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes.adtarget import FakeAdTarget
+from bot.simulators.adtarget import FakeAdTarget
 
 CONVERSION = "/api/v1/events/conversion"
 VISIT = "/api/v1/events/visit"

@@ -24,13 +24,13 @@ from aiogram.exceptions import (
 from aiogram.types import BotCommand, BufferedInputFile, ChatMemberUpdated, Update
 from pydantic import ValidationError
 
+from bot.simulators.telegram import FakeTelegram
 from bot.simulators.telegram_models import (
     OLD_SERVER_OMITS,
     image_size,
     mask_invite_url,
     member_json,
 )
-from tests.fakes.telegram import FakeTelegram
 
 CHANNEL = -1001234567890
 FOREIGN_URL = "https://t.me/+AbCdEfGhIjKlMnOp"

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from bot import cli
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from storage.backup import backup
 from storage.db import open_database
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, RunningBridge, bridge_settings, eventually
 
 SEEDED = 3000

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,12 +21,12 @@ from pydantic import SecretStr
 from bot.adtarget.client import AdTargetClient
 from bot.adtarget.errors import Unsendable
 from bot.adtarget.wire import CLIENT_UA_HEADER
+from bot.simulators.adtarget import FakeAdTarget
+from bot.simulators.telegram import FakeTelegram
 from bot.token_bucket import TokenBucket
 from bot.tracker.visits import ForwardCap
 from storage import outbox
-from storage.db import Database, open_database
-from tests.fakes.adtarget import FakeAdTarget
-from tests.fakes.telegram import FakeTelegram
+from storage.db import Database
 from tests.harness import CHANNEL_ID, RunningBridge, StartBridge, eventually
 from tests.unit.ops.test_metrics import scrape, value
 
@@ -250,13 +248,6 @@ async def test_at_the_cap_the_room_is_counted_again_while_forwards_keep_coming()
     await eventually(flood_then_ask, interval=0.01, what="a count while dropping")
     cap.counted(1)  # the courier sent one meanwhile
     assert cap.take(2) == 1
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await open_database(tmp_path / "bridge.db")
-    yield database
-    await database.close()
 
 
 async def test_only_forwards_waiting_or_parked_are_dropped_by_age(db: Database) -> None:

@@ -7,20 +7,13 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from storage import channels, invite_links, joins, outbox, updates, visits
 from storage.db import Database, migrate, open_database, schema_version
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await open_database(tmp_path / "nested" / "bridge.db")
-    yield database
-    await database.close()
 
 
 async def test_migrations_recorded_and_idempotent(db: Database) -> None:
@@ -476,3 +469,11 @@ async def test_a_failed_commit_leaves_the_connection_usable(db: Database) -> Non
         await db.write(lambda conn: conn.execute("SELECT count(*) FROM invite_links").fetchone()[0])
         == 0
     )
+
+
+async def test_open_creates_missing_folders(tmp_path: Path) -> None:
+    database = await open_database(tmp_path / "nested" / "bridge.db")
+    try:
+        assert (tmp_path / "nested" / "bridge.db").is_file()
+    finally:
+        await database.close()
