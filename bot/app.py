@@ -31,8 +31,8 @@ from bot.courier.service import Courier
 from bot.courier.verdicts import CourierConfig
 from bot.followups.lead_command import LeadsConsole
 from bot.followups.lead_desk import LeadDesk
-from bot.followups.stay import RetentionChecker
-from bot.followups.stay_command import RetentionConsole
+from bot.followups.stay import StayChecker
+from bot.followups.stay_command import StayCommand
 from bot.invites.minter import InviteMinter
 from bot.invites.pool import InvitePool
 from bot.joins.recorder import JoinRecorder, ReportingPolicy
@@ -102,7 +102,7 @@ class Bridge:
     tracker: Tracker
     notifier: Notifier
     channel_sync: ChannelSync
-    retention: RetentionChecker
+    stay: StayChecker
     privacy: PrivacySweeper
     metrics: Metrics
     watchdog: Watchdog
@@ -154,14 +154,14 @@ async def build(settings: Settings) -> Bridge:
         per_client=settings.invite_links_per_client_hour,
         pace=settings.invite_mint_interval,
     )
-    rate = settings.member_check_rate
-    retention = RetentionChecker(
+    rate = settings.stay_check_rate
+    stay = StayChecker(
         bot, db, pacer=TokenBucket(rate, max(1, int(rate))), wake_courier=courier.wake
     )
 
     def attributed_join() -> None:
         pool.wake()  # revoke the used link soon after the join
-        retention.wake()  # schedule its retention check, if the channel has one
+        stay.wake()  # schedule its stay check, if the channel has the stay signal on
 
     joins.on_attributed_join = attributed_join
 
@@ -193,7 +193,7 @@ async def build(settings: Settings) -> Bridge:
         onboarding=onboarding,
         console=console,
         leads_console=LeadsConsole(db, gate, console, LeadDesk(db, adtarget, courier.wake)),
-        retention_console=RetentionConsole(db, console),
+        stay_command=StayCommand(db, console),
         chart_console=ChartConsole(db, console),
         channel_sync=channel_sync,
         privacy=PrivacyDesk(db, settings.admin_ids),
@@ -273,7 +273,7 @@ async def build(settings: Settings) -> Bridge:
         tracker=tracker,
         notifier=notifier,
         channel_sync=channel_sync,
-        retention=retention,
+        stay=stay,
         privacy=PrivacySweeper(db, settings.retention_days),
         metrics=metrics,
         watchdog=watchdog,
@@ -359,7 +359,7 @@ async def _run_locked(
         asyncio.create_task(bridge.join_requests.run(stop), name="join-requests"),
         asyncio.create_task(bridge.db.checkpoints(stop), name="wal-checkpoints"),
         asyncio.create_task(bridge.notifier.run(stop), name="notifier"),
-        asyncio.create_task(bridge.retention.run(stop), name="retention-checks"),
+        asyncio.create_task(bridge.stay.run(stop), name="stay-checks"),
         asyncio.create_task(bridge.watchdog.run(stop), name="watchdog"),
     }
     # Not among `tasks`: those run until stop, and the first to end ends the bridge.

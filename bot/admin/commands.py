@@ -54,7 +54,7 @@ like 9.99 EUR
 /lead &lt;telegram-user-id&gt; — what AdTarget and the bridge hold for one person
 /fire &lt;telegram-user-id&gt; &lt;event&gt; [value currency] — a follow-up event for a lead
 /value &lt;telegram-user-id&gt; &lt;conversion-id&gt; &lt;value&gt; &lt;currency&gt;
-/retention [&lt;channel&gt; &lt;days&gt; &lt;event&gt;|off] — an event for joiners who stay
+/stay [&lt;channel&gt; &lt;days&gt; &lt;event&gt;|off] — an event for joiners who stay
 /forget &lt;telegram-user-id&gt; — erase a person's joins and visits (ADMIN_IDS only)
 
 A channel is named by @username, its -100… id, or the start of its title."""
@@ -78,7 +78,7 @@ COMMANDS = {
     "lead": "What AdTarget and the bridge hold for a user",
     "fire": "A follow-up event for a lead",
     "value": "A value for a conversion",
-    "retention": "An event for joiners who stay",
+    "stay": "An event for joiners who stay",
     "forget": "Erase one user's data",
 }
 

@@ -66,7 +66,7 @@ class SweepResult:
 
 
 class PrivacySweeper:
-    """Clears personal fields of visits and finished outbox rows past retention."""
+    """Clears personal fields of visits and finished outbox rows older than RETENTION_DAYS."""
 
     def __init__(
         self,

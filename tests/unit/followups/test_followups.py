@@ -41,17 +41,15 @@ async def test_queue_event_writes_one_row_per_key(db: Database) -> None:
         db,
         42,
         "Custom:Retained7d",
-        idempotency_key="jb-retention-1",
+        idempotency_key="jb-stay-1",
         wake=lambda: woken.append(True),
     )
-    again = await followups.queue_event(
-        db, 42, "Custom:Retained7d", idempotency_key="jb-retention-1"
-    )
+    again = await followups.queue_event(db, 42, "Custom:Retained7d", idempotency_key="jb-stay-1")
     assert first.row_id is not None
     assert again.row_id is None, "a deterministic key makes a repeat a no-op"
     assert woken == [True]
     assert await rows(db) == [
-        ("lead_event", "/leads/42/events", "jb-retention-1", "Custom:Retained7d", 42)
+        ("lead_event", "/leads/42/events", "jb-stay-1", "Custom:Retained7d", 42)
     ]
     (stored,) = await outbox.claim(db, limit=1, lease=60)
     assert stored.body["eventType"] == "Custom"
