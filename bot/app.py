@@ -29,16 +29,16 @@ from bot.adtarget.sync import ChannelSync
 from bot.courier.pacing import TokenBucket
 from bot.courier.service import Courier
 from bot.courier.verdicts import CourierConfig
+from bot.followups.lead import LeadFollowUps
 from bot.followups.lead_command import LeadsConsole
-from bot.followups.lead_desk import LeadDesk
 from bot.followups.stay import StayChecker
 from bot.followups.stay_command import StayCommand
 from bot.invites.minter import InviteMinter
 from bot.invites.pool import InvitePool
 from bot.joins.recorder import JoinRecorder, ReportingPolicy
-from bot.joins.requests import JoinRequestDesk
+from bot.joins.requests import JoinRequestApprover
 from bot.ops.metrics import Metrics, Watched
-from bot.ops.privacy import PrivacyDesk, PrivacySweeper
+from bot.ops.privacy import ForgetCommand, PrivacySweeper
 from bot.ops.watchdog import Watchdog, WatchdogConfig
 from bot.polling.batches import PollerStats
 from bot.polling.calls import BadBotToken
@@ -95,7 +95,7 @@ class Bridge:
     joins: JoinRecorder
     minter: InviteMinter
     pool: InvitePool
-    join_requests: JoinRequestDesk
+    join_requests: JoinRequestApprover
     visits: VisitRecorder
     poller: Poller
     health: Health
@@ -166,7 +166,7 @@ async def build(settings: Settings) -> Bridge:
     joins.on_attributed_join = attributed_join
 
     pool.on_empty = lambda chat_id, title: pool_empty_alert(notifier, chat_id, title)
-    desk = JoinRequestDesk(bot, db, joins, approve=settings.approve_join_requests)
+    approver = JoinRequestApprover(bot, db, joins, approve=settings.approve_join_requests)
     visits = VisitRecorder(db, courier.wake, forwards_max=settings.outbox_forwards_max)
     channel_sync = ChannelSync(adtarget, db)
     gate = AdminGate(bot, db, settings.admin_ids)
@@ -192,18 +192,18 @@ async def build(settings: Settings) -> Bridge:
         minter=minter,
         onboarding=onboarding,
         console=console,
-        leads_console=LeadsConsole(db, gate, console, LeadDesk(db, adtarget, courier.wake)),
+        leads_console=LeadsConsole(db, gate, console, LeadFollowUps(db, adtarget, courier.wake)),
         stay_command=StayCommand(db, console),
         chart_console=ChartConsole(db, console),
         channel_sync=channel_sync,
-        privacy=PrivacyDesk(db, settings.admin_ids),
+        privacy=ForgetCommand(db, settings.admin_ids),
         gate=gate,
     )
     poller = Poller(
         bot,
         dispatcher,
         db,
-        [joins, desk],
+        [joins, approver],
         PollerConfig(
             timeout=settings.poll_timeout,
             limit=settings.poll_limit,
@@ -248,7 +248,7 @@ async def build(settings: Settings) -> Bridge:
         Watched(
             poller=poll_stats,
             joins=joins,
-            join_requests=desk,
+            join_requests=approver,
             courier=courier,
             pool=pool,
             visits=visits,
@@ -266,7 +266,7 @@ async def build(settings: Settings) -> Bridge:
         joins=joins,
         minter=minter,
         pool=pool,
-        join_requests=desk,
+        join_requests=approver,
         visits=visits,
         poller=poller,
         health=health,

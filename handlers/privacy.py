@@ -1,6 +1,6 @@
 """`/forget <telegram-user-id>` in private chat, for ADMIN_IDS.
 
-Thin: read the command, ask the privacy desk, send its reply.
+Thin: read the command, ask the forget command, send its reply.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
-from bot.ops.privacy import PrivacyDesk
+from bot.ops.privacy import ForgetCommand
 from handlers.filters import PRIVATE
 
 
-async def on_forget(message: Message, command: CommandObject, privacy: PrivacyDesk) -> None:
+async def on_forget(message: Message, command: CommandObject, privacy: ForgetCommand) -> None:
     assert message.from_user is not None
     reply = await privacy.forget(message.from_user.id, (command.args or "").split())
     await message.answer(reply, parse_mode="HTML")

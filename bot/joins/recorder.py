@@ -82,8 +82,9 @@ class JoinBatch:
     untracked: int = 0
 
 
-class CourierDoor(Protocol):
-    """The courier as the recorder sees it (`bot.courier.service.Courier`)."""
+class ClaimingCourier(Protocol):
+    """The courier as the recorder sees it (`bot.courier.service.Courier`): it claims
+    new outbox rows in the recorder's transaction and sends them once it committed."""
 
     def claim_in(self, conn: sqlite3.Connection) -> list[OutboxRow]: ...
 
@@ -104,7 +105,7 @@ def join_kind(link: InviteLink | None) -> str:
 
 
 class JoinRecorder:
-    def __init__(self, db: Database, policy: ReportingPolicy, courier: CourierDoor) -> None:
+    def __init__(self, db: Database, policy: ReportingPolicy, courier: ClaimingCourier) -> None:
         self._db = db
         self._policy = policy
         self._courier = courier

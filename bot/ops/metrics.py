@@ -48,10 +48,10 @@ from prometheus_client.registry import Collector
 from bot.courier.service import Courier
 from bot.invites.pool import InvitePool, PoolState
 from bot.joins.recorder import LEAVE, JoinRecorder
-from bot.joins.requests import JoinRequestDesk
+from bot.joins.requests import JoinRequestApprover
 from bot.polling.batches import PollerStats
 from bot.tracker.visits import VisitRecorder
-from storage import outbox, stay, updates
+from storage import inbox, outbox, stay
 from storage.db import Database
 from storage.outbox import FORWARD_KINDS, OutboxCounts
 
@@ -112,7 +112,7 @@ class Watched:
 
     poller: PollerStats
     joins: JoinRecorder
-    join_requests: JoinRequestDesk
+    join_requests: JoinRequestApprover
     courier: Courier
     pool: InvitePool
     visits: VisitRecorder
@@ -190,7 +190,7 @@ class Metrics:
             return
         try:
             counts = await outbox.counts(self._db)
-            failed = await updates.failed_count(self._db)
+            failed = await inbox.failed_count(self._db)
             pools = await self._watched.pool.states()
             checks = await stay.counts(self._db, [p.chat_id for p in pools])
         except Exception:

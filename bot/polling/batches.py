@@ -29,7 +29,7 @@ from aiogram import Bot, Dispatcher
 from aiogram.types import Update
 
 from bot.logs import ids
-from storage import updates as inbox
+from storage import inbox
 from storage.db import Database
 
 log = logging.getLogger(__name__)

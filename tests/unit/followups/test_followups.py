@@ -13,8 +13,8 @@ from bot.adtarget.client import ApiAnswer
 from bot.adtarget.models import Lead
 from bot.courier.verdicts import Verdict, classify_answer
 from bot.followups import rows as followups
-from bot.followups.lead_desk import Look, parse_fire, parse_value
-from bot.followups.lead_view import render_look
+from bot.followups.lead import LeadLookup, parse_fire, parse_value
+from bot.followups.lead_view import render_lookup
 from bot.followups.rows import InvalidFollowUp
 from storage import outbox
 from storage.db import Database, open_database, open_readonly
@@ -174,8 +174,8 @@ async def test_the_read_only_database_cannot_write(db: Database, tmp_path: Path)
 
 def test_lead_screen_escapes_a_time_adtarget_sent_as_odd_text() -> None:
     lead = Lead(telegram_user_id=7, first_seen_at="<soon>", last_seen_at=1_700_000_000)
-    look = Look(7, lead, None, BridgeLead([], [], [], []))
-    shown = render_look(look, [], html_mode=True)
+    lookup = LeadLookup(7, lead, None, BridgeLead([], [], [], []))
+    shown = render_lookup(lookup, [], html_mode=True)
     assert "first seen &lt;soon&gt;, last seen 2023-11-14 22:13 UTC" in shown
     assert "<soon>" not in shown
-    assert "first seen <soon>," in render_look(look, [], html_mode=False)
+    assert "first seen <soon>," in render_lookup(lookup, [], html_mode=False)
