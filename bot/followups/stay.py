@@ -70,7 +70,7 @@ def follow_up_row(check: DueCheck, event: EventType, now: float) -> outbox.NewRo
     row = followups.event_row(
         check.user_id,
         request,
-        idempotency_key=(f"jb-stay-{check.chat_id}-{check.user_id}-{check.join_id}-{check.days}d"),
+        idempotency_key=f"jb-stay-{check.chat_id}-{check.user_id}-{check.join_id}-{check.days}d",
         chat_id=check.chat_id,
     )
     # Behind conversions, beside visit forwards: a day's worth of due checks must
