@@ -116,7 +116,7 @@ async def _run_locked(
         asyncio.create_task(bridge.join_requests.run(stop), name="join-requests"),
         asyncio.create_task(bridge.db.checkpoints(stop), name="wal-checkpoints"),
         asyncio.create_task(bridge.notifier.run(stop), name="notifier"),
-        asyncio.create_task(bridge.retention.run(stop), name="retention-checks"),
+        asyncio.create_task(bridge.stay.run(stop), name="stay-checks"),
         asyncio.create_task(bridge.watchdog.run(stop), name="watchdog"),
     }
     # Not among `tasks`: those run until stop, and the first to end ends the bridge.

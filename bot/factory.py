@@ -28,16 +28,16 @@ from bot.adtarget.client import AdTargetClient
 from bot.adtarget.sync import ChannelSync
 from bot.courier.service import Courier
 from bot.courier.verdicts import CourierConfig
+from bot.followups.lead import LeadFollowUps
 from bot.followups.lead_command import LeadsConsole
-from bot.followups.lead_desk import LeadDesk
-from bot.followups.stay import RetentionChecker
-from bot.followups.stay_command import RetentionConsole
+from bot.followups.stay import StayChecker
+from bot.followups.stay_command import StayCommand
 from bot.invites.minter import InviteMinter
 from bot.invites.pool import InvitePool
 from bot.joins.recorder import JoinRecorder, ReportingPolicy
-from bot.joins.requests import JoinRequestDesk
+from bot.joins.requests import JoinRequestApprover
 from bot.ops.metrics import Metrics, Watched
-from bot.ops.privacy import PrivacyDesk, PrivacySweeper
+from bot.ops.privacy import ForgetCommand, PrivacySweeper
 from bot.ops.watchdog import Watchdog, WatchdogConfig
 from bot.polling.batches import BatchSink, PollerStats
 from bot.polling.poller import Poller, PollerConfig
@@ -75,12 +75,12 @@ class Bridge:
     pool: InvitePool
     # joins
     joins: JoinRecorder
-    join_requests: JoinRequestDesk
+    join_requests: JoinRequestApprover
     # courier and AdTarget
     adtarget: AdTargetClient
     courier: Courier
     # follow-ups
-    retention: RetentionChecker
+    stay: StayChecker
     # admin: the alerts, and what the handlers are given
     notifier: Notifier
     services: Services
@@ -108,14 +108,14 @@ async def build(settings: Settings) -> Bridge:
     adtarget = create_adtarget(settings, metrics)
     courier = create_courier(settings, db, adtarget, notifier)
     minter, pool = create_invites(settings, bot, db, notifier)
-    retention = create_retention_checker(settings, bot, db, courier)
+    stay = create_stay_checker(settings, bot, db, courier)
 
     def attributed_join() -> None:
         pool.wake()  # revoke the used link soon after the join
-        retention.wake()  # schedule its retention check, if the channel has one
+        stay.wake()  # schedule its stay check, if the channel has the stay signal on
 
     joins = create_join_recorder(settings, db, courier, on_attributed_join=attributed_join)
-    join_requests = JoinRequestDesk(bot, db, joins, approve=settings.approve_join_requests)
+    join_requests = JoinRequestApprover(bot, db, joins, approve=settings.approve_join_requests)
     visits = VisitRecorder(db, courier.wake, forwards_max=settings.outbox_forwards_max)
     poll_stats = PollerStats()
     services = create_services(
@@ -157,7 +157,7 @@ async def build(settings: Settings) -> Bridge:
         join_requests=join_requests,
         adtarget=adtarget,
         courier=courier,
-        retention=retention,
+        stay=stay,
         notifier=notifier,
         services=services,
         metrics=metrics,
@@ -329,11 +329,11 @@ def courier_config(settings: Settings) -> CourierConfig:
 # ---- follow-ups ------------------------------------------------------------------
 
 
-def create_retention_checker(
+def create_stay_checker(
     settings: Settings, bot: Bot, db: Database, courier: Courier
-) -> RetentionChecker:
-    rate = settings.member_check_rate
-    return RetentionChecker(
+) -> StayChecker:
+    rate = settings.stay_check_rate
+    return StayChecker(
         bot, db, pacer=TokenBucket(rate, max(1, int(rate))), wake_courier=courier.wake
     )
 
@@ -371,9 +371,9 @@ def create_services(
         console=console,
         chart_console=ChartConsole(db, console),
         channel_sync=ChannelSync(adtarget, db),
-        leads_console=LeadsConsole(db, gate, console, LeadDesk(db, adtarget, courier.wake)),
-        retention_console=RetentionConsole(db, console),
-        privacy=PrivacyDesk(db, settings.admin_ids),
+        leads_console=LeadsConsole(db, gate, console, LeadFollowUps(db, adtarget, courier.wake)),
+        stay_command=StayCommand(db, console),
+        privacy=ForgetCommand(db, settings.admin_ids),
     )
 
 

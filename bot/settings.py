@@ -131,9 +131,9 @@ class Settings(BaseSettings):
     # hours; older ones would also spend the rate conversions need after it.
     outbox_forwards_max_age: float = Field(default=6 * 3600.0, gt=0)
 
-    # The retention signal (/retention): getChatMember calls per second at due time,
+    # The stay signal (/stay): getChatMember calls per second at due time,
     # well under Telegram's ~30 requests/s per bot shared with everything else.
-    member_check_rate: float = Field(default=20.0, gt=0, le=30)
+    stay_check_rate: float = Field(default=20.0, gt=0, le=30)
 
     @field_validator("bot_token")
     @classmethod

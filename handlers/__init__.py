@@ -14,7 +14,7 @@ def get_routers() -> list[Router]:
         leads,
         membership,
         privacy,
-        retention,
+        stay,
     )
 
     return [
@@ -25,7 +25,7 @@ def get_routers() -> list[Router]:
         join_requests.make_router(),
         membership.make_router(),
         privacy.make_router(),
-        retention.make_router(),
+        stay.make_router(),
         leads.make_router(),
         admin.make_router(),
     ]

@@ -1,6 +1,6 @@
 """`/forget <telegram-user-id>` in private chat, for ADMIN_IDS.
 
-Thin: read the command, ask the privacy desk, send its reply.
+Thin: read the command, ask the forget command, send its reply.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from bot.admin.gate import AdminGate
 from bot.admin.onboarding import Onboarding
 from bot.adtarget.sync import ChannelSync
 from bot.followups.lead_command import LeadsConsole
-from bot.followups.stay_command import RetentionConsole
-from bot.ops.privacy import PrivacyDesk
+from bot.followups.stay_command import StayCommand
+from bot.ops.privacy import ForgetCommand
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,5 +32,5 @@ class Services:
     chart_console: ChartConsole  # /chart
     channel_sync: ChannelSync  # /sync (and once at start, bot/app.py)
     leads_console: LeadsConsole  # /lead, /fire, /value
-    retention_console: RetentionConsole  # /retention
-    privacy: PrivacyDesk  # /forget
+    stay_command: StayCommand  # /stay
+    privacy: ForgetCommand  # /forget

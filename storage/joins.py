@@ -130,7 +130,7 @@ def record_leaves(conn: sqlite3.Connection, rows: list[NewLeave]) -> int:
 
 
 def _replace_made_up_leave(conn: sqlite3.Connection, real: NewLeave) -> None:
-    """A retention check that found the member gone recorded a leave at the check's
+    """A stay check that found the member gone recorded a leave at the check's
     time (update_id NULL); the late real update has Telegram's date. Keep only the
     real one, so /stats counts the leave once, and put its date on the join.
 

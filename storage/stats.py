@@ -42,7 +42,8 @@ class SourceRow:
     present: int  # of those joins, members still in the channel
 
     @property
-    def retention(self) -> float:
+    def kept(self) -> float:
+        """The share of these joins still in the channel (/stats' "kept" column)."""
         return self.present / self.joins if self.joins else 0.0
 
 

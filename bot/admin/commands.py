@@ -21,7 +21,7 @@ from bot.adtarget.events import EventType, effective_event, parse_join_event
 from bot.courier.service import Courier
 from bot.invites.minter import InviteMinter
 from bot.invites.pool import InvitePool
-from storage import channels, invite_links, outbox, updates
+from storage import channels, inbox, invite_links, outbox
 from storage.channels import Channel
 from storage.db import Database
 from storage.stats import channel_stats
@@ -54,7 +54,7 @@ like 9.99 EUR
 /lead &lt;telegram-user-id&gt; — what AdTarget and the bridge hold for one person
 /fire &lt;telegram-user-id&gt; &lt;event&gt; [value currency] — a follow-up event for a lead
 /value &lt;telegram-user-id&gt; &lt;conversion-id&gt; &lt;value&gt; &lt;currency&gt;
-/retention [&lt;channel&gt; &lt;days&gt; &lt;event&gt;|off] — an event for joiners who stay
+/stay [&lt;channel&gt; &lt;days&gt; &lt;event&gt;|off] — an event for joiners who stay
 /forget &lt;telegram-user-id&gt; — erase a person's joins and visits (ADMIN_IDS only)
 
 A channel is named by @username, its -100… id, or the start of its title."""
@@ -78,7 +78,7 @@ COMMANDS = {
     "lead": "What AdTarget and the bridge hold for a user",
     "fire": "A follow-up event for a lead",
     "value": "A value for a conversion",
-    "retention": "An event for joiners who stay",
+    "stay": "An event for joiners who stay",
     "forget": "Erase one user's data",
 }
 
@@ -293,12 +293,12 @@ class Console:
             lines.append(f"• #{row_id}: {html.escape(reason)}")
         if counts.parked:
             lines.append("Send them again with /retry &lt;id&gt; or /retry all.")
-        unreadable = await updates.unreadable_summary(self._db)
+        unreadable = await inbox.unreadable_summary(self._db)
         if unreadable.latest is not None:
             update_id, kind, error = unreadable.latest
             lines.append(
                 f"\nTelegram updates the bridge could not read: {unreadable.count:,}"
-                f" (kept {updates.UNREADABLE_KEPT_SECONDS // 86400} days, skipped;"
+                f" (kept {inbox.UNREADABLE_KEPT_SECONDS // 86400} days, skipped;"
                 " later updates go on)\n"
                 f"Latest: update {update_id} ({html.escape(kind)}): {html.escape(error)}"
             )

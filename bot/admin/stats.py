@@ -19,7 +19,7 @@ PERIOD_LABELS = {
 DAY = 86400
 
 WIDTH = 26  # the figures table: label, value right-aligned under "joins" below
-SOURCE_WIDTH = 18  # the top-sources table: source/campaign, joins, retention
+SOURCE_WIDTH = 18  # the top-sources table: source/campaign, joins, kept
 MISSING = "–"
 # All channels: the header names them, the first few when there are many.
 NAMED_CHANNELS = 3
@@ -65,7 +65,7 @@ def _sources(stats: StatsRow) -> list[str]:
         name = row.source if row.campaign is None else f"{row.source}/{row.campaign}"
         lines.append(
             f"{_clip(name, SOURCE_WIDTH):<{SOURCE_WIDTH}} {_count(row.joins):>7}"
-            f" {_percent(row.retention):>5}"
+            f" {_percent(row.kept):>5}"
         )
     return lines
 

@@ -23,17 +23,17 @@ import sys
 from pathlib import Path
 
 from bot.adtarget.client import AdTargetClient
-from bot.followups.lead_desk import (
+from bot.followups.lead import (
     EVENTS,
     FIRE_ARGS,
     LEAD_ARGS,
     VALUE_ARGS,
-    LeadDesk,
+    LeadFollowUps,
     parse_fire,
     parse_lead,
     parse_value,
 )
-from bot.followups.lead_view import describe_result, render_look
+from bot.followups.lead_view import describe_outcome, render_lookup
 from bot.followups.rows import InvalidFollowUp, check_idempotency_key
 from bot.settings import Settings
 from storage import channels
@@ -121,37 +121,37 @@ async def _run(settings: Settings, command: str, words: list[str], key: str | No
             return await _lead(client, settings.database_path, parse_lead(words))
         db = await open_database(settings.database_path)
         try:
-            desk = LeadDesk(db, client)
+            follow_ups = LeadFollowUps(db, client)
             if command == "fire":
                 fire = parse_fire(words)
-                result = await desk.fire(fire, idempotency_key=key)
+                outcome = await follow_ups.fire(fire, idempotency_key=key)
                 what = " ".join(words[1:2]) + f" for user {fire.user}"
             else:
                 value = parse_value(words)
-                result = await desk.value(value, idempotency_key=key)
+                outcome = await follow_ups.value(value, idempotency_key=key)
                 amount = f"{value.request.value:g} {value.request.currency}"
                 what = f"Value {amount} for conversion {value.conversion_id} of user {value.user}"
         finally:
             await db.close()
     finally:
         await client.aclose()
-    if result.queued is None:
-        _say(command, describe_result(result, what, html_mode=False))
+    if outcome.queued is None:
+        _say(command, describe_outcome(outcome, what, html_mode=False))
         return EXIT_ADTARGET
-    line = describe_result(result, what, html_mode=False)
-    print(f"{line} Idempotency-Key: {result.queued.idempotency_key}")
+    line = describe_outcome(outcome, what, html_mode=False)
+    print(f"{line} Idempotency-Key: {outcome.queued.idempotency_key}")
     return EXIT_OK
 
 
 async def _lead(client: AdTargetClient, database: Path, user: int) -> int:
     db: Database = await open_readonly(database)
     try:
-        look = await LeadDesk(db, client).look(user)
+        lookup = await LeadFollowUps(db, client).look_up(user)
         known = await channels.list_all(db)
     finally:
         await db.close()
-    print(render_look(look, known, html_mode=False))
-    if look.problem is not None:
-        _say("lead", look.problem)
+    print(render_lookup(lookup, known, html_mode=False))
+    if lookup.problem is not None:
+        _say("lead", lookup.problem)
         return EXIT_ADTARGET
     return EXIT_OK

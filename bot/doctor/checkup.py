@@ -67,12 +67,12 @@ async def run_checks(settings: Settings) -> AsyncIterator[Check]:
             yield await telegram.updates()
         key, remote = await adtarget_key(adtarget, settings.adtarget_api_url)
         yield key
-        look = await database(settings.database_path)
-        yield look.check
-        if look.channels is None:
-            yield skip(CHANNELS, look.unread)
+        findings = await database(settings.database_path)
+        yield findings.check
+        if findings.channels is None:
+            yield skip(CHANNELS, findings.unread)
         else:
-            checks = channel_checks(look.channels, telegram, remote, settings.default_event)
+            checks = channel_checks(findings.channels, telegram, remote, settings.default_event)
             async for check in checks:
                 yield check
         yield tracker_port(settings.tracker_host, settings.tracker_port, settings.database_path)

@@ -32,7 +32,10 @@ WRITABLE_FIX = (
 
 
 @dataclass(frozen=True, slots=True)
-class DatabaseLook:
+class DatabaseFindings:
+    """What the doctor found in the database: its checklist line, and the channels
+    the other checks go on with."""
+
     check: Check
     # The channels it tracks; None when they could not be read, and then why.
     channels: list[Channel] | None
@@ -123,10 +126,10 @@ def _directory_problem(path: Path) -> tuple[str | None, str]:
     return None, f"{directory} will be created at start"
 
 
-def _file_problem(path: Path) -> DatabaseLook | None:
+def _file_problem(path: Path) -> DatabaseFindings | None:
     """The verdict when the file system alone decides it; None: look inside."""
     if path.is_dir():
-        return DatabaseLook(
+        return DatabaseFindings(
             fail(
                 DATABASE,
                 f"DATABASE_PATH {path} is a directory",
@@ -136,15 +139,17 @@ def _file_problem(path: Path) -> DatabaseLook | None:
         )
     problem, note = _directory_problem(path)
     if problem:
-        return DatabaseLook(fail(DATABASE, problem, WRITABLE_FIX), None)
+        return DatabaseFindings(fail(DATABASE, problem, WRITABLE_FIX), None)
     if not path.exists():
         where = note or f"{path.parent} is writable"
-        return DatabaseLook(ok(DATABASE, f"{path} will be created at first start ({where})"), [])
+        return DatabaseFindings(
+            ok(DATABASE, f"{path} will be created at first start ({where})"), []
+        )
     try:
         with path.open("r+b"):  # opened for writing, nothing written
             pass
     except OSError as error:
-        return DatabaseLook(
+        return DatabaseFindings(
             fail(DATABASE, f"{path} is not writable: {error.strerror}", WRITABLE_FIX), None
         )
     return None
@@ -158,13 +163,13 @@ def database_path_problem(path: Path) -> Check | None:
     return verdict.check if verdict is not None and verdict.channels is None else None
 
 
-async def database(path: Path) -> DatabaseLook:
+async def database(path: Path) -> DatabaseFindings:
     if (verdict := _file_problem(path)) is not None:
         return verdict
     try:
         return await _inspect(path)
     except sqlite3.Error as error:
-        return DatabaseLook(
+        return DatabaseFindings(
             fail(
                 DATABASE,
                 f"{path} cannot be read as an SQLite database: {error}",
@@ -174,13 +179,13 @@ async def database(path: Path) -> DatabaseLook:
         )
 
 
-async def _inspect(path: Path) -> DatabaseLook:
+async def _inspect(path: Path) -> DatabaseFindings:
     latest = latest_version()
     db = await open_readonly(path)
     try:
         state = await schema_state(db)
         if state.version is None and state.tables:
-            return DatabaseLook(
+            return DatabaseFindings(
                 fail(
                     DATABASE,
                     f"{path} holds {state.tables} tables but no Joinbridge schema",
@@ -190,7 +195,7 @@ async def _inspect(path: Path) -> DatabaseLook:
             )
         version = state.version or 0
         if version > latest:
-            return DatabaseLook(
+            return DatabaseFindings(
                 fail(
                     DATABASE,
                     f"{path} has schema version {version}, newer than this Joinbridge knows"
@@ -202,7 +207,7 @@ async def _inspect(path: Path) -> DatabaseLook:
             )
         problems = await quick_check(db)
         if problems != ["ok"]:
-            return DatabaseLook(
+            return DatabaseFindings(
                 fail(
                     DATABASE,
                     f"{path} is damaged: quick_check says {'; '.join(problems)}",
@@ -226,7 +231,7 @@ async def _inspect(path: Path) -> DatabaseLook:
     pid = running_bridge_pid(path)
     if pid is not None:
         detail += f"; {_bridge(pid)}"
-    return DatabaseLook(ok(DATABASE, detail), tracked, unread)
+    return DatabaseFindings(ok(DATABASE, detail), tracked, unread)
 
 
 def tracker_port(host: str, port: int, database_path: Path) -> Check:

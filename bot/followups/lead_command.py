@@ -13,16 +13,16 @@ from dataclasses import dataclass
 
 from bot.admin.commands import REFUSAL, Console, Reply
 from bot.admin.gate import AdminGate
-from bot.followups.lead_desk import (
+from bot.followups.lead import (
     FIRE_ARGS,
     LEAD_ARGS,
     VALUE_ARGS,
-    LeadDesk,
+    LeadFollowUps,
     parse_fire,
     parse_lead,
     parse_value,
 )
-from bot.followups.lead_view import TELEGRAM_LIMIT, describe_result, render_look
+from bot.followups.lead_view import TELEGRAM_LIMIT, describe_outcome, render_lookup
 from bot.followups.rows import InvalidFollowUp
 from storage import leads
 from storage.channels import Channel
@@ -49,11 +49,13 @@ class Scope:
 
 
 class LeadsConsole:
-    def __init__(self, db: Database, gate: AdminGate, console: Console, desk: LeadDesk) -> None:
+    def __init__(
+        self, db: Database, gate: AdminGate, console: Console, follow_ups: LeadFollowUps
+    ) -> None:
         self._db = db
         self._gate = gate
         self._console = console
-        self._desk = desk
+        self._follow_ups = follow_ups
 
     async def lead(self, asker: int, args: list[str]) -> Reply:
         mine = await self._console.allowed(asker)  # as /stats decides
@@ -66,9 +68,9 @@ class LeadsConsole:
         scope = await self._scope(asker, mine, user)
         if isinstance(scope, Reply):
             return scope
-        look = await self._desk.look(user, scope.chat_ids)
-        text = render_look(
-            look,
+        lookup = await self._follow_ups.look_up(user, scope.chat_ids)
+        text = render_lookup(
+            lookup,
             scope.channels,
             html_mode=True,
             visible_ids=scope.adtarget_ids,
@@ -92,12 +94,12 @@ class LeadsConsole:
             channel_id = scope.joined.report_id
             parsed = parse_fire(args, channel_id=channel_id)
             chat_id = scope.joined.chat_id
-        result = await self._desk.fire(parsed, chat_id=chat_id)
+        outcome = await self._follow_ups.fire(parsed, chat_id=chat_id)
         event: str = parsed.request.event_type
         if parsed.request.custom_event_name:
             event = f"Custom:{parsed.request.custom_event_name}"
         what = f"{event} for user {parsed.user}"
-        return Reply(describe_result(result, what, html_mode=True))
+        return Reply(describe_outcome(outcome, what, html_mode=True))
 
     async def value(self, asker: int, args: list[str]) -> Reply:
         mine = await self._console.allowed(asker)  # as /stats decides
@@ -110,14 +112,14 @@ class LeadsConsole:
         scope = await self._scope(asker, mine, parsed.user)
         if isinstance(scope, Reply):
             return scope
-        result = await self._desk.value(
+        outcome = await self._follow_ups.value(
             parsed,
             channel_ids=scope.adtarget_ids,
             chat_id=scope.joined.chat_id if scope.joined else None,
         )
         amount = f"{parsed.request.value:g} {parsed.request.currency}"
         what = f"Value {amount} for conversion {parsed.conversion_id} of user {parsed.user}"
-        return Reply(describe_result(result, what, html_mode=True))
+        return Reply(describe_outcome(outcome, what, html_mode=True))
 
     async def _scope(self, asker: int, mine: list[Channel], user: int) -> Scope | Reply:
         if self._gate.is_owner(asker):

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from bot.adtarget.dispatch import capi_words, dispatch_words
 from bot.adtarget.models import LeadConversion, Timestamp
-from bot.followups.lead_desk import Look, Result
+from bot.followups.lead import FollowUpOutcome, LeadLookup
 from bot.followups.rows import KIND_EVENT, KIND_VALUE
 from storage.channels import Channel
 from storage.leads import BridgeLead
@@ -82,8 +82,8 @@ def _conversion(c: LeadConversion, titles: dict[str, str], esc: Callable[[str], 
     return "• " + esc(" — ".join(parts))
 
 
-def render_look(
-    look: Look,
+def render_lookup(
+    lookup: LeadLookup,
     channels: list[Channel],
     *,
     html_mode: bool,
@@ -93,13 +93,13 @@ def render_look(
     """`visible_ids`: AdTarget channel ids the asker may see (None: all)."""
     out = _Writer(html_mode=html_mode)
     titles = _titles(channels)
-    out.head(f"User {look.user}")
+    out.head(f"User {lookup.user}")
     out.add("")
     out.head("AdTarget")
-    if look.lead is None:
-        out.add(out.esc(f"{look.problem}."))
+    if lookup.lead is None:
+        out.add(out.esc(f"{lookup.problem}."))
     else:
-        lead = look.lead
+        lead = lookup.lead
         # when() gives AdTarget's own text back when it is no date it can read.
         seen = f"first seen {when(lead.first_seen_at)}, last seen {when(lead.last_seen_at)}"
         out.add(out.esc(seen))
@@ -111,7 +111,7 @@ def render_look(
         out.lines += [_conversion(c, titles, out.esc) for c in shown]
     out.add("")
     out.head("Bridge")
-    _bridge(out, look.bridge, titles)
+    _bridge(out, lookup.bridge, titles)
     return out.text(limit)
 
 
@@ -166,15 +166,15 @@ def _bridge(out: _Writer, seen: BridgeLead, titles: dict[str, str]) -> None:
             out.add(esc(f"  {words}"))
 
 
-def describe_result(result: Result, what: str, *, html_mode: bool) -> str:
+def describe_outcome(outcome: FollowUpOutcome, what: str, *, html_mode: bool) -> str:
     """One answer for a queued (or refused) follow-up."""
     esc: Callable[[str], str] = html.escape if html_mode else str
-    if result.queued is None:
-        return esc(f"{result.refusal}.")
-    if result.queued.row_id is None:
-        text = f"{what} was already queued (key {result.queued.idempotency_key})."
+    if outcome.queued is None:
+        return esc(f"{outcome.refusal}.")
+    if outcome.queued.row_id is None:
+        text = f"{what} was already queued (key {outcome.queued.idempotency_key})."
     else:
-        text = f"{what} queued as outbox row #{result.queued.row_id}."
-    if result.note:
-        text += f" {result.note}; the bridge sends it once AdTarget answers."
+        text = f"{what} queued as outbox row #{outcome.queued.row_id}."
+    if outcome.note:
+        text += f" {outcome.note}; the bridge sends it once AdTarget answers."
     return esc(text)

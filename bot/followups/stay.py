@@ -1,4 +1,4 @@
-"""The retention signal: at due time, ask Telegram whether an attributed joiner is
+"""The stay signal: at due time, ask Telegram whether an attributed joiner is
 still in the channel; if so, queue the channel's follow-up event for that lead.
 
 Leave updates go missing in large chats, so `getChatMember` at the due time is
@@ -33,9 +33,9 @@ from bot.backoff import Backoff
 from bot.followups import rows as followups
 from bot.token_bucket import TokenBucket
 from bot.waiting import wait_any
-from storage import outbox, retention
+from storage import outbox, stay
 from storage.db import Database
-from storage.retention import DueCheck
+from storage.stay import DueCheck
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,7 @@ def follow_up_row(check: DueCheck, event: EventType, now: float) -> outbox.NewRo
     row = followups.event_row(
         check.user_id,
         request,
-        idempotency_key=(
-            f"jb-retention-{check.chat_id}-{check.user_id}-{check.join_id}-{check.days}d"
-        ),
+        idempotency_key=f"jb-stay-{check.chat_id}-{check.user_id}-{check.join_id}-{check.days}d",
         chat_id=check.chat_id,
     )
     # Behind conversions, beside visit forwards: a day's worth of due checks must
@@ -81,7 +79,7 @@ def follow_up_row(check: DueCheck, event: EventType, now: float) -> outbox.NewRo
     return replace(row, priority=1)
 
 
-class RetentionChecker:
+class StayChecker:
     def __init__(
         self,
         bot: Bot,
@@ -116,7 +114,7 @@ class RetentionChecker:
                 await self._sweep_if_wanted(stop)
                 wait = await self._check_due(stop)
             except Exception:
-                log.exception("retention checks failed; trying again shortly")
+                log.exception("stay checks failed; trying again shortly")
                 wait = ERROR_WAIT
             if self._sweep_wanted:
                 wait = 0.0
@@ -130,17 +128,17 @@ class RetentionChecker:
         if since < SWEEP_MIN_GAP:
             await wait_any(stop, timeout=SWEEP_MIN_GAP - since)
         self._sweep_wanted = False
-        scheduled = await retention.sweep(self._db)
+        scheduled = await stay.sweep(self._db)
         self._swept_at = time.monotonic()
         if scheduled:
-            log.info("retention: %d check(s) scheduled", scheduled)
+            log.info("stay: %d check(s) scheduled", scheduled)
 
     async def _check_due(self, stop: asyncio.Event) -> float:
         """Check what is due; return how long to sleep before looking again."""
-        parked = await retention.close_parked(self._db)
+        parked = await stay.close_parked(self._db)
         if parked:
-            log.warning("retention: %d check(s) failed: their conversion is parked", parked)
-        checks = await retention.due(self._db, now=time.time(), limit=BATCH)
+            log.warning("stay: %d check(s) failed: their conversion is parked", parked)
+        checks = await stay.due(self._db, now=time.time(), limit=BATCH)
         for check in checks:
             if stop.is_set() or not await self._paced(stop):
                 return 0.0
@@ -148,7 +146,7 @@ class RetentionChecker:
                 return 0.0  # Telegram said wait: the bucket holds, look again after
         if len(checks) == BATCH:
             return 0.0
-        due_at = await retention.next_due_at(self._db)
+        due_at = await stay.next_due_at(self._db)
         if due_at is None:
             return IDLE_WAIT
         now = time.time()
@@ -174,44 +172,42 @@ class RetentionChecker:
             # asking Telegram. Its eventTime is the time of the check.
             event = follow_up_row(check, EventType.parse(check.event_type), time.time())
         except ValueError as error:  # followups.InvalidFollowUp is one
-            await retention.record_failed(self._db, check.id, reason=f"event: {error}")
+            await stay.record_failed(self._db, check.id, reason=f"event: {error}")
             return True
         try:
             member = await self._bot.get_chat_member(chat_id=check.chat_id, user_id=check.user_id)
         except TelegramRetryAfter as error:
             self._pacer.hold(float(error.retry_after))
-            log.warning("retention: Telegram asks to wait %s s", error.retry_after)
+            log.warning("stay: Telegram asks to wait %s s", error.retry_after)
             return False
         except (TelegramBadRequest, TelegramForbiddenError, TelegramNotFound) as error:
             # The chat is gone or the bot may not see its members: asking again
             # will not change the answer.
             log.warning(
-                "retention check %d (user %d in %d) failed: %s",
+                "stay check %d (user %d in %d) failed: %s",
                 check.id,
                 check.user_id,
                 check.chat_id,
                 error.message,
             )
-            await retention.record_failed(self._db, check.id, reason=error.message)
+            await stay.record_failed(self._db, check.id, reason=error.message)
             return True
         except (TelegramAPIError, OSError, TimeoutError) as error:
             delay = self._retry.delay(check.attempts + 1)  # attempts: failures before
             log.warning(
-                "retention check %d: getChatMember failed (%s); again in %.0f s",
+                "stay check %d: getChatMember failed (%s); again in %.0f s",
                 check.id,
                 error,
                 delay,
             )
-            await retention.retry_later(
-                self._db, check.id, at=time.time() + delay, error=str(error)
-            )
+            await stay.retry_later(self._db, check.id, at=time.time() + delay, error=str(error))
             return True
         self.checked += 1
         status = _status(member)
         if is_present(member):
-            row_id = await retention.record_stayed(self._db, check.id, status=status, event=event)
+            row_id = await stay.record_stayed(self._db, check.id, status=status, event=event)
             log.info(
-                "retention check %d: user %d still in %d after %d days; %s queued (row %s)",
+                "stay check %d: user %d still in %d after %d days; %s queued (row %s)",
                 check.id,
                 check.user_id,
                 check.chat_id,
@@ -222,9 +218,9 @@ class RetentionChecker:
             if row_id is not None:
                 self._wake_courier()
         else:
-            await retention.record_left(self._db, check.id, status=status)
+            await stay.record_left(self._db, check.id, status=status)
             log.info(
-                "retention check %d: user %d left %d (%s); nothing to send",
+                "stay check %d: user %d left %d (%s); nothing to send",
                 check.id,
                 check.user_id,
                 check.chat_id,

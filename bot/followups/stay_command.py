@@ -1,7 +1,7 @@
-"""/retention: each channel's retention signal, shown and changed by its admins.
+"""/stay: each channel's stay signal, shown and changed by its admins.
 
-`/retention <channel> <days> <event>` turns it on, `/retention <channel> off`
-turns it off, `/retention` alone lists the setting of every channel the admin
+`/stay <channel> <days> <event>` turns it on, `/stay <channel> off`
+turns it off, `/stay` alone lists the setting of every channel the admin
 may see. Who may do what is the same as for /stats (`Console.allowed`).
 """
 
@@ -13,26 +13,26 @@ from dataclasses import dataclass
 from bot.admin.commands import REFUSAL, Console, Reply
 from bot.admin.gate import describe, pick_channel
 from bot.adtarget.events import EventType
-from storage import retention
+from storage import stay
 from storage.channels import Channel
 from storage.db import Database
 
 MAX_DAYS = 365
 USAGE = (
-    "Usage: /retention &lt;channel&gt; &lt;days&gt;"
-    " &lt;Lead|Subscribe|CompleteRegistration|Custom:Name&gt;, or /retention &lt;channel&gt; off"
-    " (/retention alone lists every channel's setting)"
+    "Usage: /stay &lt;channel&gt; &lt;days&gt;"
+    " &lt;Lead|Subscribe|CompleteRegistration|Custom:Name&gt;, or /stay &lt;channel&gt; off"
+    " (/stay alone lists every channel's setting)"
 )
 
 
 @dataclass(frozen=True, slots=True)
-class RetentionChange:
+class StayChange:
     channel: str  # the channel as the admin named it
     days: int | None  # None: off
     event: EventType | None
 
 
-def parse_change(args: list[str]) -> RetentionChange | str:
+def parse_change(args: list[str]) -> StayChange | str:
     """The arguments after the channel; a message saying what is wrong otherwise.
 
     A channel may be named by a title of several words, and a custom event name may
@@ -41,8 +41,8 @@ def parse_change(args: list[str]) -> RetentionChange | str:
     """
     if args and args[-1].casefold() == "off":
         if len(args) == 1:
-            return "Name the channel to turn off, e.g. /retention @mychannel off."
-        return RetentionChange(" ".join(args[:-1]), None, None)
+            return "Name the channel to turn off, e.g. /stay @mychannel off."
+        return StayChange(" ".join(args[:-1]), None, None)
     start = next(
         (i for i, word in enumerate(args) if i > 0 and word.casefold().startswith("custom:")),
         len(args) - 1,
@@ -50,7 +50,7 @@ def parse_change(args: list[str]) -> RetentionChange | str:
     if len(args) < 3 or start < 2:
         return (
             "Give the channel, the number of days and the event,"
-            " e.g. /retention @mychannel 7 Custom:Retained7d."
+            " e.g. /stay @mychannel 7 Custom:Retained7d."
         )
     days_text = args[start - 1]
     # isdigit() alone accepts "²" and "①", which int() refuses; three digits at most
@@ -68,18 +68,18 @@ def parse_change(args: list[str]) -> RetentionChange | str:
     if event.name == "Purchase":
         return (
             "The event cannot be Purchase: AdTarget needs a value and currency for it,"
-            " and a retention event has none. Use Lead, Subscribe, CompleteRegistration"
+            " and the stay signal's event has none. Use Lead, Subscribe, CompleteRegistration"
             " or Custom:Name."
         )
-    return RetentionChange(" ".join(args[: start - 1]), int(days_text), event)
+    return StayChange(" ".join(args[: start - 1]), int(days_text), event)
 
 
-class RetentionConsole:
+class StayCommand:
     def __init__(self, db: Database, console: Console) -> None:
         self._db = db
         self._console = console
 
-    async def retention(self, user_id: int, args: list[str]) -> Reply:
+    async def stay(self, user_id: int, args: list[str]) -> Reply:
         mine = await self._console.allowed(user_id)
         if mine is None:
             return Reply(REFUSAL)
@@ -91,10 +91,10 @@ class RetentionConsole:
         found = pick_channel(change.channel, mine)
         if isinstance(found, str):
             return Reply(f"{USAGE}\n{found}")
-        await retention.set_setting(
+        await stay.set_setting(
             self._db, found.chat_id, change.days, str(change.event) if change.event else None
         )
-        waiting = (await retention.counts(self._db, [found.chat_id])).get(found.chat_id, {})
+        waiting = (await stay.counts(self._db, [found.chat_id])).get(found.chat_id, {})
         scheduled = waiting.get("pending", 0)
         earlier = (
             f" {scheduled} check(s) already scheduled keep their earlier setting."
@@ -102,7 +102,7 @@ class RetentionConsole:
             else ""
         )
         if change.days is None or change.event is None:
-            return Reply(f"{describe(found)}: retention signal off for joins from now on.{earlier}")
+            return Reply(f"{describe(found)}: stay signal off for joins from now on.{earlier}")
         return Reply(
             f"{describe(found)}: an attributed joiner still in the channel {change.days}"
             f" day(s) after joining gets <b>{html.escape(str(change.event))}</b>. This applies"
@@ -116,9 +116,9 @@ class RetentionConsole:
                 " <b>Invite users via link</b> right."
             )
         ids = [c.chat_id for c in mine]
-        settings = await retention.settings(self._db, ids)
-        counts = await retention.counts(self._db, ids)
-        lines = ["<b>Retention signal</b>"]
+        settings = await stay.settings(self._db, ids)
+        counts = await stay.counts(self._db, ids)
+        lines = ["<b>Stay signal</b>"]
         for channel in mine:
             setting = settings.get(channel.chat_id)
             if setting is None or setting.days is None:
@@ -136,7 +136,7 @@ class RetentionConsole:
                     f" {by_state.get('left', 0)} left, {by_state.get('failed', 0)} failed"
                 )
         lines.append(
-            "\nSet with /retention &lt;channel&gt; &lt;days&gt; &lt;event&gt;,"
-            " or /retention &lt;channel&gt; off."
+            "\nSet with /stay &lt;channel&gt; &lt;days&gt; &lt;event&gt;,"
+            " or /stay &lt;channel&gt; off."
         )
         return Reply("\n".join(lines))

@@ -83,8 +83,9 @@ class JoinBatch:
     untracked: int = 0
 
 
-class CourierDoor(Protocol):
-    """The courier as the recorder sees it (`bot.courier.service.Courier`)."""
+class ClaimingCourier(Protocol):
+    """The courier as the recorder sees it (`bot.courier.service.Courier`): it claims
+    new outbox rows in the recorder's transaction and sends them once it committed."""
 
     def claim_in(self, conn: sqlite3.Connection) -> list[OutboxRow]: ...
 
@@ -109,7 +110,7 @@ class JoinRecorder:
         self,
         db: Database,
         policy: ReportingPolicy,
-        courier: CourierDoor,
+        courier: ClaimingCourier,
         *,
         on_attributed_join: Callable[[], None] = lambda: None,
     ) -> None:

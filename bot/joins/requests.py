@@ -39,7 +39,11 @@ class JoinRequestSeen:
     update_id: int | None = None
 
 
-class JoinRequestDesk:
+class JoinRequestApprover:
+    """Records join requests in tracked chats and, with APPROVE_JOIN_REQUESTS,
+    approves them, retrying until Telegram answers; each approval is recorded as the
+    join."""
+
     def __init__(
         self,
         bot: Bot,

@@ -48,10 +48,10 @@ from prometheus_client.registry import Collector
 from bot.courier.service import Courier
 from bot.invites.pool import InvitePool, PoolState
 from bot.joins.recorder import LEAVE, JoinRecorder
-from bot.joins.requests import JoinRequestDesk
+from bot.joins.requests import JoinRequestApprover
 from bot.polling.batches import PollerStats
 from bot.tracker.visits import VisitRecorder
-from storage import outbox, retention, updates
+from storage import inbox, outbox, stay
 from storage.db import Database
 from storage.outbox import FORWARD_KINDS, OutboxCounts
 
@@ -112,7 +112,7 @@ class Watched:
 
     poller: PollerStats
     joins: JoinRecorder
-    join_requests: JoinRequestDesk
+    join_requests: JoinRequestApprover
     courier: Courier
     pool: InvitePool
     visits: VisitRecorder
@@ -129,7 +129,7 @@ class _Stored:
     outbox: OutboxCounts | None = None
     failed_updates: int = 0
     pools: list[PoolState] = field(default_factory=list)
-    retention: dict[str, int] = field(default_factory=dict)
+    stay_checks: dict[str, int] = field(default_factory=dict)
     at: float = 0.0
 
 
@@ -190,9 +190,9 @@ class Metrics:
             return
         try:
             counts = await outbox.counts(self._db)
-            failed = await updates.failed_count(self._db)
+            failed = await inbox.failed_count(self._db)
             pools = await self._watched.pool.states()
-            checks = await retention.counts(self._db, [p.chat_id for p in pools])
+            checks = await stay.counts(self._db, [p.chat_id for p in pools])
         except Exception:
             # The counters are still worth serving; the database gauges go missing
             # and joinbridge_database_ok says why.
@@ -208,7 +208,7 @@ class Metrics:
             outbox=counts,
             failed_updates=failed,
             pools=pools,
-            retention=by_state,
+            stay_checks=by_state,
             at=time.time(),
         )
 
@@ -361,11 +361,11 @@ class _BridgeCollector(Collector):
         yield links
         yield target
         checks = GaugeMetricFamily(
-            "joinbridge_retention_checks",
-            "Retention checks by state (pending: waiting for their due time)",
+            "joinbridge_stay_checks",
+            "Stay checks by state (pending: waiting for their due time)",
             labels=["state"],
         )
-        for state, number in sorted(stored.retention.items()):
+        for state, number in sorted(stored.stay_checks.items()):
             checks.add_metric([state], number)
         yield checks
 

@@ -66,7 +66,7 @@ class SweepResult:
 
 
 class PrivacySweeper:
-    """Clears personal fields of visits and finished outbox rows past retention."""
+    """Clears personal fields of visits and finished outbox rows older than RETENTION_DAYS."""
 
     def __init__(
         self,
@@ -122,7 +122,7 @@ async def forget(db: Database, user_id: int) -> Forgotten:
     return forgotten
 
 
-class PrivacyDesk:
+class ForgetCommand:
     """`/forget <telegram-user-id>` for ADMIN_IDS: erasing is bridge-wide, so a
     channel's own admins may not."""
 

@@ -30,7 +30,7 @@ from aiogram.types import Update
 
 from bot.backoff import Backoff
 from bot.logs import ids
-from storage import updates as inbox
+from storage import inbox
 from storage.db import Database
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from bot.polling.calls import PersistentCaller
 from bot.polling.reader import ReadBatch, Unreadable, UpdateReader
 from bot.polling.session import UpdatesSession, raw_json
 from bot.waiting import wait_any
-from storage import updates as inbox
+from storage import inbox
 from storage.db import Database
 
 log = logging.getLogger(__name__)

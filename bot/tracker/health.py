@@ -9,7 +9,7 @@ from typing import Any
 from bot.courier.service import Courier
 from bot.invites.pool import InvitePool
 from bot.polling.batches import PollerStats
-from storage import outbox, updates
+from storage import inbox, outbox
 from storage.db import Database, schema_version
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,8 @@ class Health:
         try:
             version = await schema_version(self._db)
             counts = await outbox.counts(self._reads)
-            failed_updates = await updates.failed_count(self._reads)
-            unreadable = await updates.unreadable_summary(self._reads)
+            failed_updates = await inbox.failed_count(self._reads)
+            unreadable = await inbox.unreadable_summary(self._reads)
             pools = await self._pool.states()
         except Exception as error:
             log.exception("healthz: database check failed")

@@ -2,7 +2,8 @@
 
 The README is short, names the two commands, shows one form of the bridge's
 command, and links every page of docs/; every relative link in it and in docs/
-points at a file that exists, and at a heading that exists when it names one.
+points at a file that exists, and at a heading that exists when it names one,
+and every path of ours they name in backticks (`bot/...`, `storage/...`) exists.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ README_MAX_LINES = 200
 # [text](target): the target up to the closing parenthesis (none of ours holds one).
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 _FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+# `bot/app.py`, `storage/migrations/`: a path in the repository, named in prose.
+_PATH = re.compile(r"`((?:bot|handlers|storage|tests|bench|examples|docs)/[^`\s]*)`")
 
 
 def _prose(path: Path) -> str:
@@ -80,6 +83,15 @@ def test_relative_links_point_at_files_and_headings(page: Path) -> None:
         assert path.exists(), f"{page.name}: {link} points at a missing file"
         if anchor and path.suffix == ".md":
             assert anchor in _anchors(path), f"{page.name}: {link}: no such heading"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.relative_to(ROOT).as_posix())
+def test_paths_named_in_backticks_exist(page: Path) -> None:
+    named = _PATH.findall(_prose(page))
+    # `bot/cli/<command>.py`, `tests/unit/<package>/`, `bot/…`: a pattern, not a path.
+    paths = [path for path in named if "<" not in path and "…" not in path]
+    missing = [path for path in paths if not (ROOT / path).exists()]
+    assert not missing, f"{page.name} names missing paths: {missing}"
 
 
 def test_readme_links_every_docs_page() -> None:

@@ -303,7 +303,7 @@ async def test_top_sources(db: Database) -> None:
         SourceRow("(none)", None, 1, 1),
         SourceRow("bing", "z", 1, 1),
     )
-    assert (await top(None, "all"))[0].retention == pytest.approx(0.4)
+    assert (await top(None, "all"))[0].kept == pytest.approx(0.4)
 
 
 async def test_fallback_joins_are_counted_apart_from_campaigns(db: Database) -> None:

@@ -12,8 +12,8 @@ from bot.adtarget.client import ApiAnswer
 from bot.adtarget.models import Lead
 from bot.courier.verdicts import Verdict, classify_answer
 from bot.followups import rows as followups
-from bot.followups.lead_desk import Look, parse_fire, parse_value
-from bot.followups.lead_view import render_look
+from bot.followups.lead import LeadLookup, parse_fire, parse_value
+from bot.followups.lead_view import render_lookup
 from bot.followups.rows import InvalidFollowUp
 from storage import outbox
 from storage.db import Database, open_readonly
@@ -33,17 +33,15 @@ async def test_queue_event_writes_one_row_per_key(db: Database) -> None:
         db,
         42,
         "Custom:Retained7d",
-        idempotency_key="jb-retention-1",
+        idempotency_key="jb-stay-1",
         wake=lambda: woken.append(True),
     )
-    again = await followups.queue_event(
-        db, 42, "Custom:Retained7d", idempotency_key="jb-retention-1"
-    )
+    again = await followups.queue_event(db, 42, "Custom:Retained7d", idempotency_key="jb-stay-1")
     assert first.row_id is not None
     assert again.row_id is None, "a deterministic key makes a repeat a no-op"
     assert woken == [True]
     assert await rows(db) == [
-        ("lead_event", "/leads/42/events", "jb-retention-1", "Custom:Retained7d", 42)
+        ("lead_event", "/leads/42/events", "jb-stay-1", "Custom:Retained7d", 42)
     ]
     (stored,) = await outbox.claim(db, limit=1, lease=60)
     assert stored.body["eventType"] == "Custom"
@@ -168,8 +166,8 @@ async def test_the_read_only_database_cannot_write(db: Database, tmp_path: Path)
 
 def test_lead_screen_escapes_a_time_adtarget_sent_as_odd_text() -> None:
     lead = Lead(telegram_user_id=7, first_seen_at="<soon>", last_seen_at=1_700_000_000)
-    look = Look(7, lead, None, BridgeLead([], [], [], []))
-    shown = render_look(look, [], html_mode=True)
+    lookup = LeadLookup(7, lead, None, BridgeLead([], [], [], []))
+    shown = render_lookup(lookup, [], html_mode=True)
     assert "first seen &lt;soon&gt;, last seen 2023-11-14 22:13 UTC" in shown
     assert "<soon>" not in shown
-    assert "first seen <soon>," in render_look(look, [], html_mode=False)
+    assert "first seen <soon>," in render_lookup(lookup, [], html_mode=False)

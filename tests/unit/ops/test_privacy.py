@@ -20,7 +20,7 @@ from bot.joins.recorder import ChatRef, JoinRecorder, JoinSeen, LeaveSeen, Repor
 from bot.ops.privacy import PrivacySweeper, parse_user_id
 from bot.tracker.input import VisitInput
 from bot.tracker.visits import VisitRecorder
-from storage import channels, invite_links, join_requests, outbox, updates
+from storage import channels, inbox, invite_links, join_requests, outbox
 from storage.db import Database, open_database
 from storage.outbox import OutboxRow
 from storage.privacy import _SCRUB_OUTBOX, _SCRUB_VISITS, forget_user
@@ -110,8 +110,8 @@ async def _person(db: Database, user_id: int, temp_id: str, update_id: int) -> N
             "invite_link": {"invite_link": url},
         },
     }
-    await updates.store_batch(db, [(update_id, "chat_member", json.dumps(raw))])
-    await updates.mark_done(db, [update_id])
+    await inbox.store_batch(db, [(update_id, "chat_member", json.dumps(raw))])
+    await inbox.mark_done(db, [update_id])
     recorder = JoinRecorder(db, ReportingPolicy(EventType("Lead")), _NoCourier())
     now = int(time.time())
     await recorder.record([JoinSeen(CHAT, user_id, url, now - 60, update_id=update_id)])

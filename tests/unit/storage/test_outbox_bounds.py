@@ -258,7 +258,7 @@ async def test_only_forwards_waiting_or_parked_are_dropped_by_age(db: Database) 
 
     queued = [
         row("conversion", "conversion", 0),
-        row("lead_event", "retention-signal", 1),  # a follow-up beside the forwards
+        row("lead_event", "stay-signal", 1),  # a follow-up beside the forwards
         row("visit", "visit-pending", 1),
         row("update_fbp", "fbp-pending", 1),
         row("visit", "visit-parked", 1),
@@ -281,11 +281,11 @@ async def test_only_forwards_waiting_or_parked_are_dropped_by_age(db: Database) 
         warning=None,
         replayed=False,
     )
-    waiting = ["conversion", "retention-signal", "visit-pending", "fbp-pending"]
+    waiting = ["conversion", "stay-signal", "visit-pending", "fbp-pending"]
     await outbox.hand_back(db, [ids[key] for key in waiting])
 
     assert await outbox.drop_aged_forwards(db, max_age=3600) == []
     dropped = await outbox.drop_aged_forwards(db, max_age=3600, now=time.time() + 7200)
     assert sorted(dropped) == ["update_fbp", "visit", "visit"]
     kept = {r[0] for r in await db.fetchall("SELECT idempotency_key FROM outbox")}
-    assert kept == {"conversion", "retention-signal", "visit-sending", "visit-delivered"}
+    assert kept == {"conversion", "stay-signal", "visit-sending", "visit-delivered"}

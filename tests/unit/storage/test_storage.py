@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import channels, invite_links, joins, outbox, updates, visits
+from storage import channels, inbox, invite_links, joins, outbox, visits
 from storage.db import Database, migrate, open_database, schema_version
 
 
@@ -226,17 +226,17 @@ async def test_links_are_found_with_the_visit_they_were_handed_to(db: Database) 
 async def test_handled_updates_stored_with_their_results_tell_which_were_stored_before(
     db: Database,
 ) -> None:
-    await updates.store_batch(db, [(1, "chat_member", '{"update_id": 1}')])
+    await inbox.store_batch(db, [(1, "chat_member", '{"update_id": 1}')])
     batch = [(n, "chat_member", f'{{"update_id": {n}}}') for n in (1, 2, 3)]
     before = await db.write(
-        lambda conn: updates.store_handled_in(conn, batch, failed={3}, now=time.time())
+        lambda conn: inbox.store_handled_in(conn, batch, failed={3}, now=time.time())
     )
     assert before == {1}
     states = await db.fetchall("SELECT update_id, state FROM updates ORDER BY update_id")
     # 1 stays as the retry pass owns it; 3 failed and is recorded as such next.
     assert [tuple(r) for r in states] == [(1, "new"), (2, "done"), (3, "new")]
     again = await db.write(
-        lambda conn: updates.store_handled_in(conn, batch[1:], failed=set(), now=time.time())
+        lambda conn: inbox.store_handled_in(conn, batch[1:], failed=set(), now=time.time())
     )
     assert again == {2, 3}
 
@@ -311,24 +311,24 @@ async def test_repeat_visit_keeps_old_values_where_new_are_empty(db: Database) -
 
 async def test_inbox_batches_failures_and_redelivery(db: Database) -> None:
     batch = [(1, "chat_member", '{"update_id": 1}'), (2, "message", '{"update_id": 2}')]
-    assert await updates.store_batch(db, batch) == set()
-    await updates.mark_done(db, [1])
-    await updates.mark_failed(db, 2, error="boom", retry_at=time.time() + 100)
-    assert await updates.failed_count(db) == 1
+    assert await inbox.store_batch(db, batch) == set()
+    await inbox.mark_done(db, [1])
+    await inbox.mark_failed(db, 2, error="boom", retry_at=time.time() + 100)
+    assert await inbox.failed_count(db) == 1
     now = time.time()
-    assert await updates.due_for_retry(db, now=now, new_before=0) == []
-    due = await updates.due_for_retry(db, now=now + 200, new_before=0)
+    assert await inbox.due_for_retry(db, now=now, new_before=0) == []
+    due = await inbox.due_for_retry(db, now=now + 200, new_before=0)
     assert [(u.update_id, u.attempts) for u in due] == [(2, 1)]
     # A `new` update is only picked up once it is older than `new_before`: until
     # then the handling pass that stored it still owns it.
-    await updates.store_batch(db, [(3, "message", '{"update_id": 3}')])
-    assert [u.update_id for u in await updates.due_for_retry(db, now=now, new_before=now)] == []
-    later = await updates.due_for_retry(db, now=now, new_before=time.time() + 1)
+    await inbox.store_batch(db, [(3, "message", '{"update_id": 3}')])
+    assert [u.update_id for u in await inbox.due_for_retry(db, now=now, new_before=now)] == []
+    later = await inbox.due_for_retry(db, now=now, new_before=time.time() + 1)
     assert [u.update_id for u in later] == [3]
     # The same batch again: update 1 is known as done; with a new one beside it, too.
-    assert await updates.store_batch(db, batch) == {1}
-    assert await updates.store_batch(db, [batch[0], (4, "message", '{"update_id": 4}')]) == {1}
-    assert await updates.prune_old(db, now=time.time() + updates.DONE_KEPT_SECONDS + 1) == 1
+    assert await inbox.store_batch(db, batch) == {1}
+    assert await inbox.store_batch(db, [batch[0], (4, "message", '{"update_id": 4}')]) == {1}
+    assert await inbox.prune_old(db, now=time.time() + inbox.DONE_KEPT_SECONDS + 1) == 1
 
 
 async def test_conversions_are_claimed_before_visit_forwards(db: Database) -> None:

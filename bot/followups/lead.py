@@ -80,7 +80,7 @@ def parse_value(words: Sequence[str]) -> ValueArgs:
 
 
 @dataclass(frozen=True, slots=True)
-class Look:
+class LeadLookup:
     """Both sides of one user: AdTarget's lead (or why there is none) and the bridge's rows."""
 
     user: int
@@ -90,7 +90,7 @@ class Look:
 
 
 @dataclass(frozen=True, slots=True)
-class Result:
+class FollowUpOutcome:
     """A follow-up's fate: queued (perhaps with a note), or refused with a plain reason."""
 
     queued: Queued | None = None
@@ -102,7 +102,10 @@ class Result:
         return self.queued is not None
 
 
-class LeadDesk:
+class LeadFollowUps:
+    """One lead looked up on both sides, and follow-ups for it (events, values)
+    queued once AdTarget's record of the lead has been checked."""
+
     def __init__(
         self, db: Database, client: AdTargetClient, wake: Callable[[], None] | None = None
     ) -> None:
@@ -110,7 +113,7 @@ class LeadDesk:
         self._client = client
         self._wake = wake
 
-    async def look(self, user: int, chat_ids: Sequence[int] | None = None) -> Look:
+    async def look_up(self, user: int, chat_ids: Sequence[int] | None = None) -> LeadLookup:
         """`chat_ids`: the channels the asker may see (None: all)."""
         bridge = await bridge_lead(self._db, user, chat_ids)
         try:
@@ -120,20 +123,20 @@ class LeadDesk:
             lead, problem = None, no_lead(user)
         except AdTargetError as error:
             lead, problem = None, f"could not ask AdTarget: {error}"
-        return Look(user, lead, problem, bridge)
+        return LeadLookup(user, lead, problem, bridge)
 
     async def fire(
         self, args: FireArgs, *, chat_id: int | None = None, idempotency_key: str | None = None
-    ) -> Result:
+    ) -> FollowUpOutcome:
         """`idempotency_key`: the caller's own (a payment id), so a repeat queues nothing."""
         lead, refusal, note = await self._check(args.user)
         if refusal is not None:
-            return Result(refusal=refusal)
+            return FollowUpOutcome(refusal=refusal)
         del lead  # any lead will do: AdTarget picks the channel when none is given
         row = followups.event_row(
             args.user, args.request, chat_id=chat_id, idempotency_key=idempotency_key
         )
-        return Result(await followups.queue(self._db, row, self._wake), note)
+        return FollowUpOutcome(await followups.queue(self._db, row, self._wake), note)
 
     async def value(
         self,
@@ -142,20 +145,20 @@ class LeadDesk:
         channel_ids: Collection[str] | None = None,
         chat_id: int | None = None,
         idempotency_key: str | None = None,
-    ) -> Result:
+    ) -> FollowUpOutcome:
         """`channel_ids`: AdTarget channel ids the asker may touch (None: any);
         `idempotency_key` as for fire()."""
         lead, refusal, note = await self._check(args.user)
         if refusal is not None:
-            return Result(refusal=refusal)
+            return FollowUpOutcome(refusal=refusal)
         if lead is not None:
             found = [c for c in lead.conversions if c.conversion_id == args.conversion_id]
             if not found or (channel_ids is not None and found[0].channel_id not in channel_ids):
                 missing = no_conversion(args.user, args.conversion_id)
-                return Result(refusal=f"{missing}; nothing queued")
+                return FollowUpOutcome(refusal=f"{missing}; nothing queued")
         elif channel_ids is not None:
             # Whose conversion it is cannot be told without AdTarget's answer.
-            return Result(refusal=f"{note}; nothing queued, try again later")
+            return FollowUpOutcome(refusal=f"{note}; nothing queued, try again later")
         row = followups.value_row(
             args.user,
             args.conversion_id,
@@ -163,7 +166,7 @@ class LeadDesk:
             chat_id=chat_id,
             idempotency_key=idempotency_key,
         )
-        return Result(await followups.queue(self._db, row, self._wake), note)
+        return FollowUpOutcome(await followups.queue(self._db, row, self._wake), note)
 
     async def _check(self, user: int) -> tuple[Lead | None, str | None, str | None]:
         """(lead, refusal, note): refusal when AdTarget's answer is final, a note when

@@ -1,4 +1,4 @@
-"""The retention signal: each channel's setting, and the checks it schedules.
+"""The stay signal: each channel's setting, and the checks it schedules.
 
 A check is scheduled for every attributed join recorded after the channel's
 setting was turned on (`sweep`), is due `days` after the join, and ends in one
@@ -23,7 +23,7 @@ STATES = ("pending", "sent", "left", "failed")
 
 
 @dataclass(frozen=True, slots=True)
-class RetentionSetting:
+class StaySetting:
     chat_id: int
     days: int | None  # None: off
     event_type: str | None
@@ -42,7 +42,7 @@ class DueCheck:
 
 
 async def set_setting(db: Database, chat_id: int, days: int | None, event_type: str | None) -> None:
-    """Turn retention on (days and event) or off (None) for joins recorded from now on.
+    """Turn the stay signal on (days and event) or off (None) for joins recorded from now on.
 
     Joins recorded under the old setting but not swept yet are scheduled under it
     first, in the same transaction: the change must not take their checks away.
@@ -50,22 +50,22 @@ async def set_setting(db: Database, chat_id: int, days: int | None, event_type: 
     async with db.transaction() as conn:
         await _schedule_unswept(conn, now=time.time(), batch=None)
         await conn.execute(
-            "UPDATE channels SET retention_signal_days = ?, retention_signal_event = ?,"
-            " retention_signal_after = (SELECT coalesce(max(id), 0) FROM joins),"
+            "UPDATE channels SET stay_signal_days = ?, stay_signal_event = ?,"
+            " stay_signal_after = (SELECT coalesce(max(id), 0) FROM joins),"
             " updated_at = ? WHERE chat_id = ?",
             (days, event_type if days is not None else None, time.time(), chat_id),
         )
 
 
-async def settings(db: Database, chat_ids: list[int]) -> dict[int, RetentionSetting]:
+async def settings(db: Database, chat_ids: list[int]) -> dict[int, StaySetting]:
     if not chat_ids:
         return {}
     rows = await db.fetchall(
-        f"SELECT chat_id, retention_signal_days, retention_signal_event FROM channels"
+        f"SELECT chat_id, stay_signal_days, stay_signal_event FROM channels"
         f" WHERE chat_id IN ({marks(len(chat_ids))})",
         chat_ids,
     )
-    return {int(r[0]): RetentionSetting(int(r[0]), r[1], r[2]) for r in rows}
+    return {int(r[0]): StaySetting(int(r[0]), r[1], r[2]) for r in rows}
 
 
 async def counts(db: Database, chat_ids: list[int]) -> dict[int, dict[str, int]]:
@@ -73,7 +73,7 @@ async def counts(db: Database, chat_ids: list[int]) -> dict[int, dict[str, int]]
     if not chat_ids:
         return {}
     rows = await db.fetchall(
-        f"SELECT chat_id, state, count(*) FROM retention_checks INDEXED BY retention_chat_state"
+        f"SELECT chat_id, state, count(*) FROM stay_checks INDEXED BY stay_chat_state"
         f" WHERE chat_id IN ({marks(len(chat_ids))}) GROUP BY chat_id, state",
         chat_ids,
     )
@@ -106,7 +106,7 @@ async def _schedule_unswept(
     cursor (the next `batch` ids, or all when None) under their channels' settings
     as they are now, and move the cursor past them. How many were scheduled; None
     when there was nothing left to sweep."""
-    async with conn.execute("SELECT last_join_id FROM retention_sweep") as cursor:
+    async with conn.execute("SELECT last_join_id FROM stay_sweep") as cursor:
         found = await cursor.fetchone()
     after = int(found[0]) if found else 0
     async with conn.execute("SELECT coalesce(max(id), 0) FROM joins") as cursor:
@@ -115,18 +115,18 @@ async def _schedule_unswept(
         return None
     upto = newest if batch is None else min(newest, after + batch)
     inserted = await conn.execute(
-        "INSERT OR IGNORE INTO retention_checks (join_id, chat_id, user_id, days,"
+        "INSERT OR IGNORE INTO stay_checks (join_id, chat_id, user_id, days,"
         " event_type, due_at, created_at)"
-        " SELECT j.id, j.chat_id, j.user_id, c.retention_signal_days,"
-        " c.retention_signal_event, j.joined_at + c.retention_signal_days * ?, ?"
+        " SELECT j.id, j.chat_id, j.user_id, c.stay_signal_days,"
+        " c.stay_signal_event, j.joined_at + c.stay_signal_days * ?, ?"
         " FROM joins j JOIN channels c ON c.chat_id = j.chat_id"
         " WHERE j.id > ? AND j.id <= ? AND j.kind = 'attributed'"
-        " AND c.retention_signal_days IS NOT NULL AND c.retention_signal_event IS NOT NULL"
-        " AND j.id > c.retention_signal_after",
+        " AND c.stay_signal_days IS NOT NULL AND c.stay_signal_event IS NOT NULL"
+        " AND j.id > c.stay_signal_after",
         (DAY, now, after, upto),
     )
     await conn.execute(
-        "INSERT INTO retention_sweep (id, last_join_id, swept_at) VALUES (1, ?, ?)"
+        "INSERT INTO stay_sweep (id, last_join_id, swept_at) VALUES (1, ?, ?)"
         " ON CONFLICT (id) DO UPDATE SET last_join_id = excluded.last_join_id,"
         " swept_at = excluded.swept_at",
         (upto, now),
@@ -143,7 +143,7 @@ async def due(db: Database, *, now: float, limit: int = 100) -> list[DueCheck]:
     rows = await db.fetchall(
         "SELECT r.id, r.join_id, r.chat_id, r.user_id, r.days, r.event_type, r.attempts,"
         " coalesce(c.adtarget_channel_id, CAST(r.chat_id AS TEXT))"
-        " FROM retention_checks r INDEXED BY retention_due"
+        " FROM stay_checks r INDEXED BY stay_due"
         " JOIN channels c ON c.chat_id = r.chat_id"
         " WHERE r.state = 'pending' AND r.due_at <= ?"
         " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.join_id = r.join_id"
@@ -171,15 +171,15 @@ async def close_parked(db: Database, *, now: float | None = None) -> int:
 
     `due` would skip them until an admin's /retry delivered the conversion, and
     `next_due_at` would keep the checker polling for them: a parked conversion
-    means AdTarget holds no lead to send the retention event for.
+    means AdTarget holds no lead to send the stay event for.
     """
     now = time.time() if now is None else now
     async with db.transaction() as conn:
         closed = await conn.execute(
-            "UPDATE retention_checks SET state = 'failed', checked_at = ?,"
+            "UPDATE stay_checks SET state = 'failed', checked_at = ?,"
             " detail = (SELECT 'conversion parked (outbox row #' || o.id || ')' FROM outbox o"
-            " WHERE o.join_id = retention_checks.join_id)"
-            " WHERE id IN (SELECT r.id FROM retention_checks r INDEXED BY retention_due"
+            " WHERE o.join_id = stay_checks.join_id)"
+            " WHERE id IN (SELECT r.id FROM stay_checks r INDEXED BY stay_due"
             " WHERE r.state = 'pending' AND r.due_at <= ? AND EXISTS (SELECT 1 FROM outbox o"
             " WHERE o.join_id = r.join_id AND o.state = 'parked'))",
             (now, now),
@@ -191,7 +191,7 @@ async def next_due_at(db: Database) -> float | None:
     """The earliest due time of any pending check (it may be waiting on its conversion
     on its way; one whose conversion is parked is closed by `close_parked`)."""
     row = await db.fetchone(
-        "SELECT min(due_at) FROM retention_checks INDEXED BY retention_due WHERE state = 'pending'"
+        "SELECT min(due_at) FROM stay_checks INDEXED BY stay_due WHERE state = 'pending'"
     )
     return float(row[0]) if row and row[0] is not None else None
 
@@ -217,7 +217,7 @@ async def record_stayed(
                 found = await cursor.fetchone()
             row_id = int(found[0]) if found else None
         await conn.execute(
-            "UPDATE retention_checks SET state = 'sent', checked_at = ?, status = ?,"
+            "UPDATE stay_checks SET state = 'sent', checked_at = ?, status = ?,"
             " outbox_id = ?, detail = NULL WHERE id = ?",
             (now, status, row_id, check_id),
         )
@@ -232,7 +232,7 @@ async def record_left(
 
     def close(conn: sqlite3.Connection) -> None:
         found = conn.execute(
-            "SELECT r.chat_id, r.user_id, j.left_at FROM retention_checks r"
+            "SELECT r.chat_id, r.user_id, j.left_at FROM stay_checks r"
             " JOIN joins j ON j.id = r.join_id WHERE r.id = ? AND r.state = 'pending'",
             (check_id,),
         ).fetchone()
@@ -243,7 +243,7 @@ async def record_left(
             # the time of the check stands in for it.
             joins.record_leaves(conn, [joins.NewLeave(int(found[0]), int(found[1]), int(at), None)])
         conn.execute(
-            "UPDATE retention_checks SET state = 'left', checked_at = ?, status = ?,"
+            "UPDATE stay_checks SET state = 'left', checked_at = ?, status = ?,"
             " detail = NULL WHERE id = ?",
             (at, status, check_id),
         )
@@ -258,7 +258,7 @@ async def record_failed(
     now = time.time() if now is None else now
     async with db.transaction() as conn:
         await conn.execute(
-            "UPDATE retention_checks SET state = 'failed', checked_at = ?, detail = ?,"
+            "UPDATE stay_checks SET state = 'failed', checked_at = ?, detail = ?,"
             " attempts = attempts + 1 WHERE id = ? AND state = 'pending'",
             (now, reason[:500], check_id),
         )
@@ -268,7 +268,7 @@ async def retry_later(db: Database, check_id: int, *, at: float, error: str) -> 
     """A transient failure: ask again at `at`."""
     async with db.transaction() as conn:
         await conn.execute(
-            "UPDATE retention_checks SET due_at = ?, detail = ?, attempts = attempts + 1"
+            "UPDATE stay_checks SET due_at = ?, detail = ?, attempts = attempts + 1"
             " WHERE id = ? AND state = 'pending'",
             (at, error[:500], check_id),
         )
@@ -276,6 +276,6 @@ async def retry_later(db: Database, check_id: int, *, at: float, error: str) -> 
 
 async def _still_pending(conn: aiosqlite.Connection, check_id: int) -> bool:
     async with conn.execute(
-        "SELECT 1 FROM retention_checks WHERE id = ? AND state = 'pending'", (check_id,)
+        "SELECT 1 FROM stay_checks WHERE id = ? AND state = 'pending'", (check_id,)
     ) as cursor:
         return await cursor.fetchone() is not None

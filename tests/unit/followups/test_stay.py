@@ -1,9 +1,12 @@
-"""The retention signal's parts: storage (sweep, due, outcomes), /retention's
+"""The stay signal's parts: storage (sweep, due, outcomes), /stay's
 argument checking, the member-status rule and the follow-up event row."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from importlib import resources
+from pathlib import Path
 
 import pytest
 from aiogram.types import (
@@ -18,10 +21,10 @@ from aiogram.types import (
 
 from bot.adtarget.events import EventType
 from bot.followups.stay import follow_up_row, is_present
-from bot.followups.stay_command import RetentionChange, parse_change
+from bot.followups.stay_command import StayChange, parse_change
 from bot.simulators.telegram_models import member_json
-from storage import channels, joins, outbox, retention
-from storage.db import Database
+from storage import channels, joins, outbox, stay
+from storage.db import Database, open_database
 
 CHAT = -1001
 OTHER = -1002
@@ -78,49 +81,49 @@ async def scalar(db: Database, sql: str) -> object:
 
 async def checks(db: Database) -> list[tuple[int, int, int, str, float, str]]:
     rows = await db.fetchall(
-        "SELECT join_id, user_id, days, event_type, due_at, state FROM retention_checks ORDER BY id"
+        "SELECT join_id, user_id, days, event_type, due_at, state FROM stay_checks ORDER BY id"
     )
     return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
 
 async def test_sweep_schedules_attributed_joins_after_the_setting_only(db: Database) -> None:
     before = await add_join(db, 1)
-    await retention.set_setting(db, CHAT, 7, "Custom:Retained7d")
+    await stay.set_setting(db, CHAT, 7, "Custom:Retained7d")
     attributed = await add_join(db, 2, at=5000)
     await add_join(db, 3, kind="organic")
     await add_join(db, 4, kind="campaign")
-    await add_join(db, 5, chat_id=OTHER)  # retention off there
-    assert await retention.sweep(db) == 1
+    await add_join(db, 5, chat_id=OTHER)  # the stay signal is off there
+    assert await stay.sweep(db) == 1
     assert await checks(db) == [(attributed, 2, 7, "Custom:Retained7d", 5000 + 7 * DAY, "pending")]
     assert before not in [c[0] for c in await checks(db)]
     # The cursor moved on: sweeping again schedules nothing new.
-    assert await retention.sweep(db) == 0
+    assert await stay.sweep(db) == 0
     assert len(await checks(db)) == 1
 
 
 async def test_sweep_walks_large_gaps_in_batches(db: Database) -> None:
-    await retention.set_setting(db, CHAT, 1, "Lead")
+    await stay.set_setting(db, CHAT, 1, "Lead")
     for user in range(10, 35):
         await add_join(db, user)
-    assert await retention.sweep(db, batch=4) == 25
+    assert await stay.sweep(db, batch=4) == 25
     assert len(await checks(db)) == 25
 
 
 async def test_a_new_setting_applies_to_later_joins_only(db: Database) -> None:
-    await retention.set_setting(db, CHAT, 7, "Lead")
+    await stay.set_setting(db, CHAT, 7, "Lead")
     first = await add_join(db, 1)
-    await retention.sweep(db)
-    await retention.set_setting(db, CHAT, 30, "Subscribe")
+    await stay.sweep(db)
+    await stay.set_setting(db, CHAT, 30, "Subscribe")
     second = await add_join(db, 2)
-    await retention.sweep(db)
-    await retention.set_setting(db, CHAT, None, None)
+    await stay.sweep(db)
+    await stay.set_setting(db, CHAT, None, None)
     await add_join(db, 3)
-    await retention.sweep(db)
+    await stay.sweep(db)
     assert [(c[0], c[2], c[3]) for c in await checks(db)] == [
         (first, 7, "Lead"),
         (second, 30, "Subscribe"),
     ]
-    settings = await retention.settings(db, [CHAT, OTHER])
+    settings = await stay.settings(db, [CHAT, OTHER])
     assert settings[CHAT].days is None
     assert settings[OTHER].days is None
 
@@ -128,47 +131,47 @@ async def test_a_new_setting_applies_to_later_joins_only(db: Database) -> None:
 async def test_a_change_before_the_sweep_keeps_the_old_setting_for_earlier_joins(
     db: Database,
 ) -> None:
-    await retention.set_setting(db, CHAT, 7, "Lead")
+    await stay.set_setting(db, CHAT, 7, "Lead")
     first = await add_join(db, 1, at=1000)
-    await retention.set_setting(db, CHAT, 30, "Subscribe")  # before any sweep saw `first`
+    await stay.set_setting(db, CHAT, 30, "Subscribe")  # before any sweep saw `first`
     second = await add_join(db, 2, at=2000)
     third = await add_join(db, 3, at=3000)
-    await retention.set_setting(db, CHAT, None, None)
+    await stay.set_setting(db, CHAT, None, None)
     await add_join(db, 4, at=4000)
-    await retention.sweep(db)
+    await stay.sweep(db)
     assert [(c[0], c[2], c[3], c[4]) for c in await checks(db)] == [
         (first, 7, "Lead", 1000 + 7 * DAY),
         (second, 30, "Subscribe", 2000 + 30 * DAY),
         (third, 30, "Subscribe", 3000 + 30 * DAY),
     ]
-    assert await retention.sweep(db) == 0
+    assert await stay.sweep(db) == 0
 
 
 async def test_forgetting_the_newest_join_does_not_hide_the_next_one(db: Database) -> None:
-    await retention.set_setting(db, CHAT, 7, "Lead")
+    await stay.set_setting(db, CHAT, 7, "Lead")
     newest = await add_join(db, 1)
-    await retention.sweep(db)
+    await stay.sweep(db)
     async with db.transaction() as conn:  # what erasing a person does
-        await conn.execute("DELETE FROM retention_checks WHERE join_id = ?", (newest,))
+        await conn.execute("DELETE FROM stay_checks WHERE join_id = ?", (newest,))
         await conn.execute("DELETE FROM joins WHERE id = ?", (newest,))
     reused = await add_join(db, 2)
     assert reused == newest  # SQLite hands the freed id out again
-    assert await retention.sweep(db) == 1
+    assert await stay.sweep(db) == 1
     assert [c[1] for c in await checks(db)] == [2]
 
 
 async def test_due_waits_for_the_conversion_to_be_delivered(db: Database) -> None:
-    await retention.set_setting(db, CHAT, 1, "Lead")
+    await stay.set_setting(db, CHAT, 1, "Lead")
     join_id = await add_join(db, 1, at=1000)
     conversion = await add_conversion(db, join_id, 1)
-    await retention.sweep(db)
-    assert await retention.due(db, now=1000 + DAY - 1) == []
-    assert await retention.due(db, now=1000 + DAY) == []  # conversion still pending
-    assert await retention.next_due_at(db) == 1000 + DAY
+    await stay.sweep(db)
+    assert await stay.due(db, now=1000 + DAY - 1) == []
+    assert await stay.due(db, now=1000 + DAY) == []  # conversion still pending
+    assert await stay.next_due_at(db) == 1000 + DAY
     await outbox.mark_delivered(
         db, conversion, conversion_id="c1", dispatched=True, warning=None, replayed=False
     )
-    (check,) = await retention.due(db, now=1000 + DAY)
+    (check,) = await stay.due(db, now=1000 + DAY)
     assert (check.join_id, check.user_id, check.days, check.report_id) == (
         join_id,
         1,
@@ -178,43 +181,41 @@ async def test_due_waits_for_the_conversion_to_be_delivered(db: Database) -> Non
 
 
 async def test_a_check_whose_conversion_is_parked_is_closed_as_failed(db: Database) -> None:
-    await retention.set_setting(db, CHAT, 1, "Lead")
+    await stay.set_setting(db, CHAT, 1, "Lead")
     parked_join = await add_join(db, 1, at=1000)
     parked = await add_conversion(db, parked_join, 1)
     waiting = await add_conversion(db, await add_join(db, 2, at=1000), 2)
-    await retention.sweep(db)
+    await stay.sweep(db)
     await outbox.park(db, parked, attempt=1, reason="HTTP 400 INVALID_PAYLOAD")
-    assert await retention.close_parked(db, now=1000 + DAY - 1) == 0, "not due yet"
-    assert await retention.close_parked(db, now=1000 + DAY) == 1
-    assert await retention.counts(db, [CHAT]) == {CHAT: {"failed": 1, "pending": 1}}
-    found = await db.fetchone(
-        "SELECT detail FROM retention_checks WHERE join_id = ?", (parked_join,)
-    )
+    assert await stay.close_parked(db, now=1000 + DAY - 1) == 0, "not due yet"
+    assert await stay.close_parked(db, now=1000 + DAY) == 1
+    assert await stay.counts(db, [CHAT]) == {CHAT: {"failed": 1, "pending": 1}}
+    found = await db.fetchone("SELECT detail FROM stay_checks WHERE join_id = ?", (parked_join,))
     assert found is not None
     assert found[0] == f"conversion parked (outbox row #{parked})"
     # Only the check still waiting on a conversion in flight keeps the checker looking.
     await outbox.mark_delivered(
         db, waiting, conversion_id="c2", dispatched=True, warning=None, replayed=False
     )
-    assert [c.user_id for c in await retention.due(db, now=1000 + DAY)] == [2]
-    assert await retention.close_parked(db, now=1000 + DAY) == 0
+    assert [c.user_id for c in await stay.due(db, now=1000 + DAY)] == [2]
+    assert await stay.close_parked(db, now=1000 + DAY) == 0
 
 
-async def _one_due(db: Database, user_id: int = 1) -> retention.DueCheck:
-    await retention.set_setting(db, CHAT, 7, "Custom:Retained7d")
+async def _one_due(db: Database, user_id: int = 1) -> stay.DueCheck:
+    await stay.set_setting(db, CHAT, 7, "Custom:Retained7d")
     await add_join(db, user_id, at=1000)
-    await retention.sweep(db)
-    (check,) = await retention.due(db, now=time.time())
+    await stay.sweep(db)
+    (check,) = await stay.due(db, now=time.time())
     return check
 
 
 async def test_stayed_queues_one_event_and_closes_the_check(db: Database) -> None:
     check = await _one_due(db)
     row = follow_up_row(check, EventType.parse(check.event_type), now=2000.5)
-    row_id = await retention.record_stayed(db, check.id, status="member", event=row)
+    row_id = await stay.record_stayed(db, check.id, status="member", event=row)
     assert row_id is not None
     # Asked again (a stale copy of the check): nothing new is queued.
-    assert await retention.record_stayed(db, check.id, status="member", event=row) is None
+    assert await stay.record_stayed(db, check.id, status="member", event=row) is None
     stored = await outbox.get(db, row_id)
     assert stored is not None
     assert (stored["kind"], stored["path"], stored["priority"]) == (
@@ -223,33 +224,33 @@ async def test_stayed_queues_one_event_and_closes_the_check(db: Database) -> Non
         1,
     )
     assert (await outbox.counts(db)).pending == 1
-    assert await retention.due(db, now=time.time()) == []
-    assert await retention.counts(db, [CHAT]) == {CHAT: {"sent": 1}}
-    found = await db.fetchone("SELECT state, status, outbox_id FROM retention_checks")
+    assert await stay.due(db, now=time.time()) == []
+    assert await stay.counts(db, [CHAT]) == {CHAT: {"sent": 1}}
+    found = await db.fetchone("SELECT state, status, outbox_id FROM stay_checks")
     assert found is not None
     assert tuple(found) == ("sent", "member", row_id)
 
 
 async def test_left_without_an_update_is_recorded_on_the_join(db: Database) -> None:
     check = await _one_due(db)
-    await retention.record_left(db, check.id, status="left", now=5000.0)
+    await stay.record_left(db, check.id, status="left", now=5000.0)
     assert await scalar(db, "SELECT left_at FROM joins") == 5000
     assert await scalar(db, "SELECT count(*) FROM leaves") == 1
-    assert await retention.counts(db, [CHAT]) == {CHAT: {"left": 1}}
+    assert await stay.counts(db, [CHAT]) == {CHAT: {"left": 1}}
 
 
 async def test_a_known_leave_is_not_recorded_twice(db: Database) -> None:
     check = await _one_due(db)
     leave = joins.NewLeave(CHAT, 1, 3000, 77)
     await db.write(lambda conn: joins.record_leaves(conn, [leave]))
-    await retention.record_left(db, check.id, status="kicked", now=5000.0)
+    await stay.record_left(db, check.id, status="kicked", now=5000.0)
     assert await scalar(db, "SELECT left_at FROM joins") == 3000
     assert await scalar(db, "SELECT count(*) FROM leaves") == 1
 
 
 async def test_a_late_real_leave_replaces_the_one_a_check_made_up(db: Database) -> None:
     check = await _one_due(db)  # joined at 1000
-    await retention.record_left(db, check.id, status="left", now=5000.0)
+    await stay.record_left(db, check.id, status="left", now=5000.0)
     leave = joins.NewLeave(CHAT, 1, 3000, 77)  # Telegram's update, late, with its own date
     await db.write(lambda conn: joins.record_leaves(conn, [leave]))
     left = await db.fetchall("SELECT left_at, update_id FROM leaves")
@@ -262,12 +263,12 @@ async def test_a_late_real_leave_replaces_the_one_a_check_made_up(db: Database) 
 
 
 async def test_a_real_leave_of_an_earlier_stay_keeps_a_later_made_up_one(db: Database) -> None:
-    await retention.set_setting(db, CHAT, 7, "Lead")
+    await stay.set_setting(db, CHAT, 7, "Lead")
     await add_join(db, 1, at=1000)
     await add_join(db, 1, at=4000)  # left (no update yet) and came back
-    await retention.sweep(db)
-    later = (await retention.due(db, now=time.time()))[-1]
-    await retention.record_left(db, later.id, status="left", now=9000.0)
+    await stay.sweep(db)
+    later = (await stay.due(db, now=time.time()))[-1]
+    await stay.record_left(db, later.id, status="left", now=9000.0)
     leave = joins.NewLeave(CHAT, 1, 3000, 78)  # the first stay's leave, late
     await db.write(lambda conn: joins.record_leaves(conn, [leave]))
     left = await db.fetchall("SELECT left_at, update_id FROM leaves ORDER BY left_at")
@@ -278,20 +279,20 @@ async def test_a_real_leave_of_an_earlier_stay_keeps_a_later_made_up_one(db: Dat
 async def test_failures_final_or_retried(db: Database) -> None:
     check = await _one_due(db)
     later = time.time() + 100
-    await retention.retry_later(db, check.id, at=later, error="HTTP 502")
-    assert await retention.due(db, now=time.time()) == []
-    (again,) = await retention.due(db, now=later)
+    await stay.retry_later(db, check.id, at=later, error="HTTP 502")
+    assert await stay.due(db, now=time.time()) == []
+    (again,) = await stay.due(db, now=later)
     assert again.attempts == 1
-    await retention.record_failed(db, check.id, reason="Bad Request: chat not found")
-    assert await retention.due(db, now=later) == []
-    assert await retention.next_due_at(db) is None
-    found = await db.fetchone("SELECT state, detail FROM retention_checks")
+    await stay.record_failed(db, check.id, reason="Bad Request: chat not found")
+    assert await stay.due(db, now=later) == []
+    assert await stay.next_due_at(db) is None
+    found = await db.fetchone("SELECT state, detail FROM stay_checks")
     assert found is not None
     assert tuple(found) == ("failed", "Bad Request: chat not found")
 
 
 def test_follow_up_row_body_and_stable_key() -> None:
-    check = retention.DueCheck(
+    check = stay.DueCheck(
         id=1,
         join_id=42,
         chat_id=CHAT,
@@ -309,7 +310,7 @@ def test_follow_up_row_body_and_stable_key() -> None:
         "customEventName": "Retained7d",
         "eventTime": 1700000000250,
     }
-    assert row.idempotency_key == f"jb-retention-{CHAT}-777-42-7d"
+    assert row.idempotency_key == f"jb-stay-{CHAT}-777-42-7d"
     # The key does not depend on when the check ran.
     assert follow_up_row(check, event, now=1.0).idempotency_key == row.idempotency_key
 
@@ -343,18 +344,18 @@ def test_who_counts_as_still_there(member: ChatMember, present: bool) -> None:
     [
         (
             ["@chan", "7", "Custom:Retained7d"],
-            RetentionChange("@chan", 7, EventType.parse("Custom:Retained7d")),
+            StayChange("@chan", 7, EventType.parse("Custom:Retained7d")),
         ),
-        (["Test", "Channel", "30", "Lead"], RetentionChange("Test Channel", 30, EventType("Lead"))),
+        (["Test", "Channel", "30", "Lead"], StayChange("Test Channel", 30, EventType("Lead"))),
         (
             ["Crypto", "2024", "7", "Custom:Stayed", "a", "week"],
-            RetentionChange("Crypto 2024", 7, EventType("Custom", "Stayed a week")),
+            StayChange("Crypto 2024", 7, EventType("Custom", "Stayed a week")),
         ),
-        (["Test", "Channel", "off"], RetentionChange("Test Channel", None, None)),
-        (["Test", "OFF"], RetentionChange("Test", None, None)),
+        (["Test", "Channel", "off"], StayChange("Test Channel", None, None)),
+        (["Test", "OFF"], StayChange("Test", None, None)),
     ],
 )
-def test_parse_change_accepts(args: list[str], expected: RetentionChange) -> None:
+def test_parse_change_accepts(args: list[str], expected: StayChange) -> None:
     assert parse_change(args) == expected
 
 
@@ -383,3 +384,57 @@ def test_parse_change_refuses_with_the_reason(args: list[str], says: str) -> Non
     answer = parse_change(args)
     assert isinstance(answer, str)
     assert says in answer
+
+
+async def test_migration_014_renames_the_signal_and_keeps_its_rows(tmp_path: Path) -> None:
+    """A database made before the stay signal had its name (migrations up to 013)
+    keeps its setting, its checks and the sweep's cursor under the new names."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE schema_migrations"
+        " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    scripts = sorted(
+        (f.name, f.read_text(encoding="utf-8"))
+        for f in resources.files("storage.migrations").iterdir()
+        if f.name.endswith(".sql") and int(f.name[:3]) <= 13
+    )
+    for name, sql in scripts:
+        old.executescript(sql)
+        old.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (int(name[:3]), name))
+    old.execute("INSERT INTO channels (chat_id, created_at, updated_at) VALUES (?, 0, 0)", (CHAT,))
+    old.execute(
+        "UPDATE channels SET retention_signal_days = 7, retention_signal_event = 'Lead',"
+        " retention_signal_after = 0"
+    )
+    old.execute(
+        "INSERT INTO joins (chat_id, user_id, kind, joined_at, created_at)"
+        " VALUES (?, 1, 'attributed', 1000, 0)",
+        (CHAT,),
+    )
+    old.execute(
+        "INSERT INTO retention_checks (join_id, chat_id, user_id, days, event_type, due_at,"
+        " created_at) VALUES (1, ?, 1, 7, 'Lead', ?, 0)",
+        (CHAT, 1000 + 7 * DAY),
+    )
+    old.execute("UPDATE retention_sweep SET last_join_id = 1")
+    old.commit()
+    old.close()
+
+    db = await open_database(path)
+    try:
+        assert await stay.settings(db, [CHAT]) == {CHAT: stay.StaySetting(CHAT, 7, "Lead")}
+        assert await stay.counts(db, [CHAT]) == {CHAT: {"pending": 1}}
+        assert await stay.next_due_at(db) == 1000 + 7 * DAY
+        assert await scalar(db, "SELECT last_join_id FROM stay_sweep") == 1
+        names = {str(r[0]) for r in await db.fetchall("SELECT name FROM sqlite_master")}
+        assert {"stay_checks", "stay_sweep", "stay_due", "stay_chat_state"} <= names
+        assert "joins_deleted_stay_marks" in names
+        assert not [n for n in names if "retention" in n]
+        # The trigger made again under its new name still moves the marks back.
+        await db.write(lambda conn: conn.execute("DELETE FROM stay_checks"))
+        await db.write(lambda conn: conn.execute("DELETE FROM joins"))
+        assert await scalar(db, "SELECT last_join_id FROM stay_sweep") == 0
+    finally:
+        await db.close()
