@@ -19,8 +19,8 @@ from aiogram import Bot, Dispatcher
 from aiogram.client.telegram import TelegramAPIServer
 
 from bot.admin.alerts import courier_alerts, pool_empty_alert, unreadable_alert
-from bot.admin.chart_command import ChartConsole
-from bot.admin.commands import Console
+from bot.admin.chart_command import ChartCommand
+from bot.admin.commands import AdminCommands
 from bot.admin.gate import AdminGate
 from bot.admin.notifier import Notifier
 from bot.admin.onboarding import Onboarding
@@ -29,7 +29,7 @@ from bot.adtarget.sync import ChannelSync
 from bot.courier.service import Courier
 from bot.courier.verdicts import CourierConfig
 from bot.followups.lead import LeadFollowUps
-from bot.followups.lead_command import LeadsConsole
+from bot.followups.lead_command import LeadCommand
 from bot.followups.stay import StayChecker
 from bot.followups.stay_command import StayCommand
 from bot.invites.minter import InviteMinter
@@ -352,9 +352,9 @@ def create_services(
     notifier: Notifier,
     poll_stats: PollerStats,
 ) -> Services:
-    """What the handlers are given: the admin consoles and desks behind the commands."""
+    """What the handlers are given: the logic behind each admin command."""
     gate = AdminGate(bot, db, settings.admin_ids)
-    console = Console(db, gate, courier, pool, minter, settings.default_event)
+    commands = AdminCommands(db, gate, courier, pool, minter, settings.default_event)
     onboarding = Onboarding(
         bot,
         db,
@@ -368,12 +368,12 @@ def create_services(
     return Services(
         gate=gate,
         onboarding=onboarding,
-        console=console,
-        chart_console=ChartConsole(db, console),
+        commands=commands,
+        chart_command=ChartCommand(db, commands),
         channel_sync=ChannelSync(adtarget, db),
-        leads_console=LeadsConsole(db, gate, console, LeadFollowUps(db, adtarget, courier.wake)),
-        stay_command=StayCommand(db, console),
-        privacy=ForgetCommand(db, settings.admin_ids),
+        lead_command=LeadCommand(db, gate, commands, LeadFollowUps(db, adtarget, courier.wake)),
+        stay_command=StayCommand(db, commands),
+        forget_command=ForgetCommand(db, settings.admin_ids),
     )
 
 

@@ -1,6 +1,6 @@
 """Admin commands in private chat, and the /stats buttons.
 
-Thin: read the command, ask the console, send its reply.
+Thin: read the command, ask the command's logic, send its reply.
 
 A button press is answered even when it cannot be served: its data may be forged
 or from an old message, and an update that raises is kept and retried, again and
@@ -48,17 +48,17 @@ async def on_help(message: Message) -> None:
 
 async def on_start(message: Message, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await services.console.start(message.from_user.id))
+    await _send(message, await services.commands.start(message.from_user.id))
 
 
 async def on_stats(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await services.console.stats(message.from_user.id, _args(command)))
+    await _send(message, await services.commands.stats(message.from_user.id, _args(command)))
 
 
 async def on_chart(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    answer = await services.chart_console.chart(message.from_user.id, _args(command))
+    answer = await services.chart_command.chart(message.from_user.id, _args(command))
     if isinstance(answer, Reply):
         await _send(message, answer)
         return
@@ -68,54 +68,56 @@ async def on_chart(message: Message, command: CommandObject, services: Services)
 
 async def on_channels(message: Message, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await services.console.list_channels(message.from_user.id))
+    await _send(message, await services.commands.list_channels(message.from_user.id))
 
 
 async def on_event(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await services.console.set_event(message.from_user.id, _args(command)))
+    await _send(message, await services.commands.set_event(message.from_user.id, _args(command)))
 
 
 async def on_mode(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await services.console.set_mode(message.from_user.id, _args(command)))
+    await _send(message, await services.commands.set_mode(message.from_user.id, _args(command)))
 
 
 async def on_link(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await services.console.campaign_link(message.from_user.id, _args(command)))
+    await _send(
+        message, await services.commands.campaign_link(message.from_user.id, _args(command))
+    )
 
 
 async def on_links(message: Message, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await services.console.list_links(message.from_user.id))
+    await _send(message, await services.commands.list_links(message.from_user.id))
 
 
 async def on_outbox(message: Message, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await services.console.outbox_status(message.from_user.id))
+    await _send(message, await services.commands.outbox_status(message.from_user.id))
 
 
 async def on_retry(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await services.console.retry(message.from_user.id, _args(command)))
+    await _send(message, await services.commands.retry(message.from_user.id, _args(command)))
 
 
 async def on_pause(message: Message, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await services.console.pause(message.from_user.id, _who(message)))
+    await _send(message, await services.commands.pause(message.from_user.id, _who(message)))
 
 
 async def on_resume(message: Message, services: Services) -> None:
     assert message.from_user is not None
-    await _send(message, await services.console.resume(message.from_user.id, _who(message)))
+    await _send(message, await services.commands.resume(message.from_user.id, _who(message)))
 
 
 async def on_sync(message: Message, services: Services) -> None:
     assert message.from_user is not None
     # Bridge-wide: it rewrites every channel's AdTarget mapping and spends the key's
     # rate limit, so it is not for one channel's admins.
-    if (refusal := await services.console.owners_only(message.from_user.id)) is not None:
+    if (refusal := await services.commands.owners_only(message.from_user.id)) is not None:
         await _send(message, refusal)
         return
     await message.answer(await services.channel_sync.run_and_describe(), parse_mode="HTML")
@@ -134,7 +136,7 @@ async def on_stats_button(query: CallbackQuery, services: Services) -> None:
     if wanted is None:
         await _out_of_date(query, f"its data {query.data!r} is none of ours")
         return
-    reply = await services.console.stats_view(query.from_user.id, *wanted)
+    reply = await services.commands.stats_view(query.from_user.id, *wanted)
     if isinstance(query.message, Message):
         try:
             await query.message.edit_text(reply.text, parse_mode="HTML", reply_markup=reply.buttons)
@@ -151,7 +153,9 @@ async def on_other_message(message: Message, services: Services) -> None:
     """A private message no handler took: an unknown command, plain text, a sticker.
     Silence would look like a dead bot; a stranger gets the usual refusal."""
     assert message.from_user is not None
-    await _send(message, await services.console.unknown_message(message.from_user.id, message.text))
+    await _send(
+        message, await services.commands.unknown_message(message.from_user.id, message.text)
+    )
 
 
 async def on_other_button(query: CallbackQuery) -> None:

@@ -1,5 +1,5 @@
-"""/lead, /fire and /value in private chat. Thin: read the command, ask the leads
-console, send its reply."""
+"""/lead, /fire and /value in private chat. Thin: read the command, ask the
+/lead command's logic, send its reply."""
 
 from __future__ import annotations
 
@@ -21,19 +21,19 @@ async def _answer(message: Message, text: str) -> None:
 
 async def on_lead(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    reply = await services.leads_console.lead(message.from_user.id, _args(command))
+    reply = await services.lead_command.lead(message.from_user.id, _args(command))
     await _answer(message, reply.text)
 
 
 async def on_fire(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    reply = await services.leads_console.fire(message.from_user.id, _args(command))
+    reply = await services.lead_command.fire(message.from_user.id, _args(command))
     await _answer(message, reply.text)
 
 
 async def on_value(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    reply = await services.leads_console.value(message.from_user.id, _args(command))
+    reply = await services.lead_command.value(message.from_user.id, _args(command))
     await _answer(message, reply.text)
 
 

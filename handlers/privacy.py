@@ -15,7 +15,7 @@ from handlers.services import Services
 
 async def on_forget(message: Message, command: CommandObject, services: Services) -> None:
     assert message.from_user is not None
-    reply = await services.privacy.forget(message.from_user.id, (command.args or "").split())
+    reply = await services.forget_command.forget(message.from_user.id, (command.args or "").split())
     await message.answer(reply, parse_mode="HTML")
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.admin.chart_command import ChartConsole
-from bot.admin.commands import Console
+from bot.admin.chart_command import ChartCommand
+from bot.admin.commands import AdminCommands
 from bot.admin.gate import AdminGate
 from bot.admin.onboarding import Onboarding
 from bot.adtarget.sync import ChannelSync
-from bot.followups.lead_command import LeadsConsole
+from bot.followups.lead_command import LeadCommand
 from bot.followups.stay_command import StayCommand
 from bot.ops.privacy import ForgetCommand
 
@@ -28,9 +28,9 @@ from bot.ops.privacy import ForgetCommand
 class Services:
     gate: AdminGate  # an admin's status changed: drop the cached answer
     onboarding: Onboarding  # the bot's own status in a channel, /track
-    console: Console  # the admin commands and the /stats buttons
-    chart_console: ChartConsole  # /chart
+    commands: AdminCommands  # the admin commands and the /stats buttons
+    chart_command: ChartCommand  # /chart
     channel_sync: ChannelSync  # /sync (and once at start, bot/app.py)
-    leads_console: LeadsConsole  # /lead, /fire, /value
+    lead_command: LeadCommand  # /lead, /fire, /value
     stay_command: StayCommand  # /stay
-    privacy: ForgetCommand  # /forget
+    forget_command: ForgetCommand  # /forget

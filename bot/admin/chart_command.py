@@ -1,6 +1,6 @@
 """/chart [channel] [30d|90d]: a picture of joins per day, as a photo.
 
-Who may see which channel is as for /stats (`Console.allowed`, `pick_channel`):
+Who may see which channel is as for /stats (`AdminCommands.allowed`, `pick_channel`):
 an admin charts only their own channels, a stranger gets the refusal. Without a
 channel the chart sums every channel the admin may see. The picture is drawn in a
 worker thread (bot/admin/chart.py), so the event loop keeps serving updates meanwhile.
@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from bot.admin import chart
-from bot.admin.commands import REFUSAL, Console, Reply
+from bot.admin.commands import REFUSAL, AdminCommands, Reply
 from bot.admin.gate import pick_channel
 from storage.channels import Channel
 from storage.daily import Day, daily, utc_day
@@ -51,13 +51,13 @@ def _looks_like_period(word: str) -> bool:
     return folded in ("today", "all") or (folded.endswith("d") and folded[:-1].isdigit())
 
 
-class ChartConsole:
-    def __init__(self, db: Database, console: Console) -> None:
+class ChartCommand:
+    def __init__(self, db: Database, commands: AdminCommands) -> None:
         self._db = db
-        self._console = console
+        self._commands = commands
 
     async def chart(self, user_id: int, args: list[str]) -> Photo | Reply:
-        mine = await self._console.allowed(user_id)
+        mine = await self._commands.allowed(user_id)
         if mine is None:
             return Reply(REFUSAL)
         parsed = parse_period(args)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.admin import event_command as event_console
+from bot.admin import event_command
 from bot.admin.gate import AdminGate, describe, pick_channel
 from bot.admin.stats import PERIODS, period_start, render
 from bot.adtarget.events import EventType, effective_event, parse_join_event
@@ -89,7 +89,7 @@ class Reply:
     buttons: InlineKeyboardMarkup | None = None
 
 
-class Console:
+class AdminCommands:
     def __init__(
         self,
         db: Database,
@@ -190,7 +190,7 @@ class Console:
                     else f"ok, {pool.size if pool else 0}/{pool.target if pool else 0} links ready"
                 )
             )
-            event = event_console.listed(effective_event(c, self._default_event))
+            event = event_command.listed(effective_event(c, self._default_event))
             mapped = (
                 f", AdTarget id {html.escape(c.adtarget_channel_id)}"
                 if c.adtarget_channel_id
@@ -205,11 +205,11 @@ class Console:
         except ValueError as error:
             if await self.allowed(user_id) is None:
                 return Reply(REFUSAL)
-            return Reply(event_console.refused(args, error))
-        channel = await self._channel_arg(user_id, words, event_console.USAGE, need=True)
+            return Reply(event_command.refused(args, error))
+        channel = await self._channel_arg(user_id, words, event_command.USAGE, need=True)
         if isinstance(channel, Reply):
             return channel
-        return Reply(await event_console.store(self._db, channel, join_event))
+        return Reply(await event_command.store(self._db, channel, join_event))
 
     async def set_mode(self, user_id: int, args: list[str]) -> Reply:
         usage = "Usage: /mode &lt;channel&gt; &lt;link|request&gt;"

@@ -1,7 +1,7 @@
 """/event: a channel's join event as its admins set and see it.
 
 The rule (a Purchase has a value and currency) is bot/adtarget/events.py's `JoinEvent`;
-this words it for the admin. `Console.set_event` calls these.
+this words it for the admin. `AdminCommands.set_event` calls these.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from bot.admin.commands import REFUSAL, Console, Reply
+from bot.admin.commands import REFUSAL, AdminCommands, Reply
 from bot.admin.gate import AdminGate
 from bot.followups.lead import (
     FIRE_ARGS,
@@ -48,17 +48,17 @@ class Scope:
         return {c.report_id for c in self.channels} | {str(c.chat_id) for c in self.channels}
 
 
-class LeadsConsole:
+class LeadCommand:
     def __init__(
-        self, db: Database, gate: AdminGate, console: Console, follow_ups: LeadFollowUps
+        self, db: Database, gate: AdminGate, commands: AdminCommands, follow_ups: LeadFollowUps
     ) -> None:
         self._db = db
         self._gate = gate
-        self._console = console
+        self._commands = commands
         self._follow_ups = follow_ups
 
     async def lead(self, asker: int, args: list[str]) -> Reply:
-        mine = await self._console.allowed(asker)  # as /stats decides
+        mine = await self._commands.allowed(asker)  # as /stats decides
         if mine is None:
             return Reply(REFUSAL)
         try:
@@ -79,7 +79,7 @@ class LeadsConsole:
         return Reply(text)
 
     async def fire(self, asker: int, args: list[str]) -> Reply:
-        mine = await self._console.allowed(asker)  # as /stats decides
+        mine = await self._commands.allowed(asker)  # as /stats decides
         if mine is None:
             return Reply(REFUSAL)
         try:
@@ -102,7 +102,7 @@ class LeadsConsole:
         return Reply(describe_outcome(outcome, what, html_mode=True))
 
     async def value(self, asker: int, args: list[str]) -> Reply:
-        mine = await self._console.allowed(asker)  # as /stats decides
+        mine = await self._commands.allowed(asker)  # as /stats decides
         if mine is None:
             return Reply(REFUSAL)
         try:

@@ -2,7 +2,7 @@
 
 `/stay <channel> <days> <event>` turns it on, `/stay <channel> off`
 turns it off, `/stay` alone lists the setting of every channel the admin
-may see. Who may do what is the same as for /stats (`Console.allowed`).
+may see. Who may do what is the same as for /stats (`AdminCommands.allowed`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from bot.admin.commands import REFUSAL, Console, Reply
+from bot.admin.commands import REFUSAL, AdminCommands, Reply
 from bot.admin.gate import describe, pick_channel
 from bot.adtarget.events import EventType
 from storage import stay
@@ -75,12 +75,12 @@ def parse_change(args: list[str]) -> StayChange | str:
 
 
 class StayCommand:
-    def __init__(self, db: Database, console: Console) -> None:
+    def __init__(self, db: Database, commands: AdminCommands) -> None:
         self._db = db
-        self._console = console
+        self._commands = commands
 
     async def stay(self, user_id: int, args: list[str]) -> Reply:
-        mine = await self._console.allowed(user_id)
+        mine = await self._commands.allowed(user_id)
         if mine is None:
             return Reply(REFUSAL)
         if not args:
