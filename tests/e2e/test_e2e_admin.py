@@ -243,7 +243,15 @@ async def test_retry_delivers_a_parked_row(
     url = await admin_bridge.mint("00000000-0000-4000-8000-000000000005", fbc="fb.1.1.r")
     telegram.join(CHANNEL_ID, 801, url)
     await admin_bridge.wait_scalar("SELECT state FROM outbox", "parked")
+    # The owner is also alerted about the parked row; wait for that alert first, so
+    # that `ask` below reads /outbox's answer and not the alert (which names the
+    # reason too, and would let the assertion pass on the wrong message).
+    await eventually(
+        lambda: any("was parked" in text for text in sent_to(telegram, OWNER)),
+        what="the parked-row alert",
+    )
     outbox_text = await ask(telegram, OWNER, "/outbox")
+    assert "was parked" not in outbox_text
     assert "fbc: malformed" in outbox_text
     assert "1 parked row(s) queued again" in await ask(telegram, OWNER, "/retry all")
     await adtarget.wait_for_conversions(1)
