@@ -109,6 +109,11 @@ def check_idempotency_key(text: str) -> str:
     return text
 
 
+def _check_user(telegram_user_id: int) -> None:
+    if telegram_user_id <= 0:
+        raise InvalidFollowUp("telegram-user-id: must be a positive whole number")
+
+
 def _key(given: str | None, prefix: str) -> str:
     return check_idempotency_key(given if given is not None else f"{prefix}-{uuid.uuid4()}")
 
@@ -121,8 +126,7 @@ def event_row(
     chat_id: int | None = None,
 ) -> outbox.NewRow:
     """The outbox row for an event; for callers that queue it in their own transaction."""
-    if telegram_user_id <= 0:
-        raise InvalidFollowUp("telegram-user-id: must be a positive whole number")
+    _check_user(telegram_user_id)
     event_type: str = request.event_type
     if request.custom_event_name:
         event_type = f"Custom:{request.custom_event_name}"
@@ -147,8 +151,7 @@ def value_row(
     idempotency_key: str | None = None,
     chat_id: int | None = None,
 ) -> outbox.NewRow:
-    if telegram_user_id <= 0:
-        raise InvalidFollowUp("telegram-user-id: must be a positive whole number")
+    _check_user(telegram_user_id)
     call = request.call(telegram_user_id, check_conversion_id(conversion_id))
     return outbox.NewRow(
         kind=KIND_VALUE,
