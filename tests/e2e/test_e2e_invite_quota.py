@@ -225,11 +225,13 @@ async def test_a_telegram_refusal_with_no_fallback_link_is_a_503_not_a_500(
     start_bridge: StartBridge, telegram: FakeTelegram
 ) -> None:
     running = await start_bridge(trusted_proxies=SERVER)
-    # Pool and fallback gone, and Telegram now refusing (not rate-limiting) mints.
+    # Telegram now refusing (not rate-limiting) mints, then pool and fallback gone.
+    # Refusing first: the pool refills in the background, and a mint between the
+    # two steps would hand the visitor a fresh link (seen in CI).
+    telegram.fail_next("createChatInviteLink", 400, "Bad Request: CHAT_ADMIN_REQUIRED", count=50)
     await running.bridge.db.write(
         lambda conn: conn.execute("UPDATE invite_links SET revoked_at = 1")
     )
-    telegram.fail_next("createChatInviteLink", 400, "Bad Request: CHAT_ADMIN_REQUIRED", count=50)
     async with client_at(running, VISITOR) as http:
         response = await http.post(INVITE, json={"tempId": temp(4), **CHANNEL})
     assert response.status_code == 503
