@@ -22,7 +22,7 @@ from storage.sql import marks
 
 # Package-internal helpers of /stats's queries: one copy of the read connection and
 # of the classification of a join.
-from storage.stats import _read, join_kind
+from storage.stats import _read, attribution_rate, join_kind
 
 DAY = 86400
 
@@ -47,8 +47,7 @@ class Day:
 
     @property
     def attribution_rate(self) -> float | None:
-        """Share of the day's joins that came through our links (None: no joins)."""
-        return self.joins_through_links / self.joins if self.joins else None
+        return attribution_rate(self.joins_through_links, self.organic)
 
 
 def utc_day(timestamp: float) -> int:

@@ -84,9 +84,14 @@ class StatsRow:
 
     @property
     def attribution_rate(self) -> float | None:
-        """Share of joins that came through our links (None: no joins)."""
-        total = self.joins
-        return self.joins_through_links / total if total else None
+        return attribution_rate(self.joins_through_links, self.joins_organic)
+
+
+def attribution_rate(through_links: int, organic: int) -> float | None:
+    """Share of joins that came through links the bot minted (None: no joins);
+    /stats' figure and each day of /chart."""
+    total = through_links + organic
+    return through_links / total if total else None
 
 
 async def channel_stats(
