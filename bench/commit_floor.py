@@ -2,10 +2,10 @@
 
 At 50 joins/s the bridge sits idle ~20 ms between joins, and every join's
 conversion row is committed before its POST (bench/RESULTS.md has the
-timelines). This prints what the bridge's write path (`Database.write`,
-inline, as the poller uses it) costs after such an idle spell, against the
-same calls back to back: an empty transaction, and one holding a single
-conversion row and nothing else.
+timelines). This prints what the bridge's write path (`Database.transaction`, as the
+poller uses it) costs after such an idle spell, against the same calls back to
+back: an empty transaction, and one holding a single conversion row and
+nothing else.
 
     python -m bench.commit_floor [--rounds 400] [--idle-ms 20]
 """
@@ -15,15 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from storage import outbox
-from storage.db import Database, open_database
+from storage.db import Database, Transaction, open_database
 
 
 def _row(i: int) -> outbox.NewRow:
@@ -51,9 +50,17 @@ def _row(i: int) -> outbox.NewRow:
     )
 
 
-async def _timed(db: Database, work: Callable[[sqlite3.Connection], None]) -> float:
+Work = Callable[[Transaction], Awaitable[None]]
+
+
+async def _nothing(tx: Transaction) -> None:
+    return None
+
+
+async def _timed(db: Database, work: Work) -> float:
     started = time.perf_counter()
-    await db.write(work, inline=True)
+    async with db.transaction() as tx:
+        await work(tx)
     return (time.perf_counter() - started) * 1e6
 
 
@@ -64,9 +71,9 @@ async def measure(rounds: int, idle: float) -> dict[str, list[float]]:
         db = await open_database(Path(tmp) / "floor.db")
         try:
             counter = itertools.count()
-            kinds: dict[str, Callable[[sqlite3.Connection], None]] = {
-                "empty transaction": lambda conn: None,
-                "one conversion row": lambda conn: outbox.enqueue_many(conn, [_row(next(counter))]),
+            kinds: dict[str, Work] = {
+                "empty transaction": _nothing,
+                "one conversion row": lambda tx: outbox.enqueue_many(tx, [_row(next(counter))]),
             }
             for _ in range(rounds):
                 for name, work in kinds.items():

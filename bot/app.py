@@ -114,7 +114,7 @@ async def _run_locked(
         asyncio.create_task(bridge.poller.run(stop), name="poller"),
         asyncio.create_task(bridge.pool.run(stop), name="invite-pool"),
         asyncio.create_task(bridge.join_requests.run(stop), name="join-requests"),
-        asyncio.create_task(bridge.db.checkpoints(stop), name="wal-checkpoints"),
+        asyncio.create_task(bridge.db.upkeep(stop), name="database-upkeep"),
         asyncio.create_task(bridge.notifier.run(stop), name="notifier"),
         asyncio.create_task(bridge.stay.run(stop), name="stay-checks"),
         asyncio.create_task(bridge.watchdog.run(stop), name="watchdog"),

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from dataclasses import dataclass
 
-import aiosqlite
-
-from storage.db import Database
+from storage.db import Database, Row, Transaction
 from storage.sql import marks
 
 
@@ -42,7 +39,7 @@ _COLUMNS = (
 )
 
 
-def _channel(row: sqlite3.Row) -> Channel:
+def _channel(row: Row) -> Channel:
     return Channel(
         chat_id=row["chat_id"],
         title=row["title"],
@@ -60,8 +57,8 @@ def _channel(row: sqlite3.Row) -> Channel:
     )
 
 
-def upsert_in(
-    conn: sqlite3.Connection,
+async def upsert_in(
+    tx: Transaction,
     chat_id: int,
     *,
     title: str,
@@ -73,8 +70,8 @@ def upsert_in(
 ) -> None:
     """Track a chat (the bot was promoted there, or an admin added it), or update it."""
     now = time.time()
-    _release_username(conn, chat_id, username)
-    conn.execute(
+    await _release_username(tx, chat_id, username)
+    await tx.execute(
         "INSERT INTO channels (chat_id, title, username, chat_type, active, can_invite_users,"
         " promoted_by, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (chat_id) DO UPDATE SET title = excluded.title,"
@@ -96,23 +93,25 @@ def upsert_in(
     )
 
 
-def mark_onboarded_in(conn: sqlite3.Connection, chat_id: int) -> None:
-    conn.execute("UPDATE channels SET onboarded_at = ? WHERE chat_id = ?", (time.time(), chat_id))
+async def mark_onboarded_in(tx: Transaction, chat_id: int) -> None:
+    await tx.execute(
+        "UPDATE channels SET onboarded_at = ? WHERE chat_id = ?", (time.time(), chat_id)
+    )
 
 
-def _release_username(conn: sqlite3.Connection, chat_id: int, username: str | None) -> None:
+async def _release_username(tx: Transaction, chat_id: int, username: str | None) -> None:
     """A public username belongs to one chat at a time: when Telegram shows it on
     `chat_id`, the chat that had it before gave it up."""
     if username:
-        conn.execute(
+        await tx.execute(
             "UPDATE channels SET username = NULL, updated_at = ?"
             " WHERE lower(username) = lower(?) AND chat_id != ?",
             (time.time(), username, chat_id),
         )
 
 
-def tracked_in(
-    conn: sqlite3.Connection, chats: list[tuple[int, str, str | None]]
+async def tracked_in(
+    tx: Transaction, chats: list[tuple[int, str, str | None]]
 ) -> dict[int, Channel]:
     """The tracked channels among (chat_id, title, username) as an update showed
     them, their title and username refreshed from it. Chats that are not tracked
@@ -123,7 +122,7 @@ def tracked_in(
         return {}
     ids = sorted({chat[0] for chat in chats})
     select = f"SELECT {_COLUMNS} FROM channels WHERE chat_id IN ({marks(len(ids))})"
-    known = {int(row["chat_id"]): _channel(row) for row in conn.execute(select, ids)}
+    known = {int(row["chat_id"]): _channel(row) for row in await tx.fetchall(select, ids)}
     shown = {chat_id: (title, username) for chat_id, title, username in chats if chat_id in known}
     stale = {
         chat_id: (title or known[chat_id].title, username)
@@ -134,23 +133,22 @@ def tracked_in(
         return known  # the usual case: one statement, no write
     now = time.time()
     for chat_id, (title, username) in stale.items():
-        _release_username(conn, chat_id, username)
-        conn.execute(
+        await _release_username(tx, chat_id, username)
+        await tx.execute(
             "UPDATE channels SET title = ?, username = ?, updated_at = ? WHERE chat_id = ?",
             (title, username, now, chat_id),
         )
-    return {int(row["chat_id"]): _channel(row) for row in conn.execute(select, ids)}
+    return {int(row["chat_id"]): _channel(row) for row in await tx.fetchall(select, ids)}
 
 
-async def get_in(conn: aiosqlite.Connection, chat_id: int) -> Channel | None:
-    async with conn.execute(f"SELECT {_COLUMNS} FROM channels WHERE chat_id = ?", (chat_id,)) as c:
-        row = await c.fetchone()
+async def get_in(tx: Transaction, chat_id: int) -> Channel | None:
+    row = await tx.fetchone(f"SELECT {_COLUMNS} FROM channels WHERE chat_id = ?", (chat_id,))
     return _channel(row) if row else None
 
 
 async def get(db: Database, chat_id: int) -> Channel | None:
-    async with db.reader() as conn:
-        return await get_in(conn, chat_id)
+    row = await db.fetchone(f"SELECT {_COLUMNS} FROM channels WHERE chat_id = ?", (chat_id,))
+    return _channel(row) if row else None
 
 
 async def list_all(db: Database) -> list[Channel]:
@@ -168,8 +166,8 @@ async def set_event_type(
 ) -> None:
     """The channel's join event with its value and currency, all three together:
     an event set without a value clears the one before."""
-    async with db.transaction() as conn:
-        await conn.execute(
+    async with db.transaction() as tx:
+        await tx.execute(
             "UPDATE channels SET event_type = ?, event_value = ?, event_currency = ?,"
             " updated_at = ? WHERE chat_id = ?",
             (event_type, value, currency, time.time(), chat_id),
@@ -177,8 +175,8 @@ async def set_event_type(
 
 
 async def set_mode(db: Database, chat_id: int, mode: str) -> None:
-    async with db.transaction() as conn:
-        await conn.execute(
+    async with db.transaction() as tx:
+        await tx.execute(
             "UPDATE channels SET mode = ?, updated_at = ? WHERE chat_id = ?",
             (mode, time.time(), chat_id),
         )
@@ -190,8 +188,8 @@ async def set_adtarget_id(
     adtarget_channel_id: str | None,
     adtarget_event_type: str | None = None,
 ) -> None:
-    async with db.transaction() as conn:
-        await conn.execute(
+    async with db.transaction() as tx:
+        await tx.execute(
             "UPDATE channels SET adtarget_channel_id = ?, adtarget_event_type = ?,"
             " updated_at = ? WHERE chat_id = ?",
             (adtarget_channel_id, adtarget_event_type, time.time(), chat_id),

@@ -4,25 +4,21 @@ A day is the UTC calendar day of a timestamp (Unix seconds // 86400), as /stats'
 "today" is. Joins are told apart exactly as /stats tells them (`join_kind`), and
 leaves are the rows /stats counts as "Leaves".
 
-Like /stats, the queries run on a read-only connection of their own in a worker
-thread (`storage.stats._read`): in WAL mode they never wait for the bridge's
-connection, nor hold it (and its ingest) while they scan.
+Like /stats, the queries run in a read snapshot of their own (`storage.stats.read`):
+they never wait for the bridge's writer, nor hold it (and its ingest) while they scan.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from storage.db import Database
+from storage.db import Database, Transaction
 from storage.invite_links import FALLBACK_CAMPAIGN
 from storage.sql import marks
 
-# Package-internal helpers of /stats's queries: one copy of the read connection and
-# of the classification of a join.
-from storage.stats import _read, attribution_rate, join_kind
+# One copy of the read snapshot and of the classification of a join, with /stats.
+from storage.stats import attribution_rate, join_kind, read
 
 DAY = 86400
 
@@ -65,7 +61,7 @@ async def daily(db: Database, chat_ids: Sequence[int], first: int, last: int) ->
         raise ValueError(f"last day {last} is before the first {first}")
     counts: dict[tuple[int, str], int] = {}
     if chat_ids:
-        counts = await asyncio.to_thread(_read, db.path, _series, tuple(chat_ids), first)
+        counts = await read(db, _series, tuple(chat_ids), first)
     days = {day: dict.fromkeys(_FIELDS, 0) for day in range(first, last + 1)}
     for (day, field), count in counts.items():
         days[min(day, last)][field] += count
@@ -75,8 +71,8 @@ async def daily(db: Database, chat_ids: Sequence[int], first: int, last: int) ->
 _FIELDS = ("attributed", "campaign", "fallback", "organic", "leaves")
 
 
-def _series(
-    conn: sqlite3.Connection, chat_ids: tuple[int, ...], first: int
+async def _series(
+    tx: Transaction, chat_ids: tuple[int, ...], first: int
 ) -> dict[tuple[int, str], int]:
     """(day, kind or "leaves") -> count, from day `first` on.
 
@@ -92,7 +88,7 @@ def _series(
     since = first * DAY
     params = (*chat_ids, since)
     counts: dict[tuple[int, str], int] = {}
-    joins = conn.execute(
+    joins = await tx.fetchall(
         f"SELECT joined_at / {DAY}, kind, campaign = ?, count(*)"
         " FROM joins INDEXED BY joins_sources"
         f" WHERE chat_id IN ({marks(len(chat_ids))}) AND joined_at >= ?"
@@ -102,7 +98,7 @@ def _series(
     for day, kind, fallback, count in joins:
         key = (int(day), join_kind(kind, FALLBACK_CAMPAIGN if fallback else None))
         counts[key] = counts.get(key, 0) + int(count)
-    leaves = conn.execute(
+    leaves = await tx.fetchall(
         f"SELECT left_at / {DAY}, count(*) FROM leaves INDEXED BY leaves_chat_time"
         f" WHERE chat_id IN ({marks(len(chat_ids))}) AND left_at >= ? GROUP BY 1",
         params,

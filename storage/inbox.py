@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from storage.db import Database
+from storage.db import Database, Transaction
 from storage.sql import marks
 
 # Telegram keeps unconfirmed updates for 24 h; a done row older than twice that
@@ -33,28 +32,29 @@ async def store_batch(db: Database, batch: list[tuple[int, str, str]]) -> set[in
     """
     if not batch:
         return set()
-    # On the loop's thread: the next getUpdates waits for this commit anyway.
-    return await db.write(lambda conn: _store(conn, batch, time.time()), inline=True)
+    async with db.transaction() as tx:
+        return await _store(tx, batch, time.time())
 
 
-def _store(conn: sqlite3.Connection, batch: list[tuple[int, str, str]], now: float) -> set[int]:
-    stored = conn.executemany(
-        "INSERT OR IGNORE INTO updates (update_id, kind, raw, received_at) VALUES (?, ?, ?, ?)",
+async def _store(tx: Transaction, batch: list[tuple[int, str, str]], now: float) -> set[int]:
+    stored = await tx.executemany(
+        "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
         [(uid, kind, raw, now) for uid, kind, raw in batch],
     )
-    if stored.rowcount == len(batch):
+    if stored == len(batch):
         return set()  # all new: the usual case, one statement
     # A redelivery: which of those stored before are done? (Ours are `new`.)
     ids = [u[0] for u in batch]
-    done = conn.execute(
+    done = await tx.fetchall(
         f"SELECT update_id FROM updates WHERE state = 'done' AND update_id IN ({marks(len(ids))})",
         ids,
     )
     return {int(r[0]) for r in done}
 
 
-def store_handled_in(
-    conn: sqlite3.Connection, batch: list[tuple[int, str, str]], failed: set[int], now: float
+async def store_handled_in(
+    tx: Transaction, batch: list[tuple[int, str, str]], failed: set[int], now: float
 ) -> set[int]:
     """Store (update_id, kind, raw_json) rows whose handlers already ran, in the
     transaction that writes what they returned: done, or `new` for the `failed`
@@ -65,9 +65,9 @@ def store_handled_in(
     retry pass)."""
     if not batch:
         return set()
-    stored = conn.executemany(
-        "INSERT OR IGNORE INTO updates (update_id, kind, raw, state, received_at, done_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+    stored = await tx.executemany(
+        "INSERT INTO updates (update_id, kind, raw, state, received_at, done_at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [
             (uid, kind, raw, "new", now, None)
             if uid in failed
@@ -75,11 +75,11 @@ def store_handled_in(
             for uid, kind, raw in batch
         ],
     )
-    if stored.rowcount == len(batch):
+    if stored == len(batch):
         return set()  # all new: the usual case, one statement
     # Rows this call stored carry its `now`; the others were there before.
     ids = [u[0] for u in batch]
-    before = conn.execute(
+    before = await tx.fetchall(
         f"SELECT update_id FROM updates WHERE update_id IN ({marks(len(ids))})"
         " AND received_at != ?",
         [*ids, now],
@@ -94,8 +94,8 @@ class UnreadableSummary:
     latest: tuple[int, str, str] | None
 
 
-def store_unreadable_in(
-    conn: sqlite3.Connection, rows: list[tuple[int, str, str, str]], now: float
+async def store_unreadable_in(
+    tx: Transaction, rows: list[tuple[int, str, str, str]], now: float
 ) -> set[int]:
     """Store (update_id, kind, raw_json, error) rows as unreadable: kept, never
     handled. Returns the ids that were new (a redelivery was stored before)."""
@@ -104,13 +104,13 @@ def store_unreadable_in(
     ids = [row[0] for row in rows]
     before = {
         int(r[0])
-        for r in conn.execute(
+        for r in await tx.fetchall(
             f"SELECT update_id FROM updates WHERE update_id IN ({marks(len(ids))})", ids
         )
     }
-    conn.executemany(
-        "INSERT OR IGNORE INTO updates (update_id, kind, raw, state, last_error, received_at)"
-        " VALUES (?, ?, ?, 'unreadable', ?, ?)",
+    await tx.executemany(
+        "INSERT INTO updates (update_id, kind, raw, state, last_error, received_at)"
+        " VALUES (?, ?, ?, 'unreadable', ?, ?) ON CONFLICT DO NOTHING",
         [(uid, kind, raw, error[:500], now) for uid, kind, raw, error in rows],
     )
     return {uid for uid in ids if uid not in before}
@@ -118,8 +118,8 @@ def store_unreadable_in(
 
 async def mark_unreadable(db: Database, update_id: int, error: str) -> None:
     """A stored update that can no longer be read (read again at a retry or a start)."""
-    async with db.transaction() as conn:
-        await conn.execute(
+    async with db.transaction() as tx:
+        await tx.execute(
             "UPDATE updates SET state = 'unreadable', last_error = ?, next_retry_at = NULL"
             " WHERE update_id = ?",
             (error[:500], update_id),
@@ -138,41 +138,41 @@ async def unreadable_summary(db: Database) -> UnreadableSummary:
 
 
 async def mark_done(db: Database, update_ids: list[int]) -> None:
-    await db.write(lambda conn: mark_done_in(conn, update_ids))
+    async with db.transaction() as tx:
+        await mark_done_in(tx, update_ids)
 
 
-def mark_done_in(conn: sqlite3.Connection, update_ids: list[int]) -> None:
+async def mark_done_in(tx: Transaction, update_ids: list[int]) -> None:
     """Mark updates handled, inside the transaction that wrote their effects."""
     if update_ids:
         now = time.time()
-        conn.executemany(
+        await tx.executemany(
             "UPDATE updates SET state = 'done', done_at = ?, last_error = NULL,"
             " next_retry_at = NULL WHERE update_id = ?",
             [(now, uid) for uid in update_ids],
         )
 
 
-def still_stored_in(conn: sqlite3.Connection, update_ids: list[int]) -> set[int]:
+async def still_stored_in(tx: Transaction, update_ids: list[int]) -> set[int]:
     """Which of `update_ids` are still in the inbox: a forget deletes a person's
     updates, and what a handler made of one since must not be written back."""
     if not update_ids:
         return set()
-    rows = conn.execute(
+    rows = await tx.fetchall(
         f"SELECT update_id FROM updates WHERE update_id IN ({marks(len(update_ids))})", update_ids
-    ).fetchall()
+    )
     return {int(r[0]) for r in rows}
 
 
 async def mark_failed(db: Database, update_id: int, *, error: str, retry_at: float) -> int:
     """Count a failed handling; returns the attempts so far."""
-    async with db.transaction() as conn:
-        rows = await conn.execute_fetchall(
+    async with db.transaction() as tx:
+        row = await tx.fetchone(
             "UPDATE updates SET state = 'failed', attempts = attempts + 1, last_error = ?,"
             " next_retry_at = ? WHERE update_id = ? RETURNING attempts",
             (error[:500], retry_at, update_id),
         )
-    rows = list(rows)
-    return int(rows[0][0]) if rows else 0
+    return int(row[0]) if row else 0
 
 
 async def due_for_retry(
@@ -198,12 +198,12 @@ async def prune_old(db: Database, *, now: float | None = None) -> int:
     """Forget handled updates past DONE_KEPT_SECONDS and unreadable ones past
     UNREADABLE_KEPT_SECONDS; returns how many went."""
     now = time.time() if now is None else now
-    async with db.transaction() as conn:
-        done = await conn.execute(
+    async with db.transaction() as tx:
+        done = await tx.execute(
             "DELETE FROM updates WHERE state = 'done' AND done_at < ?", (now - DONE_KEPT_SECONDS,)
         )
-        unreadable = await conn.execute(
+        unreadable = await tx.execute(
             "DELETE FROM updates WHERE state = 'unreadable' AND received_at < ?",
             (now - UNREADABLE_KEPT_SECONDS,),
         )
-        return done.rowcount + unreadable.rowcount
+        return done + unreadable

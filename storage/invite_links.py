@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 
-import aiosqlite
-
-from storage.db import Database
+from storage.db import Database, Row, Transaction
 from storage.sql import marks
 from storage.visits import ATTRIBUTION_COLUMNS, Attribution
 
@@ -49,7 +46,7 @@ _LINK_AND_VISIT = ", ".join(
 
 
 async def insert(
-    conn: aiosqlite.Connection,
+    tx: Transaction,
     *,
     url: str,
     chat_id: int,
@@ -62,7 +59,7 @@ async def insert(
     client_key: str | None = None,
 ) -> InviteLink:
     """`client_key`: the client a visitor link is handed to, for its quota."""
-    async with conn.execute(
+    row = await tx.fetchone(
         "INSERT INTO invite_links (url, chat_id, kind, name, visit_id, campaign,"
         " creates_join_request, expire_date, created_at, client_key)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -78,32 +75,31 @@ async def insert(
             time.time(),
             client_key,
         ),
-    ) as cursor:
-        row = await cursor.fetchone()
+    )
     assert row is not None
     return InviteLink(
         int(row[0]), url, chat_id, kind, name, visit_id, campaign, creates_join_request, expire_date
     )
 
 
-def find_by_urls(conn: sqlite3.Connection, urls: list[str]) -> dict[str, InviteLink]:
+async def find_by_urls(tx: Transaction, urls: list[str]) -> dict[str, InviteLink]:
     """Links we minted, by the URLs Telegram reported on joins (absent: not ours)."""
     if not urls:
         return {}
-    rows = conn.execute(
+    rows = await tx.fetchall(
         f"SELECT {LINK_COLUMNS} FROM invite_links WHERE url IN ({marks(len(urls))})", urls
     )
     return {row[1]: link_from_row(row) for row in rows}
 
 
-def find_with_visits(
-    conn: sqlite3.Connection, urls: list[str]
+async def find_with_visits(
+    tx: Transaction, urls: list[str]
 ) -> dict[str, tuple[InviteLink, Attribution | None]]:
     """`find_by_urls`, each link with the visit it was handed to (None: a campaign
     link, or one not handed out). One statement: a join's commit reads both."""
     if not urls:
         return {}
-    rows = conn.execute(
+    rows = await tx.fetchall(
         f"SELECT {_LINK_AND_VISIT} FROM invite_links l LEFT JOIN visits v ON v.id = l.visit_id"
         f" WHERE l.url IN ({marks(len(urls))})",
         urls,
@@ -119,7 +115,7 @@ def find_with_visits(
     }
 
 
-def link_from_row(row: sqlite3.Row) -> InviteLink:
+def link_from_row(row: Row) -> InviteLink:
     """The link from a row that starts with LINK_COLUMNS, in that order."""
     return InviteLink(
         id=row[0],
@@ -134,9 +130,9 @@ def link_from_row(row: sqlite3.Row) -> InviteLink:
     )
 
 
-def mark_used(conn: sqlite3.Connection, link_ids: list[int]) -> None:
+async def mark_used(tx: Transaction, link_ids: list[int]) -> None:
     now = time.time()
-    conn.executemany(
+    await tx.executemany(
         "UPDATE invite_links SET used_at = coalesce(used_at, ?) WHERE id = ?",
         [(now, link_id) for link_id in link_ids],
     )
@@ -166,17 +162,16 @@ _LIVE_FALLBACK = (
 
 
 async def find_fallback(
-    conn: aiosqlite.Connection, *, chat_id: int, creates_join_request: bool
+    tx: Transaction, *, chat_id: int, creates_join_request: bool
 ) -> InviteLink | None:
     """The channel's live fallback link for its mode, the newest if there are several
     (read through invite_links_campaign: a flood of refused visitors reads it)."""
-    rows = await conn.execute_fetchall(
+    row = await tx.fetchone(
         f"SELECT {LINK_COLUMNS} FROM invite_links WHERE chat_id = ? AND {_LIVE_FALLBACK}"
         " AND creates_join_request = ? ORDER BY id DESC LIMIT 1",
         (chat_id, time.time(), int(creates_join_request)),
     )
-    rows = list(rows)
-    return link_from_row(rows[0]) if rows else None
+    return link_from_row(row) if row else None
 
 
 async def fallbacks(db: Database) -> dict[tuple[int, bool], InviteLink]:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
-import aiosqlite
-
-from storage.db import Database
+from storage.db import Database, Transaction
 from storage.invite_links import ISSUED_AT, LINK_COLUMNS, InviteLink, link_from_row
 
 # Pool links this close to expiry are not handed out: a visitor needs time to join.
@@ -23,16 +20,12 @@ async def add(
     creates_join_request: bool,
     expire_date: int,
 ) -> None:
-    # The upkeep writes while joins arrive: one round trip each (Database.write)
-    # keeps the writer free for them, where a statement-by-statement transaction
-    # held it for three.
-    params = (url, chat_id, name, int(creates_join_request), expire_date, time.time())
-    await db.write(
-        lambda conn: conn.execute(
-            "INSERT INTO invite_links (url, chat_id, kind, name, creates_join_request,"
-            " expire_date, created_at) VALUES (?, ?, 'visitor', ?, ?, ?, ?)",
-            params,
-        )
+    # The upkeep writes while joins arrive: one statement, one round trip, keeps
+    # the writer free for them.
+    await db.execute(
+        "INSERT INTO invite_links (url, chat_id, kind, name, creates_join_request,"
+        " expire_date, created_at) VALUES (?, ?, 'visitor', ?, ?, ?, ?)",
+        (url, chat_id, name, int(creates_join_request), expire_date, time.time()),
     )
 
 
@@ -47,17 +40,16 @@ async def sizes(db: Database, *, usable_after: float) -> dict[tuple[int, bool], 
 
 
 async def find_assigned(
-    conn: aiosqlite.Connection, *, visit_id: int, chat_id: int, usable_after: float
+    tx: Transaction, *, visit_id: int, chat_id: int, usable_after: float
 ) -> InviteLink | None:
     """The visitor's link in this channel while it can still be used."""
-    rows = await conn.execute_fetchall(
+    row = await tx.fetchone(
         f"SELECT {LINK_COLUMNS} FROM invite_links WHERE visit_id = ? AND chat_id = ?"
         " AND kind = 'visitor' AND used_at IS NULL AND revoked_at IS NULL AND expire_date > ?"
         " ORDER BY id DESC LIMIT 1",
         (visit_id, chat_id, usable_after),
     )
-    rows = list(rows)
-    return link_from_row(rows[0]) if rows else None
+    return link_from_row(row) if row else None
 
 
 # Personal links of a channel handed to a client since a time: a range of
@@ -69,7 +61,7 @@ _HANDED_TO = (
 
 
 async def take(
-    conn: aiosqlite.Connection,
+    tx: Transaction,
     *,
     chat_id: int,
     creates_join_request: bool,
@@ -83,7 +75,7 @@ async def take(
     since) of this channel's. None: the pool is empty, or the quota reached (ask
     `handed_to`). One statement: the quota costs the common path no round trip."""
     limit, since = quota
-    rows = await conn.execute_fetchall(
+    row = await tx.fetchone(
         f"UPDATE invite_links SET visit_id = :visit, assigned_at = :now, client_key = :client"
         f" WHERE id = (SELECT id FROM invite_links WHERE {_USABLE} AND chat_id = :chat"
         f" AND creates_join_request = :mode AND expire_date > :usable_after"
@@ -100,47 +92,34 @@ async def take(
             "limit": limit,
         },
     )
-    rows = list(rows)
-    return link_from_row(rows[0]) if rows else None
+    return link_from_row(row) if row else None
 
 
-async def handed_to(
-    conn: aiosqlite.Connection, *, chat_id: int, client_key: str, since: float
-) -> int:
+async def handed_to(tx: Transaction, *, chat_id: int, client_key: str, since: float) -> int:
     """Personal links of this channel handed to this client since `since`."""
-    rows = await conn.execute_fetchall(
-        _HANDED_TO, {"client": client_key, "chat": chat_id, "since": since}
-    )
-    return int(next(iter(rows))[0])
+    row = await tx.fetchone(_HANDED_TO, {"client": client_key, "chat": chat_id, "since": since})
+    assert row is not None  # an aggregate always answers
+    return int(row[0])
 
 
 async def forget_clients(db: Database, *, before: float) -> int:
     """Clear the client of links handed out before `before`: the quota no longer
     looks at them, and the address is personal data kept for nothing after that."""
-
-    def forget(conn: sqlite3.Connection) -> int:
-        return conn.execute(
-            f"UPDATE invite_links SET client_key = NULL"
-            f" WHERE client_key IS NOT NULL AND {ISSUED_AT} < ?",
-            (before,),
-        ).rowcount
-
-    return await db.write(forget)
+    return await db.execute(
+        f"UPDATE invite_links SET client_key = NULL"
+        f" WHERE client_key IS NOT NULL AND {ISSUED_AT} < ?",
+        (before,),
+    )
 
 
 async def discard_stale(db: Database, *, usable_after: float) -> int:
     """Drop pool links near expiry, and those minted for the channel's other mode."""
-    now = time.time()
-
-    def discard(conn: sqlite3.Connection) -> int:
-        return conn.execute(
-            f"UPDATE invite_links SET discarded_at = ? WHERE {_USABLE} AND (expire_date <= ?"
-            " OR creates_join_request != (SELECT mode = 'request' FROM channels"
-            " WHERE channels.chat_id = invite_links.chat_id))",
-            (now, usable_after),
-        ).rowcount
-
-    return await db.write(discard)
+    return await db.execute(
+        f"UPDATE invite_links SET discarded_at = ? WHERE {_USABLE} AND (expire_date <= ?"
+        " OR creates_join_request != (SELECT mode = 'request' FROM channels"
+        " WHERE channels.chat_id = invite_links.chat_id))",
+        (time.time(), usable_after),
+    )
 
 
 async def to_revoke(db: Database, *, limit: int) -> list[tuple[int, int, str]]:
@@ -154,7 +133,4 @@ async def to_revoke(db: Database, *, limit: int) -> list[tuple[int, int, str]]:
 
 
 async def mark_revoked(db: Database, link_id: int) -> None:
-    params = (time.time(), link_id)
-    await db.write(
-        lambda conn: conn.execute("UPDATE invite_links SET revoked_at = ? WHERE id = ?", params)
-    )
+    await db.execute("UPDATE invite_links SET revoked_at = ? WHERE id = ?", (time.time(), link_id))

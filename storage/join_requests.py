@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 
-from storage.db import Database
+from storage.db import Database, Transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +28,12 @@ class DueRequest:
     attempts: int
 
 
-def insert_many(conn: sqlite3.Connection, rows: list[NewRequest]) -> None:
+async def insert_many(tx: Transaction, rows: list[NewRequest]) -> None:
     now = time.time()
-    conn.executemany(
-        "INSERT OR IGNORE INTO join_requests (chat_id, user_id, link_id, link_url,"
-        " requested_at, update_id, state, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    await tx.executemany(
+        "INSERT INTO join_requests (chat_id, user_id, link_id, link_url,"
+        " requested_at, update_id, state, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
         [
             (r.chat_id, r.user_id, r.link_id, r.link_url, r.requested_at, r.update_id, r.state, now)
             for r in rows
@@ -41,8 +41,8 @@ def insert_many(conn: sqlite3.Connection, rows: list[NewRequest]) -> None:
     )
 
 
-def request_links(
-    conn: sqlite3.Connection, chat_users: list[tuple[int, int]], *, approved_since: float
+async def request_links(
+    tx: Transaction, chat_users: list[tuple[int, int]], *, approved_since: float
 ) -> dict[tuple[int, int], str]:
     """The link of each (chat, user)'s join request through one of our links that is
     still open ('pending': the bot approves it; 'manual': an admin does) or was
@@ -53,7 +53,7 @@ def request_links(
         return {}
     pairs = sorted(set(chat_users))
     marks = ", ".join("(?, ?)" for _ in pairs)
-    rows = conn.execute(
+    rows = await tx.fetchall(
         f"SELECT chat_id, user_id, link_url FROM join_requests"
         f" WHERE (chat_id, user_id) IN (VALUES {marks}) AND link_id IS NOT NULL"
         " AND (state IN ('pending', 'manual') OR (state = 'approved' AND decided_at >= ?))"
@@ -79,8 +79,8 @@ async def next_due_at(db: Database) -> float | None:
     return float(row[0]) if row and row[0] is not None else None
 
 
-def mark_approved(conn: sqlite3.Connection, request_id: int) -> None:
-    conn.execute(
+async def mark_approved(tx: Transaction, request_id: int) -> None:
+    await tx.execute(
         "UPDATE join_requests SET state = 'approved', decided_at = ?, attempts = attempts + 1"
         " WHERE id = ?",
         (time.time(), request_id),
@@ -89,8 +89,8 @@ def mark_approved(conn: sqlite3.Connection, request_id: int) -> None:
 
 async def mark_failed(db: Database, request_id: int, *, error: str, retry_at: float | None) -> None:
     """A failed approval: retried at `retry_at`, or final when it is None."""
-    async with db.transaction() as conn:
-        await conn.execute(
+    async with db.transaction() as tx:
+        await tx.execute(
             "UPDATE join_requests SET attempts = attempts + 1, last_error = ?,"
             " state = CASE WHEN ? IS NULL THEN 'failed' ELSE state END,"
             " next_attempt_at = coalesce(?, next_attempt_at),"

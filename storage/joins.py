@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
+
+from storage.db import Transaction
+from storage.sql import rows_of_marks
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,23 +35,38 @@ class NewLeave:
     update_id: int | None
 
 
-def insert_many(conn: sqlite3.Connection, rows: list[NewJoin]) -> dict[int, int]:
+async def insert_many(tx: Transaction, rows: list[NewJoin]) -> dict[int, int]:
     """Insert joins, ignoring ones already recorded (natural keys).
 
-    Returns {index in `rows`: new join id} for the rows that were new. Runs in
-    the caller's BEGIN IMMEDIATE transaction, so ids above the previous maximum
-    are exactly this call's rows, given in order.
+    Returns {index in `rows`: new join id} for the rows that were new. One
+    statement per JOIN_CHUNK rows: the RETURNING names the new rows by their
+    unique key, whatever other writers do meanwhile.
     """
+    new: dict[int, int] = {}
+    for start in range(0, len(rows), JOIN_CHUNK):
+        chunk = rows[start : start + JOIN_CHUNK]
+        for index, join_id in (await _insert_chunk(tx, chunk)).items():
+            new[start + index] = join_id
+    return new
+
+
+# Rows per INSERT: 12 values each stays far below SQLite's 32,766 variables.
+JOIN_CHUNK = 500
+
+
+async def _insert_chunk(tx: Transaction, rows: list[NewJoin]) -> dict[int, int]:
     if not rows:
         return {}
-    before = int(conn.execute("SELECT coalesce(max(id), 0) FROM joins").fetchone()[0])
     now = time.time()
-    inserted = conn.executemany(
-        "INSERT OR IGNORE INTO joins (chat_id, user_id, kind, link_id, link_url,"
+    created = await tx.fetchall(
+        "INSERT INTO joins (chat_id, user_id, kind, link_id, link_url,"
         " via_join_request, joined_at, update_id, created_at, utm_source, utm_campaign, campaign)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f" VALUES {rows_of_marks(len(rows), 12)} ON CONFLICT DO NOTHING"
+        " RETURNING id, chat_id, user_id, link_id, joined_at",
         [
-            (
+            value
+            for r in rows
+            for value in (
                 r.chat_id,
                 r.user_id,
                 r.kind,
@@ -63,14 +80,7 @@ def insert_many(conn: sqlite3.Connection, rows: list[NewJoin]) -> dict[int, int]
                 r.utm_campaign,
                 r.campaign,
             )
-            for r in rows
         ],
-    )
-    if inserted.rowcount == len(rows):
-        # All new (the usual case): no need to read them back.
-        return {index: before + 1 + index for index in range(len(rows))}
-    created = conn.execute(
-        "SELECT id, chat_id, user_id, link_id, joined_at FROM joins WHERE id > ?", (before,)
     )
     # The unique keys: (chat, user, link), or (chat, user, time) for a link-less join.
     by_key = {(r[1], r[2], r[3], None if r[3] else r[4]): int(r[0]) for r in created}
@@ -83,7 +93,7 @@ def insert_many(conn: sqlite3.Connection, rows: list[NewJoin]) -> dict[int, int]
     return new
 
 
-def reopen(conn: sqlite3.Connection, rows: list[NewJoin]) -> set[int]:
+async def reopen(tx: Transaction, rows: list[NewJoin]) -> set[int]:
     """Rejoins through a link already used by the same member: the join is
     recorded (and converted) once per (chat, user, link), so the rejoin opens
     that join again instead, and the member counts as present. A join that was
@@ -95,33 +105,33 @@ def reopen(conn: sqlite3.Connection, rows: list[NewJoin]) -> set[int]:
     for index, r in enumerate(rows):
         if r.link_id is None:
             continue  # a link-less join has its own row per date
-        cursor = conn.execute(
+        changed = await tx.execute(
             "UPDATE joins SET left_at = NULL WHERE chat_id = :chat AND user_id = :user"
             " AND link_id = :link AND left_at IS NOT NULL AND left_at <= :at"
             " AND NOT EXISTS (SELECT 1 FROM leaves WHERE chat_id = :chat AND user_id = :user"
             " AND left_at > :at)",
             {"chat": r.chat_id, "user": r.user_id, "link": r.link_id, "at": r.joined_at},
         )
-        if cursor.rowcount:
+        if changed:
             reopened.add(index)
     return reopened
 
 
-def record_leaves(conn: sqlite3.Connection, rows: list[NewLeave]) -> int:
+async def record_leaves(tx: Transaction, rows: list[NewLeave]) -> int:
     """Record leaves and close the member's open joins; repeats are no-ops.
 
     Returns how many leaves were new (a repeat is not counted twice)."""
     if not rows:
         return 0
-    cursor = conn.executemany(
-        "INSERT OR IGNORE INTO leaves (chat_id, user_id, left_at, update_id) VALUES (?, ?, ?, ?)",
+    inserted = await tx.executemany(
+        "INSERT INTO leaves (chat_id, user_id, left_at, update_id) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
         [(r.chat_id, r.user_id, r.left_at, r.update_id) for r in rows],
     )
-    inserted = max(cursor.rowcount, 0)
     for row in rows:
         if row.update_id is not None:
-            _replace_made_up_leave(conn, row)
-    conn.executemany(
+            await _replace_made_up_leave(tx, row)
+    await tx.executemany(
         "UPDATE joins SET left_at = ? WHERE chat_id = ? AND user_id = ?"
         " AND left_at IS NULL AND joined_at <= ?",
         [(r.left_at, r.chat_id, r.user_id, r.left_at) for r in rows],
@@ -129,7 +139,7 @@ def record_leaves(conn: sqlite3.Connection, rows: list[NewLeave]) -> int:
     return inserted
 
 
-def _replace_made_up_leave(conn: sqlite3.Connection, real: NewLeave) -> None:
+async def _replace_made_up_leave(tx: Transaction, real: NewLeave) -> None:
     """A stay check that found the member gone recorded a leave at the check's
     time (update_id NULL); the late real update has Telegram's date. Keep only the
     real one, so /stats counts the leave once, and put its date on the join.
@@ -137,7 +147,7 @@ def _replace_made_up_leave(conn: sqlite3.Connection, real: NewLeave) -> None:
     Only a made-up leave of the same stay counts: after the join the real leave
     closes, with no later join in between."""
     params = {"chat": real.chat_id, "user": real.user_id, "at": real.left_at}
-    made_up = conn.execute(
+    made_up = await tx.fetchall(
         "DELETE FROM leaves WHERE chat_id = :chat AND user_id = :user AND update_id IS NULL"
         " AND left_at >= (SELECT max(joined_at) FROM joins"
         " WHERE chat_id = :chat AND user_id = :user AND joined_at <= :at)"
@@ -145,17 +155,17 @@ def _replace_made_up_leave(conn: sqlite3.Connection, real: NewLeave) -> None:
         " AND j.joined_at > :at AND j.joined_at <= leaves.left_at)"
         " RETURNING left_at",
         params,
-    ).fetchall()
+    )
     for (left_at,) in made_up:
-        conn.execute(
+        await tx.execute(
             "UPDATE joins SET left_at = :at WHERE chat_id = :chat AND user_id = :user"
             " AND joined_at <= :at AND left_at = :made_up",
             {**params, "made_up": left_at},
         )
 
 
-def recent_joins(
-    conn: sqlite3.Connection, chat_users: list[tuple[int, int]], *, since: int
+async def recent_joins(
+    tx: Transaction, chat_users: list[tuple[int, int]], *, since: int
 ) -> dict[tuple[int, int], list[tuple[int, bool]]]:
     """(join time, through an approved join request) per (chat, user), at or after `since`."""
     if not chat_users:
@@ -163,7 +173,7 @@ def recent_joins(
     pairs = sorted(set(chat_users))
     marks = ", ".join("(?, ?)" for _ in pairs)
     flat = [value for pair in pairs for value in pair]
-    rows = conn.execute(
+    rows = await tx.fetchall(
         f"SELECT chat_id, user_id, joined_at, via_join_request FROM joins"
         f" WHERE (chat_id, user_id) IN (VALUES {marks}) AND joined_at >= ?",
         [*flat, since],

@@ -7,15 +7,13 @@ back to pending with a later `next_attempt_at`, or parked with a reason.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
 import orjson
 
-from storage.db import Database
+from storage.db import Database, Row, Transaction
 from storage.sql import marks
 
 MAX_ERRORS_KEPT = 20
@@ -53,7 +51,7 @@ _COLUMNS = (
 )
 
 
-def _row(row: sqlite3.Row) -> OutboxRow:
+def _row(row: Row) -> OutboxRow:
     return OutboxRow(
         id=row["id"],
         kind=row["kind"],
@@ -122,9 +120,9 @@ class NewRow:
 
 
 _INSERT = (
-    "INSERT OR IGNORE INTO outbox (kind, path, body, headers, idempotency_key, join_id,"
+    "INSERT INTO outbox (kind, path, body, headers, idempotency_key, join_id,"
     " telegram_user_id, chat_id, event_type, event_time_ms, priority, next_attempt_at,"
-    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 
 
@@ -155,18 +153,17 @@ def _params(row: NewRow, now: float) -> tuple[Any, ...]:
     )
 
 
-async def enqueue(conn: aiosqlite.Connection, row: NewRow) -> int | None:
+async def enqueue(tx: Transaction, row: NewRow) -> int | None:
     """Queue one row; None when a row with its idempotency key already exists."""
-    async with conn.execute(_INSERT + " RETURNING id", _params(row, time.time())) as cursor:
-        found = await cursor.fetchone()
+    found = await tx.fetchone(_INSERT + " RETURNING id", _params(row, time.time()))
     return int(found[0]) if found else None
 
 
-def enqueue_many(conn: sqlite3.Connection, rows: list[NewRow]) -> None:
+async def enqueue_many(tx: Transaction, rows: list[NewRow]) -> None:
     """Queue rows in the caller's transaction; repeats of a key are ignored."""
     if rows:
         now = time.time()
-        conn.executemany(_INSERT, [_params(row, now) for row in rows])
+        await tx.executemany(_INSERT, [_params(row, now) for row in rows])
 
 
 # Forwards waiting to be sent, counted up to a limit: the walk stops there.
@@ -176,15 +173,9 @@ _QUEUED_FORWARDS = (
 )
 
 
-def queued_forwards_in(conn: sqlite3.Connection, *, limit: int) -> int:
+async def queued_forwards_in(tx: Transaction, *, limit: int) -> int:
     """Visit and update-fbp forwards pending or being sent, counted up to `limit`."""
-    return int(conn.execute(_QUEUED_FORWARDS, (limit,)).fetchone()[0])
-
-
-async def queued_forwards(conn: aiosqlite.Connection, *, limit: int) -> int:
-    """`queued_forwards_in`, in an open `Database.transaction`."""
-    async with conn.execute(_QUEUED_FORWARDS, (limit,)) as cursor:
-        found = await cursor.fetchone()
+    found = await tx.fetchone(_QUEUED_FORWARDS, (limit,))
     return int(found[0]) if found else 0
 
 
@@ -206,7 +197,8 @@ async def drop_aged_forwards(
     before = (time.time() if now is None else now) - max_age
     dropped: list[str] = []
     while True:
-        kinds = await db.write(lambda conn: [r[0] for r in conn.execute(_AGED_FORWARDS, (before,))])
+        async with db.transaction() as tx:
+            kinds = [str(r[0]) for r in await tx.fetchall(_AGED_FORWARDS, (before,))]
         dropped += kinds
         if len(kinds) < _DROP_BATCH:
             return dropped
@@ -217,27 +209,28 @@ async def claim(
 ) -> list[OutboxRow]:
     """Take up to `limit` due rows: mark them sending, count the attempt, lease them."""
     at = time.time() if now is None else now
-    return await db.write(lambda conn: claim_in(conn, limit=limit, lease=lease, now=at))
+    async with db.transaction() as tx:
+        return await claim_in(tx, limit=limit, lease=lease, now=at)
 
 
-def claim_in(conn: sqlite3.Connection, *, limit: int, lease: float, now: float) -> list[OutboxRow]:
-    """`claim`, in the caller's transaction (inside `Database.write`)."""
-    due = conn.execute(
+async def claim_in(tx: Transaction, *, limit: int, lease: float, now: float) -> list[OutboxRow]:
+    """`claim`, in the caller's transaction."""
+    due = await tx.fetchall(
         f"SELECT id FROM outbox WHERE state = 'pending' AND {_PRIORITY_IN}"
         " AND next_attempt_at <= ? ORDER BY priority, next_attempt_at, id LIMIT ?",
         (now, limit),
-    ).fetchall()
+    )
     if not due:
         return []
     # Two statements, not `WHERE id IN (SELECT ...) RETURNING`: SQLite takes
     # ~150 us more for that form, on every claim (bench/RESULTS.md).
     ids = [r[0] for r in due]
-    rows = conn.execute(
+    rows = await tx.fetchall(
         f"UPDATE outbox SET state = 'sending', attempts = attempts + 1, lease_until = ?,"
         f" first_attempt_at = coalesce(first_attempt_at, ?)"
         f" WHERE id IN ({marks(len(ids))}) RETURNING {_COLUMNS}",
         (now + lease, now, *ids),
-    ).fetchall()
+    )
     return sorted((_row(r) for r in rows), key=lambda r: r.id)
 
 
@@ -260,20 +253,17 @@ async def mark_delivered(
     warning: str | None,
     replayed: bool,
 ) -> None:
-    params = (
-        time.time(),
-        conversion_id,
-        None if dispatched is None else int(dispatched),
-        warning,
-        int(replayed),
-        row_id,
-    )
-    await db.write(
-        lambda conn: conn.execute(
-            "UPDATE outbox SET state = 'delivered', delivered_at = ?, lease_until = NULL,"
-            " conversion_id = ?, dispatched = ?, warning = ?, replayed = ? WHERE id = ?",
-            params,
-        )
+    await db.execute(
+        "UPDATE outbox SET state = 'delivered', delivered_at = ?, lease_until = NULL,"
+        " conversion_id = ?, dispatched = ?, warning = ?, replayed = ? WHERE id = ?",
+        (
+            time.time(),
+            conversion_id,
+            None if dispatched is None else int(dispatched),
+            warning,
+            int(replayed),
+            row_id,
+        ),
     )
 
 
@@ -282,12 +272,10 @@ async def reschedule(
 ) -> None:
     """Back to pending, to be tried again at `next_attempt_at`."""
     entry = _error_entry(attempt, error, time.time())
-    await db.write(
-        lambda conn: conn.execute(
-            f"UPDATE outbox SET state = 'pending', lease_until = NULL, next_attempt_at = ?,"
-            f" last_error = ?, {_APPEND_ERROR} WHERE id = ?",
-            (next_attempt_at, error, MAX_ERRORS_KEPT, entry, row_id),
-        )
+    await db.execute(
+        f"UPDATE outbox SET state = 'pending', lease_until = NULL, next_attempt_at = ?,"
+        f" last_error = ?, {_APPEND_ERROR} WHERE id = ?",
+        (next_attempt_at, error, MAX_ERRORS_KEPT, entry, row_id),
     )
 
 
@@ -295,8 +283,8 @@ async def hand_back(db: Database, row_ids: list[int]) -> None:
     """Return claimed rows untouched (shutdown, or the courier paused before sending)."""
     if not row_ids:
         return
-    async with db.transaction() as conn:
-        await conn.execute(
+    async with db.transaction() as tx:
+        await tx.execute(
             f"UPDATE outbox SET state = 'pending', lease_until = NULL,"
             f" attempts = max(attempts - 1, 0)"
             f" WHERE state = 'sending' AND id IN ({marks(len(row_ids))})",
@@ -306,8 +294,8 @@ async def hand_back(db: Database, row_ids: list[int]) -> None:
 
 async def park(db: Database, row_id: int, *, attempt: int, reason: str) -> None:
     now = time.time()
-    async with db.transaction() as conn:
-        await conn.execute(
+    async with db.transaction() as tx:
+        await tx.execute(
             f"UPDATE outbox SET state = 'parked', lease_until = NULL, parked_reason = ?,"
             f" last_error = ?, {_APPEND_ERROR} WHERE id = ?",
             (reason, reason, MAX_ERRORS_KEPT, _error_entry(attempt, reason, now), row_id),
@@ -327,9 +315,7 @@ async def rescue_claimed(db: Database, *, now: float | None = None, expired_only
     if expired_only:
         sql += " AND lease_until < ?"
         params = (now, now)
-    async with db.transaction() as conn:
-        cursor = await conn.execute(sql, params)
-        return cursor.rowcount
+    return await db.execute(sql, params)
 
 
 async def retry_parked(db: Database, row_id: int | None = None) -> int:
@@ -342,13 +328,11 @@ async def retry_parked(db: Database, row_id: int | None = None) -> int:
         " AND id = ?" if row_id is not None else ""
     )
     params: tuple[Any, ...] = (time.time(),) + ((row_id,) if row_id is not None else ())
-    async with db.transaction() as conn:
-        cursor = await conn.execute(
-            f"UPDATE outbox SET state = 'pending', next_attempt_at = ?, parked_reason = NULL,"
-            f" attempts = 0 WHERE {where}",
-            params,
-        )
-        return cursor.rowcount
+    return await db.execute(
+        f"UPDATE outbox SET state = 'pending', next_attempt_at = ?, parked_reason = NULL,"
+        f" attempts = 0 WHERE {where}",
+        params,
+    )
 
 
 # One min() per priority: each is a single seek in the index (see PRIORITIES).

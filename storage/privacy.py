@@ -21,9 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import aiosqlite
-
-from storage.db import Database
+from storage.db import Database, Transaction
 
 # Visit columns that identify a person. temp_id stays: it is the row's key and
 # only a random cookie value; utm_* stay: they describe the ad, not the visitor.
@@ -104,16 +102,12 @@ _SCRUB_OUTBOX = (
 
 async def scrub_visits(db: Database, *, before: float, limit: int) -> int:
     """Clear the personal fields of up to `limit` visits last seen before `before`."""
-    async with db.transaction() as conn:
-        cursor = await conn.execute(_SCRUB_VISITS, (time.time(), before, limit))
-        return cursor.rowcount
+    return await db.execute(_SCRUB_VISITS, (time.time(), before, limit))
 
 
 async def scrub_outbox(db: Database, *, before: float, limit: int) -> int:
     """The same for up to `limit` delivered or parked outbox rows created before `before`."""
-    async with db.transaction() as conn:
-        cursor = await conn.execute(_SCRUB_OUTBOX, (time.time(), before, limit))
-        return cursor.rowcount
+    return await db.execute(_SCRUB_OUTBOX, (time.time(), before, limit))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,51 +124,50 @@ class Forgotten:
 
 async def forget_user(db: Database, user_id: int) -> Forgotten:
     """Erase everything the bridge holds about Telegram user `user_id`, atomically."""
-    async with db.transaction() as conn:
-        return await _forget(conn, user_id)
+    async with db.transaction() as tx:
+        return await _forget(tx, user_id)
 
 
-async def _ids(conn: aiosqlite.Connection, sql: str, params: Sequence[object]) -> list[int]:
-    rows = await conn.execute_fetchall(sql, tuple(params))
+async def _ids(tx: Transaction, sql: str, params: Sequence[object]) -> list[int]:
+    rows = await tx.fetchall(sql, tuple(params))
     return sorted({int(r[0]) for r in rows if r[0] is not None})
 
 
-async def _run(conn: aiosqlite.Connection, sql: str, params: Sequence[object]) -> int:
-    cursor = await conn.execute(sql, tuple(params))
-    return max(cursor.rowcount, 0)
+async def _run(tx: Transaction, sql: str, params: Sequence[object]) -> int:
+    return max(await tx.execute(sql, tuple(params)), 0)
 
 
-async def _forget(conn: aiosqlite.Connection, user_id: int) -> Forgotten:
+async def _forget(tx: Transaction, user_id: int) -> Forgotten:
     deleted: dict[str, int] = {}
     unlinked: dict[str, int] = {}
-    join_ids = await _ids(conn, "SELECT id FROM joins WHERE user_id = ?", (user_id,))
+    join_ids = await _ids(tx, "SELECT id FROM joins WHERE user_id = ?", (user_id,))
     link_ids = await _ids(
-        conn,
+        tx,
         "SELECT link_id FROM joins WHERE user_id = ? UNION SELECT link_id FROM join_requests"
         " WHERE user_id = ?",
         (user_id, user_id),
     )
     # A visit is its visitor's; the join (or request) tells us which visit they were.
     visit_ids = await _ids(
-        conn,
+        tx,
         "SELECT visit_id FROM invite_links WHERE id IN (SELECT value FROM json_each(?))",
         (json.dumps(link_ids),),
     )
     temp_ids = [
         str(r[0])
-        for r in await conn.execute_fetchall(
+        for r in await tx.fetchall(
             "SELECT temp_id FROM visits WHERE id IN (SELECT value FROM json_each(?))",
             (json.dumps(visit_ids),),
         )
     ]
     update_ids = await _ids(
-        conn,
+        tx,
         "SELECT update_id FROM joins WHERE user_id = ? UNION SELECT update_id FROM leaves"
         " WHERE user_id = ? UNION SELECT update_id FROM join_requests WHERE user_id = ?",
         (user_id, user_id, user_id),
     )
     outbox_ids = await _ids(
-        conn,
+        tx,
         "SELECT id FROM outbox WHERE telegram_user_id = ?"
         " OR join_id IN (SELECT value FROM json_each(?))"
         " OR (kind IN ('visit', 'update_fbp')"
@@ -189,72 +182,72 @@ async def _forget(conn: aiosqlite.Connection, user_id: int) -> Forgotten:
 
     # Tables added by later features: rows naming the person, or about their joins,
     # visits or outbox rows (deleted before those, for the foreign keys).
-    for table in await _other_tables(conn):
-        columns = await _columns(conn, table)
+    for table in await _other_tables(tx):
+        columns = await _columns(tx, table)
         terms: list[str] = []
         params: list[object] = []
         for column in columns & set(_USER_COLUMNS):
             terms.append(f'"{column}" = ?')
             params.append(user_id)
-        for column, parent in await _references(conn, table):
+        for column, parent in await _references(tx, table):
             if parent in parents:
                 terms.append(f'"{column}" IN (SELECT value FROM json_each(?))')
                 params.append(parents[parent])
         if terms:
-            count = await _run(conn, f'DELETE FROM "{table}" WHERE {" OR ".join(terms)}', params)
+            count = await _run(tx, f'DELETE FROM "{table}" WHERE {" OR ".join(terms)}', params)
             if count:
                 deleted[table] = count
 
     deleted["outbox"] = await _run(
-        conn,
+        tx,
         "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))",
         (parents["outbox"],),
     )
-    deleted["joins"] = await _run(conn, "DELETE FROM joins WHERE user_id = ?", (user_id,))
-    deleted["leaves"] = await _run(conn, "DELETE FROM leaves WHERE user_id = ?", (user_id,))
+    deleted["joins"] = await _run(tx, "DELETE FROM joins WHERE user_id = ?", (user_id,))
+    deleted["leaves"] = await _run(tx, "DELETE FROM leaves WHERE user_id = ?", (user_id,))
     deleted["join_requests"] = await _run(
-        conn, "DELETE FROM join_requests WHERE user_id = ?", (user_id,)
+        tx, "DELETE FROM join_requests WHERE user_id = ?", (user_id,)
     )
     # The links are the channel's and stay; they lose the visit. Discarded, so an
     # unused one never goes back into the pool for someone else.
     unlinked["invite_links"] = await _run(
-        conn,
+        tx,
         "UPDATE invite_links SET visit_id = NULL, discarded_at = coalesce(discarded_at, ?)"
         " WHERE visit_id IN (SELECT value FROM json_each(?))",
         (time.time(), parents["visits"]),
     )
     deleted["visits"] = await _run(
-        conn,
+        tx,
         "DELETE FROM visits WHERE id IN (SELECT value FROM json_each(?))",
         (parents["visits"],),
     )
     user_terms = " OR ".join(f"json_extract(raw, '{path}') = ?" for path in _UPDATE_USER_PATHS)
     deleted["updates"] = await _run(
-        conn,
+        tx,
         f"DELETE FROM updates WHERE update_id IN (SELECT value FROM json_each(?)) OR {user_terms}",
         (json.dumps(update_ids), *([user_id] * len(_UPDATE_USER_PATHS))),
     )
-    if "promoted_by" in await _columns(conn, "channels"):
+    if "promoted_by" in await _columns(tx, "channels"):
         unlinked["channels"] = await _run(
-            conn, "UPDATE channels SET promoted_by = NULL WHERE promoted_by = ?", (user_id,)
+            tx, "UPDATE channels SET promoted_by = NULL WHERE promoted_by = ?", (user_id,)
         )
     return Forgotten(deleted, {k: v for k, v in unlinked.items() if v})
 
 
-async def _other_tables(conn: aiosqlite.Connection) -> list[str]:
-    rows = await conn.execute_fetchall(
+async def _other_tables(tx: Transaction) -> list[str]:
+    rows = await tx.fetchall(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
         " ORDER BY name"
     )
     return [str(r[0]) for r in rows if str(r[0]) not in _HANDLED]
 
 
-async def _columns(conn: aiosqlite.Connection, table: str) -> set[str]:
-    rows = await conn.execute_fetchall(f'PRAGMA table_info("{table}")')
+async def _columns(tx: Transaction, table: str) -> set[str]:
+    rows = await tx.fetchall(f'PRAGMA table_info("{table}")')
     return {str(r[1]) for r in rows}
 
 
-async def _references(conn: aiosqlite.Connection, table: str) -> list[tuple[str, str]]:
+async def _references(tx: Transaction, table: str) -> list[tuple[str, str]]:
     """(column, parent table) of the table's foreign keys."""
-    rows = await conn.execute_fetchall(f'PRAGMA foreign_key_list("{table}")')
+    rows = await tx.fetchall(f'PRAGMA foreign_key_list("{table}")')
     return [(str(r[3]), str(r[2])) for r in rows]

@@ -13,13 +13,12 @@ async def get(db: Database, key: str) -> str | None:
 
 
 async def put(db: Database, key: str, value: str | None) -> None:
-    async with db.transaction() as conn:
-        if value is None:
-            await conn.execute("DELETE FROM bridge_state WHERE key = ?", (key,))
-        else:
-            await conn.execute(
-                "INSERT INTO bridge_state (key, value, updated_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
-                " updated_at = excluded.updated_at",
-                (key, value, time.time()),
-            )
+    if value is None:
+        await db.execute("DELETE FROM bridge_state WHERE key = ?", (key,))
+    else:
+        await db.execute(
+            "INSERT INTO bridge_state (key, value, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+            " updated_at = excluded.updated_at",
+            (key, value, time.time()),
+        )

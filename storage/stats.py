@@ -8,8 +8,8 @@ counts per kind and the top sources come from one scan, in the index's order.
 Delivered conversions carry AdTarget's answer (dispatched, warning), which
 migration 013 put in indexes too.
 
-The queries run on read connections of their own, three at once: in WAL mode
-readers never block the writer, so a /stats over a million joins neither waits
+The queries run in read snapshots of their own, three at once
+(`Database.read`): readers never block the writer, so a /stats over a million joins neither waits
 for the bridge's connection nor holds it (and its ingest) for the duration. The
 three parts may see commits a moment apart; for statistics that is immaterial.
 """
@@ -17,13 +17,11 @@ three parts may see commits a moment apart; for statistics that is immaterial.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
-from storage.db import BUSY_TIMEOUT_MS, Database
+from storage.db import Database, Transaction
 from storage.invite_links import FALLBACK_CAMPAIGN, ISSUED_AT
 
 T = TypeVar("T")
@@ -103,9 +101,9 @@ async def channel_stats(
     between Telegram and us) still count, so no recent join is ever hidden.
     """
     joins, other, (warning, warned) = await asyncio.gather(
-        asyncio.to_thread(_read, db.path, _joins, chat_id, since),
-        asyncio.to_thread(_read, db.path, _other, chat_id, since),
-        asyncio.to_thread(_read, db.path, _top_warning, chat_id, since),
+        read(db, _joins, chat_id, since),
+        read(db, _other, chat_id, since),
+        read(db, _top_warning, chat_id, since),
     )
     return StatsRow(
         chat_id=chat_id,
@@ -130,21 +128,16 @@ async def channel_stats(
     )
 
 
-def _read(
-    path: Path,
-    query: Callable[Concatenate[sqlite3.Connection, P], T],
+async def read(
+    db: Database,
+    query: Callable[Concatenate[Transaction, P], Awaitable[T]],
     *args: P.args,
     **kwargs: P.kwargs,
 ) -> T:
-    """Run `query` on a read-only connection of its own (in a worker thread).
+    """Run `query` in a read snapshot of its own (`Database.read`), beside the writer.
     Also /chart's (storage/daily.py)."""
-    uri = f"{path.resolve().as_uri()}?mode=rw"  # never create a missing database
-    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    try:
-        conn.execute("PRAGMA query_only = ON")
-        return query(conn, *args, **kwargs)
-    finally:
-        conn.close()
+    async with db.read() as tx:
+        return await query(tx, *args, **kwargs)
 
 
 # Every channel, as one seek per channel: a period is then a range in each. (All
@@ -180,8 +173,8 @@ def _where(
     return (" WHERE " + " AND ".join(terms) if terms else ""), params
 
 
-def _count(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> int:
-    row = conn.execute(sql, tuple(params)).fetchone()
+async def _count(tx: Transaction, sql: str, params: Sequence[object]) -> int:
+    row = await tx.fetchone(sql, tuple(params))
     return int(row[0] or 0) if row else 0
 
 
@@ -205,19 +198,19 @@ class _Joins:
     sources: tuple[SourceRow, ...]
 
 
-def _joins(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -> _Joins:
+async def _joins(tx: Transaction, chat_id: int | None, since: float | None) -> _Joins:
     """Joins per kind, those still present, and the top sources.
 
     Grouped per channel in the order of joins_sources, so the scan needs no sort;
     the few groups are then merged across channels here.
     """
     where, params = _where(chat_id, since, "joined_at")
-    rows = conn.execute(
+    rows = await tx.fetchall(
         "SELECT kind, utm_source, utm_campaign, campaign, count(*), count(left_at)"
         f" FROM joins INDEXED BY joins_sources{where}"
         " GROUP BY chat_id, kind, utm_source, utm_campaign, campaign",
         params,
-    ).fetchall()
+    )
     per_kind = {"attributed": 0, "campaign": 0, "fallback": 0, "organic": 0}
     present = 0
     sources: dict[tuple[str, str | None], list[int]] = {}
@@ -268,24 +261,25 @@ _ISSUED = ("kind = 'visitor'", "visit_id IS NOT NULL")
 _WARNED = ("kind = 'conversion'", "warning IS NOT NULL")
 
 
-def _other(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -> _Other:
-    visits, links = _links(conn, chat_id, since)
+async def _other(tx: Transaction, chat_id: int | None, since: float | None) -> _Other:
+    visits, links = await _links(tx, chat_id, since)
     # event_time_ms is the join's time (joined_at * 1000): compare in milliseconds so
     # the index range applies. One range count per state.
     ms = None if since is None else since * 1000
 
-    def conversions(state: str, counts: str = "count(*)") -> list[int]:
+    async def conversions(state: str, counts: str = "count(*)") -> list[int]:
         where, params = _where(
             chat_id, ms, "event_time_ms", "kind = 'conversion'", state, scan_all=False
         )
-        row = conn.execute(
+        row = await tx.fetchone(
             f"SELECT {counts} FROM outbox INDEXED BY outbox_conversions{where}", params
-        ).fetchone()
+        )
+        assert row is not None  # aggregates always answer
         return [int(value or 0) for value in row]
 
     # dispatched is 1, 0 or NULL (not known): one walk of the delivered range splits it
     # (plain aggregates: a comparison per row costs more over a million).
-    delivered, known, dispatched = conversions(
+    delivered, known, dispatched = await conversions(
         "state = 'delivered'", "count(*), count(dispatched), total(dispatched)"
     )
     where, params = _where(chat_id, since, "left_at")
@@ -295,16 +289,16 @@ def _other(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -
         delivered=delivered,
         dispatched=dispatched,
         skipped=known - dispatched,
-        pending=conversions("state IN ('pending', 'sending')")[0],
-        parked=conversions("state = 'parked'")[0],
-        leaves=_count(
-            conn, f"SELECT count(*) FROM leaves INDEXED BY leaves_chat_time{where}", params
+        pending=(await conversions("state IN ('pending', 'sending')"))[0],
+        parked=(await conversions("state = 'parked'"))[0],
+        leaves=await _count(
+            tx, f"SELECT count(*) FROM leaves INDEXED BY leaves_chat_time{where}", params
         ),
     )
 
 
-def _top_warning(
-    conn: sqlite3.Connection, chat_id: int | None, since: float | None
+async def _top_warning(
+    tx: Transaction, chat_id: int | None, since: float | None
 ) -> tuple[str | None, int]:
     """AdTarget's most frequent warning and its count (ties: the first by text).
 
@@ -315,11 +309,11 @@ def _top_warning(
     """
     ms = None if since is None else since * 1000  # event_time_ms, as in _other
     where, params = _where(chat_id, ms, "event_time_ms", *_WARNED)
-    rows = conn.execute(
+    rows = await tx.fetchall(
         f"SELECT warning, count(*) FROM outbox INDEXED BY outbox_warnings{where}"
         " GROUP BY chat_id, warning",
         params,
-    ).fetchall()
+    )
     counts: dict[str, int] = {}
     for warning, count in rows:
         counts[warning] = counts.get(warning, 0) + int(count)
@@ -329,21 +323,21 @@ def _top_warning(
     return warning, count
 
 
-def _links(conn: sqlite3.Connection, chat_id: int | None, since: float | None) -> tuple[int, int]:
+async def _links(tx: Transaction, chat_id: int | None, since: float | None) -> tuple[int, int]:
     """(visits, links issued): distinct visitors given a link there, or all visits."""
     where, params = _where(chat_id, since, ISSUED_AT, *_ISSUED)
     table = "invite_links INDEXED BY invite_links_issued"
     if chat_id is not None:
-        row = conn.execute(
+        row = await tx.fetchone(
             f"SELECT count(DISTINCT visit_id), count(*) FROM {table}{where}", params
-        ).fetchone()
+        )
         return (int(row[0]), int(row[1])) if row else (0, 0)
-    links = _count(conn, f"SELECT count(*) FROM {table}{where}", params)
+    links = await _count(tx, f"SELECT count(*) FROM {table}{where}", params)
     if since is None:
-        visits = _count(conn, "SELECT count(*) FROM visits", ())
+        visits = await _count(tx, "SELECT count(*) FROM visits", ())
     else:
-        visits = _count(
-            conn,
+        visits = await _count(
+            tx,
             "SELECT count(*) FROM visits INDEXED BY visits_created WHERE created_at >= ?",
             (since,),
         )

@@ -8,14 +8,11 @@ transaction), `left`, or `failed` (Telegram refused the question for good).
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 
-import aiosqlite
-
 from storage import joins, outbox
-from storage.db import Database
+from storage.db import Database, Transaction
 from storage.sql import marks
 
 DAY = 86400
@@ -47,9 +44,9 @@ async def set_setting(db: Database, chat_id: int, days: int | None, event_type: 
     Joins recorded under the old setting but not swept yet are scheduled under it
     first, in the same transaction: the change must not take their checks away.
     """
-    async with db.transaction() as conn:
-        await _schedule_unswept(conn, now=time.time(), batch=None)
-        await conn.execute(
+    async with db.transaction() as tx:
+        await _schedule_unswept(tx, now=time.time(), batch=None)
+        await tx.execute(
             "UPDATE channels SET stay_signal_days = ?, stay_signal_event = ?,"
             " stay_signal_after = (SELECT coalesce(max(id), 0) FROM joins),"
             " updated_at = ? WHERE chat_id = ?",
@@ -92,46 +89,43 @@ async def sweep(db: Database, *, now: float | None = None, batch: int = 5000) ->
     now = time.time() if now is None else now
     scheduled = 0
     while True:
-        async with db.transaction() as conn:
-            found = await _schedule_unswept(conn, now=now, batch=batch)
+        async with db.transaction() as tx:
+            found = await _schedule_unswept(tx, now=now, batch=batch)
         if found is None:
             return scheduled
         scheduled += found
 
 
-async def _schedule_unswept(
-    conn: aiosqlite.Connection, *, now: float, batch: int | None
-) -> int | None:
+async def _schedule_unswept(tx: Transaction, *, now: float, batch: int | None) -> int | None:
     """In the caller's transaction: schedule checks for the attributed joins above the
     cursor (the next `batch` ids, or all when None) under their channels' settings
     as they are now, and move the cursor past them. How many were scheduled; None
     when there was nothing left to sweep."""
-    async with conn.execute("SELECT last_join_id FROM stay_sweep") as cursor:
-        found = await cursor.fetchone()
+    found = await tx.fetchone("SELECT last_join_id FROM stay_sweep")
     after = int(found[0]) if found else 0
-    async with conn.execute("SELECT coalesce(max(id), 0) FROM joins") as cursor:
-        newest = int((await cursor.fetchone() or (0,))[0])
+    top = await tx.fetchone("SELECT coalesce(max(id), 0) FROM joins")
+    newest = int(top[0]) if top else 0
     if newest <= after:
         return None
     upto = newest if batch is None else min(newest, after + batch)
-    inserted = await conn.execute(
-        "INSERT OR IGNORE INTO stay_checks (join_id, chat_id, user_id, days,"
+    inserted = await tx.execute(
+        "INSERT INTO stay_checks (join_id, chat_id, user_id, days,"
         " event_type, due_at, created_at)"
         " SELECT j.id, j.chat_id, j.user_id, c.stay_signal_days,"
         " c.stay_signal_event, j.joined_at + c.stay_signal_days * ?, ?"
         " FROM joins j JOIN channels c ON c.chat_id = j.chat_id"
         " WHERE j.id > ? AND j.id <= ? AND j.kind = 'attributed'"
         " AND c.stay_signal_days IS NOT NULL AND c.stay_signal_event IS NOT NULL"
-        " AND j.id > c.stay_signal_after",
+        " AND j.id > c.stay_signal_after ON CONFLICT DO NOTHING",
         (DAY, now, after, upto),
     )
-    await conn.execute(
+    await tx.execute(
         "INSERT INTO stay_sweep (id, last_join_id, swept_at) VALUES (1, ?, ?)"
         " ON CONFLICT (id) DO UPDATE SET last_join_id = excluded.last_join_id,"
         " swept_at = excluded.swept_at",
         (upto, now),
     )
-    return max(inserted.rowcount, 0)
+    return max(inserted, 0)
 
 
 async def due(db: Database, *, now: float, limit: int = 100) -> list[DueCheck]:
@@ -174,8 +168,8 @@ async def close_parked(db: Database, *, now: float | None = None) -> int:
     means AdTarget holds no lead to send the stay event for.
     """
     now = time.time() if now is None else now
-    async with db.transaction() as conn:
-        closed = await conn.execute(
+    async with db.transaction() as tx:
+        closed = await tx.execute(
             "UPDATE stay_checks SET state = 'failed', checked_at = ?,"
             " detail = (SELECT 'conversion parked (outbox row #' || o.id || ')' FROM outbox o"
             " WHERE o.join_id = stay_checks.join_id)"
@@ -184,7 +178,7 @@ async def close_parked(db: Database, *, now: float | None = None) -> int:
             " WHERE o.join_id = r.join_id AND o.state = 'parked'))",
             (now, now),
         )
-    return max(closed.rowcount, 0)
+    return max(closed, 0)
 
 
 async def next_due_at(db: Database) -> float | None:
@@ -206,17 +200,16 @@ async def record_stayed(
     event's Idempotency-Key is fixed by the join, so no path queues it twice.
     """
     now = time.time() if now is None else now
-    async with db.transaction() as conn:
-        if not await _still_pending(conn, check_id):
+    async with db.transaction() as tx:
+        if not await _still_pending(tx, check_id):
             return None
-        row_id = await outbox.enqueue(conn, event)
+        row_id = await outbox.enqueue(tx, event)
         if row_id is None:  # the key is already queued: point the check at that row
-            async with conn.execute(
+            found = await tx.fetchone(
                 "SELECT id FROM outbox WHERE idempotency_key = ?", (event.idempotency_key,)
-            ) as cursor:
-                found = await cursor.fetchone()
+            )
             row_id = int(found[0]) if found else None
-        await conn.execute(
+        await tx.execute(
             "UPDATE stay_checks SET state = 'sent', checked_at = ?, status = ?,"
             " outbox_id = ?, detail = NULL WHERE id = ?",
             (now, status, row_id, check_id),
@@ -229,26 +222,24 @@ async def record_left(
 ) -> None:
     """Gone: close the check; a leave no update told us about is recorded on the join."""
     at = time.time() if now is None else now
-
-    def close(conn: sqlite3.Connection) -> None:
-        found = conn.execute(
+    async with db.transaction() as tx:
+        found = await tx.fetchone(
             "SELECT r.chat_id, r.user_id, j.left_at FROM stay_checks r"
             " JOIN joins j ON j.id = r.join_id WHERE r.id = ? AND r.state = 'pending'",
             (check_id,),
-        ).fetchone()
+        )
         if found is None:
             return
         if found[2] is None:
             # Counted in /stats' leaves like any leave; Telegram's date is unknown, so
             # the time of the check stands in for it.
-            joins.record_leaves(conn, [joins.NewLeave(int(found[0]), int(found[1]), int(at), None)])
-        conn.execute(
+            leave = joins.NewLeave(int(found[0]), int(found[1]), int(at), None)
+            await joins.record_leaves(tx, [leave])
+        await tx.execute(
             "UPDATE stay_checks SET state = 'left', checked_at = ?, status = ?,"
             " detail = NULL WHERE id = ?",
             (at, status, check_id),
         )
-
-    await db.write(close)
 
 
 async def record_failed(
@@ -256,8 +247,8 @@ async def record_failed(
 ) -> None:
     """Telegram will not answer for this member (chat not found, bot not admin): final."""
     now = time.time() if now is None else now
-    async with db.transaction() as conn:
-        await conn.execute(
+    async with db.transaction() as tx:
+        await tx.execute(
             "UPDATE stay_checks SET state = 'failed', checked_at = ?, detail = ?,"
             " attempts = attempts + 1 WHERE id = ? AND state = 'pending'",
             (now, reason[:500], check_id),
@@ -266,16 +257,16 @@ async def record_failed(
 
 async def retry_later(db: Database, check_id: int, *, at: float, error: str) -> None:
     """A transient failure: ask again at `at`."""
-    async with db.transaction() as conn:
-        await conn.execute(
+    async with db.transaction() as tx:
+        await tx.execute(
             "UPDATE stay_checks SET due_at = ?, detail = ?, attempts = attempts + 1"
             " WHERE id = ? AND state = 'pending'",
             (at, error[:500], check_id),
         )
 
 
-async def _still_pending(conn: aiosqlite.Connection, check_id: int) -> bool:
-    async with conn.execute(
+async def _still_pending(tx: Transaction, check_id: int) -> bool:
+    found = await tx.fetchone(
         "SELECT 1 FROM stay_checks WHERE id = ? AND state = 'pending'", (check_id,)
-    ) as cursor:
-        return await cursor.fetchone() is not None
+    )
+    return found is not None

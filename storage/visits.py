@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import asdict, dataclass, fields
 
-import aiosqlite
-
+from storage.db import Row, Transaction
 from storage.sql import marks
 
 
@@ -38,7 +36,7 @@ ATTRIBUTION_COLUMNS = tuple(f.name for f in fields(Attribution))
 _UPDATABLE = ATTRIBUTION_COLUMNS[1:]
 
 
-def _attribution(row: sqlite3.Row) -> Attribution:
+def _attribution(row: Row) -> Attribution:
     """From a row of `id` then ATTRIBUTION_COLUMNS, in that order (_SELECT_BY_ID)."""
     return Attribution(*row[1:])
 
@@ -66,43 +64,39 @@ def _params(visit: Attribution, now: float) -> tuple[object, ...]:
     return (*(values[c] or None for c in ATTRIBUTION_COLUMNS), now, now)
 
 
-async def upsert(conn: aiosqlite.Connection, visit: Attribution) -> int:
+async def upsert(tx: Transaction, visit: Attribution) -> int:
     """Store a visit; a repeat visit keeps old values where the new ones are empty."""
-    async with conn.execute(_UPSERT_RETURNING, _params(visit, time.time())) as cursor:
-        row = await cursor.fetchone()
+    row = await tx.fetchone(_UPSERT_RETURNING, _params(visit, time.time()))
     assert row is not None
     return int(row[0])
 
 
-def upsert_many(conn: sqlite3.Connection, batch: list[Attribution]) -> None:
+async def upsert_many(tx: Transaction, batch: list[Attribution]) -> None:
     """`upsert` for many visits in one statement, applied in order."""
     now = time.time()
-    conn.executemany(_UPSERT, [_params(visit, now) for visit in batch])
+    await tx.executemany(_UPSERT, [_params(visit, now) for visit in batch])
 
 
 _SELECT_BY_ID = f"SELECT id, {', '.join(ATTRIBUTION_COLUMNS)} FROM visits WHERE id"
 
 
-async def get_by_id(conn: aiosqlite.Connection, visit_id: int) -> Attribution | None:
-    async with conn.execute(f"{_SELECT_BY_ID} = ?", (visit_id,)) as cursor:
-        row = await cursor.fetchone()
+async def get_by_id(tx: Transaction, visit_id: int) -> Attribution | None:
+    row = await tx.fetchone(f"{_SELECT_BY_ID} = ?", (visit_id,))
     return _attribution(row) if row else None
 
 
-async def ensure(conn: aiosqlite.Connection, visit: Attribution) -> int:
+async def ensure(tx: Transaction, visit: Attribution) -> int:
     """The visit's id; a visitor never seen is stored from what this request carries,
     a known one is left as its own visit calls made it."""
-    rows = list(
-        await conn.execute_fetchall("SELECT id FROM visits WHERE temp_id = ?", (visit.temp_id,))
-    )
-    if rows:
-        return int(rows[0][0])
-    return await upsert(conn, visit)
+    row = await tx.fetchone("SELECT id FROM visits WHERE temp_id = ?", (visit.temp_id,))
+    if row:
+        return int(row[0])
+    return await upsert(tx, visit)
 
 
-async def set_fbp(conn: aiosqlite.Connection, temp_id: str, fbp: str) -> bool:
-    cursor = await conn.execute(
+async def set_fbp(tx: Transaction, temp_id: str, fbp: str) -> bool:
+    changed = await tx.execute(
         "UPDATE visits SET fbp = ?, updated_at = ?, scrubbed_at = NULL WHERE temp_id = ?",
         (fbp, time.time(), temp_id),
     )
-    return cursor.rowcount > 0
+    return changed > 0

@@ -11,7 +11,8 @@ import pytest
 
 from bot.simulators.adtarget import FakeAdTarget
 from bot.simulators.telegram import FakeTelegram
-from storage.db import Database, open_database
+from storage.db import open_database
+from storage.sqlite import SqliteDatabase
 from tests.harness import (
     CHANNEL_ID,
     CHANNEL_TITLE,
@@ -23,7 +24,7 @@ from tests.harness import (
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
+async def db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
     """A migrated database of the test's own, no bridge around it."""
     database = await open_database(tmp_path / "bridge.db")
     yield database

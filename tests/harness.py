@@ -10,13 +10,16 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.app import Bridge, run_bridge
 from bot.settings import Settings
 from bot.simulators.adtarget import FakeAdTarget
 from bot.simulators.telegram import FakeTelegram
+from storage.db import Database, Transaction
 from storage.visits import Attribution
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 CHANNEL_ID = -1001234567890
@@ -246,3 +249,9 @@ def load_payload(path: Path) -> dict[str, Any]:
     """A fresh copy of one captured update, for the test to retarget."""
     update: dict[str, Any] = json.loads(path.read_text())
     return update
+
+
+async def write(db: Database, work: Callable[[Transaction], Awaitable[T]]) -> T:
+    """`work(tx)` in a transaction of its own: a storage `…_in` step run alone."""
+    async with db.transaction() as tx:
+        return await work(tx)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import logging
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -100,9 +99,9 @@ class Onboarding:
             and (before is None or before.onboarded_at is None)
         )
 
-        def write(conn: sqlite3.Connection) -> None:
-            channels.upsert_in(
-                conn,
+        async with self._db.transaction() as tx:
+            await channels.upsert_in(
+                tx,
                 chat.id,
                 title=chat.title,
                 username=chat.username,
@@ -112,9 +111,7 @@ class Onboarding:
                 promoted_by=change.changed_by if change.is_admin else None,
             )
             if onboard:
-                channels.mark_onboarded_in(conn, chat.id)
-
-        await self._db.write(write)
+                await channels.mark_onboarded_in(tx, chat.id)
         self._pool.wake()
         title = html.escape(chat.title or str(chat.id))
         was_tracking = before is not None and before.active

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import json
 import logging
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from bot.courier.verdicts import (
 from bot.logs import ids
 from bot.waiting import Outstanding, wait_any
 from storage import outbox, state
-from storage.db import Database
+from storage.db import Database, Transaction
 from storage.outbox import OutboxRow
 
 log = logging.getLogger(__name__)
@@ -77,24 +76,20 @@ class Courier:
         """New rows are committed: look now rather than at the next timer."""
         self._wake.set()
 
-    def claim_in(self, conn: sqlite3.Connection) -> list[OutboxRow]:
+    async def claim_in(self, tx: Transaction) -> list[OutboxRow]:
         """Claim due rows in the caller's transaction, as many as there is room
         for; the caller hands them to `send_claimed` once it has committed.
 
-        Runs inside the commit that queued a join's conversion (`Database.write`):
-        the send then starts without a claim of its own, the last separate trip to
-        SQLite between a join and its POST. That commit may run on aiosqlite's
-        thread (when another process holds the write lock), where what it reads
-        of the courier's state may be a step behind: sends in flight can then
-        briefly exceed the concurrency by one such claim; the pacer still holds
-        the rate.
+        Runs inside the transaction that queued a join's conversion: the send then
+        starts without a claim of its own, the last separate transaction between
+        a join and its POST.
         """
         if not self._running or self._pause is not None:
             return []
         room = self._config.concurrency - len(self._in_flight)
         if room <= 0:
             return []
-        return outbox.claim_in(conn, limit=room, lease=self._config.lease, now=time.time())
+        return await outbox.claim_in(tx, limit=room, lease=self._config.lease, now=time.time())
 
     async def sends_written(self) -> None:
         """Return once every send started so far is written out, or waits for

@@ -164,8 +164,8 @@ def value_row(
 
 
 async def queue(db: Database, row: outbox.NewRow, wake: Callable[[], None] | None = None) -> Queued:
-    async with db.transaction() as conn:
-        row_id = await outbox.enqueue(conn, row)
+    async with db.transaction() as tx:
+        row_id = await outbox.enqueue(tx, row)
     if wake is not None:
         wake()
     return Queued(row_id, row.idempotency_key)

@@ -89,10 +89,10 @@ class InviteMinter:
         if channel is None or not channel.active:
             raise ChannelNotTracked(chat_id)
         created = await self.create(channel)
-        async with self._db.transaction() as conn:
-            visit_id = await (visits.upsert if record_visit else visits.ensure)(conn, visit)
+        async with self._db.transaction() as tx:
+            visit_id = await (visits.upsert if record_visit else visits.ensure)(tx, visit)
             link = await invite_links.insert(
-                conn,
+                tx,
                 url=created.url,
                 chat_id=chat_id,
                 kind="visitor",
@@ -119,9 +119,9 @@ class InviteMinter:
 
     async def kept_fallback(self, channel: Channel) -> InviteLink | None:
         """The channel's live fallback link for its mode, if one was minted."""
-        async with self._db.reader() as conn:
+        async with self._db.read() as tx:
             return await invite_links.find_fallback(
-                conn, chat_id=channel.chat_id, creates_join_request=channel.mode == "request"
+                tx, chat_id=channel.chat_id, creates_join_request=channel.mode == "request"
             )
 
     async def fallback(self, channel: Channel) -> InviteLink:
@@ -175,9 +175,9 @@ class InviteMinter:
             name=name,
             creates_join_request=True if request_mode else None,
         )
-        async with self._db.transaction() as conn:
+        async with self._db.transaction() as tx:
             link = await invite_links.insert(
-                conn,
+                tx,
                 url=created.invite_link,
                 chat_id=channel.chat_id,
                 kind="campaign",

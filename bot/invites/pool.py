@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiosqlite
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramRetryAfter
 
@@ -30,7 +29,7 @@ from bot.logs import ids
 from bot.waiting import wait_any
 from storage import channels, invite_links, invite_pool, visits
 from storage.channels import Channel
-from storage.db import Database
+from storage.db import Database, Transaction
 from storage.invite_links import InviteLink
 from storage.visits import Attribution
 
@@ -125,17 +124,17 @@ class InvitePool:
         (`link.fallback`). PoolEmpty when not even that exists."""
         now = time.time()
         request_mode = channel.mode == "request"
-        async with self._db.transaction() as conn:
-            visit_id = await visits.ensure(conn, visit)
+        async with self._db.transaction() as tx:
+            visit_id = await visits.ensure(tx, visit)
             link = await invite_pool.find_assigned(
-                conn, visit_id=visit_id, chat_id=channel.chat_id, usable_after=now + REUSE_MIN_LIFE
+                tx, visit_id=visit_id, chat_id=channel.chat_id, usable_after=now + REUSE_MIN_LIFE
             )
             if link is not None and link.creates_join_request == request_mode:
                 return link  # the visitor's own: no quota spent
             # Counted and taken in one statement: a crowd from one client cannot
             # all pass the count before any of them took a link.
             link = await invite_pool.take(
-                conn,
+                tx,
                 chat_id=channel.chat_id,
                 creates_join_request=request_mode,
                 visit_id=visit_id,
@@ -143,10 +142,10 @@ class InvitePool:
                 quota=(self.per_client, now - QUOTA_WINDOW),
                 usable_after=now + self.min_life,
             )
-            over_quota = link is None and await self._over_quota(conn, channel, client_key)
+            over_quota = link is None and await self._over_quota(tx, channel, client_key)
             if over_quota:
                 link = await invite_links.find_fallback(
-                    conn, chat_id=channel.chat_id, creates_join_request=request_mode
+                    tx, chat_id=channel.chat_id, creates_join_request=request_mode
                 )
         if not over_quota:
             self._wake.set()  # a link was taken, or there was none: refill
@@ -158,8 +157,8 @@ class InvitePool:
             async with self._mint_locks.setdefault(channel.chat_id, asyncio.Lock()):
                 # Counted again: the client's other requests may have minted
                 # while this one waited for the lock.
-                async with self._db.reader() as conn:
-                    over_quota = await self._over_quota(conn, channel, client_key)
+                async with self._db.read() as tx:
+                    over_quota = await self._over_quota(tx, channel, client_key)
                 if not over_quota and self.telegram_wait() <= 0:
                     log.warning(
                         "invite pool of %d is empty: minting on demand",
@@ -177,11 +176,9 @@ class InvitePool:
                         _telegram_failed("minting an invite link on demand", channel.chat_id, error)
         return await self.fallback(channel)
 
-    async def _over_quota(
-        self, conn: aiosqlite.Connection, channel: Channel, client_key: str
-    ) -> bool:
+    async def _over_quota(self, tx: Transaction, channel: Channel, client_key: str) -> bool:
         handed = await invite_pool.handed_to(
-            conn, chat_id=channel.chat_id, client_key=client_key, since=time.time() - QUOTA_WINDOW
+            tx, chat_id=channel.chat_id, client_key=client_key, since=time.time() - QUOTA_WINDOW
         )
         return handed >= self.per_client
 

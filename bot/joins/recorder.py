@@ -9,7 +9,6 @@ per join is what lets ingest keep up with thousands of joins a second.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ from bot.joins.conversion import conversion_body, conversion_key
 from bot.logs import ids
 from storage import channels, invite_links, join_requests, joins, outbox, visits
 from storage.channels import Channel
-from storage.db import Database
+from storage.db import Database, Transaction
 from storage.invite_links import InviteLink
 from storage.outbox import OutboxRow
 
@@ -87,7 +86,7 @@ class ClaimingCourier(Protocol):
     """The courier as the recorder sees it (`bot.courier.service.Courier`): it claims
     new outbox rows in the recorder's transaction and sends them once it committed."""
 
-    def claim_in(self, conn: sqlite3.Connection) -> list[OutboxRow]: ...
+    async def claim_in(self, tx: Transaction) -> list[OutboxRow]: ...
 
     def send_claimed(self, rows: Sequence[OutboxRow]) -> None: ...
 
@@ -130,7 +129,8 @@ class JoinRecorder:
 
     async def record(self, items: Sequence[Seen]) -> list[JoinRecorded]:
         """Persist in a transaction of its own (callers outside the poller)."""
-        batch = await self._db.write(lambda conn: self.persist(conn, items))
+        async with self._db.transaction() as tx:
+            batch = await self.persist(tx, items)
         self.after_commit(batch)
         return batch.recorded
 
@@ -144,13 +144,12 @@ class JoinRecorder:
         if any(r.join_id is not None and r.kind != "organic" for r in recorded):
             self._on_attributed_join()
 
-    def persist(self, conn: sqlite3.Connection, items: Sequence[object]) -> JoinBatch:
-        """Write joins, their outbox rows and leaves in the caller's transaction
-        (inside `Database.write`: it must not touch the event loop), and claim the new rows
-        for the courier in it."""
+    async def persist(self, tx: Transaction, items: Sequence[object]) -> JoinBatch:
+        """Write joins, their outbox rows and leaves in the caller's transaction, and
+        claim the new rows for the courier in it."""
         seen = [i for i in items if isinstance(i, JoinSeen | LeaveSeen)]
-        known = channels.tracked_in(
-            conn, [(i.chat.id, i.chat.title, i.chat.username) for i in seen]
+        known = await channels.tracked_in(
+            tx, [(i.chat.id, i.chat.title, i.chat.username) for i in seen]
         )
         untracked = [i for i in seen if i.chat.id not in known]
         for item in untracked:
@@ -162,12 +161,12 @@ class JoinRecorder:
             )
         seen_joins = [i for i in seen if isinstance(i, JoinSeen) and i.chat.id in known]
         leaves = [i for i in seen if isinstance(i, LeaveSeen) and i.chat.id in known]
-        found = invite_links.find_with_visits(
-            conn, sorted({j.link_url for j in seen_joins if j.link_url})
+        found = await invite_links.find_with_visits(
+            tx, sorted({j.link_url for j in seen_joins if j.link_url})
         )
         matched = [_ours(found, j) for j in seen_joins]
-        seen_joins, matched = self._through_requests(conn, seen_joins, matched, found)
-        echoes = self._echoes(conn, seen_joins, matched)
+        seen_joins, matched = await self._through_requests(tx, seen_joins, matched, found)
+        echoes = await self._echoes(tx, seen_joins, matched)
         attributions = {
             link.visit_id: visit
             for link, visit in found.values()
@@ -195,21 +194,21 @@ class JoinRecorder:
                 )
             )
         kept = [index for index in range(len(seen_joins)) if index not in echoes]
-        inserted = joins.insert_many(conn, rows)
+        inserted = await joins.insert_many(tx, rows)
         new_ids = {kept[position]: join_id for position, join_id in inserted.items()}
-        new_leaves = joins.record_leaves(
-            conn,
+        new_leaves = await joins.record_leaves(
+            tx,
             [joins.NewLeave(x.chat.id, x.user_id, x.left_at, x.update_id) for x in leaves],
         )
         # After the leaves: a leave and a rejoin in one batch end with the member present.
         repeated = [position for position in range(len(rows)) if position not in inserted]
-        reopened = joins.reopen(conn, [rows[position] for position in repeated])
+        reopened = await joins.reopen(tx, [rows[position] for position in repeated])
         rejoined = {kept[repeated[i]] for i in reopened}
-        recorded = self._queue_conversions(
-            conn, seen_joins, matched, new_ids, rejoined, known, attributions
+        recorded = await self._queue_conversions(
+            tx, seen_joins, matched, new_ids, rejoined, known, attributions
         )
-        invite_links.mark_used(
-            conn, [link.id for i, link in enumerate(matched) if link and i in new_ids]
+        await invite_links.mark_used(
+            tx, [link.id for i, link in enumerate(matched) if link and i in new_ids]
         )
         for leave in leaves:
             log.info(
@@ -219,14 +218,14 @@ class JoinRecorder:
                 leave.chat.id,
                 extra=ids(update_id=leave.update_id, user_id=leave.user_id, chat_id=leave.chat.id),
             )
-        claimed = self._courier.claim_in(conn) if any(r.reported for r in recorded) else []
-        # Only new leaves: a repeated one (INSERT OR IGNORE) must not count again.
+        claimed = await self._courier.claim_in(tx) if any(r.reported for r in recorded) else []
+        # Only new leaves: a repeated one (ON CONFLICT DO NOTHING) must not count again.
         leaves_recorded = [JoinRecorded(LEAVE, None, False) for _ in range(new_leaves)]
         return JoinBatch(recorded + leaves_recorded, claimed, len(untracked))
 
     @staticmethod
-    def _through_requests(
-        conn: sqlite3.Connection,
+    async def _through_requests(
+        tx: Transaction,
         seen_joins: list[JoinSeen],
         matched: list[InviteLink | None],
         found: FoundLinks,
@@ -242,14 +241,14 @@ class JoinRecorder:
         if not unmatched:
             return seen_joins, matched  # the usual case: no query
         since = min(seen_joins[i].joined_at for i in unmatched) - ECHO_WINDOW
-        urls = join_requests.request_links(
-            conn,
+        urls = await join_requests.request_links(
+            tx,
             [(seen_joins[i].chat.id, seen_joins[i].user_id) for i in unmatched],
             approved_since=since,
         )
         if not urls:
             return seen_joins, matched
-        found.update(invite_links.find_with_visits(conn, sorted(set(urls.values()))))
+        found.update(await invite_links.find_with_visits(tx, sorted(set(urls.values()))))
         joins_out, matched_out = list(seen_joins), list(matched)
         for i in unmatched:
             url = urls.get((seen_joins[i].chat.id, seen_joins[i].user_id))
@@ -259,9 +258,9 @@ class JoinRecorder:
             matched_out[i] = _ours(found, joins_out[i])
         return joins_out, matched_out
 
-    def _echoes(
+    async def _echoes(
         self,
-        conn: sqlite3.Connection,
+        tx: Transaction,
         seen_joins: list[JoinSeen],
         matched: list[InviteLink | None],
     ) -> set[int]:
@@ -279,8 +278,8 @@ class JoinRecorder:
         if not candidates:
             return set()
         since = min(seen_joins[i].joined_at for i in candidates) - ECHO_WINDOW
-        recent = joins.recent_joins(
-            conn, [(seen_joins[i].chat.id, seen_joins[i].user_id) for i in candidates], since=since
+        recent = await joins.recent_joins(
+            tx, [(seen_joins[i].chat.id, seen_joins[i].user_id) for i in candidates], since=since
         )
         return {
             i
@@ -292,9 +291,9 @@ class JoinRecorder:
             )
         }
 
-    def _queue_conversions(
+    async def _queue_conversions(
         self,
-        conn: sqlite3.Connection,
+        tx: Transaction,
         seen_joins: list[JoinSeen],
         matched: list[InviteLink | None],
         new_ids: dict[int, int],
@@ -370,7 +369,7 @@ class JoinRecorder:
                     event_time_ms=seen.joined_at * 1000,
                 )
             )
-        outbox.enqueue_many(conn, rows)
+        await outbox.enqueue_many(tx, rows)
         return recorded
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,11 +18,11 @@ from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramRetryAfter
 
 from bot.backoff import Backoff
-from bot.joins.recorder import ChatRef, JoinBatch, JoinRecorder, JoinSeen
+from bot.joins.recorder import ChatRef, JoinRecorder, JoinSeen
 from bot.logs import ids
 from bot.waiting import wait_any
 from storage import channels, invite_links, join_requests
-from storage.db import Database
+from storage.db import Database, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +68,12 @@ class JoinRequestApprover:
     def wants(self, result: object) -> bool:
         return isinstance(result, JoinRequestSeen)
 
-    def persist(self, conn: sqlite3.Connection, items: Sequence[object]) -> int:
+    async def persist(self, tx: Transaction, items: Sequence[object]) -> int:
         """Store the requests in tracked chats; returns how many were in chats the
         bot does not track (ignored)."""
         requests = [i for i in items if isinstance(i, JoinRequestSeen)]
-        tracked = channels.tracked_in(
-            conn, [(s.chat.id, s.chat.title, s.chat.username) for s in requests]
+        tracked = await channels.tracked_in(
+            tx, [(s.chat.id, s.chat.title, s.chat.username) for s in requests]
         )
         seen = [s for s in requests if s.chat.id in tracked]
         for s in requests:
@@ -85,7 +84,9 @@ class JoinRequestApprover:
                     s.chat.id,
                     extra=ids(update_id=s.update_id, chat_id=s.chat.id),
                 )
-        links = invite_links.find_by_urls(conn, sorted({s.link_url for s in seen if s.link_url}))
+        links = await invite_links.find_by_urls(
+            tx, sorted({s.link_url for s in seen if s.link_url})
+        )
         rows = []
         for s in seen:
             link = links.get(s.link_url or "")
@@ -112,7 +113,7 @@ class JoinRequestApprover:
                 "to approve" if state == "pending" else "left to admins",
                 extra=ids(update_id=s.update_id, user_id=s.user_id, chat_id=s.chat.id),
             )
-        join_requests.insert_many(conn, rows)
+        await join_requests.insert_many(tx, rows)
         return len(requests) - len(seen)
 
     def after_commit(self, persisted: int) -> None:
@@ -187,11 +188,9 @@ class JoinRequestApprover:
             via_join_request=True,
         )
 
-        def approve(conn: sqlite3.Connection) -> JoinBatch:
-            join_requests.mark_approved(conn, request.id)
-            return self._recorder.persist(conn, [joined])
-
-        batch = await self._db.write(approve)
+        async with self._db.transaction() as tx:
+            await join_requests.mark_approved(tx, request.id)
+            batch = await self._recorder.persist(tx, [joined])
         self._recorder.after_commit(batch)
         recorded = batch.recorded
         self.approved += 1

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from aiogram.types import Update
 from bot.backoff import Backoff
 from bot.logs import ids
 from storage import inbox
-from storage.db import Database
+from storage.db import Database, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +46,12 @@ class BatchSink(Protocol):
     """Persists what handlers returned, inside the transaction that marks their
     updates done; `after_commit` runs once that transaction committed.
 
-    `persist` runs inside `Database.write`, the whole batch in one call: on the
-    event loop's thread as a rule, on aiosqlite's when another process holds the
-    write lock. So it must not touch the event loop."""
+    `persist` gets the whole batch's results in one call, so it can write them a
+    few statements per batch rather than a few per update."""
 
     def wants(self, result: object) -> bool: ...
 
-    def persist(self, conn: sqlite3.Connection, items: Sequence[Any]) -> Any: ...
+    async def persist(self, tx: Transaction, items: Sequence[Any]) -> Any: ...
 
     def after_commit(self, persisted: Any) -> None: ...
 
@@ -133,14 +131,14 @@ class BatchHandler:
         failed_ids = {u.update_id for u, _ in failed}
         stored_before: set[int] = set()
 
-        def write(conn: sqlite3.Connection) -> Persisted:
-            stored_before.update(inbox.store_handled_in(conn, rows, failed_ids, time.time()))
-            return self._persist_in(
-                conn, [h for h in handled if h[0].update_id not in stored_before]
-            )
-
         try:
-            persisted = await self._db.write(write, inline=True)
+            async with self._db.transaction() as tx:
+                stored_before.update(
+                    await inbox.store_handled_in(tx, rows, failed_ids, time.time())
+                )
+                persisted = await self._persist_in(
+                    tx, [h for h in handled if h[0].update_id not in stored_before]
+                )
         except Exception as error:
             log.warning(
                 "could not write updates %d-%d with their results (%s: %s); storing them first",
@@ -211,10 +209,10 @@ class BatchHandler:
     async def _persist(self, handled: Handled) -> None:
         update_ids = [u.update_id for u, _ in handled]
 
-        def write(conn: sqlite3.Connection) -> Persisted:
+        async with self._db.transaction() as tx:
             # A forget that committed after the batch was stored deleted its person's
             # updates; their handled results would bring that person back.
-            stored = inbox.still_stored_in(conn, update_ids)
+            stored = await inbox.still_stored_in(tx, update_ids)
             for update_id in update_ids:
                 if update_id not in stored:
                     log.info(
@@ -222,22 +220,19 @@ class BatchHandler:
                         update_id,
                         extra=ids(update_id=update_id),
                     )
-            persisted = self._persist_in(conn, [h for h in handled if h[0].update_id in stored])
-            inbox.mark_done_in(conn, update_ids)
-            return persisted
-
-        persisted = await self._db.write(write, inline=True)
+            persisted = await self._persist_in(tx, [h for h in handled if h[0].update_id in stored])
+            await inbox.mark_done_in(tx, update_ids)
         for sink, outcome in persisted:
             sink.after_commit(outcome)
         self._stats.handled += len(handled)
 
-    def _persist_in(self, conn: sqlite3.Connection, handled: Handled) -> Persisted:
+    async def _persist_in(self, tx: Transaction, handled: Handled) -> Persisted:
         results = [result for _, result in handled]
         persisted: Persisted = []
         for sink in self._sinks:
             items = [r for r in results if sink.wants(r)]
             if items:
-                persisted.append((sink, sink.persist(conn, items)))
+                persisted.append((sink, await sink.persist(tx, items)))
         return persisted
 
     async def _fail(self, update: Update, attempts: int, error: BaseException) -> None:

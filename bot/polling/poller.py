@@ -263,9 +263,8 @@ class Poller:
         if not unreadable:
             return
         rows = [(u.update_id, u.kind, raw_json(u.raw), u.error) for u in unreadable]
-        new_ids = await self._db.write(
-            lambda conn: inbox.store_unreadable_in(conn, rows, time.time())
-        )
+        async with self._db.transaction() as tx:
+            new_ids = await inbox.store_unreadable_in(tx, rows, time.time())
         fresh = [u for u in unreadable if u.update_id in new_ids]
         self._count_unreadable(fresh)
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -19,7 +17,7 @@ from bot.adtarget.models import Cookie, UpdateFbpRequest, VisitAnswer, VisitCook
 from bot.logs import ids
 from bot.tracker.input import VisitInput
 from storage import outbox, visits
-from storage.db import Database
+from storage.db import Database, Transaction
 from storage.visits import Attribution
 
 log = logging.getLogger(__name__)
@@ -121,8 +119,7 @@ class ForwardCap:
     takes them away. So the count runs once the room is used up, and at most
     once per RECOUNT_EVERY: at the cap the courier frees a few rows a second,
     while a flood commits hundreds of batches a second.
-    Used under the database's lock only (in `Database.write` or an open
-    transaction), so never by two threads at once.
+    Used inside a transaction only, so never by two writers at once.
     """
 
     def __init__(self, limit: int) -> None:
@@ -151,14 +148,14 @@ class _Pending:
     done: asyncio.Future[None]
 
 
-def _store(conn: sqlite3.Connection, batch: list[_Pending], cap: ForwardCap) -> list[str]:
+async def _store(tx: Transaction, batch: list[_Pending], cap: ForwardCap) -> list[str]:
     """Store the visits and queue their forwards while there is room; the kinds
     of the forwards dropped."""
-    visits.upsert_many(conn, [p.attribution for p in batch])
+    await visits.upsert_many(tx, [p.attribution for p in batch])
     if cap.wants_count(len(batch)):
-        cap.counted(outbox.queued_forwards_in(conn, limit=cap.limit))
+        cap.counted(await outbox.queued_forwards_in(tx, limit=cap.limit))
     kept = cap.take(len(batch))
-    outbox.enqueue_many(conn, [p.row for p in batch[:kept]])
+    await outbox.enqueue_many(tx, [p.row for p in batch[:kept]])
     return [p.row.kind for p in batch[kept:]]
 
 
@@ -224,7 +221,8 @@ class VisitRecorder:
                         _settle([one], one_error)
 
     async def _commit(self, batch: list[_Pending]) -> None:
-        dropped = await self._db.write(functools.partial(_store, batch=batch, cap=self._cap))
+        async with self._db.transaction() as tx:
+            dropped = await _store(tx, batch, self._cap)
         self.recorded += len(batch)
         self._count_dropped(dropped)
         _settle(batch, None)
@@ -271,16 +269,16 @@ class VisitRecorder:
 
     async def update_fbp(self, temp_id: str, fbp: str) -> bool:
         """Patch the stored visit and forward; False when the tempId is unknown."""
-        async with self._db.transaction() as conn:
-            if not await visits.set_fbp(conn, temp_id, fbp):
+        async with self._db.transaction() as tx:
+            if not await visits.set_fbp(tx, temp_id, fbp):
                 return False
             if self._cap.wants_count(1):
-                self._cap.counted(await outbox.queued_forwards(conn, limit=self._cap.limit))
+                self._cap.counted(await outbox.queued_forwards_in(tx, limit=self._cap.limit))
             kept = self._cap.take(1)
             if kept:
                 call = UpdateFbpRequest(temp_id=temp_id, fbp=fbp).call()
                 await outbox.enqueue(
-                    conn,
+                    tx,
                     outbox.NewRow(
                         kind="update_fbp",
                         path=call.path,

@@ -19,6 +19,7 @@ from tests.harness import (
     RunningBridge,
     ask,
     bridge_settings,
+    write,
 )
 
 ADTARGET_CHANNEL = "ch_events"
@@ -164,10 +165,11 @@ async def test_a_valueless_purchase_from_before_the_rule_is_not_sent(
     admin_bridge: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
 ) -> None:
     # A row as an older release could leave it: Purchase, no value.
-    await admin_bridge.bridge.db.write(
-        lambda conn: conn.execute(
+    await write(
+        admin_bridge.bridge.db,
+        lambda tx: tx.execute(
             "UPDATE channels SET event_type = 'Purchase' WHERE chat_id = ?", (CHANNEL_ID,)
-        )
+        ),
     )
     conversion = await join(admin_bridge, telegram, adtarget, 801)
     assert conversion["eventType"] == "Lead"

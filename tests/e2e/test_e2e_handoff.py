@@ -20,7 +20,7 @@ from bot.joins.recorder import ChatRef, JoinSeen
 from bot.simulators.adtarget import FakeAdTarget
 from bot.simulators.telegram import FakeTelegram
 from storage import outbox
-from tests.harness import CHANNEL_ID, CHANNEL_TITLE, RunningBridge, StartBridge
+from tests.harness import CHANNEL_ID, CHANNEL_TITLE, RunningBridge, StartBridge, write
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 
@@ -143,7 +143,7 @@ async def test_the_join_commit_claims_its_conversion_and_sends_it(
     # Organic joins are reported here, so a join without a link queues a conversion.
     running = await start_bridge(send_organic="true")
     bridge = running.bridge
-    batch = await bridge.db.write(lambda conn: bridge.joins.persist(conn, [_join(9100003)]))
+    batch = await write(bridge.db, lambda tx: bridge.joins.persist(tx, [_join(9100003)]))
     (claimed,) = batch.claimed
     assert claimed.telegram_user_id == 9100003
     assert claimed.attempts == 1
@@ -166,11 +166,9 @@ async def test_the_commit_claims_no_more_than_the_courier_has_room_for(
     running = await start_bridge(courier_concurrency=2)
     bridge = running.bridge
 
-    def queue_and_claim(conn: Any) -> list[outbox.OutboxRow]:
-        outbox.enqueue_many(conn, [_row(f"room-{i}") for i in range(3)])
-        return bridge.courier.claim_in(conn)
-
-    claimed = await bridge.db.write(queue_and_claim)
+    async with bridge.db.transaction() as tx:
+        await outbox.enqueue_many(tx, [_row(f"room-{i}") for i in range(3)])
+        claimed = await bridge.courier.claim_in(tx)
     assert len(claimed) == 2
     bridge.courier.send_claimed(claimed)
     # The third waits for a free slot and goes out all the same.
@@ -184,11 +182,9 @@ async def test_a_paused_courier_claims_nothing_at_the_commit(
     courier = bridge.bridge.courier
     await courier.pause_manually("a test")
 
-    def queue_and_claim(conn: Any) -> list[outbox.OutboxRow]:
-        outbox.enqueue_many(conn, [_row("paused-1")])
-        return courier.claim_in(conn)
-
-    assert await bridge.bridge.db.write(queue_and_claim) == []
+    async with bridge.bridge.db.transaction() as tx:
+        await outbox.enqueue_many(tx, [_row("paused-1")])
+        assert await courier.claim_in(tx) == []
     courier.send_claimed([])
     await asyncio.sleep(0.3)
     assert adtarget.conversions == []
@@ -205,7 +201,7 @@ async def test_a_stopped_courier_claims_nothing_at_the_commit(
     # COURIER_ENABLED=false: joins are recorded and their conversions stay queued.
     running = await start_bridge(courier_enabled="false", send_organic="true")
     bridge = running.bridge
-    batch = await bridge.db.write(lambda conn: bridge.joins.persist(conn, [_join(9100004)]))
+    batch = await write(bridge.db, lambda tx: bridge.joins.persist(tx, [_join(9100004)]))
     assert batch.claimed == []
     bridge.joins.after_commit(batch)
     await asyncio.sleep(0.3)
@@ -238,11 +234,12 @@ async def test_a_batch_that_cannot_be_written_at_once_is_stored_first(
 ) -> None:
     # A fault in SQLite itself, on the bridge's own connection: storing an update
     # already done fails, storing it new (the usual way) does not.
-    await bridge.bridge.db.write(
-        lambda conn: conn.execute(
+    await write(
+        bridge.bridge.db,
+        lambda tx: tx.execute(
             "CREATE TEMP TRIGGER no_done_inserts BEFORE INSERT ON updates"
             " WHEN NEW.state = 'done' BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
-        )
+        ),
     )
     url = await bridge.mint("00000000-0000-4000-8000-000000009106", fbc="fb.1.1.w")
     update_id = telegram.join(CHANNEL_ID, 9100006, url)

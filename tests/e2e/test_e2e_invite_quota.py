@@ -22,7 +22,7 @@ from bot.invites.pool import QUOTA_WINDOW
 from bot.simulators.adtarget import FakeAdTarget
 from bot.simulators.telegram import FakeTelegram
 from storage import invite_pool
-from tests.harness import CHANNEL_ID, OWNER, RunningBridge, StartBridge, ask, eventually
+from tests.harness import CHANNEL_ID, OWNER, RunningBridge, StartBridge, ask, eventually, write
 
 STRANGER = "127.0.0.2"
 VISITOR = "127.0.0.3"
@@ -173,11 +173,12 @@ async def test_clients_are_forgotten_once_the_quota_no_longer_counts_them(
     db = tracker.bridge.db
     assert await tracker.scalar("SELECT count(client_key) FROM invite_links") == QUOTA
     # Handed out two hours ago (the clock moved, not the code).
-    await db.write(
-        lambda conn: conn.execute(
+    await write(
+        db,
+        lambda tx: tx.execute(
             "UPDATE invite_links SET assigned_at = assigned_at - 7200,"
             " created_at = created_at - 7200 WHERE client_key IS NOT NULL"
-        )
+        ),
     )
     assert await invite_pool.forget_clients(db, before=time.time() - QUOTA_WINDOW) == QUOTA
     assert await tracker.scalar("SELECT count(client_key) FROM invite_links") == 0
@@ -229,9 +230,7 @@ async def test_a_telegram_refusal_with_no_fallback_link_is_a_503_not_a_500(
     # Refusing first: the pool refills in the background, and a mint between the
     # two steps would hand the visitor a fresh link (seen in CI).
     telegram.fail_next("createChatInviteLink", 400, "Bad Request: CHAT_ADMIN_REQUIRED", count=50)
-    await running.bridge.db.write(
-        lambda conn: conn.execute("UPDATE invite_links SET revoked_at = 1")
-    )
+    await write(running.bridge.db, lambda tx: tx.execute("UPDATE invite_links SET revoked_at = 1"))
     async with client_at(running, VISITOR) as http:
         response = await http.post(INVITE, json={"tempId": temp(4), **CHANNEL})
     assert response.status_code == 503

@@ -22,6 +22,7 @@ from tests.harness import (
     bridge_settings,
     eventually,
     sent_to,
+    write,
 )
 from tests.unit.ops.test_metrics import scrape, value
 
@@ -143,11 +144,12 @@ async def test_the_last_poll_metric_exists_before_telegram_ever_answered(
 async def test_one_visit_that_cannot_be_stored_fails_alone(start_bridge: StartBridge) -> None:
     running = await start_bridge(trusted_proxies="127.0.0.1")
     # A fault in the database itself, for one visit only (not a patch of our code).
-    await running.bridge.db.write(
-        lambda conn: conn.execute(
+    await write(
+        running.bridge.db,
+        lambda tx: tx.execute(
             "CREATE TRIGGER poisoned_visit BEFORE INSERT ON visits"
             " WHEN NEW.href LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
-        )
+        ),
     )
     async with client_at(running, STRANGER) as http:
         # Sent together: the writer commits them as one batch.

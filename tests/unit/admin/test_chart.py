@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,10 +18,10 @@ from bot.admin.commands import REFUSAL
 from bot.simulators.telegram import Call, FakeTelegram
 from storage import channels, joins
 from storage.daily import DAY, Day, daily
-from storage.db import Database
+from storage.db import Database, Transaction
 from storage.invite_links import FALLBACK_CAMPAIGN
 from storage.stats import channel_stats
-from tests.harness import CHANNEL_ID, OWNER, ROOT, RunningBridge, ask, eventually
+from tests.harness import CHANNEL_ID, OWNER, ROOT, RunningBridge, ask, eventually, write
 
 A = -1001000000001
 B = -1001000000002
@@ -64,14 +63,14 @@ LEAVES = [(A, 1, NOON + 600), (A, 5, NOON - DAY), (B, 3, NOON - 30 * DAY)]
 @pytest.fixture
 async def db(db: Database) -> Database:
     """The shared fixture's database, seeded with the rows above."""
-    await db.write(_seed)
+    await write(db, _seed)
     return db
 
 
-def _seed(conn: sqlite3.Connection) -> None:
+async def _seed(tx: Transaction) -> None:
     for chat_id in (A, B):
-        channels.upsert_in(
-            conn,
+        await channels.upsert_in(
+            tx,
             chat_id,
             title=f"Channel {chat_id}",
             username=None,
@@ -79,7 +78,7 @@ def _seed(conn: sqlite3.Connection) -> None:
             active=True,
             can_invite_users=True,
         )
-    conn.executemany(
+    await tx.executemany(
         "INSERT INTO invite_links (id, url, chat_id, kind, name, campaign, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
@@ -103,8 +102,10 @@ def _seed(conn: sqlite3.Connection) -> None:
                 campaign=LINKS[link][2] if link else None,
             )
         )
-    joins.insert_many(conn, rows)
-    joins.record_leaves(conn, [joins.NewLeave(chat, user, at, None) for chat, user, at in LEAVES])
+    await joins.insert_many(tx, rows)
+    await joins.record_leaves(
+        tx, [joins.NewLeave(chat, user, at, None) for chat, user, at in LEAVES]
+    )
 
 
 def _counts(day: Day) -> tuple[int, int, int, int, int]:

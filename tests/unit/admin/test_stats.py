@@ -14,10 +14,10 @@ from bot.adtarget.dispatch import NO_SIGNAL, WARNING_CLIP, capi_words, dispatch_
 from bot.simulators.adtarget_rules import NO_SIGNAL_WARNING
 from storage import channels, joins, outbox
 from storage.channels import Channel
-from storage.db import Database, open_database
+from storage.db import Database, Transaction, open_database
 from storage.invite_links import FALLBACK_CAMPAIGN
 from storage.stats import SourceRow, StatsRow, channel_stats
-from tests.harness import ROOT
+from tests.harness import ROOT, write
 
 DAY = 86400
 NOW = 1_760_054_400 + 12 * 3600  # 12:00 UTC
@@ -121,13 +121,13 @@ EXPECTED: dict[tuple[int | None, str], tuple[int, ...]] = {
 
 
 async def _seed(db: Database) -> None:
-    await db.write(_seed_rows)
+    await write(db, _seed_rows)
 
 
-def _seed_rows(conn: sqlite3.Connection) -> None:
+async def _seed_rows(tx: Transaction) -> None:
     for chat_id, title in ((A, "Channel A"), (B, "Channel B")):
-        channels.upsert_in(
-            conn,
+        await channels.upsert_in(
+            tx,
             chat_id,
             title=title,
             username=None,
@@ -135,12 +135,12 @@ def _seed_rows(conn: sqlite3.Connection) -> None:
             active=True,
             can_invite_users=True,
         )
-    conn.executemany(
+    await tx.executemany(
         "INSERT INTO visits (id, temp_id, utm_source, utm_campaign, created_at, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         [(i, f"tmp-{i}", src, camp, at, at) for i, (at, src, camp) in VISITS.items()],
     )
-    conn.executemany(
+    await tx.executemany(
         "INSERT INTO invite_links (id, url, chat_id, kind, name, visit_id, campaign,"
         " created_at, assigned_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
@@ -168,10 +168,10 @@ def _seed_rows(conn: sqlite3.Connection) -> None:
                 campaign=LINKS[link][3] if link and kind == "campaign" else None,
             )
         )
-    ids = joins.insert_many(conn, rows)
+    ids = await joins.insert_many(tx, rows)
     assert len(ids) == len(JOINS)
-    outbox.enqueue_many(
-        conn,
+    await outbox.enqueue_many(
+        tx,
         [
             outbox.NewRow(
                 kind="conversion",
@@ -198,15 +198,17 @@ def _seed_rows(conn: sqlite3.Connection) -> None:
             )
         ],
     )
-    conn.executemany(
+    await tx.executemany(
         "UPDATE outbox SET state = ? WHERE idempotency_key = ?",
         [(state, f"conv-{index}") for index, (*_, state) in enumerate(JOINS) if state],
     )
-    conn.executemany(
+    await tx.executemany(
         "UPDATE outbox SET dispatched = ?, warning = ? WHERE chat_id = ? AND telegram_user_id = ?",
         [(sent, warning, chat, user) for (chat, user), (sent, warning) in ANSWERS.items()],
     )
-    joins.record_leaves(conn, [joins.NewLeave(chat, user, at, None) for chat, user, at in LEAVES])
+    await joins.record_leaves(
+        tx, [joins.NewLeave(chat, user, at, None) for chat, user, at in LEAVES]
+    )
 
 
 def _figures(row: StatsRow) -> tuple[int, ...]:
@@ -312,21 +314,21 @@ async def test_fallback_joins_are_counted_apart_from_campaigns(db: Database) -> 
     await _seed(db)
     before = await channel_stats(db, chat_id=A, since=period_start("today", NOW), now=NOW)
 
-    def add(conn: sqlite3.Connection) -> None:
-        conn.execute(
+    async def add(tx: Transaction) -> None:
+        await tx.execute(
             "INSERT INTO invite_links (id, url, chat_id, kind, name, campaign, created_at)"
             " VALUES (40, 'https://t.me/+fallback', ?, 'campaign', 'jb-c fallback', ?, ?)",
             (A, FALLBACK_CAMPAIGN, D3),
         )
-        joins.insert_many(
-            conn,
+        await joins.insert_many(
+            tx,
             [
                 joins.NewJoin(A, user, "campaign", 40, None, False, T, None, campaign="fallback")
                 for user in (40, 41)
             ],
         )
 
-    await db.write(add)
+    await write(db, add)
     row = await channel_stats(db, chat_id=A, since=period_start("today", NOW), now=NOW)
     assert (row.joins_fallback, row.joins_campaign) == (2, before.joins_campaign)
     assert row.joins == before.joins + 2

@@ -136,9 +136,9 @@ def test_argument_parsing() -> None:
 async def test_follow_up_404s_park_with_a_plain_reason(
     db: Database, kind: str, path: str, code: str, reason: str
 ) -> None:
-    async with db.transaction() as conn:
+    async with db.transaction() as tx:
         await outbox.enqueue(
-            conn,
+            tx,
             outbox.NewRow(kind=kind, path=path, body={}, idempotency_key="k", telegram_user_id=42),
         )
     (row,) = await outbox.claim(db, limit=1, lease=60)
@@ -156,8 +156,8 @@ async def test_the_read_only_database_cannot_write(db: Database, tmp_path: Path)
     try:
         assert (await reader.fetchone("SELECT count(*) FROM outbox"))[0] == 1  # type: ignore[index]
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
-            async with reader.transaction() as conn:
-                await conn.execute("DELETE FROM outbox")
+            async with reader.transaction() as tx:
+                await tx.execute("DELETE FROM outbox")
     finally:
         await reader.close()
     with pytest.raises(FileNotFoundError):

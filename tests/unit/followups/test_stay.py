@@ -25,6 +25,7 @@ from bot.followups.stay_command import StayChange, parse_change
 from bot.simulators.telegram_models import member_json
 from storage import channels, joins, outbox, stay
 from storage.db import Database, open_database
+from tests.harness import write
 
 CHAT = -1001
 OTHER = -1002
@@ -35,9 +36,9 @@ DAY = 86400
 async def db(db: Database) -> Database:
     """The shared fixture's database, with both channels tracked."""
     for chat_id in (CHAT, OTHER):
-        await db.write(
-            lambda conn, chat_id=chat_id: channels.upsert_in(
-                conn,
+        async with db.transaction() as tx:
+            await channels.upsert_in(
+                tx,
                 chat_id,
                 title=f"T{chat_id}",
                 username=None,
@@ -45,7 +46,6 @@ async def db(db: Database) -> Database:
                 active=True,
                 can_invite_users=True,
             )
-        )
     return db
 
 
@@ -53,14 +53,14 @@ async def add_join(
     db: Database, user_id: int, *, chat_id: int = CHAT, kind: str = "attributed", at: int = 1000
 ) -> int:
     row = joins.NewJoin(chat_id, user_id, kind, None, None, False, at, None)
-    new = await db.write(lambda conn: joins.insert_many(conn, [row]))
+    new = await write(db, lambda tx: joins.insert_many(tx, [row]))
     return new[0]
 
 
 async def add_conversion(db: Database, join_id: int, user_id: int) -> int:
-    async with db.transaction() as conn:
+    async with db.transaction() as tx:
         row_id = await outbox.enqueue(
-            conn,
+            tx,
             outbox.NewRow(
                 kind="conversion",
                 path="/events/conversion",
@@ -151,9 +151,9 @@ async def test_forgetting_the_newest_join_does_not_hide_the_next_one(db: Databas
     await stay.set_setting(db, CHAT, 7, "Lead")
     newest = await add_join(db, 1)
     await stay.sweep(db)
-    async with db.transaction() as conn:  # what erasing a person does
-        await conn.execute("DELETE FROM stay_checks WHERE join_id = ?", (newest,))
-        await conn.execute("DELETE FROM joins WHERE id = ?", (newest,))
+    async with db.transaction() as tx:  # what erasing a person does
+        await tx.execute("DELETE FROM stay_checks WHERE join_id = ?", (newest,))
+        await tx.execute("DELETE FROM joins WHERE id = ?", (newest,))
     reused = await add_join(db, 2)
     assert reused == newest  # SQLite hands the freed id out again
     assert await stay.sweep(db) == 1
@@ -242,7 +242,7 @@ async def test_left_without_an_update_is_recorded_on_the_join(db: Database) -> N
 async def test_a_known_leave_is_not_recorded_twice(db: Database) -> None:
     check = await _one_due(db)
     leave = joins.NewLeave(CHAT, 1, 3000, 77)
-    await db.write(lambda conn: joins.record_leaves(conn, [leave]))
+    await write(db, lambda tx: joins.record_leaves(tx, [leave]))
     await stay.record_left(db, check.id, status="kicked", now=5000.0)
     assert await scalar(db, "SELECT left_at FROM joins") == 3000
     assert await scalar(db, "SELECT count(*) FROM leaves") == 1
@@ -252,13 +252,13 @@ async def test_a_late_real_leave_replaces_the_one_a_check_made_up(db: Database) 
     check = await _one_due(db)  # joined at 1000
     await stay.record_left(db, check.id, status="left", now=5000.0)
     leave = joins.NewLeave(CHAT, 1, 3000, 77)  # Telegram's update, late, with its own date
-    await db.write(lambda conn: joins.record_leaves(conn, [leave]))
+    await write(db, lambda tx: joins.record_leaves(tx, [leave]))
     left = await db.fetchall("SELECT left_at, update_id FROM leaves")
     assert [tuple(r) for r in left] == [(3000, 77)]
     assert await scalar(db, "SELECT left_at FROM joins") == 3000
     # A repeat of the update changes nothing.
     leave = joins.NewLeave(CHAT, 1, 3000, 77)
-    await db.write(lambda conn: joins.record_leaves(conn, [leave]))
+    await write(db, lambda tx: joins.record_leaves(tx, [leave]))
     assert await scalar(db, "SELECT count(*) FROM leaves") == 1
 
 
@@ -270,7 +270,7 @@ async def test_a_real_leave_of_an_earlier_stay_keeps_a_later_made_up_one(db: Dat
     later = (await stay.due(db, now=time.time()))[-1]
     await stay.record_left(db, later.id, status="left", now=9000.0)
     leave = joins.NewLeave(CHAT, 1, 3000, 78)  # the first stay's leave, late
-    await db.write(lambda conn: joins.record_leaves(conn, [leave]))
+    await write(db, lambda tx: joins.record_leaves(tx, [leave]))
     left = await db.fetchall("SELECT left_at, update_id FROM leaves ORDER BY left_at")
     assert [tuple(r) for r in left] == [(3000, 78), (9000, None)]
     assert await scalar(db, "SELECT left_at FROM joins WHERE joined_at = 4000") == 9000
@@ -433,8 +433,8 @@ async def test_migration_014_renames_the_signal_and_keeps_its_rows(tmp_path: Pat
         assert "joins_deleted_stay_marks" in names
         assert not [n for n in names if "retention" in n]
         # The trigger made again under its new name still moves the marks back.
-        await db.write(lambda conn: conn.execute("DELETE FROM stay_checks"))
-        await db.write(lambda conn: conn.execute("DELETE FROM joins"))
+        await write(db, lambda tx: tx.execute("DELETE FROM stay_checks"))
+        await write(db, lambda tx: tx.execute("DELETE FROM joins"))
         assert await scalar(db, "SELECT last_join_id FROM stay_sweep") == 0
     finally:
         await db.close()

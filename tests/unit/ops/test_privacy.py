@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -21,16 +20,17 @@ from bot.ops.privacy import PrivacySweeper, parse_user_id
 from bot.tracker.input import VisitInput
 from bot.tracker.visits import VisitRecorder
 from storage import channels, inbox, invite_links, join_requests, outbox
-from storage.db import Database, open_database
+from storage.db import Database, Transaction, open_database
 from storage.outbox import OutboxRow
 from storage.privacy import _SCRUB_OUTBOX, _SCRUB_VISITS, forget_user
 from storage.stats import channel_stats
+from tests.harness import write
 
 
 class _NoCourier:
     """The recorder's view of a courier that is not running: it claims nothing."""
 
-    def claim_in(self, conn: sqlite3.Connection) -> list[OutboxRow]:
+    async def claim_in(self, tx: Transaction) -> list[OutboxRow]:
         return []
 
     def send_claimed(self, rows: Sequence[OutboxRow]) -> None:
@@ -87,9 +87,9 @@ async def _person(db: Database, user_id: int, temp_id: str, update_id: int) -> N
     visit_id = await _scalar(db, "SELECT id FROM visits WHERE temp_id = ?", (temp_id,))
     # Not the user id: the link is the channel's and stays after a forget.
     url = f"https://t.me/+link{temp_id[-4:]}"
-    async with db.transaction() as conn:
+    async with db.transaction() as tx:
         link = await invite_links.insert(
-            conn,
+            tx,
             url=url,
             chat_id=CHAT.id,
             kind="visitor",
@@ -117,7 +117,7 @@ async def _person(db: Database, user_id: int, temp_id: str, update_id: int) -> N
     await recorder.record([JoinSeen(CHAT, user_id, url, now - 60, update_id=update_id)])
     await recorder.record([LeaveSeen(CHAT, user_id, now, update_id=update_id + 1)])
     request = join_requests.NewRequest(CHAT.id, user_id, link.id, url, now - 90, None, "manual")
-    await db.write(lambda conn: join_requests.insert_many(conn, [request]))
+    await write(db, lambda tx: join_requests.insert_many(tx, [request]))
 
 
 async def _scalar(db: Database, sql: str, params: tuple[Any, ...] = ()) -> Any:
@@ -126,16 +126,17 @@ async def _scalar(db: Database, sql: str, params: tuple[Any, ...] = ()) -> Any:
 
 
 async def _seed(db: Database) -> None:
-    await db.write(
-        lambda conn: channels.upsert_in(
-            conn,
+    await write(
+        db,
+        lambda tx: channels.upsert_in(
+            tx,
             CHAT.id,
             title=CHAT.title,
             username=None,
             chat_type="channel",
             active=True,
             can_invite_users=True,
-        )
+        ),
     )
     await _person(db, ALICE, "00000000-0000-4000-8000-00000000000a", 900)
     await _person(db, BOB, "00000000-0000-4000-8000-00000000000b", 910)
@@ -148,9 +149,9 @@ async def _seed(db: Database) -> None:
 async def _age(db: Database, days: float) -> None:
     """Make every visit and outbox row `days` old."""
     then = time.time() - days * DAY
-    async with db.transaction() as conn:
-        await conn.execute("UPDATE visits SET created_at = ?, updated_at = ?", (then, then))
-        await conn.execute("UPDATE outbox SET created_at = ?", (then,))
+    async with db.transaction() as tx:
+        await tx.execute("UPDATE visits SET created_at = ?, updated_at = ?", (then, then))
+        await tx.execute("UPDATE outbox SET created_at = ?", (then,))
 
 
 async def _stats(db: Database) -> Any:
@@ -160,9 +161,9 @@ async def _stats(db: Database) -> Any:
 
 async def test_sweep_clears_old_finished_rows_and_keeps_counts(db: Database) -> None:
     await _seed(db)
-    async with db.transaction() as conn:
+    async with db.transaction() as tx:
         # Alice's conversion was delivered, Bob's is still waiting: his keeps its signals.
-        await conn.execute(
+        await tx.execute(
             "UPDATE outbox SET state = 'delivered' WHERE telegram_user_id IS NOT ?", (BOB,)
         )
     await _age(db, 91)
@@ -207,8 +208,8 @@ async def test_sweep_clears_old_finished_rows_and_keeps_counts(db: Database) -> 
 
 async def test_a_scrubbed_parked_row_is_not_retried(db: Database) -> None:
     await _seed(db)
-    async with db.transaction() as conn:
-        await conn.execute("UPDATE outbox SET state = 'parked' WHERE kind = 'conversion'")
+    async with db.transaction() as tx:
+        await tx.execute("UPDATE outbox SET state = 'parked' WHERE kind = 'conversion'")
     await _age(db, 91)
     await PrivacySweeper(db, 90).sweep_once()
     assert await _scalar(db, "SELECT count(*) FROM outbox WHERE state = 'parked'") == 2
@@ -236,8 +237,8 @@ async def test_a_returning_visitor_is_fresh_again(db: Database) -> None:
 
 async def test_young_rows_are_left_alone(db: Database) -> None:
     await _seed(db)
-    async with db.transaction() as conn:
-        await conn.execute("UPDATE outbox SET state = 'delivered'")
+    async with db.transaction() as tx:
+        await tx.execute("UPDATE outbox SET state = 'delivered'")
     await _age(db, 89)
     swept = await PrivacySweeper(db, 90).sweep_once()
     assert (swept.visits, swept.outbox) == (0, 0)
@@ -327,19 +328,19 @@ async def test_forget_removes_that_person_and_nothing_of_another(db: Database) -
 async def test_forget_covers_tables_added_later(db: Database) -> None:
     """A feature's own table naming the user, or pointing at their joins, is erased too."""
     await _seed(db)
-    async with db.transaction() as conn:
-        await conn.execute(
+    async with db.transaction() as tx:
+        await tx.execute(
             "CREATE TABLE audit_notes (id INTEGER PRIMARY KEY, telegram_user_id INTEGER, note TEXT)"
         )
-        await conn.execute(
+        await tx.execute(
             "CREATE TABLE join_marks (id INTEGER PRIMARY KEY,"
             " join_id INTEGER NOT NULL REFERENCES joins(id))"
         )
-        await conn.execute(
+        await tx.execute(
             "INSERT INTO audit_notes (telegram_user_id, note) VALUES (?, 'a'), (?, 'b')",
             (ALICE, BOB),
         )
-        await conn.execute("INSERT INTO join_marks (join_id) SELECT id FROM joins")
+        await tx.execute("INSERT INTO join_marks (join_id) SELECT id FROM joins")
     forgotten = await forget_user(db, ALICE)
     assert forgotten.deleted["audit_notes"] == 1
     assert forgotten.deleted["join_marks"] == 1

@@ -64,9 +64,9 @@ async def join(running: RunningBridge, telegram: FakeTelegram, user_id: int) -> 
 
 async def queue_stored_visit(running: RunningBridge, n: int, user_agent: str) -> int:
     """A visit forward as an older version may have stored it, header and all."""
-    async with running.bridge.db.transaction() as conn:
+    async with running.bridge.db.transaction() as tx:
         row_id = await outbox.enqueue(
-            conn,
+            tx,
             outbox.NewRow(
                 kind="visit",
                 path="/events/visit",
@@ -266,9 +266,9 @@ async def test_only_forwards_waiting_or_parked_are_dropped_by_age(db: Database) 
         row("visit", "visit-delivered", 1),
     ]
     ids: dict[str, int] = {}
-    async with db.transaction() as conn:
+    async with db.transaction() as tx:
         for new in queued:
-            row_id = await outbox.enqueue(conn, new)
+            row_id = await outbox.enqueue(tx, new)
             assert row_id is not None
             ids[new.idempotency_key] = row_id
     assert len(await outbox.claim(db, limit=len(queued), lease=60)) == len(queued)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+import aiosqlite
 import pytest
 
 from storage import channels, inbox, invite_links, joins, outbox, visits
-from storage.db import Database, migrate, open_database, schema_version
+from storage.db import Database, Transaction, migrate, open_database, schema_version
+from storage.sqlite import SqliteDatabase
+from tests.harness import ROOT, write
 
 
 async def test_migrations_recorded_and_idempotent(db: Database) -> None:
@@ -26,9 +28,9 @@ async def test_migrations_recorded_and_idempotent(db: Database) -> None:
 
 
 async def _queue(db: Database, key: str) -> int:
-    async with db.transaction() as conn:
+    async with db.transaction() as tx:
         row_id = await outbox.enqueue(
-            conn,
+            tx,
             outbox.NewRow(
                 kind="conversion", path="/events/conversion", body={"a": 1}, idempotency_key=key
             ),
@@ -99,9 +101,9 @@ async def test_hand_back_does_not_count_the_attempt(db: Database) -> None:
 
 async def test_idempotency_key_unique(db: Database) -> None:
     await _queue(db, "same")
-    async with db.transaction() as conn:
+    async with db.transaction() as tx:
         again = await outbox.enqueue(
-            conn, outbox.NewRow(kind="conversion", path="/x", body={}, idempotency_key="same")
+            tx, outbox.NewRow(kind="conversion", path="/x", body={}, idempotency_key="same")
         )
     assert again is None
     assert (await outbox.counts(db)).pending == 1
@@ -109,10 +111,10 @@ async def test_idempotency_key_unique(db: Database) -> None:
 
 async def test_join_natural_keys(db: Database) -> None:
     await _add_channel(db)
-    async with db.transaction() as conn:
-        visit_id = await visits.upsert(conn, visits.Attribution(temp_id="t1", fbc="fb.1.1.x"))
+    async with db.transaction() as tx:
+        visit_id = await visits.upsert(tx, visits.Attribution(temp_id="t1", fbc="fb.1.1.x"))
         link = await invite_links.insert(
-            conn,
+            tx,
             url="https://t.me/+abc",
             chat_id=-1001,
             kind="visitor",
@@ -135,13 +137,13 @@ async def test_join_natural_keys(db: Database) -> None:
             update_id=1,
         )
 
-    first = await db.write(lambda conn: joins.insert_many(conn, [join("attributed", link.id, 10)]))
+    first = await write(db, lambda tx: joins.insert_many(tx, [join("attributed", link.id, 10)]))
     # Same chat, user and link: the same join, whatever the date says; and a
     # duplicate inside one batch is new only once.
     later = [join("attributed", link.id, 11), join("organic", None, 20), join("organic", None, 20)]
-    second = await db.write(lambda conn: joins.insert_many(conn, later))
+    second = await write(db, lambda tx: joins.insert_many(tx, later))
     leave = joins.NewLeave(chat_id=-1001, user_id=7, left_at=30, update_id=2)
-    await db.write(lambda conn: joins.record_leaves(conn, [leave, leave]))
+    await write(db, lambda tx: joins.record_leaves(tx, [leave, leave]))
     assert list(first) == [0]
     assert list(second) == [1]
     assert (await db.fetchall("SELECT count(*) FROM leaves"))[0][0] == 1
@@ -150,16 +152,17 @@ async def test_join_natural_keys(db: Database) -> None:
 
 
 async def _add_channel(db: Database, chat_id: int = -1001) -> None:
-    await db.write(
-        lambda conn: channels.upsert_in(
-            conn,
+    await write(
+        db,
+        lambda tx: channels.upsert_in(
+            tx,
             chat_id,
             title="T",
             username=None,
             chat_type="channel",
             active=True,
             can_invite_users=True,
-        )
+        ),
     )
 
 
@@ -179,20 +182,20 @@ async def test_a_batch_of_new_joins_gets_each_its_own_id(db: Database) -> None:
         for user_id in (5, 3, 9)
     ]
     await _add_channel(db)
-    await db.write(lambda conn: joins.insert_many(conn, rows[:1]))
-    second = await db.write(lambda conn: joins.insert_many(conn, rows[1:]))
+    await write(db, lambda tx: joins.insert_many(tx, rows[:1]))
+    second = await write(db, lambda tx: joins.insert_many(tx, rows[1:]))
     stored = {r[0]: r[1] for r in await db.fetchall("SELECT id, user_id FROM joins")}
     assert {index: stored[join_id] for index, join_id in second.items()} == {0: 3, 1: 9}
 
 
 async def test_links_are_found_with_the_visit_they_were_handed_to(db: Database) -> None:
     await _add_channel(db)
-    async with db.transaction() as conn:
+    async with db.transaction() as tx:
         visit_id = await visits.upsert(
-            conn, visits.Attribution(temp_id="t9", fbc="fb.1.1.z", user_agent="UA")
+            tx, visits.Attribution(temp_id="t9", fbc="fb.1.1.z", user_agent="UA")
         )
         handed = await invite_links.insert(
-            conn,
+            tx,
             url="https://t.me/+handed",
             chat_id=-1001,
             kind="visitor",
@@ -203,7 +206,7 @@ async def test_links_are_found_with_the_visit_they_were_handed_to(db: Database) 
             expire_date=123,
         )
         await invite_links.insert(
-            conn,
+            tx,
             url="https://t.me/+campaign",
             chat_id=-1001,
             kind="campaign",
@@ -214,7 +217,7 @@ async def test_links_are_found_with_the_visit_they_were_handed_to(db: Database) 
             expire_date=None,
         )
     urls = ["https://t.me/+handed", "https://t.me/+campaign", "https://t.me/+unknown"]
-    found = await db.write(lambda conn: invite_links.find_with_visits(conn, urls))
+    found = await write(db, lambda tx: invite_links.find_with_visits(tx, urls))
     assert set(found) == set(urls[:2])
     link, visit = found["https://t.me/+handed"]
     assert link == handed
@@ -228,15 +231,15 @@ async def test_handled_updates_stored_with_their_results_tell_which_were_stored_
 ) -> None:
     await inbox.store_batch(db, [(1, "chat_member", '{"update_id": 1}')])
     batch = [(n, "chat_member", f'{{"update_id": {n}}}') for n in (1, 2, 3)]
-    before = await db.write(
-        lambda conn: inbox.store_handled_in(conn, batch, failed={3}, now=time.time())
+    before = await write(
+        db, lambda tx: inbox.store_handled_in(tx, batch, failed={3}, now=time.time())
     )
     assert before == {1}
     states = await db.fetchall("SELECT update_id, state FROM updates ORDER BY update_id")
     # 1 stays as the retry pass owns it; 3 failed and is recorded as such next.
     assert [tuple(r) for r in states] == [(1, "new"), (2, "done"), (3, "new")]
-    again = await db.write(
-        lambda conn: inbox.store_handled_in(conn, batch[1:], failed=set(), now=time.time())
+    again = await write(
+        db, lambda tx: inbox.store_handled_in(tx, batch[1:], failed=set(), now=time.time())
     )
     assert again == {2, 3}
 
@@ -245,13 +248,13 @@ async def test_an_outbox_body_orjson_cannot_encode_is_kept(db: Database) -> None
     row = outbox.NewRow(
         kind="conversion", path="/c", body={"userAgent": "bad \ud800 text"}, idempotency_key="s"
     )
-    await db.write(lambda conn: outbox.enqueue_many(conn, [row]))
+    await write(db, lambda tx: outbox.enqueue_many(tx, [row]))
     stored = (await db.fetchall("SELECT body FROM outbox"))[0][0]
     assert json.loads(stored) == {"userAgent": "bad \ud800 text"}
 
 
 async def test_claims_and_the_next_due_time_seek_past_a_backlog_that_is_backing_off(
-    db: Database,
+    db: Database, tmp_path: Path
 ) -> None:
     # AdTarget down for hours: thousands of rows wait for their next attempt. A
     # claim (made in every join's commit) must not walk them all.
@@ -262,10 +265,10 @@ async def test_claims_and_the_next_due_time_seek_past_a_backlog_that_is_backing_
         )
         for i in range(5000)
     ]
-    await db.write(lambda conn: outbox.enqueue_many(conn, backlog))
-    await db.write(lambda conn: conn.execute("UPDATE outbox SET next_attempt_at = ?", (later,)))
+    await write(db, lambda tx: outbox.enqueue_many(tx, backlog))
+    await write(db, lambda tx: tx.execute("UPDATE outbox SET next_attempt_at = ?", (later,)))
     due = [outbox.NewRow(kind="visit", path="/v", body={}, idempotency_key="v", priority=1)]
-    await db.write(lambda conn: outbox.enqueue_many(conn, due))
+    await write(db, lambda tx: outbox.enqueue_many(tx, due))
 
     hundreds = [0]  # SQLite calls this every 100 VM instructions
 
@@ -273,16 +276,20 @@ async def test_claims_and_the_next_due_time_seek_past_a_backlog_that_is_backing_
         hundreds[0] += 1
         return 0
 
-    await db.write(lambda conn: conn.set_progress_handler(count, 100))
+    # The same queries on a connection of the test's own, which counts instructions.
+    conn = await aiosqlite.connect(tmp_path / "bridge.db", isolation_level=None)
+    await conn.set_progress_handler(count, 100)
+    counted = SqliteDatabase(conn, tmp_path / "bridge.db", readonly=False)
     try:
+        async with counted.transaction() as tx:
+            hundreds[0] = 0
+            claimed = await outbox.claim_in(tx, limit=4, lease=30, now=time.time())
+            claim_cost = hundreds[0]
         hundreds[0] = 0
-        claimed = await outbox.claim(db, limit=4, lease=30)
-        claim_cost = hundreds[0]
-        hundreds[0] = 0
-        next_due = await outbox.next_due_at(db)
+        next_due = await outbox.next_due_at(counted)
         next_due_cost = hundreds[0]
     finally:
-        await db.write(lambda conn: conn.set_progress_handler(None, 0))
+        await counted.close()
     assert [r.idempotency_key for r in claimed] == ["v"]
     assert next_due == pytest.approx(later)
     # Walking the backlog takes ~10 instructions a row: 500 hundreds and more.
@@ -296,14 +303,14 @@ async def test_an_outbox_row_of_an_unknown_priority_is_refused() -> None:
 
 
 async def test_repeat_visit_keeps_old_values_where_new_are_empty(db: Database) -> None:
-    async with db.transaction() as conn:
+    async with db.transaction() as tx:
         first = await visits.upsert(
-            conn, visits.Attribution(temp_id="t", fbc="fb.1.1.a", client_ip="1.1.1.1")
+            tx, visits.Attribution(temp_id="t", fbc="fb.1.1.a", client_ip="1.1.1.1")
         )
         second = await visits.upsert(
-            conn, visits.Attribution(temp_id="t", fbc="", fbp="fb.1.2.b", client_ip="2.2.2.2")
+            tx, visits.Attribution(temp_id="t", fbc="", fbp="fb.1.2.b", client_ip="2.2.2.2")
         )
-        visit = await visits.get_by_id(conn, first)
+        visit = await visits.get_by_id(tx, first)
     assert first == second
     assert visit is not None
     assert (visit.fbc, visit.fbp, visit.client_ip) == ("fb.1.1.a", "fb.1.2.b", "2.2.2.2")
@@ -332,143 +339,150 @@ async def test_inbox_batches_failures_and_redelivery(db: Database) -> None:
 
 
 async def test_conversions_are_claimed_before_visit_forwards(db: Database) -> None:
-    async with db.transaction() as conn:
+    async with db.transaction() as tx:
         for i in range(3):
             await outbox.enqueue(
-                conn,
+                tx,
                 outbox.NewRow(
                     kind="visit", path="/v", body={}, idempotency_key=f"v{i}", priority=1
                 ),
             )
         await outbox.enqueue(
-            conn, outbox.NewRow(kind="conversion", path="/c", body={}, idempotency_key="c")
+            tx, outbox.NewRow(kind="conversion", path="/c", body={}, idempotency_key="c")
         )
     claimed = await outbox.claim(db, limit=2, lease=30)
     # The conversion queued last still goes first; then the oldest visit.
     assert {r.idempotency_key for r in claimed} == {"c", "v0"}
 
 
-async def test_write_runs_the_work_in_one_transaction_and_rolls_back_on_error(
-    db: Database,
-) -> None:
-    """`Database.write` reaches into aiosqlite's `_execute` and `_conn` (pinned in
-    pyproject): this is the test that fails first if a release changes them."""
-
-    def add(conn: sqlite3.Connection) -> int:
-        assert conn.in_transaction
-        conn.execute(
+async def test_a_transaction_commits_as_one_or_rolls_back(db: Database) -> None:
+    async with db.transaction() as tx:
+        await tx.execute(
             "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (1, 'x', '{}', 0)"
         )
-        return int(conn.execute("SELECT count(*) FROM updates").fetchone()[0])
+        assert await _updates(tx) == 1
 
-    assert await db.write(add) == 1
-
-    def add_then_fail(conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (2, 'x', '{}', 0)"
-        )
-        raise RuntimeError("half-way")
+    async def add_then_fail() -> None:
+        async with db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (2, 'x', '{}', 0)"
+            )
+            raise RuntimeError("half-way")
 
     with pytest.raises(RuntimeError, match="half-way"):
-        await db.write(add_then_fail)
+        await add_then_fail()
     rows = await db.fetchall("SELECT update_id FROM updates")
     assert [r[0] for r in rows] == [1]
-    # The connection is usable and out of any transaction afterwards.
-    assert await db.write(lambda conn: conn.in_transaction) is True
-    async with db.reader() as conn:
-        assert not conn.in_transaction
+    # The writer is usable afterwards: a new transaction begins and commits.
+    assert await db.execute("DELETE FROM updates") == 1
 
 
-async def test_an_inline_write_runs_on_the_loop_thread_one_at_a_time(db: Database) -> None:
-    """`write(inline=True)` skips the hop to aiosqlite's thread, and still never
-    runs beside a write or a read that holds the connection there."""
-    loop_thread = threading.get_ident()
-    threads: list[tuple[str, int]] = []
+async def test_transactions_never_interleave(db: Database) -> None:
+    """Each task's statements run inside its own transaction, however the event
+    loop switches between the tasks."""
+    counts: list[tuple[int, int]] = []
 
-    def add(update_id: int, tag: str) -> Callable[[sqlite3.Connection], int]:
-        def work(conn: sqlite3.Connection) -> int:
-            assert conn.in_transaction
-            threads.append((tag, threading.get_ident()))
-            conn.execute(
+    async def add(update_id: int) -> None:
+        async with db.transaction() as tx:
+            await tx.execute(
                 "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (?, 'x', '{}', 0)",
                 (update_id,),
             )
-            if tag == "hop":  # long enough for an unserialised inline write to land in it
-                time.sleep(0.02)
-            return int(conn.execute("SELECT count(*) FROM updates").fetchone()[0])
+            await asyncio.sleep(0.02)  # room for the other task to run
+            row = await tx.fetchone("SELECT count(*) FROM updates")
+            assert row is not None
+            counts.append((update_id, int(row[0])))
 
-        return work
-
-    hop, inline = await asyncio.gather(
-        db.write(add(1, "hop")), db.write(add(2, "inline"), inline=True)
-    )
-    assert (hop, inline) == (1, 2)
-    (first, first_thread), second = threads
-    assert first == "hop"
-    assert first_thread != loop_thread
-    assert second == ("inline", loop_thread)
-
-    def fail(conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (3, 'x', '{}', 0)"
-        )
-        raise RuntimeError("half-way")
-
-    with pytest.raises(RuntimeError, match="half-way"):
-        await db.write(fail, inline=True)
-    rows = await db.fetchall("SELECT update_id FROM updates ORDER BY update_id")
-    assert [r[0] for r in rows] == [1, 2]
-    async with db.reader() as conn:
-        assert not conn.in_transaction
+    await asyncio.gather(add(1), add(2), db.execute("UPDATE updates SET attempts = 1"))
+    assert counts == [(1, 1), (2, 2)]
+    # The lone statement waited its turn: it ran after both transactions, on both rows.
+    rows = await db.fetchall("SELECT attempts FROM updates ORDER BY update_id")
+    assert [r[0] for r in rows] == [1, 1]
 
 
-async def test_an_inline_write_waits_for_another_process_off_the_loop(db: Database) -> None:
+async def test_a_write_waits_for_another_process_off_the_loop(
+    db: SqliteDatabase, tmp_path: Path
+) -> None:
     """A CLI command or a backup holding the write lock must not freeze the event
-    loop for the busy timeout: the inline write goes to the writer's thread."""
-    other = sqlite3.connect(db.path, isolation_level=None)
+    loop: the transaction waits for it on the writer's thread."""
+    other = sqlite3.connect(tmp_path / "bridge.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
-    ran_on: list[int] = []
-
-    def add(conn: sqlite3.Connection) -> None:
-        ran_on.append(threading.get_ident())
-        conn.execute(
-            "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (7, 'x', '{}', 0)"
-        )
-
     try:
-        write = asyncio.create_task(db.write(add, inline=True))
-        await asyncio.sleep(0.05)
-        # Blocked in the loop, the write would have used up its busy timeout and
-        # failed by now; it is still waiting, and the loop ran this line.
+        write = asyncio.create_task(
+            db.execute(
+                "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (7, 'x', '{}', 0)"
+            )
+        )
+        ticks = 0
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        # The loop ran on while the write waited for the lock.
+        assert ticks == 5
         assert not write.done()
         other.execute("COMMIT")
-        await write
+        assert await write == 1
     finally:
         other.close()
-    assert ran_on != [threading.get_ident()]
-    assert len(ran_on) == 1
     rows = await db.fetchall("SELECT update_id FROM updates")
     assert [r[0] for r in rows] == [7]
-    # The busy timeout is back for everything after.
-    async with db.reader() as conn:
-        assert [tuple(r) for r in await conn.execute_fetchall("PRAGMA busy_timeout")] == [(5000,)]
 
 
 async def test_a_failed_commit_leaves_the_connection_usable(db: Database) -> None:
     # A deferred foreign key fails at COMMIT, not at the INSERT: the commit path.
-    def orphan(conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA defer_foreign_keys = ON")
-        conn.execute(
-            "INSERT INTO invite_links (url, chat_id, kind, name, created_at)"
-            " VALUES ('https://t.me/+orphan', -42, 'visitor', 'x', 0)"
-        )
+    async def orphan() -> None:
+        async with db.transaction() as tx:
+            await tx.execute("PRAGMA defer_foreign_keys = ON")
+            await tx.execute(
+                "INSERT INTO invite_links (url, chat_id, kind, name, created_at)"
+                " VALUES ('https://t.me/+orphan', -42, 'visitor', 'x', 0)"
+            )
 
     with pytest.raises(sqlite3.IntegrityError):
-        await db.write(orphan)
-    assert (
-        await db.write(lambda conn: conn.execute("SELECT count(*) FROM invite_links").fetchone()[0])
-        == 0
-    )
+        await orphan()
+    assert await db.fetchall("SELECT id FROM invite_links") == []
+    async with db.transaction() as tx:
+        assert await tx.execute("UPDATE invite_links SET used_at = 1") == 0
+
+
+async def test_a_read_snapshot_neither_waits_for_the_writer_nor_sees_its_work(
+    db: Database,
+) -> None:
+    async with db.transaction() as tx:
+        await tx.execute(
+            "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (1, 'x', '{}', 0)"
+        )
+        # The writer holds its transaction open: a read goes on beside it.
+        async with db.read() as snapshot:
+            assert await _updates(snapshot) == 0
+    async with db.read() as snapshot:
+        first = await _updates(snapshot)
+        await db.execute(
+            "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (2, 'x', '{}', 0)"
+        )
+        # One snapshot: the commit made meanwhile is not in it.
+        assert (first, await _updates(snapshot)) == (1, 1)
+        with pytest.raises(sqlite3.OperationalError, match=r"readonly|read-only|query_only"):
+            await snapshot.execute("DELETE FROM updates")
+    async with db.read() as snapshot:
+        assert await _updates(snapshot) == 2
+
+
+async def _updates(tx: Transaction) -> int:
+    row = await tx.fetchone("SELECT count(*) FROM updates")
+    assert row is not None
+    return int(row[0])
+
+
+def test_storage_uses_no_private_names_of_aiosqlite() -> None:
+    """aiosqlite as published: its underscore names are not ours to build on."""
+    used = []
+    for path in sorted((ROOT / "storage").glob("*.py")) + sorted((ROOT / "bot").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if "aiosqlite" in text:
+            used += [f"{path.name}: {m}" for m in re.findall(r"\._(?:execute|conn|tx)\b\(", text)]
+            used += [f"{path.name}: {m}" for m in re.findall(r"_conn\._conn", text)]
+    assert used == []
 
 
 async def test_open_creates_missing_folders(tmp_path: Path) -> None:
