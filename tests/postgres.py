@@ -376,9 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.postgres", description=__doc__)
     parser.add_argument("--serve", action="store_true", help="keep a server until Ctrl-C")
     parser.add_argument("--databases", type=int, default=20, help="fresh databases to time")
+    parser.add_argument("--base", type=Path, help="the folder to start it in (default: /dev/shm)")
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    with PostgresServer.start() as server:
+    with PostgresServer.start(args.base) as server:
         started = time.perf_counter() - began
         print(f"server up in {started * 1000:.0f} ms: {server.url}", flush=True)
         if args.serve:
