@@ -60,8 +60,7 @@ async def test_an_advisory_lock_is_one_sessions_until_that_session_ends(
     postgres_url: str,
 ) -> None:
     take = "SELECT pg_try_advisory_lock(%s)"
-    leader = await _connect(postgres_url)
-    async with await _connect(postgres_url) as standby:
+    async with await _connect(postgres_url) as leader, await _connect(postgres_url) as standby:
         assert await (await leader.execute(take, (LEADER_LOCK,))).fetchone() == (True,)
         assert await (await standby.execute(take, (LEADER_LOCK,))).fetchone() == (False,)
         await leader.close()  # as a killed leader's session ends
