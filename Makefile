@@ -46,10 +46,14 @@ lint: $(DEV)
 typecheck: $(DEV)
 	$(BIN)/mypy $(CODE)
 
-# The browser test needs Debian's chromium; the script installs it when run as root.
+# The browser test needs Debian's chromium, the PostgreSQL tests PostgreSQL's server
+# binaries (they start a throwaway server themselves); the scripts install them when run
+# as root. JOINBRIDGE_REQUIRE_POSTGRES=1: a PostgreSQL test that gets no server fails
+# rather than skips (a bare `.venv/bin/pytest` skips them).
 unit: $(DEV)
 	bash .ci/ensure-chromium
-	$(BIN)/pytest
+	bash .ci/ensure-postgres
+	JOINBRIDGE_REQUIRE_POSTGRES=1 $(BIN)/pytest
 
 test: lint typecheck unit
 

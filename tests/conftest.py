@@ -3,7 +3,8 @@ with one tracked channel (`admin_bridge`: the same with OWNER in ADMIN_IDS)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tests.harness import (
     StartBridge,
     start_tracked,
 )
+from tests.postgres import PostgresError, PostgresServer, PostgresUnavailable
 
 
 @pytest.fixture
@@ -100,3 +102,26 @@ async def custom_bridge() -> AsyncIterator[list[RunningBridge]]:
     for running in started:
         if not running.stop_event.is_set():
             assert await running.stop() == 0
+
+
+# PostgreSQL (issue 20): one throwaway server per session (tests/postgres.py), a fresh
+# empty database per test. A test using them is skipped when no server can be started,
+# unless JOINBRIDGE_REQUIRE_POSTGRES=1 (`make test` and .ci/run set it): then it fails.
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    try:
+        server = PostgresServer.start()
+    except (PostgresUnavailable, PostgresError) as error:
+        if os.environ.get("JOINBRIDGE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"JOINBRIDGE_REQUIRE_POSTGRES=1, no PostgreSQL: {error}", pytrace=False)
+        pytest.skip(f"no PostgreSQL server could be started: {error}")
+    with server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """postgresql://…: an empty database of the test's own, dropped after it."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)
