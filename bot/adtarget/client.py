@@ -3,12 +3,12 @@
 Retrying and what to do about an answer belong to the courier; this module
 only speaks the wire protocol (auth header, Idempotency-Key, error envelope).
 
-Two layers: `post` / `get` carry any stored request and return the raw
-`ApiAnswer` (the courier sends outbox rows this way and turns
-`ApiAnswer.error()` into a verdict); the typed methods below them take the
-request models' calls (bot/adtarget/models.py), return the answer models and
-raise the errors of bot/adtarget/errors.py. Both classify an answer the same
-way, through `errors.error_class`.
+Every write goes one way: built as a request model's `Call`
+(bot/adtarget/models.py), stored in the outbox, sent with `post`, and its raw
+`ApiAnswer` turned into a verdict by the courier (`ApiAnswer.error()`). The
+reads an admin waits for (`get_lead`, `list_channels`) return the answer
+models and raise the errors of bot/adtarget/errors.py. Both classify an answer
+the same way, through `errors.error_class`.
 """
 
 from __future__ import annotations
@@ -33,20 +33,9 @@ from bot.adtarget.errors import (
     header_problem,
 )
 from bot.adtarget.models import (
-    Call,
     ChannelList,
-    ConversionAnswer,
-    ConversionRequest,
-    InviteAnswer,
-    InviteRequest,
     Lead,
-    LeadEventRequest,
     RemoteChannel,
-    SuccessAnswer,
-    UpdateFbpRequest,
-    ValueRequest,
-    VisitAnswer,
-    VisitRequest,
 )
 from bot.adtarget.wire import API_PREFIX, CHANNELS_PATH, lead_path
 from bot.token_bucket import TokenBucket
@@ -227,62 +216,6 @@ class AdTargetClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    # ---- typed writes: the models in, the answer model out, typed errors ----
-
-    async def send_visit(
-        self,
-        visit: VisitRequest,
-        *,
-        idempotency_key: str,
-        client_ip: str | None = None,
-        user_agent: str | None = None,
-    ) -> VisitAnswer:
-        return await self._write(visit.call(client_ip, user_agent), idempotency_key, VisitAnswer)
-
-    async def update_fbp(
-        self,
-        update: UpdateFbpRequest,
-        *,
-        idempotency_key: str,
-        client_ip: str | None = None,
-        user_agent: str | None = None,
-    ) -> SuccessAnswer:
-        call = update.call(client_ip, user_agent)
-        return await self._write(call, idempotency_key, SuccessAnswer)
-
-    async def create_invite(
-        self,
-        invite: InviteRequest,
-        *,
-        idempotency_key: str,
-        client_ip: str | None = None,
-        user_agent: str | None = None,
-    ) -> InviteAnswer:
-        call = invite.call(client_ip, user_agent)
-        return await self._write(call, idempotency_key, InviteAnswer)
-
-    async def send_conversion(
-        self, conversion: ConversionRequest, *, idempotency_key: str
-    ) -> ConversionAnswer:
-        return await self._write(conversion.call(), idempotency_key, ConversionAnswer)
-
-    async def send_lead_event(
-        self, telegram_user_id: int, event: LeadEventRequest, *, idempotency_key: str
-    ) -> ConversionAnswer:
-        call = event.call(telegram_user_id)
-        return await self._write(call, idempotency_key, ConversionAnswer)
-
-    async def send_value(
-        self,
-        telegram_user_id: int,
-        conversion_id: str,
-        value: ValueRequest,
-        *,
-        idempotency_key: str,
-    ) -> SuccessAnswer:
-        call = value.call(telegram_user_id, conversion_id)
-        return await self._write(call, idempotency_key, SuccessAnswer)
-
     # ---- typed reads: direct, bounded in time ----
 
     async def get_lead(self, telegram_user_id: int) -> Lead:
@@ -292,15 +225,6 @@ class AdTargetClient:
     async def list_channels(self) -> list[RemoteChannel]:
         """The site's active channels."""
         return (await self._read(CHANNELS_PATH, ChannelList)).channels
-
-    async def _write(self, call: Call, idempotency_key: str, model: type[_Model]) -> _Model:
-        try:
-            answer = await self.post(
-                call.path, call.body, idempotency_key=idempotency_key, headers=call.headers
-            )
-        except httpx.HTTPError as error:
-            raise _unreachable(error) from error
-        return _parsed(answer, model)
 
     async def _read(self, path: str, model: type[_Model]) -> _Model:
         # The deadline covers the wait for a pacing token too: a reader (an

@@ -11,14 +11,19 @@ from pydantic import SecretStr
 from bot.adtarget import errors
 from bot.adtarget.client import AdTargetClient
 from bot.adtarget.models import (
+    ConversionAnswer,
     ConversionRequest,
+    InviteAnswer,
     InviteRequest,
     LeadEventRequest,
+    SuccessAnswer,
     UpdateFbpRequest,
     ValueRequest,
+    VisitAnswer,
     VisitRequest,
 )
 from bot.simulators.adtarget import FakeAdTarget
+from tests.unit.adtarget.sending import send
 
 CHANNELS = [
     {"channelId": "ch_1", "telegramChannelId": "-1001234567890", "title": "One", "funnelOrder": 1}
@@ -39,11 +44,13 @@ async def client(fake: FakeAdTarget) -> AsyncIterator[AdTargetClient]:
 
 
 async def test_every_endpoint_round_trip(fake: FakeAdTarget, client: AdTargetClient) -> None:
-    visit = await client.send_visit(
-        VisitRequest(href="https://a.example/l?fbclid=x", client_ip="198.51.100.7"),
-        idempotency_key="v1",
-        client_ip="203.0.113.42",
-        user_agent="Header/2",
+    visit = await send(
+        client,
+        VisitRequest(href="https://a.example/l?fbclid=x", client_ip="198.51.100.7").call(
+            "203.0.113.42", "Header/2"
+        ),
+        "v1",
+        VisitAnswer,
     )
     # The header wins over the body: the fake (as AdTarget) stored the header's values.
     assert fake.visits[0]["clientIp"] == "203.0.113.42"
@@ -52,26 +59,32 @@ async def test_every_endpoint_round_trip(fake: FakeAdTarget, client: AdTargetCli
     assert visit.cookies.temp_id.value == visit.temp_id
 
     fbp = UpdateFbpRequest(temp_id=visit.temp_id, fbp="fb.1.2.3")
-    assert (await client.update_fbp(fbp, idempotency_key="f1")).success is True
+    assert (await send(client, fbp.call(), "f1", SuccessAnswer)).success is True
     invite = InviteRequest(temp_id=visit.temp_id, channel_id="-1001234567890")
-    assert (await client.create_invite(invite, idempotency_key="i1")).invite_link
+    assert (await send(client, invite.call(), "i1", InviteAnswer)).invite_link
 
-    conversion = await client.send_conversion(
+    conversion = await send(
+        client,
         ConversionRequest(
             telegram_user_id=42, channel_id="-1001234567890", event_type="Lead", fbc="fb.1.1.x"
-        ),
-        idempotency_key="c1",
+        ).call(),
+        "c1",
+        ConversionAnswer,
     )
     assert conversion.dispatched is True
     assert conversion.cold_lead is True
-    event = await client.send_lead_event(
-        42,
-        LeadEventRequest(event_type="Purchase", value=10, currency="EUR"),
-        idempotency_key="e1",
+    event = await send(
+        client,
+        LeadEventRequest(event_type="Purchase", value=10, currency="EUR").call(42),
+        "e1",
+        ConversionAnswer,
     )
     assert event.cold_lead is False
-    value = await client.send_value(
-        42, event.conversion_id, ValueRequest(value=12.5, currency="EUR"), idempotency_key="x1"
+    value = await send(
+        client,
+        ValueRequest(value=12.5, currency="EUR").call(42, event.conversion_id),
+        "x1",
+        SuccessAnswer,
     )
     assert value.success is True
 
@@ -89,19 +102,19 @@ async def test_404s_are_typed(client: AdTargetClient) -> None:
     with pytest.raises(errors.LeadNotFound):
         await client.get_lead(7)
     with pytest.raises(errors.LeadNotFound):
-        await client.send_lead_event(7, LeadEventRequest(event_type="Lead"), idempotency_key="a")
-    await client.send_conversion(
-        ConversionRequest(telegram_user_id=7, channel_id="ch_1", event_type="Lead"),
-        idempotency_key="b",
+        await send(client, LeadEventRequest(event_type="Lead").call(7), "a", ConversionAnswer)
+    await send(
+        client,
+        ConversionRequest(telegram_user_id=7, channel_id="ch_1", event_type="Lead").call(),
+        "b",
+        ConversionAnswer,
     )
     with pytest.raises(errors.ConversionNotFound):
-        await client.send_value(
-            7, "nope", ValueRequest(value=1, currency="EUR"), idempotency_key="c"
+        await send(
+            client, ValueRequest(value=1, currency="EUR").call(7, "nope"), "c", SuccessAnswer
         )
     with pytest.raises(errors.ChannelNotFound):
-        await client.create_invite(
-            InviteRequest(temp_id="t", channel_id="-1009"), idempotency_key="d"
-        )
+        await send(client, InviteRequest(temp_id="t", channel_id="-1009").call(), "d", InviteAnswer)
 
 
 async def test_auth_billing_and_rate_limit_are_typed(

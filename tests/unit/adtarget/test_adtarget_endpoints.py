@@ -14,15 +14,20 @@ from pydantic import SecretStr
 from bot.adtarget import errors, wire
 from bot.adtarget.client import AdTargetClient
 from bot.adtarget.models import (
+    ConversionAnswer,
     ConversionRequest,
+    InviteAnswer,
     InviteRequest,
     LeadEventRequest,
     Pii,
+    SuccessAnswer,
     UpdateFbpRequest,
     ValueRequest,
+    VisitAnswer,
     VisitRequest,
 )
 from bot.adtarget.wire import visitor_headers
+from tests.unit.adtarget.sending import send
 
 KEY = "atk_live_abcd1234_0123456789abcdefghijklmnopqrstuv"
 BASE = "https://adtarget.example"
@@ -92,7 +97,7 @@ async def test_visit(client: AdTargetClient, recorder: Recorder) -> None:
         fbc="fb.1.1700000000.AbCd",
         utm_source="meta",
     )
-    result = await client.send_visit(visit, idempotency_key="jb-visit-1", client_ip="203.0.113.42")
+    result = await send(client, visit.call("203.0.113.42"), "jb-visit-1", VisitAnswer)
     request = recorder.only
     assert str(request.url) == f"{BASE}/api/v1/events/visit"
     assert request.headers["Idempotency-Key"] == "jb-visit-1"
@@ -113,9 +118,7 @@ async def test_header_wins_over_body_for_client_ip_and_user_agent(
 ) -> None:
     answer(recorder, {"visitId": "v", "sessionId": "s", "tempId": "t", "clientSessionId": "c"})
     visit = VisitRequest(href="https://a.example/", client_ip="198.51.100.7", user_agent="Body/1")
-    await client.send_visit(
-        visit, idempotency_key="k", client_ip="203.0.113.42", user_agent="Header/2"
-    )
+    await send(client, visit.call("203.0.113.42", "Header/2"), "k", VisitAnswer)
     request = recorder.only
     assert request.headers["X-Adtarget-Client-IP"] == "203.0.113.42"
     assert request.headers["X-Adtarget-Client-User-Agent"] == "Header/2"
@@ -145,10 +148,11 @@ async def test_update_fbp_and_invite_forward_the_visitor(
     client: AdTargetClient, recorder: Recorder
 ) -> None:
     answer(recorder, {"success": True})
-    done = await client.update_fbp(
-        UpdateFbpRequest(temp_id="t-1", fbp="fb.1.2.3"),
-        idempotency_key="k1",
-        user_agent="Mozilla/5.0",
+    done = await send(
+        client,
+        UpdateFbpRequest(temp_id="t-1", fbp="fb.1.2.3").call(user_agent="Mozilla/5.0"),
+        "k1",
+        SuccessAnswer,
     )
     assert done.success is True
     assert str(recorder.only.url).endswith("/api/v1/events/update-fbp")
@@ -157,10 +161,11 @@ async def test_update_fbp_and_invite_forward_the_visitor(
 
     recorder.requests.clear()
     answer(recorder, {"inviteLink": "https://t.me/+abc"})
-    link = await client.create_invite(
-        InviteRequest(temp_id="t-1", channel_id="-1001234567890"),
-        idempotency_key="k2",
-        client_ip="203.0.113.5",
+    link = await send(
+        client,
+        InviteRequest(temp_id="t-1", channel_id="-1001234567890").call("203.0.113.5"),
+        "k2",
+        InviteAnswer,
     )
     assert link.invite_link == "https://t.me/+abc"
     assert str(recorder.only.url).endswith("/api/v1/events/invite")
@@ -180,7 +185,7 @@ async def test_conversion(client: AdTargetClient, recorder: Recorder) -> None:
         event_source_url="https://a.example/",
         pii=Pii(email="a@example.com"),
     )
-    result = await client.send_conversion(conversion, idempotency_key="jb-conversion-1")
+    result = await send(client, conversion.call(), "jb-conversion-1", ConversionAnswer)
     assert str(recorder.only.url).endswith("/api/v1/events/conversion")
     assert recorder.only.headers["Content-Type"] == "application/json"
     assert recorder.body() == {
@@ -205,7 +210,7 @@ async def test_lead_event(client: AdTargetClient, recorder: Recorder) -> None:
         {**CONVERSION_ANSWER, "capiStatus": "skipped", "dispatched": False, "warning": "no pixel"},
     )
     event = LeadEventRequest(event_type="Purchase", value=19.99, currency="EUR")
-    result = await client.send_lead_event(42, event, idempotency_key="jb-fire-1")
+    result = await send(client, event.call(42), "jb-fire-1", ConversionAnswer)
     assert str(recorder.only.url) == f"{BASE}/api/v1/leads/42/events"
     assert recorder.only.headers["Idempotency-Key"] == "jb-fire-1"
     assert recorder.body() == {"eventType": "Purchase", "value": 19.99, "currency": "EUR"}
@@ -215,8 +220,11 @@ async def test_lead_event(client: AdTargetClient, recorder: Recorder) -> None:
 
 async def test_value(client: AdTargetClient, recorder: Recorder) -> None:
     answer(recorder, {"success": True})
-    result = await client.send_value(
-        42, "cv/1", ValueRequest(value=5, currency="USD"), idempotency_key="jb-value-1"
+    result = await send(
+        client,
+        ValueRequest(value=5, currency="USD").call(42, "cv/1"),
+        "jb-value-1",
+        SuccessAnswer,
     )
     # The conversion id is one path segment whatever it contains.
     assert recorder.only.url.raw_path == b"/api/v1/leads/42/conversions/cv%2F1/value"
@@ -310,7 +318,7 @@ async def test_every_documented_error_code(
     assert str(error) == f"HTTP {status} {code}: as documented"
     # Writes raise the same way as reads.
     with pytest.raises(kind):
-        await client.send_value(7, "cv", ValueRequest(value=1, currency="EUR"), idempotency_key="k")
+        await send(client, ValueRequest(value=1, currency="EUR").call(7, "cv"), "k", SuccessAnswer)
 
 
 def test_every_documented_code_has_its_own_class() -> None:
@@ -370,10 +378,6 @@ async def test_no_answer_is_unreachable_not_an_httpx_error(recorder: Recorder) -
         try:
             with pytest.raises(errors.Unreachable, match=words):
                 await api.get_lead(1)
-            with pytest.raises(errors.Unreachable):
-                await api.send_lead_event(
-                    1, LeadEventRequest(event_type="Lead"), idempotency_key="k"
-                )
         finally:
             await api.aclose()
 
