@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     adtarget_api_url: str = "https://adtarget.io"
     adtarget_site_id: str | None = None
     database_path: Path = Path("data/joinbridge.db")
+    # postgresql://user:password@host/db: PostgreSQL instead of the SQLite file, for
+    # several bridge processes sharing one store (docs/several-machines.md). Unset:
+    # SQLite at DATABASE_PATH. A SecretStr: the URL may carry the password.
+    database_url: SecretStr | None = None
     admin_ids: Annotated[tuple[int, ...], NoDecode] = ()
     default_event_type: Literal["Lead", "Subscribe"] = "Lead"
     send_organic: bool = False
@@ -149,6 +153,17 @@ class Settings(BaseSettings):
         if not value.get_secret_value().strip():
             raise ValueError("must not be empty")
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        url = value.get_secret_value().strip()
+        if not re.match(r"^postgres(ql)?://[^\s]+$", url):
+            # The value is not echoed: it may hold a password.
+            raise ValueError("must be a postgresql:// URL (or be left unset for SQLite)")
+        return SecretStr(url)
 
     @field_validator("tracker_public_url")
     @classmethod

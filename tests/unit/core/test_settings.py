@@ -189,3 +189,24 @@ def test_a_tracker_address_that_cannot_be_used_is_one_line_and_exit_2(tmp_path: 
         assert result.returncode == 2
         assert "Traceback" not in result.stderr
         assert said in result.stderr
+
+
+def test_database_url_selects_postgresql_and_is_never_echoed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("ADTARGET_API_KEY", "atk_live_x")
+    assert Settings().database_url is None  # the SQLite default
+    monkeypatch.setenv("DATABASE_URL", "  ")
+    assert Settings().database_url is None
+    monkeypatch.setenv("DATABASE_URL", "postgresql://jb:s3cret-pw@db.internal:5432/jb")
+    url = Settings().database_url
+    assert url is not None
+    assert url.get_secret_value() == "postgresql://jb:s3cret-pw@db.internal:5432/jb"
+    assert "s3cret-pw" not in repr(Settings())
+    monkeypatch.setenv("DATABASE_URL", "mysql://jb:s3cret-pw@db.internal/jb")
+    with pytest.raises(ValidationError) as raised:
+        Settings()
+    line = describe_error(raised.value)
+    assert line.startswith("DATABASE_URL is invalid: must be a postgresql:// URL")
+    assert "s3cret-pw" not in line
