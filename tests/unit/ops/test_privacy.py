@@ -22,7 +22,7 @@ from bot.tracker.visits import VisitRecorder
 from storage import channels, inbox, invite_links, join_requests, outbox
 from storage.db import Database, Transaction, open_database
 from storage.outbox import OutboxRow
-from storage.privacy import _SCRUB_OUTBOX, _SCRUB_VISITS, forget_user
+from storage.privacy import _SCRUB_VISITS, _scrub_outbox, forget_user
 from storage.stats import channel_stats
 from tests.harness import write
 
@@ -246,7 +246,7 @@ async def test_young_rows_are_left_alone(db: Database) -> None:
 
 
 async def test_sweep_reads_only_rows_not_yet_scrubbed(db: Database) -> None:
-    for sql in (_SCRUB_VISITS, _SCRUB_OUTBOX):
+    for sql in (_SCRUB_VISITS, _scrub_outbox(db.dialect)):
         plan = " ".join(
             str(r[3]) for r in await db.fetchall(f"EXPLAIN QUERY PLAN {sql}", (0, 0, 10))
         )
