@@ -98,7 +98,6 @@ async def mark_failed(db: Database, request_id: int, *, error: str, retry_at: fl
         sql, when = "next_attempt_at = ?", retry_at
     async with db.transaction() as tx:
         await tx.execute(
-            f"UPDATE join_requests SET attempts = attempts + 1, last_error = ?, {sql}"
-            " WHERE id = ?",
+            f"UPDATE join_requests SET attempts = attempts + 1, last_error = ?, {sql} WHERE id = ?",
             (error[:500], when, request_id),
         )
