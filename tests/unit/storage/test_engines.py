@@ -17,7 +17,8 @@ from storage import (
     leads,
     visits,
 )
-from storage.db import Database, latest_version
+from storage.db import Database, latest_version, open_database_url
+from storage.postgres import PostgresDatabase
 from tests.harness import write
 
 CHAT = -1001234567890  # past 32 bits, as Telegram's channel ids are
@@ -176,3 +177,17 @@ async def test_doctor_reads_the_schema(engine_db: Database) -> None:
     assert state.version == latest_version()
     assert state.tables >= 10
     assert await inspection.quick_check(engine_db) == ["ok"]
+
+
+async def test_identities_move_past_ids_given_explicitly(postgres_url: str) -> None:
+    db = await open_database_url(postgres_url)
+    assert isinstance(db, PostgresDatabase)
+    try:
+        await db.execute(
+            "INSERT INTO visits (id, temp_id, created_at, updated_at) VALUES (5, 'a', 0, 0)"
+        )
+        await db.advance_identities()
+        async with db.transaction() as tx:
+            assert await visits.upsert(tx, visits.Attribution(temp_id="b")) == 6
+    finally:
+        await db.close()
