@@ -182,7 +182,9 @@ class PostgresDatabase:
                 yield PostgresTransaction(conn)
                 await conn.execute("COMMIT")
             except BaseException:
-                if not conn.closed and conn.info.transaction_status != _IDLE:
+                # A failed COMMIT has ended the transaction already; a dropped
+                # connection has nothing to roll back (the next unit reconnects).
+                if _in_transaction(conn):
                     await conn.execute("ROLLBACK")
                 raise
 
@@ -194,7 +196,7 @@ class PostgresDatabase:
             try:
                 yield PostgresTransaction(conn)
             finally:
-                if not conn.closed and conn.info.transaction_status != _IDLE:
+                if _in_transaction(conn):
                     await conn.execute("ROLLBACK")  # a reader has nothing to commit
         except BaseException:
             await conn.close()  # whatever went wrong stays with this connection
@@ -244,4 +246,7 @@ class PostgresDatabase:
         await stop.wait()
 
 
-_IDLE = psycopg.pq.TransactionStatus.IDLE
+def _in_transaction(conn: _Connection) -> bool:
+    return not (conn.closed or conn.broken) and (
+        conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+    )

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import time
 
+import psycopg
+import pytest
+
 from storage import (
     channels,
     inbox,
@@ -189,5 +192,21 @@ async def test_identities_move_past_ids_given_explicitly(postgres_url: str) -> N
         await db.advance_identities()
         async with db.transaction() as tx:
             assert await visits.upsert(tx, visits.Attribution(temp_id="b")) == 6
+    finally:
+        await db.close()
+
+
+async def test_a_writer_connection_the_server_dropped_is_replaced(postgres_url: str) -> None:
+    db = await open_database_url(postgres_url)
+    try:
+        row = await db.fetchone("SELECT pg_backend_pid()")
+        assert row is not None
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as other:
+            # Waits (up to 5 s) until that session is gone.
+            await other.execute("SELECT pg_terminate_backend(%s, 5000)", (row[0],))
+        with pytest.raises(psycopg.OperationalError):
+            await db.fetchone("SELECT 1")
+        async with db.transaction() as tx:
+            assert await tx.fetchone("SELECT 2") is not None
     finally:
         await db.close()
