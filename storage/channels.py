@@ -77,7 +77,7 @@ async def upsert_in(
         " ON CONFLICT (chat_id) DO UPDATE SET title = excluded.title,"
         " username = excluded.username, chat_type = excluded.chat_type,"
         " active = excluded.active, can_invite_users = excluded.can_invite_users,"
-        " promoted_by = coalesce(excluded.promoted_by, promoted_by),"
+        " promoted_by = coalesce(excluded.promoted_by, channels.promoted_by),"
         " updated_at = excluded.updated_at",
         (
             chat_id,

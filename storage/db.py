@@ -4,7 +4,11 @@ A storage function takes a `Database` when it does its own unit of work, or a
 `Transaction` when it is a step in its caller's (the `…_in` functions): the
 poller writes a whole getUpdates batch's joins, outbox rows and inbox marks in
 one. Both are engine-neutral protocols; `storage.sqlite` implements them on
-aiosqlite, the embedded default. Statements use `?` placeholders.
+aiosqlite, the embedded default, `storage.postgres` on psycopg for a database
+several processes share (`open_database_url`). Statements are written in
+SQLite's flavour with `?` or `:name` placeholders; `storage.dialect` holds what
+differs between the engines, and each `Database` and `Transaction` names its
+own (`dialect`).
 
 `transaction()` is the only way to write: `BEGIN IMMEDIATE` … `COMMIT`, one
 at a time, rolled back on any exception. `read()` is a consistent snapshot on
@@ -23,6 +27,8 @@ from contextlib import AbstractAsyncContextManager
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, overload
+
+from storage.dialect import ONLY_POSTGRES, ONLY_SQLITE, Dialect
 
 if TYPE_CHECKING:
     from storage.sqlite import SqliteDatabase
@@ -54,6 +60,11 @@ class Row(Protocol):
 class Transaction(Protocol):
     """Statements inside one unit of work (or one snapshot, for `read()`)."""
 
+    @property
+    def dialect(self) -> Dialect:
+        """The engine's SQL where it differs (storage/dialect.py)."""
+        ...
+
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one statement; the rows it changed."""
         ...
@@ -68,6 +79,11 @@ class Transaction(Protocol):
 
 
 class Database(Protocol):
+    @property
+    def dialect(self) -> Dialect:
+        """The engine's SQL where it differs (storage/dialect.py)."""
+        ...
+
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """`BEGIN IMMEDIATE` … `COMMIT`, one transaction at a time; rolled back on
         any exception (and the exception passes on)."""
@@ -111,6 +127,28 @@ async def open_database(path: Path) -> SqliteDatabase:
     return db
 
 
+async def open_database_url(url: str) -> Database:
+    """`postgresql://…` (or `postgres://…`): PostgreSQL; `sqlite:///path` (or a bare
+    path): the SQLite file there. Migrations applied, as by `open_database`."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from storage.postgres import PostgresDatabase
+
+        db = await PostgresDatabase.open(url)
+        try:
+            await migrate(db)
+        except BaseException:
+            await db.close()
+            raise
+        return db
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://")
+        # sqlite:///abs/path is an absolute path; sqlite://rel/path a relative one.
+        return await open_database(Path(path))
+    if "://" in url:
+        raise ValueError(f"unknown database URL scheme: {url.split('://', 1)[0]}://")
+    return await open_database(Path(url))
+
+
 async def open_readonly(path: Path) -> SqliteDatabase:
     """For a tool beside a running bridge: no migrations, no writes possible.
 
@@ -139,8 +177,10 @@ async def migrate(db: Database) -> int:
     """Apply every numbered migration newer than the recorded version; return it."""
     async with db.transaction() as tx:
         await tx.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations"
-            " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            db.dialect.ddl(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
         )
     current = await schema_version(db)
     for version, name, sql in _migrations():
@@ -148,8 +188,9 @@ async def migrate(db: Database) -> int:
             continue
         async with db.transaction() as tx:
             # A whole script at once would COMMIT our transaction: one by one.
-            for statement in _split_sql(sql):
-                await tx.execute(statement)
+            for marker, statement in _split_sql(sql):
+                if db.dialect.applies(marker):
+                    await tx.execute(db.dialect.ddl(statement))
             await tx.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                 (version, name, time.time()),
@@ -164,16 +205,23 @@ async def schema_version(db: Database) -> int:
     return int(row[0]) if row else 0
 
 
-def _split_sql(script: str) -> list[str]:
-    statements, buffer = [], ""
+def _split_sql(script: str) -> list[tuple[str | None, str]]:
+    """The statements of a migration, each with the marker line (`-- sqlite only`,
+    `-- postgres only`) that came just before it, or None: for both engines."""
+    statements: list[tuple[str | None, str]] = []
+    buffer = ""
+    marker: str | None = None
     for line in script.splitlines(keepends=True):
         stripped = line.strip()
+        if not buffer and stripped.lower().startswith((ONLY_SQLITE, ONLY_POSTGRES)):
+            marker = ONLY_SQLITE if stripped.lower().startswith(ONLY_SQLITE) else ONLY_POSTGRES
+            continue
         if stripped.startswith("--") or not stripped:
             continue
         buffer += line
         if sqlite3.complete_statement(buffer):
-            statements.append(buffer.strip())
-            buffer = ""
+            statements.append((marker, buffer.strip()))
+            buffer, marker = "", None
     if buffer.strip():
         raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:60]}")
     return statements

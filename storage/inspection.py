@@ -7,9 +7,6 @@ from dataclasses import dataclass
 
 from storage.db import Database
 
-# SQLite's own bookkeeping tables, which any database file may hold.
-_INTERNAL_PREFIX = "sqlite_"
-
 
 @dataclass(frozen=True, slots=True)
 class SchemaState:
@@ -19,8 +16,8 @@ class SchemaState:
 
 
 async def schema_state(db: Database) -> SchemaState:
-    rows = await db.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
-    names = {str(row[0]) for row in rows if not str(row[0]).startswith(_INTERNAL_PREFIX)}
+    # The engine's own bookkeeping tables (SQLite's sqlite_*) are left out.
+    names = {str(row[0]) for row in await db.fetchall(db.dialect.tables)}
     if "schema_migrations" not in names:
         return SchemaState(version=None, tables=len(names))
     row = await db.fetchone("SELECT coalesce(max(version), 0) FROM schema_migrations")
@@ -33,5 +30,5 @@ async def quick_check(db: Database, limit: int = 5) -> list[str]:
     quick_check skips the index-content comparison of integrity_check, so it stays
     fast on a large database while still catching a damaged file.
     """
-    rows = await db.fetchall(f"PRAGMA quick_check({int(limit)})")
+    rows = await db.fetchall(db.dialect.quick_check(limit))
     return [str(row[0]) for row in rows]

@@ -116,7 +116,8 @@ async def discard_stale(db: Database, *, usable_after: float) -> int:
     """Drop pool links near expiry, and those minted for the channel's other mode."""
     return await db.execute(
         f"UPDATE invite_links SET discarded_at = ? WHERE {_USABLE} AND (expire_date <= ?"
-        " OR creates_join_request != (SELECT mode = 'request' FROM channels"
+        " OR creates_join_request != (SELECT CASE mode WHEN 'request' THEN 1 ELSE 0 END"
+        " FROM channels"
         " WHERE channels.chat_id = invite_links.chat_id))",
         (time.time(), usable_after),
     )

@@ -89,11 +89,15 @@ async def mark_approved(tx: Transaction, request_id: int) -> None:
 
 async def mark_failed(db: Database, request_id: int, *, error: str, retry_at: float | None) -> None:
     """A failed approval: retried at `retry_at`, or final when it is None."""
+    # Two statements rather than `CASE WHEN ? IS NULL`: PostgreSQL cannot tell the
+    # type of a parameter that is only ever compared with NULL.
+    if retry_at is None:
+        sql = "state = 'failed', decided_at = ?"
+        when: float = time.time()
+    else:
+        sql, when = "next_attempt_at = ?", retry_at
     async with db.transaction() as tx:
         await tx.execute(
-            "UPDATE join_requests SET attempts = attempts + 1, last_error = ?,"
-            " state = CASE WHEN ? IS NULL THEN 'failed' ELSE state END,"
-            " next_attempt_at = coalesce(?, next_attempt_at),"
-            " decided_at = CASE WHEN ? IS NULL THEN ? ELSE decided_at END WHERE id = ?",
-            (error[:500], retry_at, retry_at, retry_at, time.time(), request_id),
+            f"UPDATE join_requests SET attempts = attempts + 1, last_error = ?, {sql} WHERE id = ?",
+            (error[:500], when, request_id),
         )

@@ -187,7 +187,7 @@ async def channels_joined(db: Database, user_id: int, chat_ids: Sequence[int]) -
         f" SELECT chat_id, joined_at AS at FROM joins WHERE user_id = ?{where}"
         " UNION ALL"
         f" SELECT chat_id, requested_at AS at FROM join_requests WHERE user_id = ?{where}"
-        ") GROUP BY chat_id ORDER BY max(at) DESC",
+        ") AS joined GROUP BY chat_id ORDER BY max(at) DESC",
         (user_id, *scope, user_id, *scope),
     )
     return [int(r[0]) for r in rows]

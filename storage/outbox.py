@@ -169,7 +169,7 @@ async def enqueue_many(tx: Transaction, rows: list[NewRow]) -> None:
 # Forwards waiting to be sent, counted up to a limit: the walk stops there.
 _QUEUED_FORWARDS = (
     "SELECT count(*) FROM (SELECT 1 FROM outbox WHERE state IN ('pending', 'sending')"
-    f" AND {_FORWARD} LIMIT ?)"
+    f" AND {_FORWARD} LIMIT ?) AS queued"
 )
 
 
@@ -238,12 +238,6 @@ def _error_entry(attempt: int, error: str, now: float) -> str:
     return json.dumps({"at": round(now, 3), "attempt": attempt, "error": error})
 
 
-_APPEND_ERROR = (
-    "errors = json_insert(CASE WHEN json_array_length(errors) >= ?"
-    " THEN json_remove(errors, '$[0]') ELSE errors END, '$[#]', json(?))"
-)
-
-
 async def mark_delivered(
     db: Database,
     row_id: int,
@@ -274,7 +268,7 @@ async def reschedule(
     entry = _error_entry(attempt, error, time.time())
     await db.execute(
         f"UPDATE outbox SET state = 'pending', lease_until = NULL, next_attempt_at = ?,"
-        f" last_error = ?, {_APPEND_ERROR} WHERE id = ?",
+        f" last_error = ?, {db.dialect.append_error} WHERE id = ?",
         (next_attempt_at, error, MAX_ERRORS_KEPT, entry, row_id),
     )
 
@@ -286,7 +280,7 @@ async def hand_back(db: Database, row_ids: list[int]) -> None:
     async with db.transaction() as tx:
         await tx.execute(
             f"UPDATE outbox SET state = 'pending', lease_until = NULL,"
-            f" attempts = max(attempts - 1, 0)"
+            f" attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
             f" WHERE state = 'sending' AND id IN ({marks(len(row_ids))})",
             row_ids,
         )
@@ -297,7 +291,7 @@ async def park(db: Database, row_id: int, *, attempt: int, reason: str) -> None:
     async with db.transaction() as tx:
         await tx.execute(
             f"UPDATE outbox SET state = 'parked', lease_until = NULL, parked_reason = ?,"
-            f" last_error = ?, {_APPEND_ERROR} WHERE id = ?",
+            f" last_error = ?, {tx.dialect.append_error} WHERE id = ?",
             (reason, reason, MAX_ERRORS_KEPT, _error_entry(attempt, reason, now), row_id),
         )
 
@@ -342,7 +336,7 @@ _NEXT_DUE = (
         f"SELECT min(next_attempt_at) AS due FROM outbox WHERE state = 'pending' AND priority = {p}"
         for p in PRIORITIES
     )
-    + ")"
+    + ") AS per_priority"
 )
 
 

@@ -16,12 +16,13 @@ any other table that names them, in one transaction.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from storage.db import Database, Transaction
+from storage.dialect import Dialect
+from storage.sql import marks
 
 # Visit columns that identify a person. temp_id stays: it is the row's key and
 # only a random cookie value; utm_* stay: they describe the ad, not the visitor.
@@ -68,21 +69,17 @@ HEADER_PERSONAL = (
 
 # Where a raw update names the person it is about (or who sent it).
 _UPDATE_USER_PATHS = (
-    "$.chat_member.new_chat_member.user.id",
-    "$.chat_member.old_chat_member.user.id",
-    "$.chat_member.from.id",
-    "$.chat_join_request.from.id",
-    "$.my_chat_member.from.id",
-    "$.message.from.id",
-    "$.callback_query.from.id",
+    ("chat_member", "new_chat_member", "user", "id"),
+    ("chat_member", "old_chat_member", "user", "id"),
+    ("chat_member", "from", "id"),
+    ("chat_join_request", "from", "id"),
+    ("my_chat_member", "from", "id"),
+    ("message", "from", "id"),
+    ("callback_query", "from", "id"),
 )
 # Columns that hold a Telegram user id, in tables this module does not know by name.
 _USER_COLUMNS = ("user_id", "telegram_user_id")
 _HANDLED = {"joins", "leaves", "join_requests", "outbox", "visits", "invite_links", "updates"}
-
-
-def _json_paths(names: Sequence[str]) -> str:
-    return ", ".join(f"'$.\"{name}\"'" for name in names)
 
 
 _SCRUB_VISITS = (
@@ -91,13 +88,16 @@ _SCRUB_VISITS = (
     + ", scrubbed_at = ? WHERE id IN (SELECT id FROM visits INDEXED BY visits_to_scrub"
     " WHERE scrubbed_at IS NULL AND updated_at < ? LIMIT ?)"
 )
-_SCRUB_OUTBOX = (
-    f"UPDATE outbox SET body = json_remove(body, {_json_paths(BODY_PERSONAL)}),"
-    f" headers = nullif(json_remove(headers, {_json_paths(HEADER_PERSONAL)}), '{{}}'),"
-    " scrubbed_at = ? WHERE id IN (SELECT id FROM outbox INDEXED BY outbox_to_scrub"
-    " WHERE scrubbed_at IS NULL AND state IN ('delivered', 'parked') AND created_at < ?"
-    " LIMIT ?)"
-)
+
+
+def _scrub_outbox(dialect: Dialect) -> str:
+    return (
+        f"UPDATE outbox SET body = {dialect.json_without('body', BODY_PERSONAL)},"
+        f" headers = nullif({dialect.json_without('headers', HEADER_PERSONAL)}, '{{}}'),"
+        " scrubbed_at = ? WHERE id IN (SELECT id FROM outbox INDEXED BY outbox_to_scrub"
+        " WHERE scrubbed_at IS NULL AND state IN ('delivered', 'parked') AND created_at < ?"
+        " LIMIT ?)"
+    )
 
 
 async def scrub_visits(db: Database, *, before: float, limit: int) -> int:
@@ -107,7 +107,7 @@ async def scrub_visits(db: Database, *, before: float, limit: int) -> int:
 
 async def scrub_outbox(db: Database, *, before: float, limit: int) -> int:
     """The same for up to `limit` delivered or parked outbox rows created before `before`."""
-    return await db.execute(_SCRUB_OUTBOX, (time.time(), before, limit))
+    return await db.execute(_scrub_outbox(db.dialect), (time.time(), before, limit))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +137,12 @@ async def _run(tx: Transaction, sql: str, params: Sequence[object]) -> int:
     return max(await tx.execute(sql, tuple(params)), 0)
 
 
+def _among(values: Sequence[object]) -> str:
+    """`IN (?, ?)` for `values`: one person's rows, a handful. `IN (NULL)` matches
+    nothing, where PostgreSQL would refuse an empty `IN ()`."""
+    return f"IN ({marks(len(values))})" if values else "IN (NULL)"
+
+
 async def _forget(tx: Transaction, user_id: int) -> Forgotten:
     deleted: dict[str, int] = {}
     unlinked: dict[str, int] = {}
@@ -149,15 +155,12 @@ async def _forget(tx: Transaction, user_id: int) -> Forgotten:
     )
     # A visit is its visitor's; the join (or request) tells us which visit they were.
     visit_ids = await _ids(
-        tx,
-        "SELECT visit_id FROM invite_links WHERE id IN (SELECT value FROM json_each(?))",
-        (json.dumps(link_ids),),
+        tx, f"SELECT visit_id FROM invite_links WHERE id {_among(link_ids)}", link_ids
     )
     temp_ids = [
         str(r[0])
         for r in await tx.fetchall(
-            "SELECT temp_id FROM visits WHERE id IN (SELECT value FROM json_each(?))",
-            (json.dumps(visit_ids),),
+            f"SELECT temp_id FROM visits WHERE id {_among(visit_ids)}", tuple(visit_ids)
         )
     ]
     update_ids = await _ids(
@@ -168,17 +171,12 @@ async def _forget(tx: Transaction, user_id: int) -> Forgotten:
     )
     outbox_ids = await _ids(
         tx,
-        "SELECT id FROM outbox WHERE telegram_user_id = ?"
-        " OR join_id IN (SELECT value FROM json_each(?))"
+        f"SELECT id FROM outbox WHERE telegram_user_id = ? OR join_id {_among(join_ids)}"
         " OR (kind IN ('visit', 'update_fbp')"
-        " AND json_extract(body, '$.tempId') IN (SELECT value FROM json_each(?)))",
-        (user_id, json.dumps(join_ids), json.dumps(temp_ids)),
+        f" AND {tx.dialect.json_text('body', ('tempId',))} {_among(temp_ids)})",
+        (user_id, *join_ids, *temp_ids),
     )
-    parents = {
-        "joins": json.dumps(join_ids),
-        "visits": json.dumps(visit_ids),
-        "outbox": json.dumps(outbox_ids),
-    }
+    parents: dict[str, list[int]] = {"joins": join_ids, "visits": visit_ids, "outbox": outbox_ids}
 
     # Tables added by later features: rows naming the person, or about their joins,
     # visits or outbox rows (deleted before those, for the foreign keys).
@@ -186,22 +184,20 @@ async def _forget(tx: Transaction, user_id: int) -> Forgotten:
         columns = await _columns(tx, table)
         terms: list[str] = []
         params: list[object] = []
-        for column in columns & set(_USER_COLUMNS):
+        for column in sorted(columns & set(_USER_COLUMNS)):
             terms.append(f'"{column}" = ?')
             params.append(user_id)
         for column, parent in await _references(tx, table):
             if parent in parents:
-                terms.append(f'"{column}" IN (SELECT value FROM json_each(?))')
-                params.append(parents[parent])
+                terms.append(f'"{column}" {_among(parents[parent])}')
+                params.extend(parents[parent])
         if terms:
             count = await _run(tx, f'DELETE FROM "{table}" WHERE {" OR ".join(terms)}', params)
             if count:
                 deleted[table] = count
 
     deleted["outbox"] = await _run(
-        tx,
-        "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))",
-        (parents["outbox"],),
+        tx, f"DELETE FROM outbox WHERE id {_among(outbox_ids)}", outbox_ids
     )
     deleted["joins"] = await _run(tx, "DELETE FROM joins WHERE user_id = ?", (user_id,))
     deleted["leaves"] = await _run(tx, "DELETE FROM leaves WHERE user_id = ?", (user_id,))
@@ -213,19 +209,20 @@ async def _forget(tx: Transaction, user_id: int) -> Forgotten:
     unlinked["invite_links"] = await _run(
         tx,
         "UPDATE invite_links SET visit_id = NULL, discarded_at = coalesce(discarded_at, ?)"
-        " WHERE visit_id IN (SELECT value FROM json_each(?))",
-        (time.time(), parents["visits"]),
+        f" WHERE visit_id {_among(visit_ids)}",
+        (time.time(), *visit_ids),
     )
     deleted["visits"] = await _run(
-        tx,
-        "DELETE FROM visits WHERE id IN (SELECT value FROM json_each(?))",
-        (parents["visits"],),
+        tx, f"DELETE FROM visits WHERE id {_among(visit_ids)}", visit_ids
     )
-    user_terms = " OR ".join(f"json_extract(raw, '{path}') = ?" for path in _UPDATE_USER_PATHS)
+    # Compared as text: JSON numbers read as text alike on both engines.
+    user_terms = " OR ".join(
+        f"{tx.dialect.json_text('raw', path)} = ?" for path in _UPDATE_USER_PATHS
+    )
     deleted["updates"] = await _run(
         tx,
-        f"DELETE FROM updates WHERE update_id IN (SELECT value FROM json_each(?)) OR {user_terms}",
-        (json.dumps(update_ids), *([user_id] * len(_UPDATE_USER_PATHS))),
+        f"DELETE FROM updates WHERE update_id {_among(update_ids)} OR {user_terms}",
+        (*update_ids, *([str(user_id)] * len(_UPDATE_USER_PATHS))),
     )
     if "promoted_by" in await _columns(tx, "channels"):
         unlinked["channels"] = await _run(
@@ -235,19 +232,16 @@ async def _forget(tx: Transaction, user_id: int) -> Forgotten:
 
 
 async def _other_tables(tx: Transaction) -> list[str]:
-    rows = await tx.fetchall(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-        " ORDER BY name"
-    )
-    return [str(r[0]) for r in rows if str(r[0]) not in _HANDLED]
+    rows = await tx.fetchall(tx.dialect.tables)
+    return sorted(str(r[0]) for r in rows if str(r[0]) not in _HANDLED)
 
 
 async def _columns(tx: Transaction, table: str) -> set[str]:
-    rows = await tx.fetchall(f'PRAGMA table_info("{table}")')
-    return {str(r[1]) for r in rows}
+    rows = await tx.fetchall(tx.dialect.columns, (table,))
+    return {str(r[0]) for r in rows}
 
 
 async def _references(tx: Transaction, table: str) -> list[tuple[str, str]]:
     """(column, parent table) of the table's foreign keys."""
-    rows = await tx.fetchall(f'PRAGMA foreign_key_list("{table}")')
-    return [(str(r[3]), str(r[2])) for r in rows]
+    rows = await tx.fetchall(tx.dialect.references, (table,))
+    return [(str(r[0]), str(r[1])) for r in rows]

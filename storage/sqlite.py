@@ -24,6 +24,7 @@ from pathlib import Path
 import aiosqlite
 
 from storage.db import BUSY_TIMEOUT_MS, Params, Row
+from storage.dialect import SQLITE, Dialect
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ def _bound(params: Params) -> tuple[object, ...] | Mapping[str, object]:
 
 class SqliteTransaction:
     """`storage.db.Transaction` on an aiosqlite connection."""
+
+    dialect: Dialect = SQLITE
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
@@ -62,6 +65,8 @@ class SqliteTransaction:
 
 class SqliteDatabase:
     """`storage.db.Database` on a SQLite file."""
+
+    dialect: Dialect = SQLITE
 
     def __init__(self, conn: aiosqlite.Connection, path: Path, *, readonly: bool) -> None:
         """Over an open connection (`open` makes one with the bridge's pragmas)."""

@@ -280,7 +280,7 @@ async def _other(tx: Transaction, chat_id: int | None, since: float | None) -> _
     # dispatched is 1, 0 or NULL (not known): one walk of the delivered range splits it
     # (plain aggregates: a comparison per row costs more over a million).
     delivered, known, dispatched = await conversions(
-        "state = 'delivered'", "count(*), count(dispatched), total(dispatched)"
+        "state = 'delivered'", "count(*), count(dispatched), coalesce(sum(dispatched), 0)"
     )
     where, params = _where(chat_id, since, "left_at")
     return _Other(

@@ -43,7 +43,7 @@ def _attribution(row: Row) -> Attribution:
 
 def _upsert_sql(returning: str = "") -> str:
     columns = ", ".join(ATTRIBUTION_COLUMNS)
-    updates = ", ".join(f"{c} = coalesce(nullif(excluded.{c}, ''), {c})" for c in _UPDATABLE)
+    updates = ", ".join(f"{c} = coalesce(nullif(excluded.{c}, ''), visits.{c})" for c in _UPDATABLE)
     return (
         f"INSERT INTO visits ({columns}, created_at, updated_at)"
         f" VALUES ({marks(len(ATTRIBUTION_COLUMNS) + 2)})"

@@ -12,7 +12,7 @@ import pytest
 
 from bot.simulators.adtarget import FakeAdTarget
 from bot.simulators.telegram import FakeTelegram
-from storage.db import open_database
+from storage.db import Database, open_database, open_database_url
 from storage.sqlite import SqliteDatabase
 from tests.harness import (
     CHANNEL_ID,
@@ -29,6 +29,18 @@ from tests.postgres import PostgresError, PostgresServer, PostgresUnavailable
 async def db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
     """A migrated database of the test's own, no bridge around it."""
     database = await open_database(tmp_path / "bridge.db")
+    yield database
+    await database.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def engine_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """A migrated database of the test's own on each engine in turn: SQLite, then
+    PostgreSQL (a fresh database on the session's server, `postgres_url`)."""
+    if request.param == "sqlite":
+        database: Database = await open_database(tmp_path / "bridge.db")
+    else:
+        database = await open_database_url(request.getfixturevalue("postgres_url"))
     yield database
     await database.close()
 

@@ -45,6 +45,7 @@ INSERT INTO retention_sweep (id, last_join_id) SELECT 1, coalesce(max(id), 0) FR
 -- frees its id for the next join. Move the cursor and the channels' watermarks back
 -- to the new newest join, so that next join is still swept and still counts as
 -- recorded after the setting.
+-- sqlite only: PostgreSQL never reuses an id (storage/dialect.py)
 CREATE TRIGGER joins_deleted_retention_marks AFTER DELETE ON joins
 WHEN OLD.id > (SELECT coalesce(max(id), 0) FROM joins)
 BEGIN

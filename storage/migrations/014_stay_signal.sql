@@ -2,6 +2,7 @@
 -- means only RETENTION_DAYS, how long personal data is kept. Renamed in place, rows
 -- kept. SQLite has no RENAME for indexes and triggers: they are dropped first and
 -- made again under their new names, as 006 made them.
+-- sqlite only: 006's trigger (storage/dialect.py)
 DROP TRIGGER joins_deleted_retention_marks;
 DROP INDEX retention_due;
 DROP INDEX retention_chat_state;
@@ -20,6 +21,7 @@ CREATE INDEX stay_chat_state ON stay_checks(chat_id, state);
 -- As in 006: deleting the newest join (a person forgotten) moves the sweep's cursor
 -- and the channels' watermarks back, so the next join is still swept and still
 -- counts as recorded after the setting.
+-- sqlite only: PostgreSQL never reuses an id (storage/dialect.py)
 CREATE TRIGGER joins_deleted_stay_marks AFTER DELETE ON joins
 WHEN OLD.id > (SELECT coalesce(max(id), 0) FROM joins)
 BEGIN

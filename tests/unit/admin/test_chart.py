@@ -61,10 +61,10 @@ LEAVES = [(A, 1, NOON + 600), (A, 5, NOON - DAY), (B, 3, NOON - 30 * DAY)]
 
 
 @pytest.fixture
-async def db(db: Database) -> Database:
+async def engine_db(engine_db: Database) -> Database:
     """The shared fixture's database, seeded with the rows above."""
-    await write(db, _seed)
-    return db
+    await write(engine_db, _seed)
+    return engine_db
 
 
 async def _seed(tx: Transaction) -> None:
@@ -112,8 +112,8 @@ def _counts(day: Day) -> tuple[int, int, int, int, int]:
     return (day.attributed, day.campaign, day.fallback, day.organic, day.leaves)
 
 
-async def test_daily_counts_each_utc_day_by_kind_with_zeros(db: Database) -> None:
-    series = await daily(db, [A], TODAY - 29, TODAY)
+async def test_daily_counts_each_utc_day_by_kind_with_zeros(engine_db: Database) -> None:
+    series = await daily(engine_db, [A], TODAY - 29, TODAY)
     assert [d.day for d in series] == list(range(TODAY - 29, TODAY + 1))
     by_day = {d.day: _counts(d) for d in series}
     # (attributed, campaign, fallback, organic, leaves)
@@ -128,24 +128,24 @@ async def test_daily_counts_each_utc_day_by_kind_with_zeros(db: Database) -> Non
     assert series[1].attribution_rate is None  # no joins that day
 
 
-async def test_daily_sums_the_channels_asked_for_only(db: Database) -> None:
-    both = await daily(db, [A, B], TODAY - 89, TODAY)
+async def test_daily_sums_the_channels_asked_for_only(engine_db: Database) -> None:
+    both = await daily(engine_db, [A, B], TODAY - 89, TODAY)
     assert len(both) == 90
     assert _counts(both[-1]) == (2, 1, 1, 1, 1)
     assert _counts(both[-2]) == (0, 0, 1, 1, 1)
     assert _counts(both[0]) == (0, 0, 0, 1, 0)  # B's organic join 89 days ago
     assert sum(d.leaves for d in both) == 3
-    only_b = await daily(db, [B], TODAY - 89, TODAY)
+    only_b = await daily(engine_db, [B], TODAY - 89, TODAY)
     assert sum(d.joins for d in only_b) == 3
-    assert await daily(db, [], TODAY - 1, TODAY) == [Day(TODAY - 1), Day(TODAY)]
+    assert await daily(engine_db, [], TODAY - 1, TODAY) == [Day(TODAY - 1), Day(TODAY)]
 
 
-async def test_daily_classifies_joins_as_stats_does(db: Database) -> None:
+async def test_daily_classifies_joins_as_stats_does(engine_db: Database) -> None:
     """Over the same span the daily series adds up to /stats's figures per kind."""
     for chat_id, ids in ((A, [A]), (B, [B]), (None, [A, B])):
-        series = await daily(db, ids, TODAY - 29, TODAY)
+        series = await daily(engine_db, ids, TODAY - 29, TODAY)
         figures = await channel_stats(
-            db, chat_id=chat_id, since=(TODAY - 29) * DAY, now=NOON + 3 * DAY
+            engine_db, chat_id=chat_id, since=(TODAY - 29) * DAY, now=NOON + 3 * DAY
         )
         assert sum(d.attributed for d in series) == figures.joins_attributed
         assert sum(d.campaign for d in series) == figures.joins_campaign

@@ -226,10 +226,10 @@ def _figures(row: StatsRow) -> tuple[int, ...]:
     )
 
 
-async def test_figures_per_channel_and_period(db: Database) -> None:
-    await _seed(db)
+async def test_figures_per_channel_and_period(engine_db: Database) -> None:
+    await _seed(engine_db)
     for (chat, period), expected in EXPECTED.items():
-        row = await channel_stats(db, chat_id=chat, since=period_start(period, NOW), now=NOW)
+        row = await channel_stats(engine_db, chat_id=chat, since=period_start(period, NOW), now=NOW)
         assert _figures(row) == expected, (chat, period)
         total = expected[2] + expected[3] + expected[4]
         assert row.joins == total
@@ -253,10 +253,10 @@ DISPATCH: dict[tuple[int | None, str], tuple[int, int, str | None, int]] = {
 }
 
 
-async def test_dispatched_skipped_and_the_top_warning(db: Database) -> None:
-    await _seed(db)
+async def test_dispatched_skipped_and_the_top_warning(engine_db: Database) -> None:
+    await _seed(engine_db)
     for (chat, period), expected in DISPATCH.items():
-        row = await channel_stats(db, chat_id=chat, since=period_start(period, NOW), now=NOW)
+        row = await channel_stats(engine_db, chat_id=chat, since=period_start(period, NOW), now=NOW)
         figures = (
             row.conversions_dispatched,
             row.conversions_skipped,
@@ -265,15 +265,15 @@ async def test_dispatched_skipped_and_the_top_warning(db: Database) -> None:
         )
         assert figures == expected, (chat, period)
     # Only delivered conversions carry an answer; the unknown one is the difference.
-    row = await channel_stats(db, chat_id=A, since=None, now=NOW)
+    row = await channel_stats(engine_db, chat_id=A, since=None, now=NOW)
     assert row.conversions_delivered - row.conversions_dispatched - row.conversions_skipped == 1
 
 
-async def test_top_sources(db: Database) -> None:
-    await _seed(db)
+async def test_top_sources(engine_db: Database) -> None:
+    await _seed(engine_db)
 
     async def top(chat: int | None, period: str) -> tuple[SourceRow, ...]:
-        row = await channel_stats(db, chat_id=chat, since=period_start(period, NOW), now=NOW)
+        row = await channel_stats(engine_db, chat_id=chat, since=period_start(period, NOW), now=NOW)
         return row.top_sources
 
     assert await top(A, "today") == (
@@ -308,11 +308,11 @@ async def test_top_sources(db: Database) -> None:
     assert (await top(None, "all"))[0].kept == pytest.approx(0.4)
 
 
-async def test_fallback_joins_are_counted_apart_from_campaigns(db: Database) -> None:
+async def test_fallback_joins_are_counted_apart_from_campaigns(engine_db: Database) -> None:
     """Joins through the channel's fallback link are campaign joins by kind, on a line
     (and a source) of their own."""
-    await _seed(db)
-    before = await channel_stats(db, chat_id=A, since=period_start("today", NOW), now=NOW)
+    await _seed(engine_db)
+    before = await channel_stats(engine_db, chat_id=A, since=period_start("today", NOW), now=NOW)
 
     async def add(tx: Transaction) -> None:
         await tx.execute(
@@ -328,8 +328,8 @@ async def test_fallback_joins_are_counted_apart_from_campaigns(db: Database) -> 
             ],
         )
 
-    await write(db, add)
-    row = await channel_stats(db, chat_id=A, since=period_start("today", NOW), now=NOW)
+    await write(engine_db, add)
+    row = await channel_stats(engine_db, chat_id=A, since=period_start("today", NOW), now=NOW)
     assert (row.joins_fallback, row.joins_campaign) == (2, before.joins_campaign)
     assert row.joins == before.joins + 2
     assert row.attribution_rate == pytest.approx(
@@ -339,10 +339,12 @@ async def test_fallback_joins_are_counted_apart_from_campaigns(db: Database) -> 
     assert "  fallback               2\n" in render([_channel(A, "A")], "today", row)
 
 
-async def test_empty_database(db: Database) -> None:
+async def test_empty_database(engine_db: Database) -> None:
     for chat in (A, None):
         for period in PERIODS:
-            row = await channel_stats(db, chat_id=chat, since=period_start(period, NOW), now=NOW)
+            row = await channel_stats(
+                engine_db, chat_id=chat, since=period_start(period, NOW), now=NOW
+            )
             assert _figures(row) == (0,) * 10
             assert row.joins == 0
             assert row.attribution_rate is None
@@ -368,9 +370,9 @@ def _channel(chat_id: int, title: str, username: str | None = None) -> Channel:
     return Channel(chat_id, title, username, True, True, None, "link", None)
 
 
-async def test_render(db: Database) -> None:
-    await _seed(db)
-    row = await channel_stats(db, chat_id=A, since=period_start("30d", NOW), now=NOW)
+async def test_render(engine_db: Database) -> None:
+    await _seed(engine_db)
+    row = await channel_stats(engine_db, chat_id=A, since=period_start("30d", NOW), now=NOW)
     text = render([_channel(A, "Cats & <Dogs>", "cats")], "30d", row)
     assert text == (
         "<b>Cats &amp; &lt;Dogs&gt;</b> (@cats) · last 30 days\n"
@@ -406,7 +408,7 @@ async def test_render(db: Database) -> None:
     tables = re.findall(r"<pre>(.*?)</pre>", text, re.DOTALL)
     assert max(len(line) for table in tables for line in table.split("\n")) <= 34
     # All time: A 11's answer is not known, on a line of its own.
-    row = await channel_stats(db, chat_id=A, since=None, now=NOW)
+    row = await channel_stats(engine_db, chat_id=A, since=None, now=NOW)
     assert "    skipped              3\n    not known            1\n" in render(
         [_channel(A, "A")], "all", row
     )

@@ -27,35 +27,37 @@ async def rows(db: Database) -> list[tuple[str, str, str, str | None, int | None
     return [tuple(r) for r in found]  # type: ignore[misc]
 
 
-async def test_queue_event_writes_one_row_per_key(db: Database) -> None:
+async def test_queue_event_writes_one_row_per_key(engine_db: Database) -> None:
     woken: list[bool] = []
     first = await followups.queue_event(
-        db,
+        engine_db,
         42,
         "Custom:Retained7d",
         idempotency_key="jb-stay-1",
         wake=lambda: woken.append(True),
     )
-    again = await followups.queue_event(db, 42, "Custom:Retained7d", idempotency_key="jb-stay-1")
+    again = await followups.queue_event(
+        engine_db, 42, "Custom:Retained7d", idempotency_key="jb-stay-1"
+    )
     assert first.row_id is not None
     assert again.row_id is None, "a deterministic key makes a repeat a no-op"
     assert woken == [True]
-    assert await rows(db) == [
+    assert await rows(engine_db) == [
         ("lead_event", "/leads/42/events", "jb-stay-1", "Custom:Retained7d", 42)
     ]
-    (stored,) = await outbox.claim(db, limit=1, lease=60)
+    (stored,) = await outbox.claim(engine_db, limit=1, lease=60)
     assert stored.body["eventType"] == "Custom"
     assert stored.body["customEventName"] == "Retained7d"
     assert isinstance(stored.body["eventTime"], int)
     assert stored.event_time_ms == stored.body["eventTime"]
 
 
-async def test_without_a_key_each_action_is_new(db: Database) -> None:
-    one = await followups.queue_event(db, 42, "Purchase", value=19.99, currency="EUR")
-    two = await followups.queue_event(db, 42, "Purchase", value=19.99, currency="EUR")
+async def test_without_a_key_each_action_is_new(engine_db: Database) -> None:
+    one = await followups.queue_event(engine_db, 42, "Purchase", value=19.99, currency="EUR")
+    two = await followups.queue_event(engine_db, 42, "Purchase", value=19.99, currency="EUR")
     assert one.idempotency_key.startswith("jb-fire-")
     assert one.idempotency_key != two.idempotency_key
-    assert len(await rows(db)) == 2
+    assert len(await rows(engine_db)) == 2
 
 
 @pytest.mark.parametrize(
@@ -70,18 +72,18 @@ async def test_without_a_key_each_action_is_new(db: Database) -> None:
     ],
 )
 async def test_invalid_events_are_refused_before_queuing(
-    db: Database, event: str, value: float | None, currency: str | None, message: str
+    engine_db: Database, event: str, value: float | None, currency: str | None, message: str
 ) -> None:
     with pytest.raises(InvalidFollowUp) as refused:
-        await followups.queue_event(db, 42, event, value=value, currency=currency)
+        await followups.queue_event(engine_db, 42, event, value=value, currency=currency)
     assert str(refused.value).startswith(message)
-    assert await rows(db) == []
+    assert await rows(engine_db) == []
 
 
-async def test_queue_value_and_its_checks(db: Database) -> None:
-    queued = await followups.queue_value(db, 42, "cv_1", 12.5, "USD")
+async def test_queue_value_and_its_checks(engine_db: Database) -> None:
+    queued = await followups.queue_value(engine_db, 42, "cv_1", 12.5, "USD")
     assert queued.idempotency_key.startswith("jb-value-")
-    assert await rows(db) == [
+    assert await rows(engine_db) == [
         ("conversion_value", "/leads/42/conversions/cv_1/value", queued.idempotency_key, None, 42)
     ]
     for args, message in (
@@ -91,10 +93,10 @@ async def test_queue_value_and_its_checks(db: Database) -> None:
         ((0, "cv_1", 1.0, "USD"), "telegram-user-id: "),
     ):
         with pytest.raises(InvalidFollowUp, match=message):
-            await followups.queue_value(db, *args)  # type: ignore[arg-type]
+            await followups.queue_value(engine_db, *args)  # type: ignore[arg-type]
     with pytest.raises(InvalidFollowUp, match="idempotency key: 1-128"):
-        await followups.queue_event(db, 42, "Lead", idempotency_key="k" * 129)
-    assert len(await rows(db)) == 1
+        await followups.queue_event(engine_db, 42, "Lead", idempotency_key="k" * 129)
+    assert len(await rows(engine_db)) == 1
 
 
 def test_argument_parsing() -> None:
@@ -134,14 +136,14 @@ def test_argument_parsing() -> None:
     ],
 )
 async def test_follow_up_404s_park_with_a_plain_reason(
-    db: Database, kind: str, path: str, code: str, reason: str
+    engine_db: Database, kind: str, path: str, code: str, reason: str
 ) -> None:
-    async with db.transaction() as tx:
+    async with engine_db.transaction() as tx:
         await outbox.enqueue(
             tx,
             outbox.NewRow(kind=kind, path=path, body={}, idempotency_key="k", telegram_user_id=42),
         )
-    (row,) = await outbox.claim(db, limit=1, lease=60)
+    (row,) = await outbox.claim(engine_db, limit=1, lease=60)
     answer = ApiAnswer(404, {"error": {"code": code, "message": "no such lead"}}, None, False)
     outcome = classify_answer(answer, row)
     assert outcome.verdict is Verdict.PARK

@@ -33,10 +33,10 @@ DAY = 86400
 
 
 @pytest.fixture
-async def db(db: Database) -> Database:
+async def engine_db(engine_db: Database) -> Database:
     """The shared fixture's database, with both channels tracked."""
     for chat_id in (CHAT, OTHER):
-        async with db.transaction() as tx:
+        async with engine_db.transaction() as tx:
             await channels.upsert_in(
                 tx,
                 chat_id,
@@ -46,7 +46,7 @@ async def db(db: Database) -> Database:
                 active=True,
                 can_invite_users=True,
             )
-    return db
+    return engine_db
 
 
 async def add_join(
@@ -86,92 +86,96 @@ async def checks(db: Database) -> list[tuple[int, int, int, str, float, str]]:
     return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
 
-async def test_sweep_schedules_attributed_joins_after_the_setting_only(db: Database) -> None:
-    before = await add_join(db, 1)
-    await stay.set_setting(db, CHAT, 7, "Custom:Retained7d")
-    attributed = await add_join(db, 2, at=5000)
-    await add_join(db, 3, kind="organic")
-    await add_join(db, 4, kind="campaign")
-    await add_join(db, 5, chat_id=OTHER)  # the stay signal is off there
-    assert await stay.sweep(db) == 1
-    assert await checks(db) == [(attributed, 2, 7, "Custom:Retained7d", 5000 + 7 * DAY, "pending")]
-    assert before not in [c[0] for c in await checks(db)]
+async def test_sweep_schedules_attributed_joins_after_the_setting_only(engine_db: Database) -> None:
+    before = await add_join(engine_db, 1)
+    await stay.set_setting(engine_db, CHAT, 7, "Custom:Retained7d")
+    attributed = await add_join(engine_db, 2, at=5000)
+    await add_join(engine_db, 3, kind="organic")
+    await add_join(engine_db, 4, kind="campaign")
+    await add_join(engine_db, 5, chat_id=OTHER)  # the stay signal is off there
+    assert await stay.sweep(engine_db) == 1
+    assert await checks(engine_db) == [
+        (attributed, 2, 7, "Custom:Retained7d", 5000 + 7 * DAY, "pending")
+    ]
+    assert before not in [c[0] for c in await checks(engine_db)]
     # The cursor moved on: sweeping again schedules nothing new.
-    assert await stay.sweep(db) == 0
-    assert len(await checks(db)) == 1
+    assert await stay.sweep(engine_db) == 0
+    assert len(await checks(engine_db)) == 1
 
 
-async def test_sweep_walks_large_gaps_in_batches(db: Database) -> None:
-    await stay.set_setting(db, CHAT, 1, "Lead")
+async def test_sweep_walks_large_gaps_in_batches(engine_db: Database) -> None:
+    await stay.set_setting(engine_db, CHAT, 1, "Lead")
     for user in range(10, 35):
-        await add_join(db, user)
-    assert await stay.sweep(db, batch=4) == 25
-    assert len(await checks(db)) == 25
+        await add_join(engine_db, user)
+    assert await stay.sweep(engine_db, batch=4) == 25
+    assert len(await checks(engine_db)) == 25
 
 
-async def test_a_new_setting_applies_to_later_joins_only(db: Database) -> None:
-    await stay.set_setting(db, CHAT, 7, "Lead")
-    first = await add_join(db, 1)
-    await stay.sweep(db)
-    await stay.set_setting(db, CHAT, 30, "Subscribe")
-    second = await add_join(db, 2)
-    await stay.sweep(db)
-    await stay.set_setting(db, CHAT, None, None)
-    await add_join(db, 3)
-    await stay.sweep(db)
-    assert [(c[0], c[2], c[3]) for c in await checks(db)] == [
+async def test_a_new_setting_applies_to_later_joins_only(engine_db: Database) -> None:
+    await stay.set_setting(engine_db, CHAT, 7, "Lead")
+    first = await add_join(engine_db, 1)
+    await stay.sweep(engine_db)
+    await stay.set_setting(engine_db, CHAT, 30, "Subscribe")
+    second = await add_join(engine_db, 2)
+    await stay.sweep(engine_db)
+    await stay.set_setting(engine_db, CHAT, None, None)
+    await add_join(engine_db, 3)
+    await stay.sweep(engine_db)
+    assert [(c[0], c[2], c[3]) for c in await checks(engine_db)] == [
         (first, 7, "Lead"),
         (second, 30, "Subscribe"),
     ]
-    settings = await stay.settings(db, [CHAT, OTHER])
+    settings = await stay.settings(engine_db, [CHAT, OTHER])
     assert settings[CHAT].days is None
     assert settings[OTHER].days is None
 
 
 async def test_a_change_before_the_sweep_keeps_the_old_setting_for_earlier_joins(
-    db: Database,
+    engine_db: Database,
 ) -> None:
-    await stay.set_setting(db, CHAT, 7, "Lead")
-    first = await add_join(db, 1, at=1000)
-    await stay.set_setting(db, CHAT, 30, "Subscribe")  # before any sweep saw `first`
-    second = await add_join(db, 2, at=2000)
-    third = await add_join(db, 3, at=3000)
-    await stay.set_setting(db, CHAT, None, None)
-    await add_join(db, 4, at=4000)
-    await stay.sweep(db)
-    assert [(c[0], c[2], c[3], c[4]) for c in await checks(db)] == [
+    await stay.set_setting(engine_db, CHAT, 7, "Lead")
+    first = await add_join(engine_db, 1, at=1000)
+    await stay.set_setting(engine_db, CHAT, 30, "Subscribe")  # before any sweep saw `first`
+    second = await add_join(engine_db, 2, at=2000)
+    third = await add_join(engine_db, 3, at=3000)
+    await stay.set_setting(engine_db, CHAT, None, None)
+    await add_join(engine_db, 4, at=4000)
+    await stay.sweep(engine_db)
+    assert [(c[0], c[2], c[3], c[4]) for c in await checks(engine_db)] == [
         (first, 7, "Lead", 1000 + 7 * DAY),
         (second, 30, "Subscribe", 2000 + 30 * DAY),
         (third, 30, "Subscribe", 3000 + 30 * DAY),
     ]
-    assert await stay.sweep(db) == 0
+    assert await stay.sweep(engine_db) == 0
 
 
-async def test_forgetting_the_newest_join_does_not_hide_the_next_one(db: Database) -> None:
-    await stay.set_setting(db, CHAT, 7, "Lead")
-    newest = await add_join(db, 1)
-    await stay.sweep(db)
-    async with db.transaction() as tx:  # what erasing a person does
+async def test_forgetting_the_newest_join_does_not_hide_the_next_one(engine_db: Database) -> None:
+    await stay.set_setting(engine_db, CHAT, 7, "Lead")
+    newest = await add_join(engine_db, 1)
+    await stay.sweep(engine_db)
+    async with engine_db.transaction() as tx:  # what erasing a person does
         await tx.execute("DELETE FROM stay_checks WHERE join_id = ?", (newest,))
         await tx.execute("DELETE FROM joins WHERE id = ?", (newest,))
-    reused = await add_join(db, 2)
-    assert reused == newest  # SQLite hands the freed id out again
-    assert await stay.sweep(db) == 1
-    assert [c[1] for c in await checks(db)] == [2]
+    reused = await add_join(engine_db, 2)
+    # SQLite hands the freed id out again (migration 014's trigger moves the cursor
+    # back for it); PostgreSQL's identity never does.
+    assert (reused == newest) == (engine_db.dialect.name == "sqlite")
+    assert await stay.sweep(engine_db) == 1
+    assert [c[1] for c in await checks(engine_db)] == [2]
 
 
-async def test_due_waits_for_the_conversion_to_be_delivered(db: Database) -> None:
-    await stay.set_setting(db, CHAT, 1, "Lead")
-    join_id = await add_join(db, 1, at=1000)
-    conversion = await add_conversion(db, join_id, 1)
-    await stay.sweep(db)
-    assert await stay.due(db, now=1000 + DAY - 1) == []
-    assert await stay.due(db, now=1000 + DAY) == []  # conversion still pending
-    assert await stay.next_due_at(db) == 1000 + DAY
+async def test_due_waits_for_the_conversion_to_be_delivered(engine_db: Database) -> None:
+    await stay.set_setting(engine_db, CHAT, 1, "Lead")
+    join_id = await add_join(engine_db, 1, at=1000)
+    conversion = await add_conversion(engine_db, join_id, 1)
+    await stay.sweep(engine_db)
+    assert await stay.due(engine_db, now=1000 + DAY - 1) == []
+    assert await stay.due(engine_db, now=1000 + DAY) == []  # conversion still pending
+    assert await stay.next_due_at(engine_db) == 1000 + DAY
     await outbox.mark_delivered(
-        db, conversion, conversion_id="c1", dispatched=True, warning=None, replayed=False
+        engine_db, conversion, conversion_id="c1", dispatched=True, warning=None, replayed=False
     )
-    (check,) = await stay.due(db, now=1000 + DAY)
+    (check,) = await stay.due(engine_db, now=1000 + DAY)
     assert (check.join_id, check.user_id, check.days, check.report_id) == (
         join_id,
         1,
@@ -180,25 +184,27 @@ async def test_due_waits_for_the_conversion_to_be_delivered(db: Database) -> Non
     )
 
 
-async def test_a_check_whose_conversion_is_parked_is_closed_as_failed(db: Database) -> None:
-    await stay.set_setting(db, CHAT, 1, "Lead")
-    parked_join = await add_join(db, 1, at=1000)
-    parked = await add_conversion(db, parked_join, 1)
-    waiting = await add_conversion(db, await add_join(db, 2, at=1000), 2)
-    await stay.sweep(db)
-    await outbox.park(db, parked, attempt=1, reason="HTTP 400 INVALID_PAYLOAD")
-    assert await stay.close_parked(db, now=1000 + DAY - 1) == 0, "not due yet"
-    assert await stay.close_parked(db, now=1000 + DAY) == 1
-    assert await stay.counts(db, [CHAT]) == {CHAT: {"failed": 1, "pending": 1}}
-    found = await db.fetchone("SELECT detail FROM stay_checks WHERE join_id = ?", (parked_join,))
+async def test_a_check_whose_conversion_is_parked_is_closed_as_failed(engine_db: Database) -> None:
+    await stay.set_setting(engine_db, CHAT, 1, "Lead")
+    parked_join = await add_join(engine_db, 1, at=1000)
+    parked = await add_conversion(engine_db, parked_join, 1)
+    waiting = await add_conversion(engine_db, await add_join(engine_db, 2, at=1000), 2)
+    await stay.sweep(engine_db)
+    await outbox.park(engine_db, parked, attempt=1, reason="HTTP 400 INVALID_PAYLOAD")
+    assert await stay.close_parked(engine_db, now=1000 + DAY - 1) == 0, "not due yet"
+    assert await stay.close_parked(engine_db, now=1000 + DAY) == 1
+    assert await stay.counts(engine_db, [CHAT]) == {CHAT: {"failed": 1, "pending": 1}}
+    found = await engine_db.fetchone(
+        "SELECT detail FROM stay_checks WHERE join_id = ?", (parked_join,)
+    )
     assert found is not None
     assert found[0] == f"conversion parked (outbox row #{parked})"
     # Only the check still waiting on a conversion in flight keeps the checker looking.
     await outbox.mark_delivered(
-        db, waiting, conversion_id="c2", dispatched=True, warning=None, replayed=False
+        engine_db, waiting, conversion_id="c2", dispatched=True, warning=None, replayed=False
     )
-    assert [c.user_id for c in await stay.due(db, now=1000 + DAY)] == [2]
-    assert await stay.close_parked(db, now=1000 + DAY) == 0
+    assert [c.user_id for c in await stay.due(engine_db, now=1000 + DAY)] == [2]
+    assert await stay.close_parked(engine_db, now=1000 + DAY) == 0
 
 
 async def _one_due(db: Database, user_id: int = 1) -> stay.DueCheck:
@@ -209,84 +215,86 @@ async def _one_due(db: Database, user_id: int = 1) -> stay.DueCheck:
     return check
 
 
-async def test_stayed_queues_one_event_and_closes_the_check(db: Database) -> None:
-    check = await _one_due(db)
+async def test_stayed_queues_one_event_and_closes_the_check(engine_db: Database) -> None:
+    check = await _one_due(engine_db)
     row = follow_up_row(check, EventType.parse(check.event_type), now=2000.5)
-    row_id = await stay.record_stayed(db, check.id, status="member", event=row)
+    row_id = await stay.record_stayed(engine_db, check.id, status="member", event=row)
     assert row_id is not None
     # Asked again (a stale copy of the check): nothing new is queued.
-    assert await stay.record_stayed(db, check.id, status="member", event=row) is None
-    stored = await outbox.get(db, row_id)
+    assert await stay.record_stayed(engine_db, check.id, status="member", event=row) is None
+    stored = await outbox.get(engine_db, row_id)
     assert stored is not None
     assert (stored["kind"], stored["path"], stored["priority"]) == (
         "lead_event",
         "/leads/1/events",
         1,
     )
-    assert (await outbox.counts(db)).pending == 1
-    assert await stay.due(db, now=time.time()) == []
-    assert await stay.counts(db, [CHAT]) == {CHAT: {"sent": 1}}
-    found = await db.fetchone("SELECT state, status, outbox_id FROM stay_checks")
+    assert (await outbox.counts(engine_db)).pending == 1
+    assert await stay.due(engine_db, now=time.time()) == []
+    assert await stay.counts(engine_db, [CHAT]) == {CHAT: {"sent": 1}}
+    found = await engine_db.fetchone("SELECT state, status, outbox_id FROM stay_checks")
     assert found is not None
     assert tuple(found) == ("sent", "member", row_id)
 
 
-async def test_left_without_an_update_is_recorded_on_the_join(db: Database) -> None:
-    check = await _one_due(db)
-    await stay.record_left(db, check.id, status="left", now=5000.0)
-    assert await scalar(db, "SELECT left_at FROM joins") == 5000
-    assert await scalar(db, "SELECT count(*) FROM leaves") == 1
-    assert await stay.counts(db, [CHAT]) == {CHAT: {"left": 1}}
+async def test_left_without_an_update_is_recorded_on_the_join(engine_db: Database) -> None:
+    check = await _one_due(engine_db)
+    await stay.record_left(engine_db, check.id, status="left", now=5000.0)
+    assert await scalar(engine_db, "SELECT left_at FROM joins") == 5000
+    assert await scalar(engine_db, "SELECT count(*) FROM leaves") == 1
+    assert await stay.counts(engine_db, [CHAT]) == {CHAT: {"left": 1}}
 
 
-async def test_a_known_leave_is_not_recorded_twice(db: Database) -> None:
-    check = await _one_due(db)
+async def test_a_known_leave_is_not_recorded_twice(engine_db: Database) -> None:
+    check = await _one_due(engine_db)
     leave = joins.NewLeave(CHAT, 1, 3000, 77)
-    await write(db, lambda tx: joins.record_leaves(tx, [leave]))
-    await stay.record_left(db, check.id, status="kicked", now=5000.0)
-    assert await scalar(db, "SELECT left_at FROM joins") == 3000
-    assert await scalar(db, "SELECT count(*) FROM leaves") == 1
+    await write(engine_db, lambda tx: joins.record_leaves(tx, [leave]))
+    await stay.record_left(engine_db, check.id, status="kicked", now=5000.0)
+    assert await scalar(engine_db, "SELECT left_at FROM joins") == 3000
+    assert await scalar(engine_db, "SELECT count(*) FROM leaves") == 1
 
 
-async def test_a_late_real_leave_replaces_the_one_a_check_made_up(db: Database) -> None:
-    check = await _one_due(db)  # joined at 1000
-    await stay.record_left(db, check.id, status="left", now=5000.0)
+async def test_a_late_real_leave_replaces_the_one_a_check_made_up(engine_db: Database) -> None:
+    check = await _one_due(engine_db)  # joined at 1000
+    await stay.record_left(engine_db, check.id, status="left", now=5000.0)
     leave = joins.NewLeave(CHAT, 1, 3000, 77)  # Telegram's update, late, with its own date
-    await write(db, lambda tx: joins.record_leaves(tx, [leave]))
-    left = await db.fetchall("SELECT left_at, update_id FROM leaves")
+    await write(engine_db, lambda tx: joins.record_leaves(tx, [leave]))
+    left = await engine_db.fetchall("SELECT left_at, update_id FROM leaves")
     assert [tuple(r) for r in left] == [(3000, 77)]
-    assert await scalar(db, "SELECT left_at FROM joins") == 3000
+    assert await scalar(engine_db, "SELECT left_at FROM joins") == 3000
     # A repeat of the update changes nothing.
     leave = joins.NewLeave(CHAT, 1, 3000, 77)
-    await write(db, lambda tx: joins.record_leaves(tx, [leave]))
-    assert await scalar(db, "SELECT count(*) FROM leaves") == 1
+    await write(engine_db, lambda tx: joins.record_leaves(tx, [leave]))
+    assert await scalar(engine_db, "SELECT count(*) FROM leaves") == 1
 
 
-async def test_a_real_leave_of_an_earlier_stay_keeps_a_later_made_up_one(db: Database) -> None:
-    await stay.set_setting(db, CHAT, 7, "Lead")
-    await add_join(db, 1, at=1000)
-    await add_join(db, 1, at=4000)  # left (no update yet) and came back
-    await stay.sweep(db)
-    later = (await stay.due(db, now=time.time()))[-1]
-    await stay.record_left(db, later.id, status="left", now=9000.0)
+async def test_a_real_leave_of_an_earlier_stay_keeps_a_later_made_up_one(
+    engine_db: Database,
+) -> None:
+    await stay.set_setting(engine_db, CHAT, 7, "Lead")
+    await add_join(engine_db, 1, at=1000)
+    await add_join(engine_db, 1, at=4000)  # left (no update yet) and came back
+    await stay.sweep(engine_db)
+    later = (await stay.due(engine_db, now=time.time()))[-1]
+    await stay.record_left(engine_db, later.id, status="left", now=9000.0)
     leave = joins.NewLeave(CHAT, 1, 3000, 78)  # the first stay's leave, late
-    await write(db, lambda tx: joins.record_leaves(tx, [leave]))
-    left = await db.fetchall("SELECT left_at, update_id FROM leaves ORDER BY left_at")
+    await write(engine_db, lambda tx: joins.record_leaves(tx, [leave]))
+    left = await engine_db.fetchall("SELECT left_at, update_id FROM leaves ORDER BY left_at")
     assert [tuple(r) for r in left] == [(3000, 78), (9000, None)]
-    assert await scalar(db, "SELECT left_at FROM joins WHERE joined_at = 4000") == 9000
+    assert await scalar(engine_db, "SELECT left_at FROM joins WHERE joined_at = 4000") == 9000
 
 
-async def test_failures_final_or_retried(db: Database) -> None:
-    check = await _one_due(db)
+async def test_failures_final_or_retried(engine_db: Database) -> None:
+    check = await _one_due(engine_db)
     later = time.time() + 100
-    await stay.retry_later(db, check.id, at=later, error="HTTP 502")
-    assert await stay.due(db, now=time.time()) == []
-    (again,) = await stay.due(db, now=later)
+    await stay.retry_later(engine_db, check.id, at=later, error="HTTP 502")
+    assert await stay.due(engine_db, now=time.time()) == []
+    (again,) = await stay.due(engine_db, now=later)
     assert again.attempts == 1
-    await stay.record_failed(db, check.id, reason="Bad Request: chat not found")
-    assert await stay.due(db, now=later) == []
-    assert await stay.next_due_at(db) is None
-    found = await db.fetchone("SELECT state, detail FROM stay_checks")
+    await stay.record_failed(engine_db, check.id, reason="Bad Request: chat not found")
+    assert await stay.due(engine_db, now=later) == []
+    assert await stay.next_due_at(engine_db) is None
+    found = await engine_db.fetchone("SELECT state, detail FROM stay_checks")
     assert found is not None
     assert tuple(found) == ("failed", "Bad Request: chat not found")
 

@@ -22,7 +22,7 @@ from bot.tracker.visits import VisitRecorder
 from storage import channels, inbox, invite_links, join_requests, outbox
 from storage.db import Database, Transaction, open_database
 from storage.outbox import OutboxRow
-from storage.privacy import _SCRUB_OUTBOX, _SCRUB_VISITS, forget_user
+from storage.privacy import _SCRUB_VISITS, _scrub_outbox, forget_user
 from storage.stats import channel_stats
 from tests.harness import write
 
@@ -159,24 +159,26 @@ async def _stats(db: Database) -> Any:
     return replace(row, now=0)
 
 
-async def test_sweep_clears_old_finished_rows_and_keeps_counts(db: Database) -> None:
-    await _seed(db)
-    async with db.transaction() as tx:
+async def test_sweep_clears_old_finished_rows_and_keeps_counts(engine_db: Database) -> None:
+    await _seed(engine_db)
+    async with engine_db.transaction() as tx:
         # Alice's conversion was delivered, Bob's is still waiting: his keeps its signals.
         await tx.execute(
-            "UPDATE outbox SET state = 'delivered' WHERE telegram_user_id IS NOT ?", (BOB,)
+            "UPDATE outbox SET state = 'delivered'"
+            " WHERE telegram_user_id IS NULL OR telegram_user_id != ?",
+            (BOB,),
         )
-    await _age(db, 91)
-    fresh = VisitRecorder(db, lambda: None)
+    await _age(engine_db, 91)
+    fresh = VisitRecorder(engine_db, lambda: None)
     await fresh.record(replace(VISIT, temp_id="00000000-0000-4000-8000-00000000000d"))
     await fresh.aclose()
-    before = await _stats(db)
+    before = await _stats(engine_db)
 
-    swept = await PrivacySweeper(db, 90, batch=2).sweep_once()
+    swept = await PrivacySweeper(engine_db, 90, batch=2).sweep_once()
 
     assert swept.visits == 3  # the fresh visit is not old enough
     assert swept.outbox == 6  # 3 visit forwards, 2 update-fbp, Alice's conversion
-    rows = await db.fetchall("SELECT * FROM visits ORDER BY id")
+    rows = await engine_db.fetchall("SELECT * FROM visits ORDER BY id")
     for row in rows:
         old = row["temp_id"] != "00000000-0000-4000-8000-00000000000d"
         assert (row["scrubbed_at"] is not None) == old
@@ -184,7 +186,7 @@ async def test_sweep_clears_old_finished_rows_and_keeps_counts(db: Database) -> 
             assert (row[column] is None) == old, column
         assert row["utm_source"] == "meta"  # the ad, not the person: kept
         assert row["temp_id"]
-    for row in await db.fetchall("SELECT * FROM outbox"):
+    for row in await engine_db.fetchall("SELECT * FROM outbox"):
         body = json.loads(row["body"])
         if row["kind"] == "conversion" and row["telegram_user_id"] == BOB:
             assert row["state"] == "pending"
@@ -200,53 +202,53 @@ async def test_sweep_clears_old_finished_rows_and_keeps_counts(db: Database) -> 
             assert value not in text, (row["kind"], text)
         assert row["headers"] is None
         assert "tempId" in body or "telegramUserId" in body
-    assert await _stats(db) == before
+    assert await _stats(engine_db) == before
     # Idempotent and cheap: nothing left to do.
-    again = await PrivacySweeper(db, 90).sweep_once()
+    again = await PrivacySweeper(engine_db, 90).sweep_once()
     assert (again.visits, again.outbox) == (0, 0)
 
 
-async def test_a_scrubbed_parked_row_is_not_retried(db: Database) -> None:
-    await _seed(db)
-    async with db.transaction() as tx:
+async def test_a_scrubbed_parked_row_is_not_retried(engine_db: Database) -> None:
+    await _seed(engine_db)
+    async with engine_db.transaction() as tx:
         await tx.execute("UPDATE outbox SET state = 'parked' WHERE kind = 'conversion'")
-    await _age(db, 91)
-    await PrivacySweeper(db, 90).sweep_once()
-    assert await _scalar(db, "SELECT count(*) FROM outbox WHERE state = 'parked'") == 2
+    await _age(engine_db, 91)
+    await PrivacySweeper(engine_db, 90).sweep_once()
+    assert await _scalar(engine_db, "SELECT count(*) FROM outbox WHERE state = 'parked'") == 2
     # Stripped of what the platform matches on: /retry leaves them parked.
-    assert await outbox.retry_parked(db) == 0
-    assert await _scalar(db, "SELECT count(*) FROM outbox WHERE state = 'parked'") == 2
+    assert await outbox.retry_parked(engine_db) == 0
+    assert await _scalar(engine_db, "SELECT count(*) FROM outbox WHERE state = 'parked'") == 2
 
 
-async def test_a_returning_visitor_is_fresh_again(db: Database) -> None:
-    await _seed(db)
-    await _age(db, 100)
-    await PrivacySweeper(db, 90).sweep_once()
-    recorder = VisitRecorder(db, lambda: None)
+async def test_a_returning_visitor_is_fresh_again(engine_db: Database) -> None:
+    await _seed(engine_db)
+    await _age(engine_db, 100)
+    await PrivacySweeper(engine_db, 90).sweep_once()
+    recorder = VisitRecorder(engine_db, lambda: None)
     await recorder.record(replace(VISIT, temp_id="00000000-0000-4000-8000-00000000000c"))
     await recorder.aclose()
-    row = await db.fetchone(
+    row = await engine_db.fetchone(
         "SELECT client_ip, scrubbed_at FROM visits WHERE temp_id = ?",
         ("00000000-0000-4000-8000-00000000000c",),
     )
     assert row is not None
     assert row["client_ip"] == "203.0.113.7"
     assert row["scrubbed_at"] is None
-    assert (await PrivacySweeper(db, 90).sweep_once()).visits == 0
+    assert (await PrivacySweeper(engine_db, 90).sweep_once()).visits == 0
 
 
-async def test_young_rows_are_left_alone(db: Database) -> None:
-    await _seed(db)
-    async with db.transaction() as tx:
+async def test_young_rows_are_left_alone(engine_db: Database) -> None:
+    await _seed(engine_db)
+    async with engine_db.transaction() as tx:
         await tx.execute("UPDATE outbox SET state = 'delivered'")
-    await _age(db, 89)
-    swept = await PrivacySweeper(db, 90).sweep_once()
+    await _age(engine_db, 89)
+    swept = await PrivacySweeper(engine_db, 90).sweep_once()
     assert (swept.visits, swept.outbox) == (0, 0)
-    assert await _scalar(db, "SELECT count(*) FROM visits WHERE client_ip IS NULL") == 0
+    assert await _scalar(engine_db, "SELECT count(*) FROM visits WHERE client_ip IS NULL") == 0
 
 
 async def test_sweep_reads_only_rows_not_yet_scrubbed(db: Database) -> None:
-    for sql in (_SCRUB_VISITS, _SCRUB_OUTBOX):
+    for sql in (_SCRUB_VISITS, _scrub_outbox(db.dialect)):
         plan = " ".join(
             str(r[3]) for r in await db.fetchall(f"EXPLAIN QUERY PLAN {sql}", (0, 0, 10))
         )
@@ -267,27 +269,24 @@ def _names(row: tuple[Any, ...], user_id: int) -> bool:
 
 
 async def _snapshot(db: Database) -> dict[str, set[tuple[Any, ...]]]:
-    tables = [
-        str(r[0])
-        for r in await db.fetchall(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-        )
-    ]
-    # Table names come from sqlite_master, not from input.
+    tables = [str(r[0]) for r in await db.fetchall(db.dialect.tables)]
+    # Table names come from the engine's catalog, not from input.
     sql = 'SELECT * FROM "{}"'
     return {t: {tuple(r) for r in await db.fetchall(sql.format(t))} for t in tables}
 
 
-async def test_forget_removes_that_person_and_nothing_of_another(db: Database) -> None:
-    await _seed(db)
-    before = await _snapshot(db)
+async def test_forget_removes_that_person_and_nothing_of_another(engine_db: Database) -> None:
+    await _seed(engine_db)
+    before = await _snapshot(engine_db)
     alice_visit = await _scalar(
-        db, "SELECT id FROM visits WHERE temp_id = ?", ("00000000-0000-4000-8000-00000000000a",)
+        engine_db,
+        "SELECT id FROM visits WHERE temp_id = ?",
+        ("00000000-0000-4000-8000-00000000000a",),
     )
 
-    forgotten = await forget_user(db, ALICE)
+    forgotten = await forget_user(engine_db, ALICE)
 
-    after = await _snapshot(db)
+    after = await _snapshot(engine_db)
     gone = {t: before[t] - after[t] for t in before}
     # Counts said are the rows that went.
     for table, count in forgotten.deleted.items():
@@ -306,10 +305,10 @@ async def test_forget_removes_that_person_and_nothing_of_another(db: Database) -
             continue
         assert not any(_names(row, BOB) for row in rows), table
         assert not any("00000000-0000-4000-8000-00000000000b" in str(row) for row in rows)
-    assert await _scalar(db, "SELECT count(*) FROM visits") == 2
-    assert await _scalar(db, "SELECT count(*) FROM joins WHERE user_id = ?", (BOB,)) == 1
+    assert await _scalar(engine_db, "SELECT count(*) FROM visits") == 2
+    assert await _scalar(engine_db, "SELECT count(*) FROM joins WHERE user_id = ?", (BOB,)) == 1
     # The link stays (the channel's), without the visit, and never goes back to the pool.
-    link = await db.fetchone(
+    link = await engine_db.fetchone(
         "SELECT visit_id, discarded_at FROM invite_links WHERE url = ?",
         ("https://t.me/+link000a",),
     )
@@ -321,30 +320,36 @@ async def test_forget_removes_that_person_and_nothing_of_another(db: Database) -
         assert any(_names(row, ALICE) for row in before[table] if ALICE not in row), table
     for table, rows in after.items():
         assert not any(_names(row, ALICE) for row in rows), table
-    assert await _scalar(db, "SELECT count(*) FROM visits WHERE id = ?", (alice_visit,)) == 0
-    assert (await forget_user(db, ALICE)).total == 0
+    assert await _scalar(engine_db, "SELECT count(*) FROM visits WHERE id = ?", (alice_visit,)) == 0
+    assert (await forget_user(engine_db, ALICE)).total == 0
 
 
-async def test_forget_covers_tables_added_later(db: Database) -> None:
+async def test_forget_covers_tables_added_later(engine_db: Database) -> None:
     """A feature's own table naming the user, or pointing at their joins, is erased too."""
-    await _seed(db)
-    async with db.transaction() as tx:
+    await _seed(engine_db)
+    async with engine_db.transaction() as tx:
+        # As a later migration would make them, in the engine's DDL.
         await tx.execute(
-            "CREATE TABLE audit_notes (id INTEGER PRIMARY KEY, telegram_user_id INTEGER, note TEXT)"
+            tx.dialect.ddl(
+                "CREATE TABLE audit_notes"
+                " (id INTEGER PRIMARY KEY, telegram_user_id INTEGER, note TEXT)"
+            )
         )
         await tx.execute(
-            "CREATE TABLE join_marks (id INTEGER PRIMARY KEY,"
-            " join_id INTEGER NOT NULL REFERENCES joins(id))"
+            tx.dialect.ddl(
+                "CREATE TABLE join_marks (id INTEGER PRIMARY KEY,"
+                " join_id INTEGER NOT NULL REFERENCES joins(id))"
+            )
         )
         await tx.execute(
             "INSERT INTO audit_notes (telegram_user_id, note) VALUES (?, 'a'), (?, 'b')",
             (ALICE, BOB),
         )
         await tx.execute("INSERT INTO join_marks (join_id) SELECT id FROM joins")
-    forgotten = await forget_user(db, ALICE)
+    forgotten = await forget_user(engine_db, ALICE)
     assert forgotten.deleted["audit_notes"] == 1
     assert forgotten.deleted["join_marks"] == 1
-    assert await _scalar(db, "SELECT count(*) FROM join_marks") == 1
+    assert await _scalar(engine_db, "SELECT count(*) FROM join_marks") == 1
 
 
 def test_user_id_must_be_a_positive_number() -> None:

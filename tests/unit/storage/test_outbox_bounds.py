@@ -250,7 +250,7 @@ async def test_at_the_cap_the_room_is_counted_again_while_forwards_keep_coming()
     assert cap.take(2) == 1
 
 
-async def test_only_forwards_waiting_or_parked_are_dropped_by_age(db: Database) -> None:
+async def test_only_forwards_waiting_or_parked_are_dropped_by_age(engine_db: Database) -> None:
     def row(kind: str, key: str, priority: int) -> outbox.NewRow:
         return outbox.NewRow(
             kind=kind, path=f"/{kind}", body={}, idempotency_key=key, priority=priority
@@ -266,15 +266,15 @@ async def test_only_forwards_waiting_or_parked_are_dropped_by_age(db: Database) 
         row("visit", "visit-delivered", 1),
     ]
     ids: dict[str, int] = {}
-    async with db.transaction() as tx:
+    async with engine_db.transaction() as tx:
         for new in queued:
             row_id = await outbox.enqueue(tx, new)
             assert row_id is not None
             ids[new.idempotency_key] = row_id
-    assert len(await outbox.claim(db, limit=len(queued), lease=60)) == len(queued)
-    await outbox.park(db, ids["visit-parked"], attempt=1, reason="refused")
+    assert len(await outbox.claim(engine_db, limit=len(queued), lease=60)) == len(queued)
+    await outbox.park(engine_db, ids["visit-parked"], attempt=1, reason="refused")
     await outbox.mark_delivered(
-        db,
+        engine_db,
         ids["visit-delivered"],
         conversion_id=None,
         dispatched=None,
@@ -282,10 +282,10 @@ async def test_only_forwards_waiting_or_parked_are_dropped_by_age(db: Database) 
         replayed=False,
     )
     waiting = ["conversion", "stay-signal", "visit-pending", "fbp-pending"]
-    await outbox.hand_back(db, [ids[key] for key in waiting])
+    await outbox.hand_back(engine_db, [ids[key] for key in waiting])
 
-    assert await outbox.drop_aged_forwards(db, max_age=3600) == []
-    dropped = await outbox.drop_aged_forwards(db, max_age=3600, now=time.time() + 7200)
+    assert await outbox.drop_aged_forwards(engine_db, max_age=3600) == []
+    dropped = await outbox.drop_aged_forwards(engine_db, max_age=3600, now=time.time() + 7200)
     assert sorted(dropped) == ["update_fbp", "visit", "visit"]
-    kept = {r[0] for r in await db.fetchall("SELECT idempotency_key FROM outbox")}
+    kept = {r[0] for r in await engine_db.fetchall("SELECT idempotency_key FROM outbox")}
     assert kept == {"conversion", "stay-signal", "visit-sending", "visit-delivered"}

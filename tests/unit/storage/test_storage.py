@@ -10,18 +10,31 @@ import time
 from pathlib import Path
 
 import aiosqlite
+import psycopg
 import pytest
 
 from storage import channels, inbox, invite_links, joins, outbox, visits
-from storage.db import Database, Transaction, migrate, open_database, schema_version
+from storage.db import (
+    Database,
+    Transaction,
+    latest_version,
+    migrate,
+    open_database,
+    open_database_url,
+    schema_version,
+)
+from storage.postgres import WRITE_LOCK
 from storage.sqlite import SqliteDatabase
 from tests.harness import ROOT, write
 
 
-async def test_migrations_recorded_and_idempotent(db: Database) -> None:
-    version = await schema_version(db)
-    assert version >= 1
-    assert await migrate(db) == version
+async def test_migrations_recorded_and_idempotent(engine_db: Database) -> None:
+    version = await schema_version(engine_db)
+    assert version == latest_version()
+    assert await migrate(engine_db) == version
+
+
+async def test_sqlite_runs_in_wal_mode_with_foreign_keys(db: Database) -> None:
     pragmas = await db.fetchall("PRAGMA journal_mode")
     assert pragmas[0][0] == "wal"
     assert (await db.fetchall("PRAGMA foreign_keys"))[0][0] == 1
@@ -39,27 +52,27 @@ async def _queue(db: Database, key: str) -> int:
     return row_id
 
 
-async def test_claim_counts_attempt_and_leases(db: Database) -> None:
-    first = await _queue(db, "k1")
-    await _queue(db, "k2")
-    claimed = await outbox.claim(db, limit=1, lease=30)
+async def test_claim_counts_attempt_and_leases(engine_db: Database) -> None:
+    first = await _queue(engine_db, "k1")
+    await _queue(engine_db, "k2")
+    claimed = await outbox.claim(engine_db, limit=1, lease=30)
     assert [r.id for r in claimed] == [first]
     assert claimed[0].attempts == 1
     assert claimed[0].first_attempt_at is not None
     # A claimed row is not handed out twice.
-    again = await outbox.claim(db, limit=5, lease=30)
+    again = await outbox.claim(engine_db, limit=5, lease=30)
     assert [r.id for r in again] == [first + 1]
-    assert await outbox.claim(db, limit=5, lease=30) == []
+    assert await outbox.claim(engine_db, limit=5, lease=30) == []
 
 
-async def test_reschedule_keeps_errors_list(db: Database) -> None:
-    row_id = await _queue(db, "k")
+async def test_reschedule_keeps_errors_list(engine_db: Database) -> None:
+    row_id = await _queue(engine_db, "k")
     for attempt in range(1, 25):
-        (row,) = await outbox.claim(db, limit=1, lease=30, now=time.time() + 10 * attempt)
+        (row,) = await outbox.claim(engine_db, limit=1, lease=30, now=time.time() + 10 * attempt)
         await outbox.reschedule(
-            db, row.id, attempt=row.attempts, next_attempt_at=0, error=f"HTTP 503 #{attempt}"
+            engine_db, row.id, attempt=row.attempts, next_attempt_at=0, error=f"HTTP 503 #{attempt}"
         )
-    stored = await outbox.get(db, row_id)
+    stored = await outbox.get(engine_db, row_id)
     assert stored is not None
     errors = json.loads(stored["errors"])
     assert len(errors) == outbox.MAX_ERRORS_KEPT
@@ -69,49 +82,49 @@ async def test_reschedule_keeps_errors_list(db: Database) -> None:
     assert stored["attempts"] == 24
 
 
-async def test_park_and_retry(db: Database) -> None:
-    row_id = await _queue(db, "k")
-    (row,) = await outbox.claim(db, limit=1, lease=30)
-    await outbox.park(db, row.id, attempt=1, reason="HTTP 400 INVALID_PAYLOAD: x")
-    counts = await outbox.counts(db)
+async def test_park_and_retry(engine_db: Database) -> None:
+    row_id = await _queue(engine_db, "k")
+    (row,) = await outbox.claim(engine_db, limit=1, lease=30)
+    await outbox.park(engine_db, row.id, attempt=1, reason="HTTP 400 INVALID_PAYLOAD: x")
+    counts = await outbox.counts(engine_db)
     assert (counts.parked, counts.pending) == (1, 0)
-    assert await outbox.claim(db, limit=5, lease=30) == []
-    assert await outbox.retry_parked(db, row_id) == 1
-    assert [r.id for r in await outbox.claim(db, limit=5, lease=30)] == [row_id]
+    assert await outbox.claim(engine_db, limit=5, lease=30) == []
+    assert await outbox.retry_parked(engine_db, row_id) == 1
+    assert [r.id for r in await outbox.claim(engine_db, limit=5, lease=30)] == [row_id]
 
 
-async def test_rescue_after_crash_and_expired_lease(db: Database) -> None:
-    a = await _queue(db, "a")
-    await outbox.claim(db, limit=1, lease=1000)
-    assert await outbox.rescue_claimed(db, expired_only=True) == 0
-    assert await outbox.rescue_claimed(db, expired_only=False) == 1
-    (row,) = await outbox.claim(db, limit=1, lease=-1.0)  # a lease already over
+async def test_rescue_after_crash_and_expired_lease(engine_db: Database) -> None:
+    a = await _queue(engine_db, "a")
+    await outbox.claim(engine_db, limit=1, lease=1000)
+    assert await outbox.rescue_claimed(engine_db, expired_only=True) == 0
+    assert await outbox.rescue_claimed(engine_db, expired_only=False) == 1
+    (row,) = await outbox.claim(engine_db, limit=1, lease=-1.0)  # a lease already over
     assert row.id == a
     assert row.attempts == 2
-    assert await outbox.rescue_claimed(db, expired_only=True) == 1
+    assert await outbox.rescue_claimed(engine_db, expired_only=True) == 1
 
 
-async def test_hand_back_does_not_count_the_attempt(db: Database) -> None:
-    row_id = await _queue(db, "a")
-    await outbox.claim(db, limit=1, lease=30)
-    await outbox.hand_back(db, [row_id])
-    (row,) = await outbox.claim(db, limit=1, lease=30)
+async def test_hand_back_does_not_count_the_attempt(engine_db: Database) -> None:
+    row_id = await _queue(engine_db, "a")
+    await outbox.claim(engine_db, limit=1, lease=30)
+    await outbox.hand_back(engine_db, [row_id])
+    (row,) = await outbox.claim(engine_db, limit=1, lease=30)
     assert row.attempts == 1
 
 
-async def test_idempotency_key_unique(db: Database) -> None:
-    await _queue(db, "same")
-    async with db.transaction() as tx:
+async def test_idempotency_key_unique(engine_db: Database) -> None:
+    await _queue(engine_db, "same")
+    async with engine_db.transaction() as tx:
         again = await outbox.enqueue(
             tx, outbox.NewRow(kind="conversion", path="/x", body={}, idempotency_key="same")
         )
     assert again is None
-    assert (await outbox.counts(db)).pending == 1
+    assert (await outbox.counts(engine_db)).pending == 1
 
 
-async def test_join_natural_keys(db: Database) -> None:
-    await _add_channel(db)
-    async with db.transaction() as tx:
+async def test_join_natural_keys(engine_db: Database) -> None:
+    await _add_channel(engine_db)
+    async with engine_db.transaction() as tx:
         visit_id = await visits.upsert(tx, visits.Attribution(temp_id="t1", fbc="fb.1.1.x"))
         link = await invite_links.insert(
             tx,
@@ -137,17 +150,19 @@ async def test_join_natural_keys(db: Database) -> None:
             update_id=1,
         )
 
-    first = await write(db, lambda tx: joins.insert_many(tx, [join("attributed", link.id, 10)]))
+    first = await write(
+        engine_db, lambda tx: joins.insert_many(tx, [join("attributed", link.id, 10)])
+    )
     # Same chat, user and link: the same join, whatever the date says; and a
     # duplicate inside one batch is new only once.
     later = [join("attributed", link.id, 11), join("organic", None, 20), join("organic", None, 20)]
-    second = await write(db, lambda tx: joins.insert_many(tx, later))
+    second = await write(engine_db, lambda tx: joins.insert_many(tx, later))
     leave = joins.NewLeave(chat_id=-1001, user_id=7, left_at=30, update_id=2)
-    await write(db, lambda tx: joins.record_leaves(tx, [leave, leave]))
+    await write(engine_db, lambda tx: joins.record_leaves(tx, [leave, leave]))
     assert list(first) == [0]
     assert list(second) == [1]
-    assert (await db.fetchall("SELECT count(*) FROM leaves"))[0][0] == 1
-    rows = await db.fetchall("SELECT left_at FROM joins ORDER BY id")
+    assert (await engine_db.fetchall("SELECT count(*) FROM leaves"))[0][0] == 1
+    rows = await engine_db.fetchall("SELECT left_at FROM joins ORDER BY id")
     assert [r[0] for r in rows] == [30, 30]
 
 
@@ -166,7 +181,7 @@ async def _add_channel(db: Database, chat_id: int = -1001) -> None:
     )
 
 
-async def test_a_batch_of_new_joins_gets_each_its_own_id(db: Database) -> None:
+async def test_a_batch_of_new_joins_gets_each_its_own_id(engine_db: Database) -> None:
     # All new: the ids are read off the table's maximum, not back from the rows.
     rows = [
         joins.NewJoin(
@@ -181,16 +196,16 @@ async def test_a_batch_of_new_joins_gets_each_its_own_id(db: Database) -> None:
         )
         for user_id in (5, 3, 9)
     ]
-    await _add_channel(db)
-    await write(db, lambda tx: joins.insert_many(tx, rows[:1]))
-    second = await write(db, lambda tx: joins.insert_many(tx, rows[1:]))
-    stored = {r[0]: r[1] for r in await db.fetchall("SELECT id, user_id FROM joins")}
+    await _add_channel(engine_db)
+    await write(engine_db, lambda tx: joins.insert_many(tx, rows[:1]))
+    second = await write(engine_db, lambda tx: joins.insert_many(tx, rows[1:]))
+    stored = {r[0]: r[1] for r in await engine_db.fetchall("SELECT id, user_id FROM joins")}
     assert {index: stored[join_id] for index, join_id in second.items()} == {0: 3, 1: 9}
 
 
-async def test_links_are_found_with_the_visit_they_were_handed_to(db: Database) -> None:
-    await _add_channel(db)
-    async with db.transaction() as tx:
+async def test_links_are_found_with_the_visit_they_were_handed_to(engine_db: Database) -> None:
+    await _add_channel(engine_db)
+    async with engine_db.transaction() as tx:
         visit_id = await visits.upsert(
             tx, visits.Attribution(temp_id="t9", fbc="fb.1.1.z", user_agent="UA")
         )
@@ -217,7 +232,7 @@ async def test_links_are_found_with_the_visit_they_were_handed_to(db: Database) 
             expire_date=None,
         )
     urls = ["https://t.me/+handed", "https://t.me/+campaign", "https://t.me/+unknown"]
-    found = await write(db, lambda tx: invite_links.find_with_visits(tx, urls))
+    found = await write(engine_db, lambda tx: invite_links.find_with_visits(tx, urls))
     assert set(found) == set(urls[:2])
     link, visit = found["https://t.me/+handed"]
     assert link == handed
@@ -227,29 +242,29 @@ async def test_links_are_found_with_the_visit_they_were_handed_to(db: Database) 
 
 
 async def test_handled_updates_stored_with_their_results_tell_which_were_stored_before(
-    db: Database,
+    engine_db: Database,
 ) -> None:
-    await inbox.store_batch(db, [(1, "chat_member", '{"update_id": 1}')])
+    await inbox.store_batch(engine_db, [(1, "chat_member", '{"update_id": 1}')])
     batch = [(n, "chat_member", f'{{"update_id": {n}}}') for n in (1, 2, 3)]
     before = await write(
-        db, lambda tx: inbox.store_handled_in(tx, batch, failed={3}, now=time.time())
+        engine_db, lambda tx: inbox.store_handled_in(tx, batch, failed={3}, now=time.time())
     )
     assert before == {1}
-    states = await db.fetchall("SELECT update_id, state FROM updates ORDER BY update_id")
+    states = await engine_db.fetchall("SELECT update_id, state FROM updates ORDER BY update_id")
     # 1 stays as the retry pass owns it; 3 failed and is recorded as such next.
     assert [tuple(r) for r in states] == [(1, "new"), (2, "done"), (3, "new")]
     again = await write(
-        db, lambda tx: inbox.store_handled_in(tx, batch[1:], failed=set(), now=time.time())
+        engine_db, lambda tx: inbox.store_handled_in(tx, batch[1:], failed=set(), now=time.time())
     )
     assert again == {2, 3}
 
 
-async def test_an_outbox_body_orjson_cannot_encode_is_kept(db: Database) -> None:
+async def test_an_outbox_body_orjson_cannot_encode_is_kept(engine_db: Database) -> None:
     row = outbox.NewRow(
         kind="conversion", path="/c", body={"userAgent": "bad \ud800 text"}, idempotency_key="s"
     )
-    await write(db, lambda tx: outbox.enqueue_many(tx, [row]))
-    stored = (await db.fetchall("SELECT body FROM outbox"))[0][0]
+    await write(engine_db, lambda tx: outbox.enqueue_many(tx, [row]))
+    stored = (await engine_db.fetchall("SELECT body FROM outbox"))[0][0]
     assert json.loads(stored) == {"userAgent": "bad \ud800 text"}
 
 
@@ -302,8 +317,8 @@ async def test_an_outbox_row_of_an_unknown_priority_is_refused() -> None:
         outbox.NewRow(kind="conversion", path="/c", body={}, idempotency_key="x", priority=2)
 
 
-async def test_repeat_visit_keeps_old_values_where_new_are_empty(db: Database) -> None:
-    async with db.transaction() as tx:
+async def test_repeat_visit_keeps_old_values_where_new_are_empty(engine_db: Database) -> None:
+    async with engine_db.transaction() as tx:
         first = await visits.upsert(
             tx, visits.Attribution(temp_id="t", fbc="fb.1.1.a", client_ip="1.1.1.1")
         )
@@ -316,30 +331,32 @@ async def test_repeat_visit_keeps_old_values_where_new_are_empty(db: Database) -
     assert (visit.fbc, visit.fbp, visit.client_ip) == ("fb.1.1.a", "fb.1.2.b", "2.2.2.2")
 
 
-async def test_inbox_batches_failures_and_redelivery(db: Database) -> None:
+async def test_inbox_batches_failures_and_redelivery(engine_db: Database) -> None:
     batch = [(1, "chat_member", '{"update_id": 1}'), (2, "message", '{"update_id": 2}')]
-    assert await inbox.store_batch(db, batch) == set()
-    await inbox.mark_done(db, [1])
-    await inbox.mark_failed(db, 2, error="boom", retry_at=time.time() + 100)
-    assert await inbox.failed_count(db) == 1
+    assert await inbox.store_batch(engine_db, batch) == set()
+    await inbox.mark_done(engine_db, [1])
+    await inbox.mark_failed(engine_db, 2, error="boom", retry_at=time.time() + 100)
+    assert await inbox.failed_count(engine_db) == 1
     now = time.time()
-    assert await inbox.due_for_retry(db, now=now, new_before=0) == []
-    due = await inbox.due_for_retry(db, now=now + 200, new_before=0)
+    assert await inbox.due_for_retry(engine_db, now=now, new_before=0) == []
+    due = await inbox.due_for_retry(engine_db, now=now + 200, new_before=0)
     assert [(u.update_id, u.attempts) for u in due] == [(2, 1)]
     # A `new` update is only picked up once it is older than `new_before`: until
     # then the handling pass that stored it still owns it.
-    await inbox.store_batch(db, [(3, "message", '{"update_id": 3}')])
-    assert [u.update_id for u in await inbox.due_for_retry(db, now=now, new_before=now)] == []
-    later = await inbox.due_for_retry(db, now=now, new_before=time.time() + 1)
+    await inbox.store_batch(engine_db, [(3, "message", '{"update_id": 3}')])
+    assert [
+        u.update_id for u in await inbox.due_for_retry(engine_db, now=now, new_before=now)
+    ] == []
+    later = await inbox.due_for_retry(engine_db, now=now, new_before=time.time() + 1)
     assert [u.update_id for u in later] == [3]
     # The same batch again: update 1 is known as done; with a new one beside it, too.
-    assert await inbox.store_batch(db, batch) == {1}
-    assert await inbox.store_batch(db, [batch[0], (4, "message", '{"update_id": 4}')]) == {1}
-    assert await inbox.prune_old(db, now=time.time() + inbox.DONE_KEPT_SECONDS + 1) == 1
+    assert await inbox.store_batch(engine_db, batch) == {1}
+    assert await inbox.store_batch(engine_db, [batch[0], (4, "message", '{"update_id": 4}')]) == {1}
+    assert await inbox.prune_old(engine_db, now=time.time() + inbox.DONE_KEPT_SECONDS + 1) == 1
 
 
-async def test_conversions_are_claimed_before_visit_forwards(db: Database) -> None:
-    async with db.transaction() as tx:
+async def test_conversions_are_claimed_before_visit_forwards(engine_db: Database) -> None:
+    async with engine_db.transaction() as tx:
         for i in range(3):
             await outbox.enqueue(
                 tx,
@@ -350,20 +367,20 @@ async def test_conversions_are_claimed_before_visit_forwards(db: Database) -> No
         await outbox.enqueue(
             tx, outbox.NewRow(kind="conversion", path="/c", body={}, idempotency_key="c")
         )
-    claimed = await outbox.claim(db, limit=2, lease=30)
+    claimed = await outbox.claim(engine_db, limit=2, lease=30)
     # The conversion queued last still goes first; then the oldest visit.
     assert {r.idempotency_key for r in claimed} == {"c", "v0"}
 
 
-async def test_a_transaction_commits_as_one_or_rolls_back(db: Database) -> None:
-    async with db.transaction() as tx:
+async def test_a_transaction_commits_as_one_or_rolls_back(engine_db: Database) -> None:
+    async with engine_db.transaction() as tx:
         await tx.execute(
             "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (1, 'x', '{}', 0)"
         )
         assert await _updates(tx) == 1
 
     async def add_then_fail() -> None:
-        async with db.transaction() as tx:
+        async with engine_db.transaction() as tx:
             await tx.execute(
                 "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (2, 'x', '{}', 0)"
             )
@@ -371,19 +388,19 @@ async def test_a_transaction_commits_as_one_or_rolls_back(db: Database) -> None:
 
     with pytest.raises(RuntimeError, match="half-way"):
         await add_then_fail()
-    rows = await db.fetchall("SELECT update_id FROM updates")
+    rows = await engine_db.fetchall("SELECT update_id FROM updates")
     assert [r[0] for r in rows] == [1]
     # The writer is usable afterwards: a new transaction begins and commits.
-    assert await db.execute("DELETE FROM updates") == 1
+    assert await engine_db.execute("DELETE FROM updates") == 1
 
 
-async def test_transactions_never_interleave(db: Database) -> None:
+async def test_transactions_never_interleave(engine_db: Database) -> None:
     """Each task's statements run inside its own transaction, however the event
     loop switches between the tasks."""
     counts: list[tuple[int, int]] = []
 
     async def add(update_id: int) -> None:
-        async with db.transaction() as tx:
+        async with engine_db.transaction() as tx:
             await tx.execute(
                 "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (?, 'x', '{}', 0)",
                 (update_id,),
@@ -393,10 +410,10 @@ async def test_transactions_never_interleave(db: Database) -> None:
             assert row is not None
             counts.append((update_id, int(row[0])))
 
-    await asyncio.gather(add(1), add(2), db.execute("UPDATE updates SET attempts = 1"))
+    await asyncio.gather(add(1), add(2), engine_db.execute("UPDATE updates SET attempts = 1"))
     assert counts == [(1, 1), (2, 2)]
     # The lone statement waited its turn: it ran after both transactions, on both rows.
-    rows = await db.fetchall("SELECT attempts FROM updates ORDER BY update_id")
+    rows = await engine_db.fetchall("SELECT attempts FROM updates ORDER BY update_id")
     assert [r[0] for r in rows] == [1, 1]
 
 
@@ -428,6 +445,46 @@ async def test_a_write_waits_for_another_process_off_the_loop(
     assert [r[0] for r in rows] == [7]
 
 
+async def test_a_postgres_write_waits_for_another_process_holding_the_write_lock(
+    postgres_url: str,
+) -> None:
+    """BEGIN IMMEDIATE's guarantee across processes: while another session holds the
+    write lock, a transaction waits for it, without freezing the event loop, and
+    then sees what the other committed."""
+    database = await open_database_url(postgres_url)
+    other = await psycopg.AsyncConnection.connect(postgres_url, autocommit=True)
+    try:
+        await other.execute("BEGIN")
+        await other.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+        await other.execute(
+            "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (7, 'x', '{}', 0)"
+        )
+
+        async def read_then_write() -> int:
+            async with database.transaction() as tx:
+                row = await tx.fetchone("SELECT count(*) FROM updates")
+                assert row is not None
+                await tx.execute(
+                    "INSERT INTO updates (update_id, kind, raw, received_at)"
+                    " VALUES (?, 'x', '{}', 0)",
+                    (8 + int(row[0]),),
+                )
+                return int(row[0])
+
+        write = asyncio.create_task(read_then_write())
+        ticks = 0
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 5
+        assert not write.done()
+        await other.execute("COMMIT")
+        assert await write == 1  # it read after the other's commit
+    finally:
+        await other.close()
+        await database.close()
+
+
 async def test_a_failed_commit_leaves_the_connection_usable(db: Database) -> None:
     # A deferred foreign key fails at COMMIT, not at the INSERT: the commit path.
     async def orphan() -> None:
@@ -446,25 +503,26 @@ async def test_a_failed_commit_leaves_the_connection_usable(db: Database) -> Non
 
 
 async def test_a_read_snapshot_neither_waits_for_the_writer_nor_sees_its_work(
-    db: Database,
+    engine_db: Database,
 ) -> None:
-    async with db.transaction() as tx:
+    async with engine_db.transaction() as tx:
         await tx.execute(
             "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (1, 'x', '{}', 0)"
         )
         # The writer holds its transaction open: a read goes on beside it.
-        async with db.read() as snapshot:
+        async with engine_db.read() as snapshot:
             assert await _updates(snapshot) == 0
-    async with db.read() as snapshot:
+    async with engine_db.read() as snapshot:
         first = await _updates(snapshot)
-        await db.execute(
+        await engine_db.execute(
             "INSERT INTO updates (update_id, kind, raw, received_at) VALUES (2, 'x', '{}', 0)"
         )
         # One snapshot: the commit made meanwhile is not in it.
         assert (first, await _updates(snapshot)) == (1, 1)
-        with pytest.raises(sqlite3.OperationalError, match=r"readonly|read-only|query_only"):
+        refused = (sqlite3.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
+        with pytest.raises(refused, match=r"readonly|read-only|query_only"):
             await snapshot.execute("DELETE FROM updates")
-    async with db.read() as snapshot:
+    async with engine_db.read() as snapshot:
         assert await _updates(snapshot) == 2
 
 
