@@ -50,7 +50,13 @@ from bot.tracker.server import Tracker
 from bot.tracker.visits import VisitRecorder
 from handlers import get_routers
 from handlers.services import Services
-from storage.db import Database, open_database, open_readonly
+from storage.db import (
+    Database,
+    open_database,
+    open_database_url,
+    open_readonly,
+    open_reads_url,
+)
 
 
 @dataclass
@@ -170,8 +176,16 @@ async def build(settings: Settings) -> Bridge:
 
 
 async def open_storage(settings: Settings) -> tuple[Database, Database]:
-    """The database, and a read-only connection to it for the counts /metrics and
-    /healthz read."""
+    """The database (PostgreSQL at DATABASE_URL, else SQLite at DATABASE_PATH), and a
+    second handle on it for the counts /metrics and /healthz read."""
+    if settings.database_url is not None:
+        url = settings.database_url.get_secret_value()
+        db = await open_database_url(url)
+        try:
+            return db, await open_reads_url(url)
+        except BaseException:
+            await db.close()
+            raise
     db = await open_database(settings.database_path)
     return db, await open_readonly(settings.database_path)
 

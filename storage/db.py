@@ -149,6 +149,17 @@ async def open_database_url(url: str) -> Database:
     return await open_database(Path(url))
 
 
+async def open_reads_url(url: str) -> Database:
+    """A second handle on the database at `url` for reads beside the bridge's own
+    (no migrations): SQLite opens the file read-only."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from storage.postgres import PostgresDatabase
+
+        return await PostgresDatabase.open(url)
+    path = url.removeprefix("sqlite://") if url.startswith("sqlite://") else url
+    return await open_readonly(Path(path))
+
+
 async def open_readonly(path: Path) -> SqliteDatabase:
     """For a tool beside a running bridge: no migrations, no writes possible.
 
@@ -187,6 +198,11 @@ async def migrate(db: Database) -> int:
         if version <= current:
             continue
         async with db.transaction() as tx:
+            # Asked again under the write lock: another process starting beside this
+            # one (several bridges on one PostgreSQL) may have applied it meanwhile.
+            if await tx.fetchone("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)):
+                current = version
+                continue
             # A whole script at once would COMMIT our transaction: one by one.
             for marker, statement in _split_sql(sql):
                 if db.dialect.applies(marker):

@@ -4,6 +4,7 @@ doctor's look at the schema. Same calls, same answers."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import psycopg
@@ -210,3 +211,18 @@ async def test_a_writer_connection_the_server_dropped_is_replaced(postgres_url: 
             assert await tx.fetchone("SELECT 2") is not None
     finally:
         await db.close()
+
+
+async def test_processes_starting_together_migrate_once(postgres_url: str) -> None:
+    """Several bridges on one PostgreSQL start at once: each migration is applied by
+    one of them, and all of them open."""
+    opened = await asyncio.gather(*(open_database_url(postgres_url) for _ in range(3)))
+    try:
+        rows = await opened[0].fetchall(
+            "SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version"
+        )
+        assert [int(r[0]) for r in rows] == list(range(1, latest_version() + 1))
+        assert {int(r[1]) for r in rows} == {1}
+    finally:
+        for database in opened:
+            await database.close()
