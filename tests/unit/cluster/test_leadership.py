@@ -9,6 +9,7 @@ never as measurements.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -94,8 +95,8 @@ class LeaderProcess:
         os.kill(self.process.pid, number)
 
     async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.signal(signal.SIGCONT)  # a stopped process would not die of SIGKILL's wait
+        with contextlib.suppress(ProcessLookupError):  # gone already: SIGKILLed and reaped
+            self.signal(signal.SIGCONT)  # a stopped process would not be reaped
             self.process.kill()
         await self.process.wait()
         await self._reader
