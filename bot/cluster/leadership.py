@@ -159,7 +159,8 @@ class LeadershipStatus:
 
 async def find_leader(url: str, *, name: str = DEFAULT_NAME) -> LeaderInfo | None:
     """Who holds the leader's lock in the database at `url` right now (doctor)."""
-    async with await AsyncConnection.connect(url, autocommit=True) as connection:
+    connection = await AsyncConnection.connect(url, autocommit=True, connect_timeout=10)
+    async with connection:
         return await _read_holder(connection, lock_key(name))
 
 
@@ -206,6 +207,7 @@ class Leadership:
         self._connection: AsyncConnection[tuple[Any, ...]] | None = None
         self._valid_until: float | None = None  # on `clock`; None while standing by
         self._task: asyncio.Task[None] | None = None
+        self._closing = False  # set by aclose(): every loop ends at its next turn
         self.leader_since: datetime | None = None
         self.elections = 0
         self.leader: LeaderInfo | None = None
@@ -258,6 +260,7 @@ class Leadership:
         """Stops: a leader is deposed (`on_deposed`) and its session ended, so the
         lock is free for the others at once."""
         task, self._task = self._task, None
+        self._closing = True
         if task is not None:
             task.cancel()
             # wait() rather than `await task`: the task's cancellation is not ours.
@@ -275,7 +278,7 @@ class Leadership:
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while not self._closing:
             try:
                 await self._session()
                 failures = 0
@@ -328,11 +331,14 @@ class Leadership:
 
     async def _within(self, step: Awaitable[T], deadline: float | None = None) -> T:
         """`step`, failing with TimeoutError after `deadline` seconds (a lease)."""
-        return await asyncio.wait_for(step, timeout=self.lease if deadline is None else deadline)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation
+        # that arrives as the step completes, and aclose() would wait for ever.
+        async with asyncio.timeout(self.lease if deadline is None else deadline):
+            return await step
 
     async def _stand_by(self, connection: AsyncConnection[tuple[Any, ...]]) -> None:
         """Returns once elected."""
-        while True:
+        while not self._closing:
             await self._within(connection.execute("BEGIN"))
             sent = self._clock()
             cursor = await self._within(connection.execute(_TAKE, (self.key,)))
@@ -347,7 +353,7 @@ class Leadership:
     async def _lead(self, connection: AsyncConnection[tuple[Any, ...]]) -> None:
         """Heartbeats until deposed, then returns."""
         last_sent = self._clock()
-        while True:
+        while not self._closing:
             await asyncio.sleep(max(0.0, last_sent + self._beat_every - self._clock()))
             valid_until = self._valid_until
             assert valid_until is not None  # only _lead deposes while leading

@@ -156,7 +156,7 @@ async def test_one_of_two_wins_and_closing_it_lets_the_other_win(postgres_url: s
 
 async def test_the_standby_never_claims_while_the_leader_is_healthy(postgres_url: str) -> None:
     # A short lease and an eager standby: the heartbeats' cadence is what keeps it out.
-    lease = 1.5
+    lease = 2.0
     leader, standby = Recorder(), Recorder()
     beats: list[float] = []
     options: dict[str, Any] = {"lease": lease, "retry_every": 0.1}
@@ -169,7 +169,7 @@ async def test_the_standby_never_claims_while_the_leader_is_healthy(postgres_url
     ) as one:
         await asyncio.wait_for(one.leading.wait(), timeout=30)
         async with running(postgres_url, "standby", **options, **standby.callbacks()) as two:
-            for _ in range(4 * 10):  # four leases, looking ten times in each
+            for _ in range(3 * 10):  # three leases, looking ten times in each
                 await asyncio.sleep(lease / 10)
                 assert one.is_leader
                 assert not two.is_leader
@@ -221,7 +221,7 @@ async def test_a_session_ended_by_the_server_deposes_and_stands_again(postgres_u
 async def test_the_open_transaction_holds_back_no_vacuum(postgres_url: str) -> None:
     beats: list[float] = []
     async with (
-        running(postgres_url, "holder", lease=1.5, on_heartbeat=lambda: beats.append(0)) as one,
+        running(postgres_url, "holder", lease=3.0, on_heartbeat=lambda: beats.append(0)) as one,
         await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as other,
     ):
         await asyncio.wait_for(one.leading.wait(), timeout=30)
