@@ -19,6 +19,7 @@ from bot.admin.commands import COMMANDS
 from bot.factory import Bridge, build
 from bot.polling.calls import BadBotToken
 from bot.settings import Settings
+from bot.waiting import wait_any
 
 # Bridge is what `on_ready` is given: callers of run_bridge name it from here.
 __all__ = ["Bridge", "run_bridge"]
@@ -64,6 +65,72 @@ async def start_tracker(bridge: Bridge) -> web.AppRunner:
     return runner
 
 
+async def _lead(bridge: Bridge, stop: asyncio.Event) -> None:
+    """Run the leader's jobs for each term this process leads, until stop.
+
+    Alone on SQLite the first term lasts until stop. On PostgreSQL a term ends
+    when the election deposes this process (a stall, a lost connection): its jobs
+    stop, and it stands by, serving the tracker, until it is elected again."""
+    while not stop.is_set():
+        if not bridge.election.leading.is_set():
+            await wait_any(bridge.election.leading, stop, timeout=None)
+            if stop.is_set():
+                return
+        if bridge.settings.database_url is not None:
+            log.warning("elected leader: polling Telegram, sending, filling the invite pools")
+        await _term(bridge, stop)
+        if not stop.is_set():
+            log.warning("no longer the leader: standing by, serving the tracker")
+
+
+async def _term(bridge: Bridge, stop: asyncio.Event) -> None:
+    term = asyncio.Event()  # this term's stop: the bridge's, or a deposition
+    jobs = _leader_jobs(bridge, term)
+    ends = asyncio.create_task(
+        wait_any(bridge.election.standing_by, stop, timeout=None), name="term-end"
+    )
+    # Not among `jobs`: those run until the term ends, and the first to end ends it.
+    first_contact = asyncio.create_task(_first_contact(bridge), name="first-contact")
+    try:
+        done, _ = await asyncio.wait({*jobs, ends}, return_when=asyncio.FIRST_COMPLETED)
+        for job in done - {ends}:
+            # A job that fails (a rejected token) ends the bridge with its error. One
+            # that returns ends the term: the poller does when it finds itself
+            # deposed; while this process still leads, it ends the bridge, as the
+            # first job to end always has.
+            error = job.exception()
+            if error is not None:
+                raise error
+            if bridge.election.is_leader and not stop.is_set():
+                log.warning("%s ended; stopping", job.get_name())
+                stop.set()
+    finally:
+        term.set()
+        ends.cancel()
+        first_contact.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+
+
+def _leader_jobs(bridge: Bridge, term: asyncio.Event) -> set[asyncio.Task[None]]:
+    """What only the leader does: everything that talks to Telegram (one getUpdates
+    consumer per token) or sends to AdTarget (one rate limit per key)."""
+    settings = bridge.settings
+    jobs = {
+        asyncio.create_task(bridge.poller.run(term), name="poller"),
+        asyncio.create_task(bridge.pool.run(term), name="invite-pool"),
+        asyncio.create_task(bridge.join_requests.run(term), name="join-requests"),
+        asyncio.create_task(bridge.stay.run(term), name="stay-checks"),
+        asyncio.create_task(bridge.watchdog.run(term), name="watchdog"),
+    }
+    if settings.courier_enabled:
+        jobs.add(asyncio.create_task(bridge.courier.run(term), name="courier"))
+    else:
+        log.warning("COURIER_ENABLED=false: conversions are queued, not sent")
+    if settings.retention_days:  # 0: personal fields are kept forever
+        jobs.add(asyncio.create_task(bridge.privacy.run(term), name="privacy-sweep"))
+    return jobs
+
+
 async def _first_contact(bridge: Bridge) -> None:
     """Once at start: the command menu and AdTarget's channel mapping. Failures are
     logged; neither is needed for joins to be recorded and reported."""
@@ -84,6 +151,10 @@ async def run_bridge(
 
     `on_ready` receives the built bridge (tests use it to reach the services).
     """
+    if settings.database_url is not None:
+        # Several processes may share PostgreSQL: the election, not a file lock,
+        # decides which of them polls and sends.
+        return await _run_locked(settings, stop, on_ready)
     try:
         with instance_lock(settings.database_path):
             return await _run_locked(settings, stop, on_ready)
@@ -109,24 +180,18 @@ async def _run_locked(
         return EXIT_FAILED
     if on_ready is not None:
         on_ready(bridge)
-    log.info("Joinbridge started (database %s)", settings.database_path)
+    log.info(
+        "Joinbridge started (%s)",
+        "PostgreSQL at DATABASE_URL"
+        if settings.database_url is not None
+        else f"database {settings.database_path}",
+    )
+    bridge.election.start()
     tasks = {
-        asyncio.create_task(bridge.poller.run(stop), name="poller"),
-        asyncio.create_task(bridge.pool.run(stop), name="invite-pool"),
-        asyncio.create_task(bridge.join_requests.run(stop), name="join-requests"),
+        asyncio.create_task(_lead(bridge, stop), name="leader"),
         asyncio.create_task(bridge.db.upkeep(stop), name="database-upkeep"),
         asyncio.create_task(bridge.notifier.run(stop), name="notifier"),
-        asyncio.create_task(bridge.stay.run(stop), name="stay-checks"),
-        asyncio.create_task(bridge.watchdog.run(stop), name="watchdog"),
     }
-    # Not among `tasks`: those run until stop, and the first to end ends the bridge.
-    first_contact = asyncio.create_task(_first_contact(bridge), name="first-contact")
-    if settings.courier_enabled:
-        tasks.add(asyncio.create_task(bridge.courier.run(stop), name="courier"))
-    else:
-        log.warning("COURIER_ENABLED=false: conversions are queued, not sent")
-    if settings.retention_days:  # 0: personal fields are kept forever
-        tasks.add(asyncio.create_task(bridge.privacy.run(stop), name="privacy-sweep"))
     status = EXIT_OK
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -143,9 +208,9 @@ async def _run_locked(
                 status = EXIT_FAILED
     finally:
         stop.set()
-        first_contact.cancel()
         await runner.cleanup()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await bridge.election.aclose()
         await bridge.close()
         log.info("Joinbridge stopped")
     return status

@@ -26,6 +26,8 @@ from bot.admin.notifier import Notifier
 from bot.admin.onboarding import Onboarding
 from bot.adtarget.client import AdTargetClient
 from bot.adtarget.sync import ChannelSync
+from bot.cluster.leadership import Leadership, default_identity
+from bot.cluster.roles import Election, SoleLeader
 from bot.courier.service import Courier
 from bot.courier.verdicts import CourierConfig
 from bot.followups.lead import LeadFollowUps
@@ -68,6 +70,8 @@ class Bridge:
     # storage
     db: Database
     reads: Database  # read-only, for /metrics and /healthz counts
+    # which process leads: the only one on SQLite, elected on PostgreSQL
+    election: Election
     # Telegram and polling
     bot: Bot
     dispatcher: Dispatcher
@@ -106,6 +110,7 @@ class Bridge:
 
 async def build(settings: Settings) -> Bridge:
     db, reads = await open_storage(settings)
+    election = create_election(settings)
     # This bridge's own registry (several bridges in one process keep apart), first:
     # the bot's session and the AdTarget client report to it from their first call.
     metrics = Metrics()
@@ -129,9 +134,25 @@ async def build(settings: Settings) -> Bridge:
     )
     dispatcher = create_dispatcher(services)
     poller = create_poller(
-        settings, bot, dispatcher, db, [joins, join_requests], poll_stats, courier, notifier
+        settings,
+        bot,
+        dispatcher,
+        db,
+        [joins, join_requests],
+        poll_stats,
+        courier,
+        notifier,
+        may_poll=lambda: election.is_leader,
     )
-    health = Health(db, reads, poll_stats, courier, pool, courier_enabled=settings.courier_enabled)
+    health = Health(
+        db,
+        reads,
+        poll_stats,
+        courier,
+        pool,
+        election,
+        courier_enabled=settings.courier_enabled,
+    )
     watchdog = create_watchdog(settings, poll_stats, notifier)
     tracker = create_tracker(settings, db, visits, pool, health, metrics, watchdog)
     # Last: /metrics reads counts from every part, the tracker's included.
@@ -145,12 +166,14 @@ async def build(settings: Settings) -> Bridge:
             pool=pool,
             visits=visits,
             invites_handed_out=lambda: tracker.invites_handed_out,
+            election=election,
         ),
     )
     return Bridge(
         settings=settings,
         db=db,
         reads=reads,
+        election=election,
         bot=bot,
         dispatcher=dispatcher,
         poller=poller,
@@ -190,6 +213,14 @@ async def open_storage(settings: Settings) -> tuple[Database, Database]:
     return db, await open_readonly(settings.database_path)
 
 
+def create_election(settings: Settings) -> Election:
+    """With DATABASE_URL, several processes may share the store: they elect the one
+    that polls, sends and fills the pools. Alone on SQLite, this process leads."""
+    if settings.database_url is None:
+        return SoleLeader(default_identity())
+    return Leadership(settings.database_url.get_secret_value(), lease=settings.leader_lease)
+
+
 # ---- Telegram and polling --------------------------------------------------------
 
 
@@ -218,6 +249,8 @@ def create_poller(
     stats: PollerStats,
     courier: Courier,
     notifier: Notifier,
+    *,
+    may_poll: Callable[[], bool],
 ) -> Poller:
     return Poller(
         bot,
@@ -233,6 +266,7 @@ def create_poller(
         stats=stats,
         sends_written=courier.sends_written,
         on_unreadable=lambda found: unreadable_alert(notifier, found),
+        may_poll=may_poll,
     )
 
 
@@ -337,6 +371,7 @@ def courier_config(settings: Settings) -> CourierConfig:
         billing_probe_interval=settings.billing_probe_interval,
         shutdown_grace=settings.shutdown_grace,
         forwards_max_age=settings.outbox_forwards_max_age,
+        sole_process=settings.database_url is None,
     )
 
 

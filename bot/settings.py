@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # several bridge processes sharing one store (docs/several-machines.md). Unset:
     # SQLite at DATABASE_PATH. A SecretStr: the URL may carry the password.
     database_url: SecretStr | None = None
+    # With DATABASE_URL: a stalled leader (frozen, its connection open) loses the lead
+    # this many seconds after its last heartbeat, and a standby takes over.
+    leader_lease: float = Field(default=6.0, ge=1, le=60)
     admin_ids: Annotated[tuple[int, ...], NoDecode] = ()
     default_event_type: Literal["Lead", "Subscribe"] = "Lead"
     send_organic: bool = False

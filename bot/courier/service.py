@@ -112,7 +112,7 @@ class Courier:
             self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        rescued = await outbox.rescue_claimed(self._db, expired_only=False)
+        rescued = await outbox.rescue_claimed(self._db, expired_only=not self._config.sole_process)
         if rescued:
             log.warning("outbox: %d row(s) claimed before a crash are due again", rescued)
         await self._load_pause()

@@ -200,6 +200,10 @@ class CourierConfig:
     poll_interval: float = 2.0
     # Visit and update-fbp forwards older than this are dropped (OUTBOX_FORWARDS_MAX_AGE).
     forwards_max_age: float = 6 * 3600.0
+    # At start, every row left `sending` is an orphan when this process is the only
+    # one (SQLite's instance lock); several processes on PostgreSQL rescue only the
+    # rows whose lease ran out: a deposed leader may still be finishing its sends.
+    sole_process: bool = True
 
     @property
     def backoff(self) -> Backoff:

@@ -45,6 +45,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bot.cluster.roles import Election
 from bot.courier.service import Courier
 from bot.invites.pool import InvitePool, PoolState
 from bot.joins.recorder import LEAVE, JoinRecorder
@@ -119,6 +120,8 @@ class Watched:
     # The tracker's count of links handed to visitors (read through a function:
     # the tracker is built after the metrics it serves).
     invites_handed_out: Callable[[], int]
+    # Which process leads (several processes on PostgreSQL; alone on SQLite, this one).
+    election: Election
 
 
 @dataclass(slots=True)
@@ -221,10 +224,27 @@ class _BridgeCollector(Collector):
         self._stored = stored
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._cluster()
         yield from self._updates()
         yield from self._joins_and_visits()
         yield from self._courier()
         yield from self._database(self._stored())
+
+    def _cluster(self) -> Iterator[Metric]:
+        election = self._watched.election
+        role = GaugeMetricFamily(
+            "joinbridge_leader",
+            "1 while this process leads (polls Telegram, runs the courier, fills the"
+            " invite pools), 0 while it stands by",
+            labels=["identity"],
+        )
+        role.add_metric([election.status().identity], 1.0 if election.is_leader else 0.0)
+        yield role
+        yield CounterMetricFamily(
+            "joinbridge_leader_elections",
+            "Times this process was elected leader since it started",
+            value=election.status().elections,
+        )
 
     def _updates(self) -> Iterator[Metric]:
         poller = self._watched.poller

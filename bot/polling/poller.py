@@ -87,6 +87,7 @@ class Poller:
         stats: PollerStats | None = None,
         sends_written: Callable[[], Awaitable[None]],
         on_unreadable: Callable[[list[Unreadable]], None] = lambda _: None,
+        may_poll: Callable[[], bool] = lambda: True,
     ) -> None:
         self._bot = bot
         self._db = db
@@ -106,6 +107,10 @@ class Poller:
         self._sends_written = sends_written
         # Told of updates newly set aside as unreadable (the admins' alert).
         self._on_unreadable = on_unreadable
+        # Asked before each getUpdates: with several processes only the leader may
+        # poll (Telegram allows one consumer per token), and a leader that just woke
+        # from a stall must find out before it sends one more.
+        self._may_poll = may_poll
         session = bot.session
         self._reader = session.reader if isinstance(session, UpdatesSession) else UpdateReader()
         # The handling task waits for a batch, with none queued.
@@ -155,6 +160,9 @@ class Poller:
         next long poll overlaps with handling, and a crash in between loses
         nothing because unhandled stored updates are handled at start."""
         while not stop.is_set():
+            if not self._may_poll():
+                log.warning("no longer the leader: polling stops")
+                return
             method = GetUpdates(
                 offset=self._offset,
                 limit=self._config.limit,

@@ -6,6 +6,7 @@ import logging
 import time
 from typing import Any
 
+from bot.cluster.roles import Election
 from bot.courier.service import Courier
 from bot.invites.pool import InvitePool
 from bot.polling.batches import PollerStats
@@ -23,6 +24,7 @@ class Health:
         poller: PollerStats,
         courier: Courier,
         pool: InvitePool,
+        election: Election,
         *,
         courier_enabled: bool,
     ) -> None:
@@ -33,6 +35,7 @@ class Health:
         self._poller = poller
         self._courier = courier
         self._pool = pool
+        self._election = election
         self._courier_enabled = courier_enabled
 
     async def report(self) -> dict[str, Any]:
@@ -55,16 +58,28 @@ class Health:
         else:
             courier = {"state": "running"}
         empty_pools = [p for p in pools if p.target and p.size == 0]
+        # A standby does not poll (the leader does): its getUpdates age says nothing.
+        leading = self._election.is_leader
+        cluster = self._election.status()
         degraded = (
-            pause is not None
-            or last_poll is None
-            or now - last_poll > 120
+            (leading and pause is not None)
+            or (leading and (last_poll is None or now - last_poll > 120))
             or bool(empty_pools)
             or counts.parked > 0
         )
         return {
             "status": "degraded" if degraded else "ok",
             "database": {"ok": True, "schemaVersion": version},
+            # Which process this is, and who leads (several processes on PostgreSQL).
+            "cluster": {
+                "role": cluster.role,
+                "identity": cluster.identity,
+                "leaderSince": None
+                if cluster.leader_since is None
+                else cluster.leader_since.isoformat(),
+                "elections": cluster.elections,
+                "leader": None if cluster.leader is None else cluster.leader.identity,
+            },
             "telegram": {
                 "lastGetUpdatesAt": last_poll,
                 "secondsSinceLastGetUpdates": None
