@@ -312,6 +312,12 @@ async def rescue_claimed(db: Database, *, now: float | None = None, expired_only
     return await db.execute(sql, params)
 
 
+async def earliest_lease_end(db: Database) -> float | None:
+    """When the first claimed row's lease runs out (None: no row is claimed)."""
+    row = await db.fetchone("SELECT min(lease_until) FROM outbox WHERE state = 'sending'")
+    return float(row[0]) if row and row[0] is not None else None
+
+
 async def retry_parked(db: Database, row_id: int | None = None) -> int:
     """Re-queue one parked row, or all of them; the attempt count starts afresh.
 

@@ -38,6 +38,9 @@ from storage.outbox import OutboxRow
 
 log = logging.getLogger(__name__)
 
+# A sweep for an expired lease runs this long after it ran out (clock granularity).
+LEASE_SLACK = 0.5
+
 PAUSE_KEY = "courier_paused"
 IDLE_WAIT = 30.0
 
@@ -121,8 +124,7 @@ class Courier:
         try:
             while not stop.is_set():
                 if time.monotonic() >= next_sweep:  # paused or not
-                    await self._sweep()
-                    next_sweep = time.monotonic() + self._config.sweep_interval
+                    next_sweep = time.monotonic() + await self._sweep()
                 wait = await self._dispatch_due()
                 if wait > 0:
                     await wait_any(self._wake, stop, timeout=wait)
@@ -318,13 +320,21 @@ class Courier:
         )
         self.outcomes[row.kind, "retried"] += 1
 
-    async def _sweep(self) -> None:
-        """Rows whose lease expired are due again; forwards past their age go."""
+    async def _sweep(self) -> float:
+        """Rows whose lease expired are due again; forwards past their age go.
+        Returns the seconds to the next sweep: the sweep interval, or sooner when a
+        claimed row's lease runs out before that (a leader that died mid-delivery
+        left its claims to the next one, which re-sends them then)."""
         await outbox.rescue_claimed(self._db, expired_only=True)
         kinds = await outbox.drop_aged_forwards(self._db, max_age=self._config.forwards_max_age)
         self.dropped.update(kinds)
         if kinds:
             log.warning("outbox: %d forward(s) past OUTBOX_FORWARDS_MAX_AGE dropped", len(kinds))
+        lease_end = await outbox.earliest_lease_end(self._db)
+        wait = self._config.sweep_interval
+        if lease_end is not None:
+            wait = min(wait, max(lease_end - time.time(), 0.0) + LEASE_SLACK)
+        return wait
 
     async def _already_delivered(self, row: OutboxRow) -> bool:
         """Past the idempotency window a resend could duplicate: ask AdTarget first."""
