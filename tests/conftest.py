@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import tests.harness as harness
 from bot.simulators.adtarget import FakeAdTarget
 from bot.simulators.telegram import FakeTelegram
 from storage.db import Database, open_database, open_database_url
@@ -137,3 +138,46 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     url = postgres_server.create_database()
     yield url
     postgres_server.drop_database(url)
+
+
+# The end-to-end suite on either engine: `pytest --engine postgres` gives every bridge
+# a fresh PostgreSQL database of its test (harness.ENGINE). Tests that look at the
+# SQLite file itself, or at SQLite-only tools, are marked `sqlite_only` and left out
+# of that run (deselected, not skipped: they have nothing to test there).
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--engine",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="the store the end-to-end bridges run on",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only: looks at the SQLite file or a SQLite-only tool"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--engine") != "postgres":
+        return
+    kept = [item for item in items if item.get_closest_marker("sqlite_only") is None]
+    left_out = [item for item in items if item.get_closest_marker("sqlite_only") is not None]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+
+
+@pytest.fixture(autouse=True)
+def engine(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With `--engine postgres`, the test's bridges share a fresh PostgreSQL database."""
+    if request.config.getoption("--engine") != "postgres":
+        yield
+        return
+    url = request.getfixturevalue("postgres_url")
+    harness.ENGINE["database_url"] = url
+    try:
+        yield
+    finally:
+        harness.ENGINE.clear()

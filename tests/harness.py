@@ -28,6 +28,11 @@ OWNER = 4242  # in ADMIN_IDS of the admin tests' bridges
 # Real getUpdates payloads (tests/payloads/README.md says where each comes from).
 PAYLOADS = sorted((ROOT / "tests" / "payloads").glob("*.json"))
 
+# The store every bridge of the running test uses: {} for the SQLite file at
+# DATABASE_PATH, {"database_url": …} when the suite runs on PostgreSQL
+# (`pytest --engine postgres`; tests/conftest.py fills it per test).
+ENGINE: dict[str, str] = {}
+
 # Short intervals so recovery paths run in tests in well under a second.
 FAST: dict[str, Any] = {
     "poll_timeout": 1,
@@ -54,6 +59,7 @@ def bridge_env(
         "adtarget_api_url": adtarget.url,
         "database_path": str(tmp_path / "bridge.db"),
         **FAST,
+        **ENGINE,
         **overrides,
     }
     return {key.upper(): str(value) for key, value in values.items()}
