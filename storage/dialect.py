@@ -8,8 +8,8 @@ planner picks its own indexes), and a lone `%` is doubled for psycopg. Migration
 go through `ddl` as well: SQLite's column types become PostgreSQL's.
 
 What cannot be rewritten mechanically is a snippet per engine here, used by name
-from the storage modules (`tx.dialect.append_error`, `json_text`, the catalog
-queries). Everything else in storage/ is written portably, in SQL both engines
+from the storage modules (`tx.dialect.append_error`, `json_text`, `skip_locked`,
+the catalog queries). Everything else in storage/ is written portably, in SQL both engines
 read the same way (`coalesce(sum(x), 0)` rather than `total(x)`, `CASE` rather
 than the scalar `max(a, b)`, an alias on every subquery in FROM).
 
