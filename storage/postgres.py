@@ -16,9 +16,8 @@ same lock (BEGIN, lock, statement, COMMIT), as SQLite's autocommit write would.
 Notifications: `notify` inside a transaction is sent as NOTIFY in the same round
 trip as its COMMIT (the server delivers it at commit, and never after a
 rollback), so queueing an outbox row costs no extra round trip. `listen` keeps a
-connection of its own in LISTEN, apart from the writer: the writer's lock is
-held by transactions, and a notification is read only by the connection that
-listens, whenever its socket is read.
+connection of its own in LISTEN: notifications are read only while a connection
+waits on its socket, which the writer, busy with transactions, does not.
 
 Ids: the migrations' INTEGER PRIMARY KEY becomes an identity column BY DEFAULT,
 so a row inserted with an explicit id keeps it, but the column's sequence does
@@ -295,6 +294,7 @@ class PostgresDatabase:
         failures = 0
         while not stop.is_set():
             conn: _Connection | None = None
+            delay: float | None = None
             try:
                 conn = await _connect(self._url, **_LISTENER_OPTIONS)
                 await conn.execute(f"LISTEN {channel}")
@@ -312,12 +312,13 @@ class PostgresDatabase:
                     _describe(error),
                     delay,
                 )
+            finally:
+                if conn is not None:
+                    await conn.close()  # before the wait: a broken session holds nothing
+            if delay is not None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await stop.wait()
-            finally:
-                if conn is not None:
-                    await conn.close()
 
 
 async def _relay(conn: _Connection, callback: Callable[[], None], stop: asyncio.Event) -> None:
