@@ -14,15 +14,21 @@ own (`dialect`).
 at a time, rolled back on any exception. `read()` is a consistent snapshot on
 a connection of its own, for long reads (/stats over a million joins) that
 must neither wait for the writer nor hold it.
+
+`Transaction.notify` and `Database.listen` carry "rows were committed" from one
+process to another (the outbox waking the leader's courier): PostgreSQL's
+NOTIFY and LISTEN. On SQLite, one process owns the database and wakes its
+services in-process, so notify does nothing and listen only waits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from importlib import resources
 from pathlib import Path
@@ -77,6 +83,28 @@ class Transaction(Protocol):
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None: ...
 
+    async def notify(self, channel: str) -> None:
+        """Tell `listen`ers on `channel`, in any process, once this transaction
+        commits (nothing on rollback; several calls, one notification)."""
+        ...
+
+
+class Retry(Protocol):
+    """How long to wait after `failures` failures in a row: bot/backoff.py's
+    `Backoff` is one (storage/ imports nothing from bot/, so it is passed in)."""
+
+    def delay(self, failures: int) -> float: ...
+
+
+# A channel name is written into NOTIFY and LISTEN as it is: a plain identifier.
+CHANNEL_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def check_channel(channel: str) -> str:
+    if not CHANNEL_NAME.fullmatch(channel):
+        raise ValueError(f"a notification channel is a lowercase identifier: {channel!r}")
+    return channel
+
 
 class Database(Protocol):
     @property
@@ -109,6 +137,16 @@ class Database(Protocol):
 
     async def upkeep(self, stop: asyncio.Event) -> None:
         """The engine's own background chores (SQLite: WAL checkpoints), until `stop`."""
+        ...
+
+    async def listen(
+        self, channel: str, callback: Callable[[], None], stop: asyncio.Event, *, retry: Retry
+    ) -> None:
+        """Call `callback` for the notifications on `channel` (`Transaction.notify`,
+        from any process) until `stop`; also once each time listening (re)starts,
+        since notifications sent while not listening are lost. Errors of the
+        connection are logged and retried after `retry.delay(failures)`; bursts
+        may be coalesced, so `callback` should only wake its owner."""
         ...
 
 

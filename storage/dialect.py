@@ -8,8 +8,8 @@ planner picks its own indexes), and a lone `%` is doubled for psycopg. Migration
 go through `ddl` as well: SQLite's column types become PostgreSQL's.
 
 What cannot be rewritten mechanically is a snippet per engine here, used by name
-from the storage modules (`tx.dialect.append_error`, `json_text`, the catalog
-queries). Everything else in storage/ is written portably, in SQL both engines
+from the storage modules (`tx.dialect.append_error`, `json_text`, `skip_locked`,
+the catalog queries). Everything else in storage/ is written portably, in SQL both engines
 read the same way (`coalesce(sum(x), 0)` rather than `total(x)`, `CASE` rather
 than the scalar `max(a, b)`, an alias on every subquery in FROM).
 
@@ -66,6 +66,12 @@ class Dialect:
         paths = ", ".join(f"'$.\"{key}\"'" for key in keys)
         return f"json_remove({column}, {paths})"
 
+    # Appended to a SELECT that picks rows to claim (the outbox's due rows, a pool
+    # link): the rows it returns are locked, and rows another transaction holds
+    # locked are passed over rather than waited for. SQLite has one writer at a
+    # time (BEGIN IMMEDIATE), so nothing there is locked by anyone else.
+    skip_locked = ""
+
     # The catalog, in the same shape on both engines. tables: `name` of every table
     # of ours (not the engine's own); columns: `name` of table `?`'s columns;
     # references: (`column`, `parent` table) of table `?`'s foreign keys.
@@ -94,6 +100,8 @@ class PostgresDialect(Dialect):
         "errors = (CASE WHEN jsonb_array_length(errors::jsonb) >= ?"
         " THEN errors::jsonb - 0 ELSE errors::jsonb END || jsonb_build_array(?::jsonb))::text"
     )
+
+    skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def json_text(self, column: str, keys: Sequence[str]) -> str:
         return f"({column}::jsonb #>> '{{{','.join(keys)}}}')"

@@ -75,11 +75,19 @@ async def take(
     since) of this channel's. None: the pool is empty, or the quota reached (ask
     `handed_to`). One statement: the quota costs the common path no round trip."""
     limit, since = quota
+    # SKIP LOCKED (PostgreSQL): under READ COMMITTED, two processes' subqueries
+    # could pick the same free link; the second UPDATE would wait for the first,
+    # then re-check only `id = …`, not `visit_id IS NULL`, and hand that link
+    # out again. Locking the pick and passing over links another transaction
+    # holds closes that gap. Today storage/postgres.py's WRITE_LOCK already runs
+    # every writing transaction one at a time; this keeps `take` correct if that
+    # lock is ever made lighter.
     row = await tx.fetchone(
         f"UPDATE invite_links SET visit_id = :visit, assigned_at = :now, client_key = :client"
         f" WHERE id = (SELECT id FROM invite_links WHERE {_USABLE} AND chat_id = :chat"
         f" AND creates_join_request = :mode AND expire_date > :usable_after"
-        f" ORDER BY expire_date, id LIMIT 1) AND ({_HANDED_TO}) < :limit"
+        f" ORDER BY expire_date, id LIMIT 1{tx.dialect.skip_locked})"
+        f" AND ({_HANDED_TO}) < :limit"
         f" RETURNING {LINK_COLUMNS}",
         {
             "visit": visit_id,

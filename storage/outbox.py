@@ -2,6 +2,12 @@
 
 States: pending -> sending (claimed, attempt counted, leased) -> delivered, or
 back to pending with a later `next_attempt_at`, or parked with a reason.
+
+Whatever makes rows due for another process's courier notifies OUTBOX_CHANNEL
+in its transaction (`Transaction.notify`): the leader's courier listens there
+(`Courier.listen`), so a visit a standby records is sent without waiting for a
+timer. Changes the courier makes to its own rows (reschedule, the lease rescue)
+notify nobody: it looks for due rows after each of them anyway.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from storage.db import Database, Row, Transaction
 from storage.sql import marks
 
 MAX_ERRORS_KEPT = 20
+
+# The notification channel of new due rows (see the module's docstring).
+OUTBOX_CHANNEL = "joinbridge_outbox"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +165,10 @@ def _params(row: NewRow, now: float) -> tuple[Any, ...]:
 async def enqueue(tx: Transaction, row: NewRow) -> int | None:
     """Queue one row; None when a row with its idempotency key already exists."""
     found = await tx.fetchone(_INSERT + " RETURNING id", _params(row, time.time()))
-    return int(found[0]) if found else None
+    if not found:
+        return None
+    await tx.notify(OUTBOX_CHANNEL)
+    return int(found[0])
 
 
 async def enqueue_many(tx: Transaction, rows: list[NewRow]) -> None:
@@ -164,6 +176,8 @@ async def enqueue_many(tx: Transaction, rows: list[NewRow]) -> None:
     if rows:
         now = time.time()
         await tx.executemany(_INSERT, [_params(row, now) for row in rows])
+        # Even when every key was a repeat: a needless wake costs one look.
+        await tx.notify(OUTBOX_CHANNEL)
 
 
 # Forwards waiting to be sent, counted up to a limit: the walk stops there.
@@ -215,9 +229,16 @@ async def claim(
 
 async def claim_in(tx: Transaction, *, limit: int, lease: float, now: float) -> list[OutboxRow]:
     """`claim`, in the caller's transaction."""
+    # SKIP LOCKED (PostgreSQL): rows another transaction is claiming are passed
+    # over, never claimed twice nor waited for. Today every writing transaction
+    # on PostgreSQL also holds storage/postgres.py's WRITE_LOCK, so two claims
+    # run one after the other and find nothing locked; without that lock (a
+    # lighter one some day, or a claim outside it) this clause is what keeps
+    # two couriers' claims apart. SQLite: one writer at a time, nothing to add.
     due = await tx.fetchall(
         f"SELECT id FROM outbox WHERE state = 'pending' AND {_PRIORITY_IN}"
-        " AND next_attempt_at <= ? ORDER BY priority, next_attempt_at, id LIMIT ?",
+        " AND next_attempt_at <= ? ORDER BY priority, next_attempt_at, id LIMIT ?"
+        + tx.dialect.skip_locked,
         (now, limit),
     )
     if not due:
@@ -264,7 +285,8 @@ async def mark_delivered(
 async def reschedule(
     db: Database, row_id: int, *, attempt: int, next_attempt_at: float, error: str
 ) -> None:
-    """Back to pending, to be tried again at `next_attempt_at`."""
+    """Back to pending, to be tried again at `next_attempt_at`. Only the courier
+    reschedules its own rows, and looks for the next due one afterwards: no notify."""
     entry = _error_entry(attempt, error, time.time())
     await db.execute(
         f"UPDATE outbox SET state = 'pending', lease_until = NULL, next_attempt_at = ?,"
@@ -278,12 +300,15 @@ async def hand_back(db: Database, row_ids: list[int]) -> None:
     if not row_ids:
         return
     async with db.transaction() as tx:
-        await tx.execute(
+        returned = await tx.execute(
             f"UPDATE outbox SET state = 'pending', lease_until = NULL,"
             f" attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
             f" WHERE state = 'sending' AND id IN ({marks(len(row_ids))})",
             row_ids,
         )
+        if returned:
+            # Due at once: a leader stepping down hands them to the next one.
+            await tx.notify(OUTBOX_CHANNEL)
 
 
 async def park(db: Database, row_id: int, *, attempt: int, reason: str) -> None:
@@ -328,11 +353,16 @@ async def retry_parked(db: Database, row_id: int | None = None) -> int:
         " AND id = ?" if row_id is not None else ""
     )
     params: tuple[Any, ...] = (time.time(),) + ((row_id,) if row_id is not None else ())
-    return await db.execute(
-        f"UPDATE outbox SET state = 'pending', next_attempt_at = ?, parked_reason = NULL,"
-        f" attempts = 0 WHERE {where}",
-        params,
-    )
+    async with db.transaction() as tx:
+        count = await tx.execute(
+            f"UPDATE outbox SET state = 'pending', next_attempt_at = ?, parked_reason = NULL,"
+            f" attempts = 0 WHERE {where}",
+            params,
+        )
+        if count:
+            # The process re-queueing them need not be the one whose courier sends.
+            await tx.notify(OUTBOX_CHANNEL)
+    return count
 
 
 # One min() per priority: each is a single seek in the index (see PRIORITIES).

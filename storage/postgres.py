@@ -13,6 +13,12 @@ as BEGIN. READ COMMITTED, so each statement after that lock sees every commit
 made before it was granted. A single `execute` outside a transaction takes the
 same lock (BEGIN, lock, statement, COMMIT), as SQLite's autocommit write would.
 
+Notifications: `notify` inside a transaction is sent as NOTIFY in the same round
+trip as its COMMIT (the server delivers it at commit, and never after a
+rollback), so queueing an outbox row costs no extra round trip. `listen` keeps a
+connection of its own in LISTEN: notifications are read only while a connection
+waits on its socket, which the writer, busy with transactions, does not.
+
 Ids: the migrations' INTEGER PRIMARY KEY becomes an identity column BY DEFAULT,
 so a row inserted with an explicit id keeps it, but the column's sequence does
 not move past it: a later row without an id could be handed that id again and
@@ -24,7 +30,9 @@ test that does calls `advance_identities` afterwards.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, overload
 
@@ -34,8 +42,10 @@ from psycopg.adapt import Dumper
 from psycopg.rows import RowMaker
 from psycopg.types.numeric import Int8Dumper
 
-from storage.db import Params, Row
+from storage.db import Params, Retry, Row, check_channel
 from storage.dialect import POSTGRES, Dialect
+
+log = logging.getLogger(__name__)
 
 # Reader connections kept open between reads: /stats runs three at once.
 IDLE_READERS = 3
@@ -46,6 +56,18 @@ WRITE_LOCK = 0x4A42_2077_7269_7465
 
 _BEGIN_WRITE = f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
 _BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+# The listener's connection sits idle for hours: TCP keepalives turn a dead server
+# or network path into an error within a minute or so, which `listen` answers by
+# reconnecting (libpq ignores them on a unix socket, where a dead server closes it).
+_LISTENER_OPTIONS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+# What a broken or refused listener connection raises.
+_CONNECTION_ERRORS = (psycopg.Error, OSError)
 
 
 class PgRow:
@@ -105,8 +127,10 @@ class _BoolAsInteger(Int8Dumper):
 _Connection = psycopg.AsyncConnection[PgRow]
 
 
-async def _connect(url: str) -> _Connection:
-    conn = await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=_row_factory)
+async def _connect(url: str, **options: Any) -> _Connection:
+    conn = await psycopg.AsyncConnection.connect(
+        url, autocommit=True, row_factory=_row_factory, **options
+    )
     dumper: type[Dumper] = _BoolAsInteger
     conn.adapters.register_dumper(bool, dumper)
     return conn
@@ -119,6 +143,8 @@ class PostgresTransaction:
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
+        # Channels to NOTIFY with the COMMIT (`PostgresDatabase.transaction`).
+        self.notifications: set[str] = set()
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         cursor = await self._conn.execute(POSTGRES.translate(sql), _bound(params))
@@ -142,6 +168,17 @@ class PostgresTransaction:
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
+
+    async def notify(self, channel: str) -> None:
+        """Sent with the COMMIT, in its round trip: the server delivers a
+        notification at commit anyway, and repeats of one channel in one
+        transaction as one. A `read()` snapshot commits nothing and sends none."""
+        self.notifications.add(check_channel(channel))
+
+
+def _commit(notifications: set[str]) -> str:
+    # The names are plain identifiers (check_channel): written as they are.
+    return "".join(f"NOTIFY {channel}; " for channel in sorted(notifications)) + "COMMIT"
 
 
 def _bound(params: Params) -> Sequence[Any] | Mapping[str, Any]:
@@ -179,8 +216,9 @@ class PostgresDatabase:
             conn = await self._writer()
             await conn.execute(_BEGIN_WRITE)
             try:
-                yield PostgresTransaction(conn)
-                await conn.execute("COMMIT")
+                tx = PostgresTransaction(conn)
+                yield tx
+                await conn.execute(_commit(tx.notifications))
             except BaseException:
                 # A failed COMMIT has ended the transaction already; a dropped
                 # connection has nothing to roll back (the next unit reconnects).
@@ -244,6 +282,71 @@ class PostgresDatabase:
     async def upkeep(self, stop: asyncio.Event) -> None:
         """Nothing to do: the server runs its own chores (autovacuum, checkpoints)."""
         await stop.wait()
+
+    async def listen(
+        self, channel: str, callback: Callable[[], None], stop: asyncio.Event, *, retry: Retry
+    ) -> None:
+        """LISTEN on a connection of its own, calling `callback` per notification,
+        until `stop`. After a failure (the server restarted, the session was ended,
+        the network) it connects again after `retry.delay(failures)`, and calls
+        `callback` once listening again: what was notified in between is lost."""
+        check_channel(channel)
+        failures = 0
+        while not stop.is_set():
+            conn: _Connection | None = None
+            delay: float | None = None
+            try:
+                conn = await _connect(self._url, **_LISTENER_OPTIONS)
+                await conn.execute(f"LISTEN {channel}")
+                if failures:
+                    log.info("listening on %s again after %d failure(s)", channel, failures)
+                failures = 0
+                callback()
+                await _relay(conn, callback, stop)
+            except _CONNECTION_ERRORS as error:
+                failures += 1
+                delay = retry.delay(failures)
+                log.warning(
+                    "listening on %s failed (%s); again in %.1f s",
+                    channel,
+                    _describe(error),
+                    delay,
+                )
+            finally:
+                if conn is not None:
+                    await conn.close()  # before the wait: a broken session holds nothing
+            if delay is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+
+
+async def _relay(conn: _Connection, callback: Callable[[], None], stop: asyncio.Event) -> None:
+    """`callback` per notification on `conn` until `stop`; a connection error passes on."""
+
+    async def consume() -> None:
+        async for _ in conn.notifies():
+            callback()
+        raise psycopg.OperationalError("the notifications ended")  # they never do on their own
+
+    consumer = asyncio.ensure_future(consume())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((consumer, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # An idle connection waiting for notifications is simply abandoned by the
+        # cancellation (no query runs to cancel); the caller closes it.
+        consumer.cancel()
+        stopped.cancel()
+        await asyncio.wait((consumer, stopped))
+    if not consumer.cancelled():
+        consumer.result()  # the connection's error
+
+
+def _describe(error: BaseException) -> str:
+    # The first line only: psycopg's messages run on with hints. Never the URL.
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def _in_transaction(conn: _Connection) -> bool:

@@ -17,13 +17,13 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiosqlite
 
-from storage.db import BUSY_TIMEOUT_MS, Params, Row
+from storage.db import BUSY_TIMEOUT_MS, Params, Retry, Row, check_channel
 from storage.dialect import SQLITE, Dialect
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,11 @@ class SqliteTransaction:
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         rows = await self._conn.execute_fetchall(sql, _bound(params))
         return next(iter(rows), None)
+
+    async def notify(self, channel: str) -> None:
+        """Nothing to send: the one process that writes this file wakes its own
+        services in-process (`Courier.wake`)."""
+        check_channel(channel)
 
 
 class SqliteDatabase:
@@ -191,6 +196,13 @@ class SqliteDatabase:
                     await asyncio.wait_for(stop.wait(), timeout=every)
         finally:
             await conn.close()
+
+    async def listen(
+        self, channel: str, callback: Callable[[], None], stop: asyncio.Event, *, retry: Retry
+    ) -> None:
+        """Nobody else notifies (see `SqliteTransaction.notify`): wait for `stop`."""
+        check_channel(channel)
+        await stop.wait()
 
 
 def _readonly_uri(path: Path) -> str:

@@ -1,6 +1,8 @@
 """The courier: drains the outbox to AdTarget.
 
-Woken by new rows (not a multi-second poll), paced by a token bucket, a few
+Woken by new rows (not a multi-second poll): in this process by `wake`, from
+other processes sharing a PostgreSQL database by their notifications (`listen`,
+which the leader runs beside `run`). Paced by a token bucket, a few
 sends in flight at once. Every outcome is written back to the row before the
 next claim, so a crash at any point leaves the row either delivered or due to
 be sent again with the same Idempotency-Key.
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bot.adtarget.client import AdTargetClient
+from bot.backoff import Backoff
 from bot.courier.lead_check import delivered_earlier, row_ids
 from bot.courier.verdicts import (
     Accepted,
@@ -34,7 +37,7 @@ from bot.logs import ids
 from bot.waiting import Outstanding, wait_any
 from storage import outbox, state
 from storage.db import Database, Transaction
-from storage.outbox import OutboxRow
+from storage.outbox import OUTBOX_CHANNEL, OutboxRow
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,9 @@ LEASE_SLACK = 0.5
 
 PAUSE_KEY = "courier_paused"
 IDLE_WAIT = 30.0
+# Reconnecting the listener: soon after a blip, no faster than every 30 s while
+# the server stays away (the timers still send what is due meanwhile).
+LISTEN_RETRY = Backoff(base=0.5, cap=30.0, jitter=0.5)
 
 
 class Courier:
@@ -78,6 +84,12 @@ class Courier:
     def wake(self) -> None:
         """New rows are committed: look now rather than at the next timer."""
         self._wake.set()
+
+    async def listen(self, stop: asyncio.Event) -> None:
+        """Wake on rows other processes queue (their transactions notify
+        OUTBOX_CHANNEL), until `stop`; on SQLite it only waits. Also wakes after
+        each reconnection, for rows queued while the listener was away."""
+        await self._db.listen(OUTBOX_CHANNEL, self.wake, stop, retry=LISTEN_RETRY)
 
     async def claim_in(self, tx: Transaction) -> list[OutboxRow]:
         """Claim due rows in the caller's transaction, as many as there is room

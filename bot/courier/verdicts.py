@@ -195,8 +195,9 @@ class CourierConfig:
     auth_probe_interval: float = 300.0
     billing_probe_interval: float = 1800.0
     shutdown_grace: float = 5.0
-    # In-process writers wake the courier; a row written by another process
-    # (`joinbridge fire`) is only seen by looking, so it looks this often.
+    # In-process writers wake the courier, and on PostgreSQL other processes'
+    # rows notify it (`Courier.listen`); on SQLite a row written by another
+    # process (`joinbridge fire`) is only seen by looking, so it looks this often.
     poll_interval: float = 2.0
     # Visit and update-fbp forwards older than this are dropped (OUTBOX_FORWARDS_MAX_AGE).
     forwards_max_age: float = 6 * 3600.0
