@@ -34,7 +34,7 @@ from psycopg.adapt import Dumper
 from psycopg.rows import RowMaker
 from psycopg.types.numeric import Int8Dumper
 
-from storage.db import Params, Row
+from storage.db import Params, Row, Transaction
 from storage.dialect import POSTGRES, Dialect
 
 # Reader connections kept open between reads: /stats runs three at once.
@@ -224,15 +224,7 @@ class PostgresDatabase:
         """Move each identity column's sequence past the largest id in its table
         (after rows were inserted with ids of their own: see the module's docstring)."""
         async with self.transaction() as tx:
-            rows = await tx.fetchall(
-                "SELECT table_name, column_name FROM information_schema.columns"
-                " WHERE table_schema = current_schema() AND is_identity = 'YES'"
-            )
-            for table, column in rows:
-                await tx.fetchall(
-                    f"SELECT setval(pg_get_serial_sequence('\"{table}\"', '{column}'),"
-                    f' (SELECT coalesce(max("{column}"), 0) + 1 FROM "{table}"), false)'
-                )
+            await advance_identities_in(tx)
 
     async def close(self) -> None:
         readers, self._readers = self._readers, []
@@ -244,6 +236,21 @@ class PostgresDatabase:
     async def upkeep(self, stop: asyncio.Event) -> None:
         """Nothing to do: the server runs its own chores (autovacuum, checkpoints)."""
         await stop.wait()
+
+
+async def advance_identities_in(tx: Transaction) -> None:
+    """`PostgresDatabase.advance_identities` as a step of the caller's transaction."""
+    rows = await tx.fetchall(
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND is_identity = 'YES'"
+    )
+    # Never below 1, a sequence's least value: channels are keyed by Telegram's chat
+    # ids, which are negative (that column's sequence is never drawn on).
+    for table, column in rows:
+        await tx.fetchall(
+            f"SELECT setval(pg_get_serial_sequence('\"{table}\"', '{column}'),"
+            f' (SELECT greatest(max("{column}"), 0) + 1 FROM "{table}"), false)'
+        )
 
 
 def _in_transaction(conn: _Connection) -> bool:
