@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from bot.cluster.database_url import check, masked, scrub
+from bot.cluster.database_url import check, masked, scrub, with_connect_timeout
 from storage.db import latest_version, open_database, schema_version
 from storage.transfer import TableCount, TargetNotEmpty, TransferError, copy_database
 
@@ -106,7 +106,7 @@ async def _move(source: Path, url: str) -> int:
             )
             return EXIT_USAGE
         try:
-            target = await PostgresDatabase.open(_with_timeout(url))
+            target = await PostgresDatabase.open(with_connect_timeout(url, CONNECT_TIMEOUT))
         except psycopg.Error as error:
             _error(f"cannot connect to {masked(url)}: {_first_line(scrub(str(error), url))}")
             return EXIT_FAILED
@@ -123,12 +123,6 @@ async def _move(source: Path, url: str) -> int:
     finally:
         await sqlite_db.close()
     return _report(counts, url)
-
-
-def _with_timeout(url: str) -> str:
-    if "connect_timeout=" in url:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}connect_timeout={CONNECT_TIMEOUT}"
 
 
 def _progress(table: str, rows: int) -> None:

@@ -70,3 +70,11 @@ def scrub(text: str, url: str) -> str:
     for secret in passwords(url):
         text = text.replace(secret, MASK).replace(quote(secret, safe=""), MASK)
     return text
+
+
+def with_connect_timeout(url: str, seconds: int) -> str:
+    """`url` with libpq's connect_timeout (whole seconds) unless it sets one: without
+    it, a host that drops packets is waited for as long as TCP retries."""
+    if "connect_timeout=" in url:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}connect_timeout={int(seconds)}"

@@ -20,6 +20,7 @@ from bot.simulators.telegram import FakeTelegram
 from storage import invite_pool, join_requests, outbox, stay
 from storage.db import Database, open_database, open_database_url
 from storage.join_requests import NewRequest
+from storage.postgres import PostgresDatabase
 from tests.harness import (
     CHANNEL_ID,
     ROOT,
@@ -217,3 +218,27 @@ async def test_a_database_moves_to_postgres_and_the_bridge_delivers_what_waited(
         )
     finally:
         assert await running.stop() == 0
+
+
+async def test_it_refuses_a_running_bridge_and_a_bad_url(
+    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget, postgres_url: str
+) -> None:
+    from bot.app import instance_lock
+
+    env = bridge_env(tmp_path, telegram, adtarget)
+    db = await open_database(tmp_path / "bridge.db")
+    await db.close()
+    with instance_lock(tmp_path / "bridge.db"):  # as a running bridge holds it
+        ran = await migrate_to_postgres(env, postgres_url, tmp_path)
+    assert ran.status == 2
+    assert f"a bridge is running on {tmp_path / 'bridge.db'} (pid {os.getpid()})" in ran.err
+    ran = await migrate_to_postgres(env, f"mysql://root:{PASSWORD}@db/x", tmp_path)
+    assert ran.status == 2
+    assert "url: not a PostgreSQL URL" in ran.err
+    # Nothing was written: the target is still empty.
+    target = await PostgresDatabase.open(postgres_url)
+    try:
+        async with target.read() as tx:
+            assert await tx.fetchall(tx.dialect.tables) == []
+    finally:
+        await target.close()
