@@ -225,33 +225,55 @@ def latest_version() -> int:
 async def migrate(db: Database) -> int:
     """Apply every numbered migration newer than the recorded version; return it."""
     async with db.transaction() as tx:
-        await tx.execute(
-            db.dialect.ddl(
-                "CREATE TABLE IF NOT EXISTS schema_migrations"
-                " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-            )
-        )
+        await _create_versions_table(tx)
     current = await schema_version(db)
     for version, name, sql in _migrations():
         if version <= current:
             continue
         async with db.transaction() as tx:
-            # Asked again under the write lock: another process starting beside this
-            # one (several bridges on one PostgreSQL) may have applied it meanwhile.
-            if await tx.fetchone("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)):
-                current = version
-                continue
-            # A whole script at once would COMMIT our transaction: one by one.
-            for marker, statement in _split_sql(sql):
-                if db.dialect.applies(marker):
-                    await tx.execute(db.dialect.ddl(statement))
-            await tx.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (version, name, time.time()),
-            )
-        log.info("database migrated to version %d (%s)", version, name)
+            applied = await _apply(tx, version, name, sql)
+        if applied:
+            log.info("database migrated to version %d (%s)", version, name)
         current = version
     return current
+
+
+async def migrate_in(tx: Transaction) -> int:
+    """Every migration not yet applied, all in the caller's transaction; the version.
+
+    For a database created and filled as one unit (migrate-to-postgres): if the
+    filling fails, the schema goes with it and the database is as empty as before.
+    """
+    await _create_versions_table(tx)
+    for version, name, sql in _migrations():
+        await _apply(tx, version, name, sql)
+    return latest_version()
+
+
+async def _create_versions_table(tx: Transaction) -> None:
+    await tx.execute(
+        tx.dialect.ddl(
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+    )
+
+
+async def _apply(tx: Transaction, version: int, name: str, sql: str) -> bool:
+    """One migration in `tx`, unless it is recorded already; whether it was applied."""
+    # Asked under the write lock: another process starting beside this one (several
+    # bridges on one PostgreSQL) may have applied it since the version was read.
+    if await tx.fetchone("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)):
+        return False
+    # A whole script at once would COMMIT our transaction: one by one.
+    for marker, statement in _split_sql(sql):
+        if tx.dialect.applies(marker):
+            await tx.execute(tx.dialect.ddl(statement))
+    await tx.execute(
+        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+        (version, name, time.time()),
+    )
+    return True
 
 
 async def schema_version(db: Database) -> int:

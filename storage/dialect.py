@@ -79,6 +79,9 @@ class Dialect:
     columns = "SELECT name FROM pragma_table_info(?)"
     references = 'SELECT "from" AS "column", "table" AS parent FROM pragma_foreign_key_list(?)'
 
+    # The engine's version, one row of text (doctor).
+    server_version = "SELECT 'SQLite ' || sqlite_version()"
+
     def quick_check(self, limit: int) -> str:
         """A soundness check of the stored data: rows of text, 'ok' alone when sound."""
         return f"PRAGMA quick_check({int(limit)})"
@@ -125,6 +128,8 @@ class PostgresDialect(Dialect):
         " WHERE c.contype = 'f' AND t.relname = ?"
         " AND t.relnamespace = current_schema()::regnamespace"
     )
+
+    server_version = "SELECT 'PostgreSQL ' || current_setting('server_version')"
 
     def quick_check(self, limit: int) -> str:
         # The server checks its own pages as it reads them (and data checksums,

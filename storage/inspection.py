@@ -1,5 +1,5 @@
-"""Read-only looks at a database file for `joinbridge doctor`: which schema
-version it carries and whether SQLite finds it sound. Nothing here writes."""
+"""Read-only looks at a database for `joinbridge doctor`: which schema version it
+carries, whether the engine finds it sound, which engine it is. Nothing here writes."""
 
 from __future__ import annotations
 
@@ -32,3 +32,9 @@ async def quick_check(db: Database, limit: int = 5) -> list[str]:
     """
     rows = await db.fetchall(db.dialect.quick_check(limit))
     return [str(row[0]) for row in rows]
+
+
+async def server_version(db: Database) -> str:
+    """The engine and its version, as "PostgreSQL 15.8" or "SQLite 3.40.1"."""
+    row = await db.fetchone(db.dialect.server_version)
+    return str(row[0]) if row else "unknown"

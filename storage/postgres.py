@@ -42,7 +42,7 @@ from psycopg.adapt import Dumper
 from psycopg.rows import RowMaker
 from psycopg.types.numeric import Int8Dumper
 
-from storage.db import Params, Retry, Row, check_channel
+from storage.db import Params, Retry, Row, Transaction, check_channel
 from storage.dialect import POSTGRES, Dialect
 
 log = logging.getLogger(__name__)
@@ -262,15 +262,7 @@ class PostgresDatabase:
         """Move each identity column's sequence past the largest id in its table
         (after rows were inserted with ids of their own: see the module's docstring)."""
         async with self.transaction() as tx:
-            rows = await tx.fetchall(
-                "SELECT table_name, column_name FROM information_schema.columns"
-                " WHERE table_schema = current_schema() AND is_identity = 'YES'"
-            )
-            for table, column in rows:
-                await tx.fetchall(
-                    f"SELECT setval(pg_get_serial_sequence('\"{table}\"', '{column}'),"
-                    f' (SELECT coalesce(max("{column}"), 0) + 1 FROM "{table}"), false)'
-                )
+            await advance_identities_in(tx)
 
     async def close(self) -> None:
         readers, self._readers = self._readers, []
@@ -347,6 +339,21 @@ def _describe(error: BaseException) -> str:
     # The first line only: psycopg's messages run on with hints. Never the URL.
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+async def advance_identities_in(tx: Transaction) -> None:
+    """`PostgresDatabase.advance_identities` as a step of the caller's transaction."""
+    rows = await tx.fetchall(
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND is_identity = 'YES'"
+    )
+    # Never below 1, a sequence's least value: channels are keyed by Telegram's chat
+    # ids, which are negative (that column's sequence is never drawn on).
+    for table, column in rows:
+        await tx.fetchall(
+            f"SELECT setval(pg_get_serial_sequence('\"{table}\"', '{column}'),"
+            f' (SELECT greatest(max("{column}"), 0) + 1 FROM "{table}"), false)'
+        )
 
 
 def _in_transaction(conn: _Connection) -> bool:

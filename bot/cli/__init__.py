@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lead": ("bot.cli.leads", "show what AdTarget and the bridge hold for one Telegram user"),
     "fire": ("bot.cli.leads", "queue a follow-up event for an existing lead"),
     "value": ("bot.cli.leads", "queue a value for a conversion awaiting manual input"),
+    "migrate-to-postgres": (
+        "bot.cli.migrate",
+        "move the SQLite database into an empty PostgreSQL database (one way)",
+    ),
 }
 
 EXIT_USAGE = 2

@@ -25,7 +25,12 @@ def load_settings() -> Settings:
 def secrets(settings: Settings) -> list[str]:
     """Every configured secret, for the log formatter to keep out of every line."""
     found = [settings.bot_token, settings.adtarget_api_key, settings.tracker_token]
-    return [secret.get_secret_value() for secret in found if secret is not None]
+    values = [secret.get_secret_value() for secret in found if secret is not None]
+    if settings.database_url is not None:
+        from bot.cluster.database_url import passwords
+
+        values += passwords(settings.database_url.get_secret_value())
+    return values
 
 
 async def _serve(settings: Settings) -> int:

@@ -2,7 +2,8 @@
 
 The checks run in the order an owner sets things up, each one checklist line
 (bot/doctor/checklist.py): settings (and those that are legal but break a deploy), the
-bot token, chat_member updates, the AdTarget key, the database, every tracked
+bot token, chat_member updates, the AdTarget key, the database (SQLite's file, or
+with DATABASE_URL PostgreSQL: bot/doctor/postgres.py), every tracked
 channel (rights, public or private, its join event, its AdTarget channel), the
 tracker port. Nothing is changed: Telegram and AdTarget
 are only read, the database is opened read-only (a probe file shows that its
@@ -41,10 +42,16 @@ CHANNELS = "channels"
 
 def describe_settings(settings: Settings, env_file: Path) -> Check:
     source = f"{env_file} and the environment" if env_file.is_file() else "the environment"
+    if settings.database_url is None:
+        store = f"database {settings.database_path}"
+    else:
+        from bot.cluster.database_url import masked
+
+        store = f"database {masked(settings.database_url.get_secret_value())} (DATABASE_URL)"
     return ok(
         "settings",
         f"loaded from {source}: Telegram {settings.telegram_api_url}, AdTarget"
-        f" {settings.adtarget_api_url}, database {settings.database_path}, tracker"
+        f" {settings.adtarget_api_url}, {store}, tracker"
         f" {settings.tracker_host}:{settings.tracker_port}",
     )
 
@@ -67,12 +74,22 @@ async def run_checks(settings: Settings) -> AsyncIterator[Check]:
             yield await telegram.updates()
         key, remote = await adtarget_key(adtarget, settings.adtarget_api_url)
         yield key
-        findings = await database(settings.database_path)
-        yield findings.check
-        if findings.channels is None:
-            yield skip(CHANNELS, findings.unread)
+        if settings.database_url is None:
+            findings = await database(settings.database_path)
+            yield findings.check
+            tracked, unread = findings.channels, findings.unread
         else:
-            checks = channel_checks(findings.channels, telegram, remote, settings.default_event)
+            # The bridge's store is PostgreSQL: DATABASE_PATH's file is not its database.
+            from bot.doctor.postgres import postgres
+
+            found = await postgres(settings.database_url.get_secret_value(), settings.database_path)
+            for check in found.checks:
+                yield check
+            tracked, unread = found.channels, found.unread
+        if tracked is None:
+            yield skip(CHANNELS, unread)
+        else:
+            checks = channel_checks(tracked, telegram, remote, settings.default_event)
             async for check in checks:
                 yield check
         yield tracker_port(settings.tracker_host, settings.tracker_port, settings.database_path)

@@ -197,6 +197,21 @@ async def test_identities_move_past_ids_given_explicitly(postgres_url: str) -> N
         await db.close()
 
 
+async def test_identities_stay_valid_over_negative_ids(postgres_url: str) -> None:
+    # channels' key is Telegram's chat id, negative for channels: its sequence is
+    # set to 1 rather than past the largest (a negative) id, which it refuses.
+    db = await open_database_url(postgres_url)
+    assert isinstance(db, PostgresDatabase)
+    try:
+        await db.execute(
+            "INSERT INTO channels (chat_id, title, created_at, updated_at)"
+            " VALUES (-1001234567890, 'c', 0, 0)"
+        )
+        await db.advance_identities()
+    finally:
+        await db.close()
+
+
 async def test_a_writer_connection_the_server_dropped_is_replaced(postgres_url: str) -> None:
     db = await open_database_url(postgres_url)
     try:
