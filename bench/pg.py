@@ -258,9 +258,9 @@ class PgFigures:
 
 
 CONFIGURATIONS = {
-    "SQLite, 1 process": ("sqlite", 1),
-    "PostgreSQL, 1 process": ("postgres", 1),
-    "PostgreSQL, 2 processes + balancer": ("postgres", 2),
+    "SQLite": ("sqlite", 1),
+    "PostgreSQL": ("postgres", 1),
+    "PostgreSQL x2 balanced": ("postgres", 2),
 }
 
 
