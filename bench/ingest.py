@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import os
 import pstats
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
+
 from bench.common import count_rows, summary, wait_for
+from bot.settings import Settings
 from bot.simulators.adtarget import FakeAdTarget
 from bot.simulators.telegram import FakeTelegram
 from tests.harness import CHANNEL_ID, CHANNEL_TITLE, RunningBridge, bridge_settings
@@ -35,30 +40,49 @@ async def mint_many(running: RunningBridge, count: int) -> list[str]:
     return urls
 
 
-async def one_run(joins: int, profile: bool = False) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
+@contextlib.contextmanager
+def outbox_rows(settings: Settings) -> Iterator[Callable[[], int]]:
+    """Counts the outbox through a connection of its own, as count_rows does."""
+    if settings.database_url is None:
+        yield lambda: count_rows(settings.database_path, "SELECT count(*) FROM outbox")
+        return
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+
+        def count() -> int:
+            row = conn.execute("SELECT count(*) FROM outbox").fetchone()
+            return 0 if row is None else int(row[0])
+
+        yield count
+
+
+async def one_run(joins: int, profile: bool = False, database_url: str | None = None) -> float:
+    """On SQLite, or on PostgreSQL at `database_url` (an empty database)."""
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         telegram, adtarget = FakeTelegram(), FakeAdTarget()
         await telegram.start()
         await adtarget.start()
         telegram.add_channel(CHANNEL_ID, CHANNEL_TITLE)
         settings = bridge_settings(
-            Path(tmp), telegram, adtarget, courier_enabled=False, log_level="WARNING"
+            Path(tmp),
+            telegram,
+            adtarget,
+            courier_enabled=False,
+            log_level="WARNING",
+            **({} if database_url is None else {"database_url": database_url}),
         )
         running = RunningBridge(settings)
         await running.start()
         try:
             await running.track_channel(telegram)
             urls = await mint_many(running, joins)
-            db_path = settings.database_path
+            outbox = stack.enter_context(outbox_rows(settings))
             profiler = cProfile.Profile() if profile else None
             started = time.monotonic()
             if profiler:
                 profiler.enable()
             for i, url in enumerate(urls):
                 telegram.join(CHANNEL_ID, 10_000_000 + i, url, date=1_764_100_000 + i)
-            finished = await wait_for(
-                lambda: count_rows(db_path, "SELECT count(*) FROM outbox") >= joins, timeout=300
-            )
+            finished = await wait_for(lambda: outbox() >= joins, timeout=300)
             if profiler:
                 profiler.disable()
                 pstats.Stats(profiler).sort_stats(

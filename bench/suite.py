@@ -3,7 +3,9 @@
 Each figure is the median of `--runs` runs (min and max beside it), measured in
 this one invocation, so the bridge and the baseline share the machine's state.
 
-    python -m bench.suite [--runs 3] [--quick] [--latency-only | --rss-only]
+    python -m bench.suite [--runs 3] [--quick] [--latency-only | --rss-only | --pg-only]
+
+Then the PostgreSQL figures (bench/pg.py), when a PostgreSQL server can be started.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import flows
+from bench import pg as pg_bench
 from bench import stats as stats_bench
 from bench import tracker as tracker_bench
 
@@ -63,6 +66,7 @@ async def main() -> None:
     parser.add_argument(
         "--latency-only", action="store_true", help="only the lone-join latency, both sides"
     )
+    parser.add_argument("--pg-only", action="store_true", help="only the PostgreSQL figures")
     args = parser.parse_args()
     rss_joins = args.rss_joins or (5_000 if args.quick else 20_000)
     runs, quick = args.runs, args.quick
@@ -79,6 +83,11 @@ async def main() -> None:
         )
         add_rss(add, rss, naive_rss, rss_joins)
         print_table(figures, "1 run each side, side by side", started)
+        return
+
+    if args.pg_only:
+        note = await add_pg(add, runs, quick)
+        print_table(figures, note, started)
         return
 
     if args.latency_only:
@@ -181,10 +190,11 @@ async def main() -> None:
         None,
     )
 
+    pg_note = await add_pg(add, runs, quick)
     print_table(
         figures,
         f"{runs} runs per figure; peak RSS 1 run each side, measured side by side with the"
-        " drains and the /stats seeding",
+        f" drains and the /stats seeding; {pg_note}",
         started,
     )
 
@@ -230,6 +240,48 @@ async def add_latency(add: Add, runs: int, *, seconds: float) -> None:
         f"<= {P99_RATIO_MAX:.2f} (no higher)",
         ratio99 <= P99_RATIO_MAX,
     )
+
+
+async def add_pg(add: Add, runs: int, quick: bool) -> str:
+    """The PostgreSQL section (issue 20), within ~4 minutes: at most 2 runs of each
+    tracker configuration and of ingest, 5 failovers. Returns the table's note."""
+    server = pg_bench.start_server()
+    if isinstance(server, str):
+        print(f"  PostgreSQL figures skipped: no server could be started ({server})", flush=True)
+        return f"PostgreSQL figures skipped ({server})"
+    pg_runs, kills = min(runs, 2), 5
+    with server:
+        found = await pg_bench.measure(
+            server,
+            runs=pg_runs,
+            seconds=2 if quick else 4,
+            joins=1000 if quick else 2000,
+            kills=kills,
+        )
+    for name, results in found.tracker.items():
+        for kind, rate in (("visit", 500), ("invite", 200)):
+            add(
+                f"tracker {kind} p99 {rate}/s, {name}",
+                [r[kind][1] for r in results],
+                "ms",
+                "report",
+                None,
+            )
+    add(
+        f"ingest on PostgreSQL, {found.ingest_joins:,}-join burst",
+        found.ingest,
+        "joins/s",
+        ">= 1,000",
+        statistics.median(found.ingest) >= 1000,
+    )
+    add(
+        "failover: SIGKILL to new leader's getUpdates",
+        found.failover,
+        "s",
+        "<= 10 s",
+        statistics.median(found.failover) <= 10,
+    )
+    return f"PostgreSQL: {pg_runs} run(s) per figure, {kills} failovers"
 
 
 def add_rss(

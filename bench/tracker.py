@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 import aiohttp
 
@@ -58,11 +61,22 @@ async def open_loop(
     return latencies
 
 
-async def one_run(seconds: float) -> dict[str, tuple[float, float]]:
+class Staged(Protocol):
+    telegram: FakeTelegram
+    tracker: str
+
+
+# Given the pool size, the bridge(s) to measure: bench/flows.py's one process on
+# SQLite by default, bench/pg.py's PostgreSQL clusters.
+Staging = Callable[[int], contextlib.AbstractAsyncContextManager[Staged]]
+
+
+async def one_run(seconds: float, staging: Staging | None = None) -> dict[str, tuple[float, float]]:
     from bench.flows import stage  # flows builds on this module's open loop
 
     invites = int(200 * seconds)
-    async with stage("bot", pool=invites + 50) as s:
+    staged = staging(invites + 50) if staging else stage("bot", pool=invites + 50)
+    async with staged as s:
         joins = asyncio.create_task(_joins_meanwhile(s.telegram))
         connector = aiohttp.TCPConnector(limit=200)
         try:
