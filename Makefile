@@ -49,11 +49,14 @@ typecheck: $(DEV)
 # The browser test needs Debian's chromium, the PostgreSQL tests PostgreSQL's server
 # binaries (they start a throwaway server themselves); the scripts install them when run
 # as root. JOINBRIDGE_REQUIRE_POSTGRES=1: a PostgreSQL test that gets no server fails
-# rather than skips (a bare `.venv/bin/pytest` skips them).
+# rather than skips (a bare `.venv/bin/pytest` skips them). Then the end-to-end suite
+# once more with every bridge on PostgreSQL (`--engine postgres`; the tests marked
+# one_engine, which pick their engine themselves, ran in the first pass).
 unit: $(DEV)
 	bash .ci/ensure-chromium
 	bash .ci/ensure-postgres
 	JOINBRIDGE_REQUIRE_POSTGRES=1 $(BIN)/pytest
+	JOINBRIDGE_REQUIRE_POSTGRES=1 $(BIN)/pytest tests/e2e --engine postgres
 
 test: lint typecheck unit
 

@@ -124,6 +124,9 @@ def _leader_jobs(bridge: Bridge, term: asyncio.Event) -> set[asyncio.Task[None]]
     }
     if settings.courier_enabled:
         jobs.add(asyncio.create_task(bridge.courier.run(term), name="courier"))
+        # Rows other processes queue (their trackers' visits) wake it at once; alone
+        # on SQLite this only waits for the term's end.
+        jobs.add(asyncio.create_task(bridge.courier.listen(term), name="courier-wake"))
     else:
         log.warning("COURIER_ENABLED=false: conversions are queued, not sent")
     if settings.retention_days:  # 0: personal fields are kept forever

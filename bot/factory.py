@@ -198,6 +198,18 @@ async def build(settings: Settings) -> Bridge:
 # ---- storage ---------------------------------------------------------------------
 
 
+async def open_store(settings: Settings, *, readonly: bool = False) -> Database:
+    """The configured store for a command beside the bridge: PostgreSQL at
+    DATABASE_URL, else the SQLite file at DATABASE_PATH (`readonly`: opened for
+    reading only, no migrations)."""
+    if settings.database_url is not None:
+        url = settings.database_url.get_secret_value()
+        return await (open_reads_url(url) if readonly else open_database_url(url))
+    if readonly:
+        return await open_readonly(settings.database_path)
+    return await open_database(settings.database_path)
+
+
 async def open_storage(settings: Settings) -> tuple[Database, Database]:
     """The database (PostgreSQL at DATABASE_URL, else SQLite at DATABASE_PATH), and a
     second handle on it for the counts /metrics and /healthz read."""

@@ -141,9 +141,10 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
 
 
 # The end-to-end suite on either engine: `pytest --engine postgres` gives every bridge
-# a fresh PostgreSQL database of its test (harness.ENGINE). Tests that look at the
-# SQLite file itself, or at SQLite-only tools, are marked `sqlite_only` and left out
-# of that run (deselected, not skipped: they have nothing to test there).
+# a fresh PostgreSQL database of its test (harness.ENGINE). Tests marked `one_engine`
+# are left out of that pass (deselected, not skipped): they look at the SQLite file
+# itself or a SQLite-only tool, or choose their engines themselves (the PostgreSQL
+# failover, migration and doctor tests), so the default pass runs them all.
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--engine",
@@ -155,15 +156,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "sqlite_only: looks at the SQLite file or a SQLite-only tool"
+        "markers",
+        "one_engine: looks at the SQLite file, or picks its engines itself; default pass only",
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--engine") != "postgres":
         return
-    kept = [item for item in items if item.get_closest_marker("sqlite_only") is None]
-    left_out = [item for item in items if item.get_closest_marker("sqlite_only") is not None]
+    kept = [item for item in items if item.get_closest_marker("one_engine") is None]
+    left_out = [item for item in items if item.get_closest_marker("one_engine") is not None]
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         items[:] = kept

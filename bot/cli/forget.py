@@ -14,7 +14,11 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import psycopg
+
+from bot.factory import open_store
 from bot.ops.privacy import describe, forget, parse_user_id
+from bot.settings import Settings
 from storage.db import open_database
 from storage.privacy import Forgotten
 
@@ -44,17 +48,20 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     database: Path | None = args.database
+    settings: Settings | None = None
     if database is None:
         from bot.cli.run import load_settings  # exits 2 with a clear line when settings are bad
 
-        database = load_settings().database_path
-    if not database.is_file():
+        settings = load_settings()
+        database = settings.database_path
+    on_postgres = settings is not None and settings.database_url is not None
+    if not on_postgres and not database.is_file():
         print(f"joinbridge forget: database: {database} does not exist", file=sys.stderr)
         return EXIT_USAGE
     user_id: int = args.telegram_user_id
     try:
-        forgotten = asyncio.run(_forget(database, user_id))
-    except (sqlite3.Error, OSError) as error:
+        forgotten = asyncio.run(_forget(settings, database, user_id))
+    except (sqlite3.Error, psycopg.Error, OSError) as error:
         print(f"joinbridge forget: failed, nothing was erased: {error}", file=sys.stderr)
         return EXIT_FAILED
     if not forgotten.total:
@@ -66,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _forget(database: Path, user_id: int) -> Forgotten:
-    db = await open_database(database)
+async def _forget(settings: Settings | None, database: Path, user_id: int) -> Forgotten:
+    """On the configured store (DATABASE_URL or DATABASE_PATH), or on `--database`."""
+    db = await open_store(settings) if settings is not None else await open_database(database)
     try:
         return await forget(db, user_id)
     finally:

@@ -20,9 +20,11 @@ import argparse
 import asyncio
 import sqlite3
 import sys
-from pathlib import Path
+
+import psycopg
 
 from bot.adtarget.client import AdTargetClient
+from bot.factory import open_store
 from bot.followups.lead import (
     EVENTS,
     FIRE_ARGS,
@@ -37,7 +39,7 @@ from bot.followups.lead_view import describe_outcome, render_lookup
 from bot.followups.rows import InvalidFollowUp, check_idempotency_key
 from bot.settings import Settings
 from storage import channels
-from storage.db import Database, open_database, open_readonly
+from storage.db import Database
 
 EXIT_OK = 0
 EXIT_ADTARGET = 1
@@ -100,15 +102,16 @@ def run(args: argparse.Namespace) -> int:
         _say(command, f"{error} (usage: joinbridge {command} {_ARGS[command]})")
         return EXIT_USAGE
     database = settings.database_path
-    if not database.is_file():
+    if settings.database_url is None and not database.is_file():
         _say(command, f"database: {database} does not exist (DATABASE_PATH; start the bridge once)")
         return EXIT_USAGE
+    where = "DATABASE_URL" if settings.database_url is not None else str(database)
     try:
         return asyncio.run(_run(settings, command, words, key))
-    except (sqlite3.Error, OSError) as error:
+    except (sqlite3.Error, psycopg.Error, OSError) as error:
         # "database is locked" and the like pass: 1 tells a script to try again,
         # where 2 (bad arguments) would tell it not to.
-        _say(command, f"database {database}: {error}")
+        _say(command, f"database {where}: {error}")
         return EXIT_TRY_AGAIN
 
 
@@ -118,8 +121,8 @@ async def _run(settings: Settings, command: str, words: list[str], key: str | No
     )
     try:
         if command == "lead":
-            return await _lead(client, settings.database_path, parse_lead(words))
-        db = await open_database(settings.database_path)
+            return await _lead(client, settings, parse_lead(words))
+        db = await open_store(settings)
         try:
             follow_ups = LeadFollowUps(db, client)
             if command == "fire":
@@ -143,8 +146,8 @@ async def _run(settings: Settings, command: str, words: list[str], key: str | No
     return EXIT_OK
 
 
-async def _lead(client: AdTargetClient, database: Path, user: int) -> int:
-    db: Database = await open_readonly(database)
+async def _lead(client: AdTargetClient, settings: Settings, user: int) -> int:
+    db: Database = await open_store(settings, readonly=True)
     try:
         lookup = await LeadFollowUps(db, client).look_up(user)
         known = await channels.list_all(db)

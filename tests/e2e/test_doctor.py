@@ -28,6 +28,10 @@ from tests.harness import (
     bridge_settings,
 )
 
+# doctor's SQLite-file lines; on PostgreSQL: test_doctor_postgres.py.
+pytestmark = pytest.mark.one_engine
+
+
 ADTARGET_CHANNEL = "ch_test"
 NO_RIGHT = -1001000000001
 PUBLIC = -1001000000002

@@ -23,6 +23,10 @@ from tests.harness import (
     eventually,
 )
 
+# PostgreSQL by itself.
+pytestmark = pytest.mark.one_engine
+
+
 PASSWORD = "doctor-Pa55word"
 
 

@@ -196,6 +196,7 @@ async def test_value_is_queued_and_delivered(
     assert adtarget.values[0]["value"] == 49.9
 
 
+@pytest.mark.one_engine  # a missing SQLite file
 async def test_settings_and_database_problems_exit_2(
     tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
 ) -> None:
@@ -211,6 +212,7 @@ async def test_settings_and_database_problems_exit_2(
     assert adtarget.received == []
 
 
+@pytest.mark.one_engine  # SQLite's file lock
 async def test_a_locked_database_exits_1_so_a_script_retries(
     tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
 ) -> None:

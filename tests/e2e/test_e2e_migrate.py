@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bot.simulators.adtarget import FakeAdTarget
 from bot.simulators.telegram import FakeTelegram
 from storage import invite_pool, join_requests, outbox, stay
@@ -28,6 +30,10 @@ from tests.harness import (
     bridge_env,
     bridge_settings,
 )
+
+# moves a SQLite file to PostgreSQL: both engines by itself.
+pytestmark = pytest.mark.one_engine
+
 
 PASSWORD = "s3cret-Pa55"
 # Rows compared exactly, column for column, between the two databases.

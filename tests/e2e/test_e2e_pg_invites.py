@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
 from bot.simulators.adtarget import FakeAdTarget
 from bot.simulators.telegram import FakeTelegram
@@ -24,6 +25,10 @@ from tests.harness import (
     bridge_settings,
     eventually,
 )
+
+# PostgreSQL by itself.
+pytestmark = pytest.mark.one_engine
+
 
 INVITE = "/api/v1/events/invite"
 PER_PROCESS = 200

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 
 from bot.cluster.leadership import find_leader
 from bot.simulators.adtarget import FakeAdTarget
@@ -24,6 +25,9 @@ from tests.harness import (
     eventually,
 )
 
+# PostgreSQL by itself.
+pytestmark = pytest.mark.one_engine
+
 CONVERSION = "/api/v1/events/conversion"
 POLL_CONFLICT = "terminated by other getUpdates request"
 
@@ -31,6 +35,7 @@ POLL_CONFLICT = "terminated by other getUpdates request"
 async def test_a_bridge_on_postgresql_reports_each_join_once(
     tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget, postgres_url: str
 ) -> None:
+
     running = RunningBridge(
         bridge_settings(tmp_path, telegram, adtarget, database_url=postgres_url)
     )

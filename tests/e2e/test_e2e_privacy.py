@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from aiogram.types import ChatMemberUpdated, TelegramObject
 
 from bot import cli
@@ -69,13 +70,15 @@ async def test_forget_is_for_admin_ids_and_a_queued_conversion_is_never_sent(
     assert "outbox: 2 row(s) deleted" in reply
     assert "updates: 1 row(s) deleted" in reply
     assert "invite_links: 1 row(s) kept" in reply
-    for sql in (
-        "SELECT count(*) FROM joins WHERE user_id = ?",
-        "SELECT count(*) FROM outbox WHERE telegram_user_id = ?",
-        "SELECT count(*) FROM updates"
-        " WHERE json_extract(raw, '$.chat_member.new_chat_member.user.id') = ?",
+    user_in_update = admin_bridge.bridge.db.dialect.json_text(
+        "raw", ("chat_member", "new_chat_member", "user", "id")
+    )
+    for sql, param in (
+        ("SELECT count(*) FROM joins WHERE user_id = ?", ALICE),
+        ("SELECT count(*) FROM outbox WHERE telegram_user_id = ?", ALICE),
+        (f"SELECT count(*) FROM updates WHERE {user_in_update} = ?", str(ALICE)),  # noqa: S608
     ):
-        assert await admin_bridge.scalar(sql, (ALICE,)) == 0, sql
+        assert await admin_bridge.scalar(sql, (param,)) == 0, sql
     assert (
         await admin_bridge.scalar("SELECT count(*) FROM visits WHERE temp_id = ?", (TEMP_ALICE,))
         == 0
@@ -104,6 +107,7 @@ def _age(database: Path, days: float) -> None:
     conn.close()
 
 
+@pytest.mark.one_engine  # ages the rows in the SQLite file between two runs
 async def test_sweep_at_start_clears_old_rows_and_stats_stay(
     tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget
 ) -> None:
@@ -154,6 +158,7 @@ async def test_retention_zero_keeps_everything(
         assert await running.stop() == 0
 
 
+@pytest.mark.one_engine  # forgets through `--database`: the SQLite file
 async def test_cli_forget_while_the_bridge_runs(
     admin_bridge: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
 ) -> None:
@@ -170,6 +175,7 @@ async def test_cli_forget_while_the_bridge_runs(
     await admin_bridge.wait_scalar("SELECT user_id FROM joins", BOB)
 
 
+@pytest.mark.one_engine  # forgets through `--database`: the SQLite file
 async def test_a_forget_between_storing_and_handling_is_not_undone(
     admin_bridge: RunningBridge, telegram: FakeTelegram, adtarget: FakeAdTarget
 ) -> None:

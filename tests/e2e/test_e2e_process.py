@@ -7,6 +7,8 @@ import socket
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from bot.simulators.adtarget import FakeAdTarget
 from bot.simulators.telegram import FakeTelegram
 from tests.harness import (
@@ -17,6 +19,9 @@ from tests.harness import (
     bridge_settings,
     eventually,
 )
+
+# reads the SQLite file; the PostgreSQL processes: test_e2e_postgres.py.
+pytestmark = pytest.mark.one_engine
 
 CONVERSION = "/api/v1/events/conversion"
 
