@@ -130,7 +130,7 @@ async def test_an_old_servers_updates_track_the_channel_and_attribute_its_joins(
     telegram.add_channel(OTHER, "Old server channel")
     telegram.bot_status_change(OTHER, "administrator")
     await running.wait_scalar(
-        "SELECT active AND can_invite_users FROM channels WHERE chat_id = ?", 1, (OTHER,)
+        "SELECT active * can_invite_users FROM channels WHERE chat_id = ?", 1, (OTHER,)
     )
     url = await running.mint(temp_id(4), chat_id=OTHER)
     # A restricted member: aiogram requires rights this server does not send.

@@ -141,6 +141,7 @@ async def test_the_last_poll_metric_exists_before_telegram_ever_answered(
         assert await running.stop() == 0
 
 
+@pytest.mark.one_engine  # the fault is a SQLite trigger
 async def test_one_visit_that_cannot_be_stored_fails_alone(start_bridge: StartBridge) -> None:
     running = await start_bridge(trusted_proxies="127.0.0.1")
     # A fault in the database itself, for one visit only (not a patch of our code).
