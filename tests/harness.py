@@ -261,3 +261,24 @@ async def write(db: Database, work: Callable[[Transaction], Awaitable[T]]) -> T:
     """`work(tx)` in a transaction of its own: a storage `…_in` step run alone."""
     async with db.transaction() as tx:
         return await work(tx)
+
+
+async def mint_links(
+    tmp_path: Path,
+    telegram: FakeTelegram,
+    adtarget: FakeAdTarget,
+    count: int,
+    **overrides: Any,
+) -> list[str]:
+    """Track the channel and mint `count` links with an in-process bridge on the
+    store the settings name, then stop it: the setting for bridge processes."""
+    running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget, **overrides))
+    await running.start()
+    try:
+        await running.track_channel(telegram)
+        return [
+            await running.mint(f"00000000-0000-4000-8000-{i:012d}", fbc=f"fb.1.1.{i}")
+            for i in range(count)
+        ]
+    finally:
+        assert await running.stop() == 0

@@ -23,6 +23,7 @@ from tests.harness import (
     bridge_env,
     bridge_settings,
     eventually,
+    mint_links,
 )
 
 # PostgreSQL by itself.
@@ -59,22 +60,6 @@ async def test_a_bridge_on_postgresql_reports_each_join_once(
     assert len(adtarget.conversions) == 1
     # The file the SQLite default would use was never made.
     assert not (tmp_path / "bridge.db").exists()
-
-
-async def _mint_links(
-    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget, url: str, count: int
-) -> list[str]:
-    """Track the channel and mint links with an in-process bridge on the same store."""
-    running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget, database_url=url))
-    await running.start()
-    try:
-        await running.track_channel(telegram)
-        return [
-            await running.mint(f"00000000-0000-4000-8000-{i:012d}", fbc=f"fb.1.1.{i}")
-            for i in range(count)
-        ]
-    finally:
-        assert await running.stop() == 0
 
 
 def _tracker_url(process: BridgeProcess) -> str | None:
@@ -129,7 +114,7 @@ async def _role(tracker: str) -> str | None:
 async def test_the_leader_killed_mid_delivery_loses_nothing_and_a_standby_takes_over(
     tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget, postgres_url: str
 ) -> None:
-    links = await _mint_links(tmp_path, telegram, adtarget, postgres_url, 12)
+    links = await mint_links(tmp_path, telegram, adtarget, 12, database_url=postgres_url)
     # AdTarget processes every conversion but answers slowly: the kill lands with
     # sends in flight that AdTarget has already stored.
     adtarget.process_then_delay(2.0, count=1000, paths=(CONVERSION,))
@@ -179,7 +164,7 @@ async def _all_delivered(url: str, count: int) -> bool:
 async def test_a_frozen_leader_is_replaced_and_stands_by_when_it_wakes(
     tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget, postgres_url: str
 ) -> None:
-    await _mint_links(tmp_path, telegram, adtarget, postgres_url, 0)
+    await mint_links(tmp_path, telegram, adtarget, 0, database_url=postgres_url)
     env = bridge_env(tmp_path, telegram, adtarget, database_url=postgres_url, leader_lease=3)
     first, second = await _start_pair(tmp_path, env, postgres_url)
     assert first.proc is not None

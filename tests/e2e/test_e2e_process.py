@@ -14,10 +14,9 @@ from bot.simulators.telegram import FakeTelegram
 from tests.harness import (
     CHANNEL_ID,
     BridgeProcess,
-    RunningBridge,
     bridge_env,
-    bridge_settings,
     eventually,
+    mint_links,
 )
 
 # reads the SQLite file; the PostgreSQL processes: test_e2e_postgres.py.
@@ -29,22 +28,6 @@ CONVERSION = "/api/v1/events/conversion"
 def db_scalar(path: Path, sql: str) -> object:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
         return conn.execute(sql).fetchone()[0]
-
-
-async def mint_links(
-    tmp_path: Path, telegram: FakeTelegram, adtarget: FakeAdTarget, count: int
-) -> list[str]:
-    """Register the channel and mint links with an in-process bridge on the same database."""
-    running = RunningBridge(bridge_settings(tmp_path, telegram, adtarget))
-    await running.start()
-    try:
-        await running.track_channel(telegram)
-        return [
-            await running.mint(f"00000000-0000-4000-8000-{i:012d}", fbc=f"fb.1.1.{i}")
-            for i in range(count)
-        ]
-    finally:
-        assert await running.stop() == 0
 
 
 async def test_sigkill_mid_delivery_then_restart_delivers_each_join_once(
