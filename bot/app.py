@@ -71,11 +71,16 @@ async def _lead(bridge: Bridge, stop: asyncio.Event) -> None:
     Alone on SQLite the first term lasts until stop. On PostgreSQL a term ends
     when the election deposes this process (a stall, a lost connection): its jobs
     stop, and it stands by, serving the tracker, until it is elected again."""
+    election = bridge.election
     while not stop.is_set():
-        if not bridge.election.leading.is_set():
-            await wait_any(bridge.election.leading, stop, timeout=None)
-            if stop.is_set():
-                return
+        if not (election.leading.is_set() and election.is_leader):
+            if election.leading.is_set():
+                # The lease ran out before the election noticed (a stall): wait for
+                # it to stand by rather than start a term the poller would end.
+                await wait_any(election.standing_by, stop, timeout=None)
+            else:
+                await wait_any(election.leading, stop, timeout=None)
+            continue
         if bridge.settings.database_url is not None:
             log.warning("elected leader: polling Telegram, sending, filling the invite pools")
         await _term(bridge, stop)
