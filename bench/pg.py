@@ -187,7 +187,7 @@ async def tracker_figures(
         return cluster(url, processes, pool=pool, balanced=processes > 1)
 
     try:
-        return await tracker_bench.one_run(seconds, staging)
+        return await tracker_bench.one_run(seconds, staging, throughput=True)
     finally:
         if url is not None:
             server.drop_database(url)
@@ -257,6 +257,9 @@ class PgFigures:
     failover: list[float]
 
 
+# Closed-loop clients of the throughput figure (bench/tracker.py).
+THROUGHPUT = tracker_bench.THROUGHPUT_CLIENTS
+
 CONFIGURATIONS = {
     "SQLite": ("sqlite", 1),
     "PostgreSQL": ("postgres", 1),
@@ -307,6 +310,10 @@ async def main() -> None:
             server, runs=args.runs, seconds=args.seconds, joins=args.joins, kills=args.failovers
         )
     for name, results in figures.tracker.items():
+        most = summary([r["visits/s"][0] for r in results])
+        print(
+            f"{name}: visits/s, closed loop {most[0]:,.0f} (min {most[1]:,.0f}, max {most[2]:,.0f})"
+        )
         for kind, rate in (("visit", 500), ("invite", 200)):
             p99 = summary([r[kind][1] for r in results])
             print(

@@ -259,6 +259,13 @@ async def add_pg(add: Add, runs: int, quick: bool) -> str:
             kills=kills,
         )
     for name, results in found.tracker.items():
+        add(
+            f"tracker visits/s, {pg_bench.THROUGHPUT} clients, {name}",
+            [r["visits/s"][0] for r in results],
+            "visits/s",
+            "report",
+            None,
+        )
         for kind, rate in (("visit", 500), ("invite", 200)):
             add(
                 f"tracker {kind} p99 {rate}/s, {name}",
