@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from storage.dialect import ONLY_POSTGRES, ONLY_SQLITE, Dialect
 
@@ -154,7 +154,33 @@ async def open_database(path: Path) -> SqliteDatabase:
     """Open (creating folders and file), set pragmas, apply pending migrations."""
     from storage.sqlite import SqliteDatabase
 
-    db = await SqliteDatabase.open(path)
+    return await _migrated(await SqliteDatabase.open(path))
+
+
+async def open_database_url(url: str) -> Database:
+    """`postgresql://…` (or `postgres://…`): PostgreSQL; `sqlite:///path` (or a bare
+    path): the SQLite file there. Migrations applied, as by `open_database`."""
+    if _is_postgres(url):
+        from storage.postgres import PostgresDatabase
+
+        return await _migrated(await PostgresDatabase.open(url))
+    return await open_database(_sqlite_path(url))
+
+
+async def open_reads_url(url: str) -> Database:
+    """A second handle on the database at `url` for reads beside the bridge's own
+    (no migrations): SQLite opens the file read-only."""
+    if _is_postgres(url):
+        from storage.postgres import PostgresDatabase
+
+        return await PostgresDatabase.open(url)
+    return await open_readonly(_sqlite_path(url))
+
+
+_DB = TypeVar("_DB", bound=Database)
+
+
+async def _migrated(db: _DB) -> _DB:
     try:
         await migrate(db)
     except BaseException:
@@ -165,37 +191,18 @@ async def open_database(path: Path) -> SqliteDatabase:
     return db
 
 
-async def open_database_url(url: str) -> Database:
-    """`postgresql://…` (or `postgres://…`): PostgreSQL; `sqlite:///path` (or a bare
-    path): the SQLite file there. Migrations applied, as by `open_database`."""
-    if url.startswith(("postgresql://", "postgres://")):
-        from storage.postgres import PostgresDatabase
+def _is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
 
-        db = await PostgresDatabase.open(url)
-        try:
-            await migrate(db)
-        except BaseException:
-            await db.close()
-            raise
-        return db
+
+def _sqlite_path(url: str) -> Path:
+    """The file of `sqlite:///abs/path` (absolute), `sqlite://rel/path` (relative)
+    or a bare path; ValueError for any other scheme."""
     if url.startswith("sqlite://"):
-        path = url.removeprefix("sqlite://")
-        # sqlite:///abs/path is an absolute path; sqlite://rel/path a relative one.
-        return await open_database(Path(path))
+        return Path(url.removeprefix("sqlite://"))
     if "://" in url:
         raise ValueError(f"unknown database URL scheme: {url.split('://', 1)[0]}://")
-    return await open_database(Path(url))
-
-
-async def open_reads_url(url: str) -> Database:
-    """A second handle on the database at `url` for reads beside the bridge's own
-    (no migrations): SQLite opens the file read-only."""
-    if url.startswith(("postgresql://", "postgres://")):
-        from storage.postgres import PostgresDatabase
-
-        return await PostgresDatabase.open(url)
-    path = url.removeprefix("sqlite://") if url.startswith("sqlite://") else url
-    return await open_readonly(Path(path))
+    return Path(url)
 
 
 async def open_readonly(path: Path) -> SqliteDatabase:
